@@ -1,0 +1,196 @@
+"""The backend contract: the few primitives a broker must offer, batch-shaped.
+
+A backend moves opaque bytes. It never decodes a task or a reply: serialization, signing,
+deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
+``worker.py``. What a backend owns is delivery:
+
+* **Queues.** ``enqueue`` appends jobs to named queues; ``claim`` takes up to ``limit`` of
+  them, trying the queues in the order given, oldest first within a queue.
+* **Leases.** A claim holds a task for ``lease`` seconds under a fresh ``token``. ``renew``
+  extends it. A lease that runs out makes the task claimable again, by any worker, with
+  ``attempt`` raised by one: that is how a dead, frozen or cut-off worker's task runs
+  elsewhere. Expired leases are picked up by ``claim`` itself, so no separate reaper is
+  needed; the worker turns ``attempt > max_attempts`` into a ``WorkerLost`` reply.
+* **Completion.** ``complete`` acknowledges a claim and stores its reply for the caller in
+  one step, and only while the token still holds the lease: a worker whose lease was taken
+  over cannot deliver a second result.
+* **Replies.** Every client process has one reply address (``reply_to``); ``replies``
+  returns what has arrived there, waiting up to ``wait`` seconds, and removes it. Replies
+  nobody collects expire after ``result_ttl`` seconds.
+* **Watching.** Workers ``heartbeat`` a ``WorkerInfo``; ``stats`` reports queue depths,
+  running tasks, live workers and dead letters.
+
+Every method that takes a list does its work in as few round trips as the broker allows
+(one, where it can). Every driver error is raised as ``BackendUnavailable``; a backend
+retries transient contention (SQLite's "database is locked", MySQL deadlocks) itself.
+A backend object is safe to share between threads, and re-creates its connections in a
+child process after a fork.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A task to enqueue. ``id`` is made by the client and unique."""
+
+    id: str
+    queue: str
+    reply_to: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A task a worker holds under a lease.
+
+    ``attempt`` is 1 on the first delivery and is raised by one each time a lease expires
+    (never by ``release``). ``token`` identifies this lease; it is opaque.
+    """
+
+    id: str
+    queue: str
+    reply_to: str
+    body: bytes
+    attempt: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The outcome of a claim: ``reply`` goes to ``claim.reply_to`` (``None``: no reply)."""
+
+    claim: Claim
+    reply: bytes | None
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """What a worker reports about itself in each heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    started: float
+    last_seen: float = field(default_factory=time.time)
+    done: int = 0
+    running: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task that was given up on (e.g. it killed its worker on every attempt)."""
+
+    id: str
+    queue: str
+    name: str
+    reason: str
+    at: float
+
+
+@dataclass(slots=True)
+class Stats:
+    """A snapshot for ``remoteexec status`` and ``watch``.
+
+    ``queues`` maps each known queue to the tasks waiting in it (not claimed);
+    ``running`` counts tasks under a live lease; ``workers`` lists workers whose last
+    heartbeat is recent; ``dead`` lists the newest dead letters.
+    """
+
+    queues: dict[str, int]
+    running: int
+    workers: list[WorkerInfo]
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class Backend(ABC):
+    """The contract every broker adapter implements. See the module docstring."""
+
+    #: Seconds a worker's heartbeat stays valid; ``stats`` omits workers older than this.
+    worker_ttl: float = 15.0
+
+    def __init__(self, *, result_ttl: float = 3600.0) -> None:
+        self.result_ttl = result_ttl
+
+    @abstractmethod
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        """Append ``jobs`` to their queues, durably before returning."""
+
+    @abstractmethod
+    def claim(
+        self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
+    ) -> list[Claim]:
+        """Take up to ``limit`` tasks, each under a new lease of ``lease`` seconds.
+
+        Waiting tasks and tasks whose lease has expired are both claimable; the queues are
+        tried in the order given. When none is available, wait up to ``wait`` seconds for
+        one (0: do not wait) and return ``[]`` if none comes.
+        """
+
+    @abstractmethod
+    def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
+        """Extend each lease to ``lease`` seconds from now; False where it was lost."""
+
+    @abstractmethod
+    def complete(self, done: Sequence[Done]) -> list[bool]:
+        """Acknowledge each claim and deliver its reply, atomically per item.
+
+        An item whose lease is no longer held by its token (it expired and another worker
+        took the task, or it was completed already) changes nothing and yields False.
+        """
+
+    @abstractmethod
+    def release(self, claims: Sequence[Claim]) -> None:
+        """Hand back claims that were never started, without counting an attempt."""
+
+    @abstractmethod
+    def cancel(self, job: Job) -> bool:
+        """Withdraw a task no worker has claimed yet; True if it was withdrawn."""
+
+    @abstractmethod
+    def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
+        """Remove and return the replies waiting for ``reply_to``, oldest first.
+
+        When none is waiting, wait up to ``wait`` seconds for one; ``[]`` if none comes.
+        """
+
+    @abstractmethod
+    def heartbeat(self, info: WorkerInfo) -> None:
+        """Record that a worker is alive, with its counters."""
+
+    @abstractmethod
+    def forget_worker(self, worker: str) -> None:
+        """Remove a worker's record (on a clean exit)."""
+
+    @abstractmethod
+    def bury(self, letter: DeadLetter) -> None:
+        """Keep a dead letter for ``status`` (a bounded number of the newest)."""
+
+    @abstractmethod
+    def stats(self) -> Stats:
+        """Queue depths, running tasks, live workers and dead letters."""
+
+    @abstractmethod
+    def purge(self, queue: str | None = None) -> int:
+        """Delete waiting tasks (of one queue, or all); return how many."""
+
+    def lost(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` of which the backend has no trace at all.
+
+        A task that is neither waiting, claimed, nor answered was lost by the broker (a
+        Redis restart without persistence). Clients ask after recovering from an outage so
+        no caller waits forever. Durable backends never lose a task: the default says so.
+        """
+        return set()
+
+    def sweep(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Housekeeping a worker runs now and then (e.g. deleting expired replies)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release connections. The object must not be used afterwards."""

@@ -1,0 +1,211 @@
+"""``memory://``: a broker inside one process, for tests and for workers run as threads.
+
+The reference implementation of the contract in ``base.py``: plain dicts under one lock,
+a condition variable for waiting. ``memory://name`` names a broker; every backend opened
+with the same URL in one process shares it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+
+_MAX_DEAD = 1000
+
+
+@dataclass(slots=True)
+class _Entry:
+    job: Job
+    attempt: int = 0
+    token: str | None = None
+    lease_until: float = 0.0
+
+
+@dataclass(slots=True)
+class _Reply:
+    body: bytes
+    at: float
+
+
+class _Broker:
+    """The shared state of one ``memory://`` URL."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.queues: dict[str, OrderedDict[str, _Entry]] = {}
+        self.replies: dict[str, deque[_Reply]] = {}
+        self.workers: dict[str, WorkerInfo] = {}
+        self.dead: deque[DeadLetter] = deque(maxlen=_MAX_DEAD)
+
+
+_BROKERS: dict[str, _Broker] = {}
+_BROKERS_LOCK = threading.Lock()
+
+
+class MemoryBackend(Backend):
+    """An in-process broker. See ``base.Backend`` for the contract."""
+
+    def __init__(self, name: str = "", *, result_ttl: float = 3600.0) -> None:
+        super().__init__(result_ttl=result_ttl)
+        with _BROKERS_LOCK:
+            self._b = _BROKERS.setdefault(name, _Broker())
+
+    @classmethod
+    def from_url(cls, url: str, *, result_ttl: float = 3600.0) -> MemoryBackend:
+        parts = urlsplit(url)
+        return cls(parts.netloc + parts.path, result_ttl=result_ttl)
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        with self._b.cond:
+            for job in jobs:
+                self._b.queues.setdefault(job.queue, OrderedDict())[job.id] = _Entry(job)
+            self._b.cond.notify_all()
+
+    def claim(
+        self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
+    ) -> list[Claim]:
+        deadline = time.monotonic() + wait
+        with self._b.cond:
+            while True:
+                claims = self._take(queues, limit, lease)
+                remaining = deadline - time.monotonic()
+                if claims or remaining <= 0:
+                    return claims
+                # Wake for new work, or in time to see the next lease expire.
+                self._b.cond.wait(min(remaining, 0.05))
+
+    def _take(self, queues: Sequence[str], limit: int, lease: float) -> list[Claim]:
+        now = time.time()
+        claims: list[Claim] = []
+        for name in queues:
+            for entry in self._b.queues.get(name, {}).values():
+                if len(claims) >= limit:
+                    return claims
+                if entry.token is not None and entry.lease_until > now:
+                    continue
+                entry.attempt += 1
+                entry.token = uuid.uuid4().hex
+                entry.lease_until = now + lease
+                job = entry.job
+                claims.append(
+                    Claim(job.id, job.queue, job.reply_to, job.body, entry.attempt, entry.token)
+                )
+        return claims
+
+    def _held(self, claim: Claim) -> _Entry | None:
+        entry = self._b.queues.get(claim.queue, {}).get(claim.id)
+        if entry is None or entry.token != claim.token or entry.lease_until <= time.time():
+            return None
+        return entry
+
+    def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
+        held = []
+        with self._b.cond:
+            for claim in claims:
+                entry = self._held(claim)
+                if entry is not None:
+                    entry.lease_until = time.time() + lease
+                held.append(entry is not None)
+        return held
+
+    def complete(self, done: Sequence[Done]) -> list[bool]:
+        accepted = []
+        now = time.time()
+        with self._b.cond:
+            for item in done:
+                entry = self._held(item.claim)
+                if entry is not None:
+                    del self._b.queues[item.claim.queue][item.claim.id]
+                    if item.reply is not None:
+                        box = self._b.replies.setdefault(item.claim.reply_to, deque())
+                        box.append(_Reply(item.reply, now))
+                accepted.append(entry is not None)
+            self._b.cond.notify_all()
+        return accepted
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        with self._b.cond:
+            for claim in claims:
+                entry = self._held(claim)
+                if entry is not None:
+                    entry.token = None
+                    entry.attempt -= 1
+            self._b.cond.notify_all()
+
+    def cancel(self, job: Job) -> bool:
+        with self._b.cond:
+            queue = self._b.queues.get(job.queue, {})
+            entry = queue.get(job.id)
+            if entry is None or entry.attempt > 0:
+                return False
+            del queue[job.id]
+            return True
+
+    def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
+        deadline = time.monotonic() + wait
+        with self._b.cond:
+            while True:
+                box = self._b.replies.pop(reply_to, None)
+                remaining = deadline - time.monotonic()
+                if box or remaining <= 0:
+                    return [r.body for r in box or ()]
+                self._b.cond.wait(remaining)
+
+    def heartbeat(self, info: WorkerInfo) -> None:
+        with self._b.cond:
+            self._b.workers[info.id] = replace(info, queues=list(info.queues))
+
+    def forget_worker(self, worker: str) -> None:
+        with self._b.cond:
+            self._b.workers.pop(worker, None)
+
+    def bury(self, letter: DeadLetter) -> None:
+        with self._b.cond:
+            self._b.dead.appendleft(letter)
+
+    def stats(self) -> Stats:
+        now = time.time()
+        with self._b.cond:
+            depth = {
+                name: sum(1 for e in q.values() if e.token is None or e.lease_until <= now)
+                for name, q in self._b.queues.items()
+            }
+            running = sum(
+                1
+                for q in self._b.queues.values()
+                for e in q.values()
+                if e.token is not None and e.lease_until > now
+            )
+            workers = [
+                replace(w) for w in self._b.workers.values() if now - w.last_seen < self.worker_ttl
+            ]
+            return Stats(depth, running, workers, list(self._b.dead))
+
+    def purge(self, queue: str | None = None) -> int:
+        now = time.time()
+        removed = 0
+        with self._b.cond:
+            for name, q in self._b.queues.items():
+                if queue is not None and name != queue:
+                    continue
+                for task_id in [k for k, e in q.items() if e.token is None or e.lease_until <= now]:
+                    del q[task_id]
+                    removed += 1
+        return removed
+
+    def sweep(self) -> None:
+        cutoff = time.time() - self.result_ttl
+        with self._b.cond:
+            for reply_to in list(self._b.replies):
+                box = self._b.replies[reply_to]
+                while box and box[0].at < cutoff:
+                    box.popleft()
+                if not box:
+                    del self._b.replies[reply_to]

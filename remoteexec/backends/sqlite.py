@@ -1,0 +1,451 @@
+"""``sqlite:///path.db``: an embedded broker in one file, shared by the processes of one host.
+
+Workers and clients in any number of processes open the same file; SQLite's locking keeps
+them consistent. The file runs in WAL mode with ``synchronous=NORMAL``: readers never block
+the writer, and a commit survives a crashed process (a power cut may lose the last few).
+
+Guarantees, beyond the contract in ``base.py``:
+
+* Every write is one short ``BEGIN IMMEDIATE`` transaction, whatever the batch size: a
+  claim of N tasks, a completion of N replies or an enqueue of N jobs is all or nothing.
+* Lock contention ("database is locked") never reaches the caller: it is retried with
+  backoff for up to 30 seconds, then raised as ``BackendUnavailable``, like every other
+  ``sqlite3`` error.
+* Each thread has its own connection, opened on first use; a child process opens its own
+  after a fork and never touches (nor closes) its parent's.
+* SQLite cannot notify other processes, so waiting (``claim`` and ``replies`` with
+  ``wait > 0``) polls ``PRAGMA data_version``, which changes when another connection
+  commits: every millisecond while the file is busy, backing off to 25 ms when idle.
+* Re-enqueueing an id that is still held changes nothing, so a retried ``enqueue`` cannot
+  run a task twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple
+from typing import Any, TypeVar
+
+from ..errors import BackendUnavailable, ConfigurationError
+from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+
+log = logging.getLogger("remoteexec.sqlite")
+
+T = TypeVar("T")
+
+#: The schema this module creates, recorded in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+_MAX_DEAD = 1000
+_BUSY_TIMEOUT = 1.0  # SQLite's own wait for a lock, per try
+_RETRY_FOR = 30.0  # total time spent retrying a busy database before giving up
+_POLL_MIN, _POLL_MAX = 0.001, 0.025
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS tasks (
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, queue TEXT NOT NULL,
+        reply_to TEXT NOT NULL, body BLOB NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
+        token TEXT, lease_until REAL NOT NULL DEFAULT 0, created REAL NOT NULL)""",
+    # token IS NULL: waiting, in FIFO order; otherwise leased until lease_until.
+    "CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks (queue, seq) WHERE token IS NULL",
+    "CREATE INDEX IF NOT EXISTS tasks_leased ON tasks (queue, lease_until) WHERE token IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS replies (
+        seq INTEGER PRIMARY KEY, reply_to TEXT NOT NULL, body BLOB NOT NULL,
+        created REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS replies_to ON replies (reply_to)",
+    """CREATE TABLE IF NOT EXISTS workers (
+        id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, queues TEXT NOT NULL,
+        started REAL NOT NULL, last_seen REAL NOT NULL, done INTEGER NOT NULL,
+        running INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS dead (
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL, name TEXT NOT NULL,
+        reason TEXT NOT NULL, at REAL NOT NULL)""",
+]
+
+_ENQUEUE = (
+    "INSERT INTO tasks (id, queue, reply_to, body, created) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+# Oldest first among waiting tasks and expired leases of one queue (?3), up to ?5 of them.
+_CLAIM = """UPDATE tasks SET attempt = attempt + 1, token = ?1 || seq, lease_until = ?2
+WHERE seq IN (
+    SELECT seq FROM (SELECT seq FROM tasks WHERE queue = ?3 AND token IS NULL
+                     ORDER BY seq LIMIT ?5)
+    UNION ALL
+    SELECT seq FROM (SELECT seq FROM tasks WHERE queue = ?3 AND token IS NOT NULL
+                     AND lease_until <= ?4 ORDER BY seq LIMIT ?5)
+    ORDER BY seq LIMIT ?5)
+RETURNING seq, id, reply_to, body, attempt, token"""
+_PEEK = (
+    "SELECT EXISTS (SELECT 1 FROM tasks WHERE queue = ?1 AND token IS NULL), "
+    "(SELECT min(lease_until) FROM tasks WHERE queue = ?1 AND token IS NOT NULL)"
+)
+_HELD = "id = ? AND token = ? AND lease_until > ?"
+_HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_DEPTH = (  # per queue: waiting (or lease expired), running
+    "SELECT queue, total(token IS NULL OR lease_until <= ?1), "
+    "total(token IS NOT NULL AND lease_until > ?1) FROM tasks GROUP BY queue"
+)
+
+# Connections a forked child inherited: kept referenced, never closed, because closing
+# them would drop the locks the child's own connections hold on the same file.
+_ORPHANS: list[sqlite3.Connection] = []
+_LOCK = threading.Lock()
+
+
+def _reset_lock() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+@contextmanager
+def map_sqlite_errors(path: str) -> Iterator[None]:
+    """Raise every ``sqlite3`` error inside the block as ``BackendUnavailable``."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise BackendUnavailable(f"SQLite database {path}: {exc}") from exc
+
+
+class _Local(threading.local):
+    conn: sqlite3.Connection | None = None
+    pid: int = 0
+
+
+class SQLiteBackend(Backend):
+    """A broker in one SQLite file. See the module docstring and ``base.Backend``."""
+
+    def __init__(self, path: str, *, result_ttl: float = 3600.0) -> None:
+        super().__init__(result_ttl=result_ttl)
+        self.path = os.path.abspath(path)
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            raise ConfigurationError(
+                f"SQLite database {path!r}: folder {folder!r} does not exist (create it first)"
+            )
+        if os.path.isdir(self.path):
+            raise ConfigurationError(f"SQLite database {path!r} is a folder, not a file")
+        self._local = _Local()
+        self._pid = os.getpid()
+        self._conns: list[sqlite3.Connection] = []
+        self._schema_ok = False
+
+    @classmethod
+    def from_url(cls, url: str, *, result_ttl: float = 3600.0) -> SQLiteBackend:
+        """Open ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+
+        A relative path is resolved against the working directory now, once.
+
+        Raises:
+            ConfigurationError: the URL is malformed or the database's folder is missing.
+        """
+        prefix = "sqlite:///"
+        path = url[len(prefix) :] if url[: len(prefix)].lower() == prefix else ""
+        if not path or path.endswith("/") or "?" in path or "#" in path or path == ":memory:":
+            raise ConfigurationError(
+                f"malformed SQLite URL {url!r}: use sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db (memory:// for an in-process broker)"
+            )
+        return cls(path, result_ttl=result_ttl)
+
+    # -- connections and transactions ------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        local, pid = self._local, os.getpid()
+        if local.conn is not None and local.pid == pid:
+            return local.conn
+        with _LOCK:
+            if self._pid != pid:  # first use in a forked child
+                _ORPHANS.extend(self._conns)
+                self._conns, self._pid, self._schema_ok = [], pid, False
+            conn = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            self._conns.append(conn)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if not self._schema_ok:
+                self._create_schema(conn)
+                self._schema_ok = True
+        except BaseException:
+            with _LOCK:
+                self._conns.remove(conn)
+            conn.close()
+            raise
+        local.conn, local.pid = conn, pid
+        log.debug("opened %s in process %d", self.path, pid)
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"SQLite database {self.path} has schema version {version}; this remoteexec "
+                f"knows version {SCHEMA_VERSION} (upgrade remoteexec)"
+            )
+        if version < SCHEMA_VERSION:
+            _transaction(conn, "IMMEDIATE", _create_tables)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], begin: str | None = "IMMEDIATE") -> T:
+        """Run ``fn`` in a transaction (``begin``; None: autocommit), retrying while busy."""
+        deadline = time.monotonic() + _RETRY_FOR
+        delay = 0.001
+        with map_sqlite_errors(self.path):
+            while True:
+                try:
+                    conn = self._connection()
+                    return fn(conn) if begin is None else _transaction(conn, begin, fn)
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    log.debug("%s is busy (%s); retrying in %.3f s", self.path, exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+
+    def _wait(self, due: Callable[[sqlite3.Connection], float], deadline: float) -> bool:
+        """Sleep until ``due`` says work is ready (True) or ``deadline`` passes (False).
+
+        ``due`` returns the wall-clock time at which work becomes ready (now or earlier:
+        ready now; ``inf``: on some change). It is asked again whenever another connection
+        commits.
+        """
+        delay = _POLL_MIN
+        version = self._data_version()
+        ready_at = self._run(due, None)
+        while True:
+            now = time.time()
+            if ready_at <= now:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(delay, remaining, ready_at - now))
+            delay = min(delay * 2, _POLL_MAX)
+            latest = self._data_version()
+            if latest != version:
+                version, delay = latest, _POLL_MIN
+                ready_at = self._run(due, None)
+
+    def _data_version(self) -> int:
+        return int(self._run(lambda c: c.execute("PRAGMA data_version").fetchone()[0], None))
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        now = time.time()
+        rows = [(j.id, j.queue, j.reply_to, j.body, now) for j in jobs]
+        names = [(q,) for q in dict.fromkeys(j.queue for j in jobs)]
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.executemany(_ENQUEUE, rows)
+            conn.executemany("INSERT OR IGNORE INTO queues (name) VALUES (?)", names)
+
+        self._run(tx)
+
+    def claim(
+        self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
+    ) -> list[Claim]:
+        deadline = time.monotonic() + wait
+        while True:
+            claims = self._run(lambda conn: self._take(conn, queues, limit, lease))
+            if claims or not self._wait(lambda conn: self._next_due(conn, queues), deadline):
+                return claims
+
+    def _take(
+        self, conn: sqlite3.Connection, queues: Sequence[str], limit: int, lease: float
+    ) -> list[Claim]:
+        now = time.time()
+        token = uuid.uuid4().hex + "-"
+        claims: list[Claim] = []
+        for queue in queues:
+            if len(claims) >= limit:
+                break
+            rows = conn.execute(_CLAIM, (token, now + lease, queue, now, limit - len(claims)))
+            claims += (
+                Claim(task_id, queue, reply_to, body, attempt, tok)
+                for _, task_id, reply_to, body, attempt, tok in sorted(rows.fetchall())
+            )
+        return claims
+
+    def _next_due(self, conn: sqlite3.Connection, queues: Sequence[str]) -> float:
+        due = math.inf
+        for queue in queues:
+            waiting, lease_until = conn.execute(_PEEK, (queue,)).fetchone()
+            if waiting:
+                return 0.0
+            if lease_until is not None:
+                due = min(due, lease_until)
+        return due
+
+    def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
+        def tx(conn: sqlite3.Connection) -> list[bool]:
+            now = time.time()
+            sql = f"UPDATE tasks SET lease_until = ? WHERE {_HELD}"
+            return [
+                conn.execute(sql, (now + lease, c.id, c.token, now)).rowcount == 1 for c in claims
+            ]
+
+        return self._run(tx) if claims else []
+
+    def complete(self, done: Sequence[Done]) -> list[bool]:
+        def tx(conn: sqlite3.Connection) -> list[bool]:
+            now = time.time()
+            sql = f"DELETE FROM tasks WHERE {_HELD}"
+            accepted = [
+                conn.execute(sql, (d.claim.id, d.claim.token, now)).rowcount == 1 for d in done
+            ]
+            conn.executemany(
+                "INSERT INTO replies (reply_to, body, created) VALUES (?, ?, ?)",
+                [
+                    (d.claim.reply_to, d.reply, now)
+                    for d, ok in zip(done, accepted, strict=True)
+                    if ok and d.reply is not None
+                ],
+            )
+            return accepted
+
+        return self._run(tx) if done else []
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.executemany(
+                "UPDATE tasks SET token = NULL, lease_until = 0, attempt = attempt - 1 "
+                f"WHERE {_HELD}",
+                [(c.id, c.token, now) for c in claims],
+            )
+
+        if claims:
+            self._run(tx)
+
+    def cancel(self, job: Job) -> bool:
+        sql = "DELETE FROM tasks WHERE id = ? AND queue = ? AND attempt = 0"
+        return self._run(lambda conn: conn.execute(sql, (job.id, job.queue)).rowcount == 1)
+
+    def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
+        deadline = time.monotonic() + wait
+        exists = "SELECT EXISTS (SELECT 1 FROM replies WHERE reply_to = ?)"
+
+        def due(conn: sqlite3.Connection) -> float:
+            return 0.0 if conn.execute(exists, (reply_to,)).fetchone()[0] else math.inf
+
+        def take(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute(
+                "DELETE FROM replies WHERE reply_to = ? RETURNING seq, body", (reply_to,)
+            ).fetchall()
+            return [body for _, body in sorted(rows)]
+
+        while True:
+            # Look before taking the write lock: most polls find nothing.
+            got = self._run(take) if self._run(due, None) == 0.0 else []
+            if got or not self._wait(due, deadline):
+                return got
+
+    def heartbeat(self, info: WorkerInfo) -> None:
+        row = list(astuple(info))
+        row[3] = json.dumps(row[3])  # queues
+        self._run(lambda conn: conn.execute(_HEARTBEAT, row))
+
+    def forget_worker(self, worker: str) -> None:
+        self._run(lambda conn: conn.execute("DELETE FROM workers WHERE id = ?", (worker,)))
+
+    def bury(self, letter: DeadLetter) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            seq = conn.execute(
+                "INSERT INTO dead (id, queue, name, reason, at) VALUES (?, ?, ?, ?, ?)",
+                (letter.id, letter.queue, letter.name, letter.reason, letter.at),
+            ).lastrowid
+            conn.execute("DELETE FROM dead WHERE seq <= ?", ((seq or 0) - _MAX_DEAD,))
+
+        self._run(tx)
+
+    def stats(self) -> Stats:
+        def tx(conn: sqlite3.Connection) -> Stats:
+            now = time.time()
+            depth = {name: 0 for (name,) in conn.execute("SELECT name FROM queues")}
+            rows = conn.execute(_DEPTH, (now,)).fetchall()
+            depth.update((queue, int(waiting)) for queue, waiting, _ in rows)
+            workers = conn.execute(
+                "SELECT * FROM workers WHERE last_seen > ? ORDER BY started, id",
+                (now - self.worker_ttl,),
+            )
+            dead = conn.execute("SELECT id, queue, name, reason, at FROM dead ORDER BY seq DESC")
+            return Stats(
+                depth,
+                int(sum(held for _, _, held in rows)),
+                [_worker(*w) for w in workers],
+                [DeadLetter(*d) for d in dead],
+            )
+
+        return self._run(tx, "DEFERRED")
+
+    def purge(self, queue: str | None = None) -> int:
+        sql = "DELETE FROM tasks WHERE (token IS NULL OR lease_until <= ?)"
+        args: tuple[Any, ...] = (time.time(),)
+        if queue is not None:
+            sql, args = sql + " AND queue = ?", (*args, queue)
+        return self._run(lambda conn: conn.execute(sql, args).rowcount)
+
+    def sweep(self) -> None:
+        """Delete replies older than ``result_ttl`` and workers silent for ``worker_ttl``."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute("DELETE FROM replies WHERE created < ?", (now - self.result_ttl,))
+            conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - self.worker_ttl,))
+
+        self._run(tx)
+
+    def close(self) -> None:
+        """Close the connections this process opened; a forked child leaves its parent's."""
+        with _LOCK:
+            conns = self._conns if self._pid == os.getpid() else []
+            self._conns = []
+            self._local = _Local()
+        for conn in conns:
+            conn.close()
+
+
+def _transaction(conn: sqlite3.Connection, begin: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute(f"BEGIN {begin}")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+        return result
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _worker(
+    wid: str, host: str, pid: int, queues: str, started: float, seen: float, done: int, run: int
+) -> WorkerInfo:
+    return WorkerInfo(wid, host, pid, json.loads(queues), started, seen, done, run)

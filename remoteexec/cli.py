@@ -1,0 +1,183 @@
+"""The ``remoteexec`` and ``remoteexec-worker`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import RemoteExecError
+
+log = logging.getLogger("remoteexec.cli")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="remoteexec-worker", description="Run remoteexec worker processes."
+    )
+    p.add_argument("--url", help="backend URL (default: REMOTEEXEC_URL, config, sqlite)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that defines task types (repeatable)")
+    p.add_argument("--tasks-dir", metavar="DIR", help="import every *.py in DIR")
+    p.add_argument("--queues", default="default", help="queues to serve, in order (a,b)")
+    p.add_argument("--processes", type=_positive_int, default=1, metavar="N")
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="M")
+    p.add_argument("--lease", type=_positive_float, metavar="SECONDS",
+                   help="claim lease, renewed while a task runs (default 30)")
+    p.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"])
+    return p
+
+
+def worker_main(argv: Sequence[str] | None = None) -> None:
+    """``remoteexec-worker``: supervise worker processes (see SPEC section 4)."""
+    from .supervisor import Supervisor, WorkerSettings
+
+    args = worker_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",
+    )
+    settings = WorkerSettings(
+        url=args.url,
+        imports=args.imports,
+        tasks_dir=args.tasks_dir,
+        queues=[q.strip() for q in args.queues.split(",") if q.strip()],
+        threads=args.threads,
+        lease=args.lease,
+        burst=args.burst,
+        log_level=args.log_level.upper(),
+    )
+    sys.exit(Supervisor(settings, args.processes).run())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``remoteexec``: demo, status, watch, call, purge, init-db."""
+    parser = argparse.ArgumentParser(prog="remoteexec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the seed's demo: workers and a client asking for pi")
+    demo.add_argument("--url", help="backend URL (default: an embedded SQLite file)")
+    demo.add_argument("--workers", type=_positive_int, default=2, metavar="N")
+    demo.add_argument("--seconds", type=_positive_float, default=10.0, metavar="S")
+    demo.add_argument("--verbose", action="store_true", help="print every call, not a sample")
+
+    for name, text in (("status", "queues, workers, dead letters"),
+                       ("watch", "tasks completed per second, live")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--url")
+    sub.choices["watch"].add_argument("--count", type=_positive_int, help="stop after N lines")
+
+    call = sub.add_parser("call", help="call a task from the shell (JSON arguments)")
+    call.add_argument("--url")
+    call.add_argument("name")
+    call.add_argument("--method", default="execute")
+    call.add_argument("--timeout", type=_positive_float)
+    call.add_argument("args", nargs="*", help="JSON values, e.g. 42 '\"text\"' '[1,2]'")
+
+    purge = sub.add_parser("purge", help="delete waiting tasks")
+    purge.add_argument("--url")
+    purge.add_argument("--queue")
+
+    init = sub.add_parser("init-db", help="create the MySQL schema")
+    init.add_argument("--url", required=True)
+    init.add_argument("--print", action="store_true", help="print the SQL, change nothing")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _COMMANDS[args.command](args)
+    except RemoteExecError as exc:
+        print(f"remoteexec {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(url=args.url, workers=args.workers, seconds=args.seconds, verbose=args.verbose)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from .monitor import print_status
+
+    print_status(args.url)
+
+
+def _watch(args: argparse.Namespace) -> None:
+    from .monitor import watch
+
+    watch(args.url, count=args.count)
+
+
+def _call(args: argparse.Namespace) -> None:
+    from .client import Client
+    from .proxy import CallOptions
+
+    try:
+        values: list[Any] = [json.loads(a) for a in args.args]
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"remoteexec call: arguments must be JSON values: {exc}") from exc
+    with Client(args.url) as client:
+        started = time.perf_counter()
+        future = client.submit(args.name, args.method, values, {},
+                               CallOptions(timeout=args.timeout))
+        result = future.result()
+    print(json.dumps(result, default=repr))
+    log.info("took %.1f ms", (time.perf_counter() - started) * 1000)
+
+
+def _purge(args: argparse.Namespace) -> None:
+    from .client import Client
+
+    with Client(args.url) as client:
+        print(f"purged {client.backend.purge(args.queue)} waiting task(s)")
+
+
+def _init_db(args: argparse.Namespace) -> None:
+    from urllib.parse import urlsplit
+
+    from .errors import ConfigurationError
+
+    if urlsplit(args.url).scheme != "mysql":
+        raise ConfigurationError("init-db takes a mysql:// URL")
+    from .backends.mysql import MySQLBackend, schema_sql
+
+    if args.print:
+        print(";\n\n".join(schema_sql()) + ";")
+        return
+    backend = MySQLBackend.from_url(args.url, result_ttl=3600)
+    backend.init_db()
+    backend.close()
+    print("schema ready")
+
+
+_COMMANDS = {
+    "demo": _demo,
+    "status": _status,
+    "watch": _watch,
+    "call": _call,
+    "purge": _purge,
+    "init-db": _init_db,
+}

@@ -1,0 +1,306 @@
+"""``Client``: sends calls, and one listener thread per process resolves their futures.
+
+Every client process has one reply address. Calls are registered as pending before they
+are enqueued; the listener drains the replies addressed to this process and resolves the
+matching futures, so no call holds a connection of its own while it waits. The listener
+also fails calls whose timeout has passed (``CallTimeout``) and, after a broker outage,
+calls the broker lost (``BackendUnavailable``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from .backends import Job, open_backend
+from .config import Settings, resolve
+from .errors import (
+    ERROR_KINDS,
+    BackendUnavailable,
+    CallTimeout,
+    RemoteExecError,
+    remote_error,
+)
+from .message import Call, Codec, Failure
+from .proxy import CallOptions, RemoteFuture
+
+log = logging.getLogger("remoteexec.client")
+
+Calls = Sequence[tuple[Sequence[Any], dict[str, Any]]]
+
+
+class Client:
+    """A connection to one backend, shared by every thread of the process.
+
+    Args:
+        url: the backend URL (see ``remoteexec.config`` for the resolution order).
+        **options: ``secret``, ``timeout``, ``result_ttl``, ``max_message_size``, ``queue``,
+            ``max_attempts`` (see ``Settings``).
+
+    Raises:
+        ConfigurationError: a bad URL or option.
+    """
+
+    def __init__(self, url: str | None = None, **options: Any) -> None:
+        self.settings: Settings = resolve(url, **options)
+        self._codec = Codec(
+            secrets=self.settings.secrets, max_message_size=self.settings.max_message_size
+        )
+        self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        # Also run in a forked child: fresh connections and a reply address of its own;
+        # the parent's pending calls stay the parent's.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._backend = open_backend(self.settings.url, result_ttl=self.settings.result_ttl)
+        self.reply_to = f"{socket.gethostname()}:{self._pid}:{os.urandom(4).hex()}"
+        self._pending: dict[str, RemoteFuture[Any]] = {}
+        self._deadlines: list[tuple[float, str, str]] = []
+        self._wake = threading.Event()
+        self._listener: threading.Thread | None = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        from .config import redact_url
+
+        return f"<Client {redact_url(self.settings.url)}>"
+
+    @property
+    def backend(self) -> Any:
+        """The backend adapter (for ``status``, ``watch`` and tests)."""
+        self._ensure()
+        return self._backend
+
+    def _ensure(self) -> None:
+        if self._closed:
+            raise RemoteExecError("the client is closed")
+        if self._pid != os.getpid():
+            self._start()
+
+    def submit(
+        self,
+        task: str,
+        method: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: CallOptions | None = None,
+    ) -> RemoteFuture[Any]:
+        """Send one call; see ``submit_many``."""
+        return self.submit_many(task, method, [(args, kwargs)], options)[0]
+
+    def submit_many(
+        self, task: str, method: str, calls: Calls, options: CallOptions | None = None
+    ) -> list[RemoteFuture[Any]]:
+        """Send many calls of one method in one batch; a future for each, in order.
+
+        Raises:
+            SerializationError: an argument cannot be serialized (nothing was sent).
+            BackendUnavailable: the backend cannot be reached (nothing was sent).
+        """
+        self._ensure()
+        opts = options or CallOptions()
+        settings = self.settings
+        queue = opts.queue or settings.queue
+        timeout = opts.timeout if opts.timeout is not None else settings.timeout
+        attempts = opts.max_attempts or settings.max_attempts
+        deadline = time.time() + timeout if timeout is not None else None
+        jobs: list[Job] = []
+        futures: list[RemoteFuture[Any]] = []
+        encode = self._codec.encode_call
+        for args, kwargs in calls:
+            task_id = os.urandom(16).hex()
+            call = Call(task_id, task, method, tuple(args), kwargs, deadline, attempts, None)
+            job = Job(task_id, queue, self.reply_to, encode(call))
+            jobs.append(job)
+            futures.append(RemoteFuture(self, task_id, job))
+        with self._lock:
+            for future in futures:
+                self._pending[future.task_id] = future
+                if deadline is not None:
+                    label = f"{task}.{method} did not finish within {timeout:g} s"
+                    heapq.heappush(self._deadlines, (deadline, future.task_id, label))
+        try:
+            self._backend.enqueue(jobs)
+        except BaseException:
+            with self._lock:
+                for future in futures:
+                    self._pending.pop(future.task_id, None)
+            raise
+        self._ensure_listener()
+        return futures
+
+    def _withdraw(self, future: RemoteFuture[Any]) -> bool:
+        if future._client is not self or self._pid != os.getpid():
+            return False
+        if not self._backend.cancel(future._job):
+            return False
+        with self._lock:
+            self._pending.pop(future.task_id, None)
+        return True
+
+    def close(self) -> None:
+        """Stop the listener, close connections, fail calls still waiting."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._listener is not None and self._listener is not threading.current_thread():
+            self._listener.join(5)
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(BackendUnavailable("the client was closed"))
+        if self._pid == os.getpid():
+            self._backend.close()
+
+    # The listener ------------------------------------------------------------------------
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None:
+            with self._lock:
+                if self._listener is None:
+                    self._listener = threading.Thread(
+                        target=self._listen, name="remoteexec-replies", daemon=True
+                    )
+                    self._listener.start()
+        self._wake.set()
+
+    def _listen(self) -> None:
+        backend, pid, reply_to = self._backend, self._pid, self.reply_to
+        outage_since: float | None = None
+        while not self._closed and os.getpid() == pid:
+            self._wake.clear()
+            with self._lock:
+                waiting = bool(self._pending)
+                next_deadline = self._deadlines[0][0] if self._deadlines else None
+            if not waiting:
+                self._wake.wait(1.0)
+                continue
+            wait = 1.0
+            if next_deadline is not None:
+                wait = max(0.0, min(wait, next_deadline - time.time()))
+            try:
+                bodies = backend.replies(reply_to, wait=wait)
+            except BackendUnavailable as exc:
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning("waiting for replies failed, retrying: %s", exc)
+                self._expire()
+                time.sleep(0.2)
+                continue
+            if outage_since is not None:
+                log.warning("backend reachable again after %.1f s", time.monotonic() - outage_since)
+                outage_since = None
+                self._fail_lost()
+            for body in bodies:
+                self._resolve(body)
+            self._expire()
+
+    def _resolve(self, body: bytes) -> None:
+        try:
+            reply = self._codec.decode_reply(body)
+        except RemoteExecError as exc:
+            log.error("dropped a reply that cannot be decoded: %s", exc)
+            return
+        with self._lock:
+            future = self._pending.pop(reply.id, None)
+        if future is None or future.done():
+            log.debug("dropped a late or duplicate reply for %s", reply.id)
+        elif reply.failure is None:
+            future.set_result(reply.value)
+        else:
+            future.set_exception(failure_error(reply.failure))
+
+    def _expire(self) -> None:
+        now = time.time()
+        expired: list[tuple[RemoteFuture[Any], str]] = []
+        with self._lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, task_id, label = heapq.heappop(self._deadlines)
+                future = self._pending.pop(task_id, None)
+                if future is not None:
+                    expired.append((future, label))
+        for future, label in expired:
+            if not future.done():
+                future.set_exception(CallTimeout(label))
+
+    def _fail_lost(self) -> None:
+        with self._lock:
+            ids = list(self._pending)
+        try:
+            lost = self._backend.lost(ids) if ids else set()
+        except BackendUnavailable:
+            return
+        for task_id in lost:
+            with self._lock:
+                future = self._pending.pop(task_id, None)
+            if future is not None and not future.done():
+                future.set_exception(
+                    BackendUnavailable("the broker lost this call while it was unavailable")
+                )
+
+
+def failure_error(failure: Failure) -> RemoteExecError:
+    """The exception a caller gets for a failure reported by a worker."""
+    if failure.kind == "remote":
+        return remote_error(failure.type_name, failure.message, failure.traceback)
+    return ERROR_KINDS.get(failure.kind, RemoteExecError)(failure.message)
+
+
+_current: ContextVar[Client | None] = ContextVar("remoteexec_client", default=None)
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def configure(url: str | None = None, **options: Any) -> Client:
+    """Set the process-wide default client (closing the previous one) and return it.
+
+    Raises:
+        ConfigurationError: a bad URL or option.
+    """
+    global _default
+    client = Client(url, **options)
+    with _default_lock:
+        previous, _default = _default, client
+    if previous is not None:
+        previous.close()
+    return client
+
+
+def current_client() -> Client:
+    """The client of the innermost ``using`` block, else the default one (made on first use)."""
+    global _default
+    client = _current.get()
+    if client is not None:
+        return client
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Client()
+    return _default
+
+
+@contextmanager
+def using(client: Client) -> Iterator[Client]:
+    """Route the calls made inside the block (in this thread or task) through ``client``."""
+    token = _current.set(client)
+    try:
+        yield client
+    finally:
+        _current.reset(token)

@@ -1,0 +1,281 @@
+"""Settings resolution: where the backend URL, secrets and defaults come from.
+
+Each setting is taken from the first of these that gives it:
+
+1. explicit arguments: ``Client(url, timeout=5)``, ``configure(...)``, ``Worker(...)``;
+   an argument given as ``None`` counts as not given;
+2. the environment: ``REMOTEEXEC_URL``, ``REMOTEEXEC_SECRET`` (comma-separated for
+   rotation, the first signs), ``REMOTEEXEC_TIMEOUT``; an empty variable counts as unset;
+3. a YAML file: ``REMOTEEXEC_CONFIG`` if set, else ``./remoteexec.yaml`` if it exists, with
+   the ``Settings`` field names as keys (plus ``secret`` for a single one), e.g.::
+
+       url: redis://:s3cret@broker:6379/0
+       secrets: [new-key, old-key]
+       timeout: 30
+       queue: gpu
+
+4. the defaults below (``url`` = ``sqlite:///remoteexec.db`` in the working directory).
+
+Anything invalid raises ``ConfigurationError`` naming the value and where it came from;
+secrets never appear in messages, and URLs only through ``redact_url``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from .errors import ConfigurationError
+
+__all__ = ["CONFIG_FILE", "DEFAULT_URL", "SCHEMES", "Settings", "redact_url", "resolve"]
+
+DEFAULT_URL = "sqlite:///remoteexec.db"
+CONFIG_FILE = "remoteexec.yaml"
+SCHEMES = ("redis", "rediss", "unix", "mysql", "sqlite", "memory")
+_NETWORK_SCHEMES = ("redis", "rediss", "mysql")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings shared by clients and workers.
+
+    Attributes:
+        url: the backend URL.
+        secrets: HMAC signing keys; the first signs, any verifies. Empty: no signing.
+        timeout: the default seconds a caller waits for a result, or None (no limit).
+        result_ttl: seconds an uncollected result is kept.
+        max_message_size: the largest message, in bytes.
+        lease: seconds a worker's claim lasts without renewal.
+        max_attempts: expired leases a task survives before the caller gets ``WorkerLost``.
+        queue: the default queue.
+    """
+
+    url: str = DEFAULT_URL
+    secrets: tuple[str, ...] = ()
+    timeout: float | None = None
+    result_ttl: float = 3600.0
+    max_message_size: int = 64 * 2**20
+    lease: float = 30.0
+    max_attempts: int = 3
+    queue: str = "default"
+
+    def __repr__(self) -> str:
+        # Never show the secrets or a password, even in a debugger or a log line.
+        return (
+            f"Settings(url={redact_url(self.url)!r}, secrets=<{len(self.secrets)} hidden>, "
+            f"timeout={self.timeout!r}, result_ttl={self.result_ttl!r}, "
+            f"max_message_size={self.max_message_size!r}, lease={self.lease!r}, "
+            f"max_attempts={self.max_attempts!r}, queue={self.queue!r})"
+        )
+
+
+_OPTIONS = (
+    *("secret", "secrets", "timeout", "result_ttl", "max_message_size", "lease"),
+    *("max_attempts", "queue"),
+)
+_FILE_KEYS = ("url", *_OPTIONS)
+
+
+def resolve(url: str | None = None, **options: Any) -> Settings:
+    """Resolve the settings from arguments, environment, YAML file and defaults.
+
+    Args:
+        url: the backend URL, e.g. ``redis://localhost:6379/0``.
+        **options: ``secret`` (a string or a list of strings) or ``secrets``, ``timeout``,
+            ``result_ttl``, ``max_message_size``, ``lease``, ``max_attempts``, ``queue``.
+
+    Returns:
+        The resolved ``Settings``.
+
+    Raises:
+        ConfigurationError: an unknown option; a value of the wrong type or range; a
+            non-numeric ``REMOTEEXEC_TIMEOUT``; a config file that cannot be read, is not
+            valid YAML or is not a mapping; a URL without a scheme or with an unknown one.
+    """
+    for name in options:
+        if name not in _OPTIONS:
+            raise ConfigurationError(
+                f"unknown option {name!r}; known options: url, {', '.join(_OPTIONS)}"
+            )
+    explicit = {k: v for k, v in options.items() if v is not None}
+    if url is not None:
+        explicit["url"] = url
+    merged: dict[str, Any] = {}
+    for source, values in (*_file_layer(), _env_layer(), ("argument", explicit)):
+        merged.update(_normalize(values, source))
+    merged.setdefault("url", DEFAULT_URL)
+    return Settings(**merged)
+
+
+def _env_layer() -> tuple[str, dict[str, Any]]:
+    values: dict[str, Any] = {}
+    env = os.environ
+    if env.get("REMOTEEXEC_URL"):
+        values["url"] = env["REMOTEEXEC_URL"]
+    if env.get("REMOTEEXEC_SECRET"):
+        secrets = [s.strip() for s in env["REMOTEEXEC_SECRET"].split(",") if s.strip()]
+        if not secrets:
+            raise ConfigurationError("REMOTEEXEC_SECRET holds no secret (only commas/spaces)")
+        values["secrets"] = secrets
+    raw = env.get("REMOTEEXEC_TIMEOUT", "").strip()
+    if raw:
+        try:
+            values["timeout"] = float(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"REMOTEEXEC_TIMEOUT={raw[:100]!r} is not a number of seconds"
+            ) from None
+    return "environment", values
+
+
+def _file_layer() -> tuple[tuple[str, dict[str, Any]], ...]:
+    given = os.environ.get("REMOTEEXEC_CONFIG", "")
+    path = Path(given) if given else Path.cwd() / CONFIG_FILE
+    if not given and not path.is_file():
+        return ()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigurationError(f"cannot read config file {str(path)!r}: {reason}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # Only the problem and its line: YAML's own message quotes the file, secrets included.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigurationError(
+            f"config file {str(path)!r} is not valid YAML{where}: {problem}"
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(
+            f"config file {str(path)!r} must be a mapping of settings, not a {type(data).__name__}"
+        )
+    for key in data:
+        if key not in _FILE_KEYS:
+            raise ConfigurationError(
+                f"unknown key {str(key)[:100]!r} in config file {str(path)!r}; "
+                f"known keys: {', '.join(_FILE_KEYS)}"
+            )
+    source = f"config file {str(path)!r}"
+    return ((source, {k: v for k, v in data.items() if v is not None}),)
+
+
+def _normalize(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check one layer's values; return them under ``Settings`` field names."""
+    if "secret" in values and "secrets" in values:
+        raise ConfigurationError(f"give either secret or secrets, not both ({source})")
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "url":
+            out["url"] = _check_url(value, source)
+        elif name in ("secret", "secrets"):
+            out["secrets"] = _check_secrets(value, name, source)
+        elif name in ("timeout", "result_ttl", "lease"):
+            out[name] = _check_seconds(name, value, source)
+        elif name in ("max_message_size", "max_attempts"):
+            if type(value) is not int or value < 1:
+                raise ConfigurationError(
+                    f"{name} must be a positive integer, not {value!r:.100} ({source})"
+                )
+            out[name] = value
+        elif name == "queue":
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(
+                    f"queue must be a non-empty string, not {value!r:.100} ({source})"
+                )
+            out[name] = value
+    return out
+
+
+def _check_seconds(name: str, value: Any, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"{name} must be a number of seconds, not {value!r:.100} ({source})"
+        )
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(
+            f"{name} must be a positive, finite number of seconds, not {value!r} ({source})"
+        )
+    return float(value)
+
+
+def _check_secrets(value: Any, name: str, source: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(items, (list, tuple))
+        or not items
+        or not all(isinstance(s, str) and s for s in items)
+    ):
+        # The value itself is never shown: it is, or contains, a secret.
+        raise ConfigurationError(
+            f"{name} must be a non-empty string or a non-empty list of them, "
+            f"not a {type(value).__name__} ({source})"
+        )
+    return tuple(items)
+
+
+def _check_url(url: Any, source: str) -> str:
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(
+            f"url must be a non-empty string, not {type(url).__name__} ({source})"
+        )
+    shown = redact_url(url)
+    if "://" not in url:
+        raise ConfigurationError(
+            f"URL {shown!r} has no scheme ({source}); use one of {', '.join(_schemes())}"
+        )
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in _NETWORK_SCHEMES:
+            parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed URL {shown!r} ({source}): {exc}") from None
+    if scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"unknown URL scheme {scheme[:40]!r} in {shown!r} ({source}); "
+            f"use one of {', '.join(_schemes())}"
+        )
+    return url
+
+
+def _schemes() -> list[str]:
+    return [f"{s}:///" if s == "sqlite" else f"{s}://" for s in SCHEMES]
+
+
+_SECRET_PARAM = re.compile(r"([?&;](?:password|passwd|pwd|secret|token)=)[^&;#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe to log or show.
+
+    Both ``scheme://user:password@host`` and ``?password=...`` (also ``passwd``, ``pwd``,
+    ``secret``, ``token``) query parameters are redacted. In doubt (an ``@`` in an odd
+    place) more is hidden rather than less.
+
+    Args:
+        url: a backend URL.
+
+    Returns:
+        The URL with passwords replaced by ``***``; otherwise unchanged.
+    """
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    if "@" in rest:
+        userinfo, _, tail = rest.rpartition("@")
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            rest = f"{user}:***@{tail}"
+    return head + sep + _SECRET_PARAM.sub(r"\1***", rest)

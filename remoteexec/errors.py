@@ -1,0 +1,138 @@
+"""The exceptions remoteexec raises, all importable from ``remoteexec``.
+
+    RemoteExecError
+     ├── ConfigurationError      a bad URL, option or task definition
+     ├── BackendUnavailable      the broker cannot be reached (driver errors end here)
+     ├── SerializationError      a value that cannot cross the wire, or a malformed message
+     │    └── PayloadTooLarge    a message above max_message_size
+     ├── SignatureError          an unsigned or forged message
+     ├── CallTimeout             the caller's timeout passed (also a TimeoutError)
+     ├── RemoteError             the task raised; carries type_name, message, remote_traceback
+     ├── UnknownTask             no worker knows that task name or method
+     ├── WorkerLost              every attempt's lease expired (the worker died each time)
+     └── TimeLimitExceeded       the task ran past its time_limit and was stopped
+
+Each class's docstring is its default message. A failure travels as plain data
+(``{"type", "message", "traceback"}``) and is never rebuilt by importing a class named in a
+message: a remote ``ValueError`` becomes a ``RemoteError`` that is also a ``ValueError``
+because built-in exception types are looked up in a fixed table, nothing more.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class RemoteExecError(Exception):
+    """remoteexec failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigurationError(RemoteExecError):
+    """Invalid configuration."""
+
+
+class BackendUnavailable(RemoteExecError):
+    """The backend cannot be reached."""
+
+
+class SerializationError(RemoteExecError):
+    """A value cannot be serialized, or a message cannot be decoded."""
+
+
+class PayloadTooLarge(SerializationError):
+    """The message is larger than max_message_size."""
+
+
+class SignatureError(RemoteExecError):
+    """The message is unsigned or its signature does not match."""
+
+
+class CallTimeout(RemoteExecError, TimeoutError):
+    """The call did not finish within its timeout."""
+
+
+class UnknownTask(RemoteExecError):
+    """No worker knows this task type or method."""
+
+
+class WorkerLost(RemoteExecError):
+    """The worker running the task was lost on every attempt."""
+
+
+class TimeLimitExceeded(RemoteExecError):
+    """The task ran past its time limit and was stopped."""
+
+
+class RemoteError(RemoteExecError):
+    """The remote task raised an exception.
+
+    Attributes:
+        type_name: the remote exception's class name, e.g. ``"ValueError"``.
+        message: ``str()`` of the remote exception.
+        remote_traceback: the formatted traceback from the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (remote_error, (self.type_name, self.message, self.remote_traceback))
+
+
+# Built-in exception classes that a RemoteError may also be an instance of. Only classes
+# whose constructor accepts a single message can be mixed in safely.
+_BUILTIN_ERRORS: dict[str, type[BaseException]] = {
+    name: cls
+    for name, cls in vars(builtins).items()
+    if isinstance(cls, type)
+    and issubclass(cls, Exception)
+    and not issubclass(cls, (UnicodeError, OSError, StopIteration, StopAsyncIteration))
+    and cls.__module__ == "builtins"
+}
+_BUILTIN_ERRORS.update(
+    {n: getattr(builtins, n) for n in ("OSError", "FileNotFoundError", "PermissionError")}
+)
+_MIXED: dict[type[BaseException], type[RemoteError]] = {}
+
+
+def remote_error(type_name: str, message: str, remote_traceback: str = "") -> RemoteError:
+    """Build the ``RemoteError`` for a failure reported by a worker.
+
+    Where ``type_name`` names a built-in exception, the result is also an instance of it,
+    so ``except ValueError`` catches a remote ``ValueError``.
+    """
+    builtin = _BUILTIN_ERRORS.get(type_name)
+    if builtin is None:
+        return RemoteError(type_name, message, remote_traceback)
+    cls = _MIXED.get(builtin)
+    if cls is None:
+        cls = type(f"Remote{builtin.__name__}", (RemoteError, builtin), {})
+        cls.__module__ = __name__
+        _MIXED[builtin] = cls
+    return cls(type_name, message, remote_traceback)
+
+
+# Reply error kinds (see message.py) mapped to the exception raised at the caller.
+ERROR_KINDS: dict[str, type[RemoteExecError]] = {
+    "unknown_task": UnknownTask,
+    "serialization": SerializationError,
+    "too_large": PayloadTooLarge,
+    "signature": SignatureError,
+    "worker_lost": WorkerLost,
+    "time_limit": TimeLimitExceeded,
+    "timeout": CallTimeout,
+    "unavailable": BackendUnavailable,
+}

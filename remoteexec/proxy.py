@@ -1,0 +1,233 @@
+"""What a caller holds: the class proxy, its remote methods, and ``RemoteFuture``.
+
+``@remote`` returns a ``RemoteClass``, a ``wrapt.ObjectProxy`` around the real class: class
+attributes, ``isinstance`` and ``__wrapped__`` behave as before, while a public method
+looked up on it becomes a ``RemoteMethod``. Calling one sends the call through the current
+client (``remoteexec.using`` / ``configure``) and blocks for the result; ``submit`` returns
+a ``RemoteFuture``; ``map`` sends batches; ``options`` sets per-call options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import wrapt
+
+if TYPE_CHECKING:
+    from .client import Client
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class RemoteFuture(concurrent.futures.Future[R]):
+    """The pending result of a remote call: a ``concurrent.futures.Future`` you can await.
+
+    ``cancel()`` withdraws the task if no worker has claimed it yet.
+    """
+
+    def __init__(self, client: Client, task_id: str, job: Any) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self._client = client
+        self._job = job
+
+    def cancel(self) -> bool:
+        """Withdraw the task if no worker has started it; True if it was withdrawn."""
+        if self.done():
+            return super().cancel()
+        if not self._client._withdraw(self):
+            return False
+        return super().cancel()
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return asyncio.wrap_future(self).__await__()
+
+
+_UNSET: Any = object()
+
+
+class CallOptions:
+    """Per-call options; ``None`` means "the task's or the client's default"."""
+
+    __slots__ = ("max_attempts", "queue", "time_limit", "timeout")
+
+    def __init__(
+        self,
+        *,
+        queue: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        time_limit: float | None = None,
+    ) -> None:
+        self.queue = queue
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.time_limit = time_limit
+
+
+def _client() -> Client:
+    from .client import current_client
+
+    return current_client()
+
+
+class RemoteMethod(Generic[R]):
+    """A method of a remote task type. Call it, ``submit`` it, ``map`` it."""
+
+    __slots__ = ("_opts", "method", "task")
+
+    def __init__(self, task: str, method: str, options: CallOptions) -> None:
+        self.task = task
+        self.method = method
+        self._opts = options
+
+    def __repr__(self) -> str:
+        return f"<RemoteMethod {self.task}.{self.method}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        """Run the method remotely and return its result (blocks).
+
+        Raises:
+            RemoteError: the task raised (also an instance of a built-in exception type).
+            CallTimeout: the call's timeout passed.
+            RemoteExecError: any other failure (see ``remoteexec.errors``).
+        """
+        return self.submit(*args, **kwargs).result()
+
+    def submit(self, *args: Any, **kwargs: Any) -> RemoteFuture[R]:
+        """Send the call and return at once with a ``RemoteFuture``.
+
+        Raises:
+            SerializationError: an argument cannot be serialized (nothing was sent).
+            BackendUnavailable: the backend cannot be reached.
+        """
+        return _client().submit(self.task, self.method, args, kwargs, self._opts)
+
+    async def call_async(self, *args: Any, **kwargs: Any) -> R:
+        """``await`` the call from asyncio code."""
+        return await self.submit(*args, **kwargs)
+
+    def map(self, *iterables: Iterable[Any], chunksize: int = 500) -> Iterator[R]:
+        """Call the method once per item (several iterables: zipped as positional arguments).
+
+        Calls are sent in batches of ``chunksize``, a few batches ahead of the results,
+        which are yielded in order. The first failure is raised when its turn comes.
+        """
+        client = _client()
+        calls = ((args, {}) for args in zip(*iterables))
+        window: deque[RemoteFuture[R]] = deque()
+        ahead = chunksize * 8
+
+        def fill() -> None:
+            while len(window) < ahead:
+                batch = list(itertools.islice(calls, chunksize))
+                if not batch:
+                    return
+                window.extend(client.submit_many(self.task, self.method, batch, self._opts))
+
+        try:
+            fill()
+            while window:
+                future = window.popleft()
+                if len(window) < ahead - chunksize:
+                    fill()
+                yield future.result()
+        finally:
+            for future in window:
+                future.cancel()
+
+    def options(
+        self,
+        *,
+        timeout: float | None = _UNSET,
+        queue: str | None = _UNSET,
+        max_attempts: int | None = _UNSET,
+    ) -> RemoteMethod[R]:
+        """The same method with other call options (the task's own arguments are untouched)."""
+        old = self._opts
+        return RemoteMethod(
+            self.task,
+            self.method,
+            CallOptions(
+                queue=old.queue if queue is _UNSET else queue,
+                timeout=old.timeout if timeout is _UNSET else timeout,
+                max_attempts=old.max_attempts if max_attempts is _UNSET else max_attempts,
+                time_limit=old.time_limit,
+            ),
+        )
+
+
+def _public(name: str) -> None:
+    if name.startswith("_"):
+        raise AttributeError(f"{name!r} is private: only public methods are called remotely")
+
+
+class RemoteClass(wrapt.ObjectProxy, Generic[T]):  # type: ignore[misc]
+    """Stands in for a ``@remote`` class: its public methods run on a worker."""
+
+    def __init__(
+        self,
+        cls: type[T],
+        name: str,
+        queue: str | None,
+        timeout: float | None,
+        max_attempts: int | None,
+    ) -> None:
+        super().__init__(cls)
+        self._self_name = name
+        self._self_options = CallOptions(queue=queue, timeout=timeout, max_attempts=max_attempts)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            return getattr(self.__wrapped__, name)
+        _public(name)
+        attr = getattr(self.__wrapped__, name)  # AttributeError for unknown names
+        if not callable(attr) or isinstance(attr, type):
+            return attr
+        return RemoteMethod(self._self_name, name, self._self_options)
+
+    def __instancecheck__(self, instance: Any) -> bool:
+        return isinstance(instance, self.__wrapped__)
+
+    def __subclasscheck__(self, subclass: Any) -> bool:
+        return issubclass(subclass, self.__wrapped__)
+
+    def __repr__(self) -> str:
+        return f"<remote {self._self_name} ({self.__wrapped__.__qualname__})>"
+
+
+class NamedProxy:
+    """A task type known only by name (``remoteexec.proxy``): no task code on the client."""
+
+    def __init__(self, name: str, **options: Any) -> None:
+        self._name = name
+        self._options = CallOptions(**options)
+
+    def __getattr__(self, name: str) -> RemoteMethod[Any]:
+        _public(name)
+        return RemoteMethod(self._name, name, self._options)
+
+    def __repr__(self) -> str:
+        return f"<remote proxy {self._name}>"
+
+
+def proxy(
+    name: str,
+    *,
+    queue: str | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+) -> NamedProxy:
+    """A proxy for the task type registered on the workers as ``name``.
+
+    Any public method name can be called; a worker that does not know it answers with
+    ``UnknownTask``.
+    """
+    return NamedProxy(name, queue=queue, timeout=timeout, max_attempts=max_attempts)
+

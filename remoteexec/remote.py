@@ -1,0 +1,130 @@
+"""``@remote`` and the registry of task types.
+
+The registry maps a task name to its class. A worker runs only what is registered here:
+a message names a task, it never names a module to import.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from .errors import ConfigurationError
+from .proxy import RemoteClass
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskType:
+    """A registered task type and its defaults for calls."""
+
+    name: str
+    cls: type[Any]
+    queue: str | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+    time_limit: float | None = None
+
+    def method(self, name: str) -> Callable[..., Any] | None:
+        """The public method ``name`` of the class, or None if there is none."""
+        if name.startswith("_"):
+            return None
+        attr = getattr(self.cls, name, None)
+        return attr if callable(attr) and not isinstance(attr, type) else None
+
+
+_REGISTRY: dict[str, TaskType] = {}
+_LOCK = threading.Lock()
+
+
+def _origin(cls: type[Any]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register(task: TaskType) -> None:
+    """Add ``task`` to the registry.
+
+    Raises:
+        ConfigurationError: a different class is already registered under that name.
+    """
+    with _LOCK:
+        existing = _REGISTRY.get(task.name)
+        # The same class defined again (its module reloaded) replaces the old one.
+        if existing is not None and _origin(existing.cls) != _origin(task.cls):
+            raise ConfigurationError(
+                f"task name {task.name!r} is already registered by {_origin(existing.cls)}; "
+                f"cannot register {_origin(task.cls)} under the same name"
+            )
+        _REGISTRY[task.name] = task
+
+
+def lookup(name: str) -> TaskType | None:
+    """The task type registered under ``name``, or None."""
+    return _REGISTRY.get(name)
+
+
+def registered() -> list[str]:
+    """The names of all registered task types, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _check(name: str, value: float | None) -> None:
+    if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+        raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+
+
+@overload
+def remote(cls: type[T], /) -> RemoteClass[T]: ...
+
+
+@overload
+def remote(
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    time_limit: float | None = None,
+) -> Callable[[type[T]], RemoteClass[T]]: ...
+
+
+def remote(
+    cls: type[T] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    time_limit: float | None = None,
+) -> RemoteClass[T] | Callable[[type[T]], RemoteClass[T]]:
+    """Register a class as a task type and return a proxy that calls it remotely.
+
+    Args:
+        name: the name workers know it by (default: the class's ``__name__``).
+        queue: the queue its calls go to (default: the client's, ``"default"``).
+        timeout: how long a caller waits, in seconds (default: wait until done).
+        max_attempts: expired leases before the caller gets ``WorkerLost`` (default 3).
+        time_limit: seconds a task may run before it is stopped (default: no limit).
+
+    Raises:
+        ConfigurationError: another class is registered under the same name, or an
+            option is invalid.
+    """
+    _check("timeout", timeout)
+    _check("max_attempts", max_attempts)
+    _check("time_limit", time_limit)
+    if max_attempts is not None and not isinstance(max_attempts, int):
+        raise ConfigurationError(f"max_attempts must be a whole number, got {max_attempts!r}")
+
+    def decorate(target: type[T]) -> RemoteClass[T]:
+        if not isinstance(target, type):
+            raise ConfigurationError(f"@remote decorates a class, not {target!r}")
+        task = TaskType(name or target.__name__, target, queue, timeout, max_attempts, time_limit)
+        register(task)
+        return RemoteClass(target, task.name, task.queue, task.timeout, task.max_attempts)
+
+    return decorate if cls is None else decorate(cls)

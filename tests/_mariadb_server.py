@@ -1,0 +1,196 @@
+"""A private MariaDB server for tests: its own data folder, loopback port, socket and pid file.
+
+``MariaDBServer(folder)`` initialises a data directory in ``folder`` once (about a second)
+and runs ``mariadbd --no-defaults`` on a free 127.0.0.1 port with settings tuned for tests
+(no binary log, relaxed flushing, a small buffer pool). The root user has no password.
+Tests can ``kill()`` it (SIGKILL), ``restart()`` it on the same port and data, or
+``freeze()``/``thaw()`` it (SIGSTOP/SIGCONT) to simulate a hung broker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import pymysql
+
+MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
+START_TIMEOUT = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MariaDBServer:
+    """One private ``mariadbd``; ``url`` names its test database."""
+
+    def __init__(self, folder: Path | str, *, database: str = "remoteexec_test") -> None:
+        self.folder = Path(folder)
+        self.datadir = self.folder / "data"
+        self.socket = self.folder / "mysqld.sock"
+        self.pid_file = self.folder / "mysqld.pid"
+        self.error_log = self.folder / "error.log"
+        self.database = database
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mysql://root@127.0.0.1:{self.port}/{self.database}"
+
+    def _as_root(self) -> list[str]:
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def _install(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [
+                INSTALL_DB,
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                *self._as_root(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            output = (done.stdout + done.stderr).decode(errors="replace")
+            raise RuntimeError(f"mariadb-install-db failed:\n{output[-4000:]}")
+
+    def start(self) -> None:
+        """Start the server (initialising the data folder first if needed) and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if not (self.datadir / "mysql").is_dir():
+            self._install()
+        args = [
+            MARIADBD,
+            "--no-defaults",
+            *self._as_root(),
+            f"--datadir={self.datadir}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.socket}",
+            f"--pid-file={self.pid_file}",
+            f"--log-error={self.error_log}",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-doublewrite=0",
+            "--max-connections=500",
+        ]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self._wait_ready()
+        conn = self.connect(database=None)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+        finally:
+            conn.close()
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mariadbd exited ({self.proc.returncode}):\n{self._log()}")
+            try:
+                self.connect(database=None, timeout=1).close()
+                return
+            except pymysql.err.Error:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(
+                        f"mariadbd did not accept connections in {START_TIMEOUT:.0f}s:\n"
+                        + self._log()
+                    ) from None
+                time.sleep(0.1)
+
+    def _log(self) -> str:
+        try:
+            return self.error_log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "(no error log)"
+
+    def stop(self) -> None:
+        """Shut the server down cleanly (SIGTERM), killing it if it takes over 30 s."""
+        if self.proc is None:
+            return
+        self.thaw()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server: no shutdown, InnoDB recovers on the next start."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        """Kill the server and start it again on the same port and data folder."""
+        self.kill()
+        self.start()
+
+    def freeze(self) -> None:
+        """Stop the server process (SIGSTOP): connections hang until ``thaw``."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen server (SIGCONT)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def connect(
+        self, database: str | None = "", *, timeout: float = 10
+    ) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
+        """An autocommit PyMySQL connection as root, to the test database by default."""
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            database=self.database if database == "" else database,
+            autocommit=True,
+            connect_timeout=timeout,
+            read_timeout=30,
+            write_timeout=30,
+            max_allowed_packet=64 * 1024 * 1024,
+        )
+
+    def __enter__(self) -> MariaDBServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

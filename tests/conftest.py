@@ -1,0 +1,105 @@
+"""Fixtures: private broker servers and a ``backend_url`` parametrized over every backend.
+
+Redis and MariaDB tests run against private servers started here, on free loopback ports
+in temporary folders, so a test can kill, freeze or restart its broker. Outside CI a
+missing server binary skips those tests; with ``CI=true`` it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remoteexec.backends import Backend, open_backend
+
+ALL_BACKENDS = ["memory", "sqlite", "redis", "mysql", "mysql_optimistic"]
+#: Backends that worker processes on one host can share.
+FARM_BACKENDS = ["sqlite", "redis", "mysql", "mysql_optimistic"]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _need(binary: str) -> None:
+    if shutil.which(binary) is None and not Path(binary).exists():
+        if IN_CI:
+            pytest.fail(f"{binary} is not installed; scripts/test installs it")
+        pytest.skip(f"{binary} is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    _need("redis-server")
+    from tests._redis_server import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    _need("mariadbd" if shutil.which("mariadbd") else "/usr/sbin/mariadbd")
+    from tests._mariadb_server import MariaDBServer
+
+    with MariaDBServer(tmp_path_factory.mktemp("mariadb")) as server:
+        yield server
+
+
+def fresh_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL naming an empty broker of ``kind`` for one test."""
+    if kind == "memory":
+        return f"memory://{uuid.uuid4().hex}"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'remoteexec.db'}"
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.client().flushall()
+        return str(server.url)
+    if kind in ("mysql", "mysql_optimistic"):
+        server = request.getfixturevalue("mariadb_server")
+        db = f"t_{uuid.uuid4().hex[:12]}"
+        conn = server.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {db}")
+        finally:
+            conn.close()
+        base = str(server.url).rsplit("/", 1)[0]
+        return f"{base}/{db}" + ("?claim=optimistic" if kind == "mysql_optimistic" else "")
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty broker's URL, once per backend."""
+    return fresh_url(str(request.param), request, tmp_path)
+
+
+@pytest.fixture(params=FARM_BACKENDS)
+def farm_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh broker's URL that several processes can share, once per such backend."""
+    return fresh_url(str(request.param), request, tmp_path)
+
+
+@pytest.fixture
+def make_backend(backend_url: str) -> Iterator[Callable[..., Backend]]:
+    """Open backends on ``backend_url``; all are closed after the test."""
+    opened: list[Backend] = []
+
+    def make(**options: Any) -> Backend:
+        backend = open_backend(backend_url, **options)
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        backend.close()
+
+
+@pytest.fixture
+def backend(make_backend: Callable[..., Backend]) -> Backend:
+    return make_backend()

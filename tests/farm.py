@@ -1,0 +1,82 @@
+"""Real ``remoteexec-worker`` processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from remoteexec.backends import open_backend
+
+TASKS_SOURCE = Path(__file__).parent / "tasks" / "rx_e2e_tasks.py"
+
+
+def worker_command() -> list[str]:
+    script = Path(sys.executable).parent / "remoteexec-worker"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("remoteexec-worker")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from remoteexec.cli import worker_main; worker_main()"]
+
+
+class Farm:
+    """Starts ``remoteexec-worker`` commands serving ``url`` from ``folder``."""
+
+    def __init__(self, url: str, folder: Path) -> None:
+        self.url = url
+        self.folder = folder
+        shutil.copy(TASKS_SOURCE, folder / TASKS_SOURCE.name)
+        self.commands: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *extra: str, processes: int = 1, lease: float = 2.0) -> subprocess.Popen[bytes]:
+        cmd = worker_command() + [
+            "--url", self.url, "--import", "rx_e2e_tasks", "--processes", str(processes),
+            "--lease", str(lease), "--log-level", "INFO", *extra,
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(self.folder), *sys.path]))
+        with open(self.folder / f"worker-{len(self.commands)}.log", "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=self.folder, env=env, stdout=log, stderr=log)
+        self.commands.append(proc)
+        return proc
+
+    def worker_pids(self, expected: int, timeout: float = 20.0) -> list[int]:
+        """The pids of the live worker processes, once ``expected`` have sent a heartbeat."""
+        backend = open_backend(self.url)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                pids = sorted({w.pid for w in backend.stats().workers if _alive(w.pid)})
+                if len(pids) >= expected:
+                    return pids
+                time.sleep(0.1)
+        finally:
+            backend.close()
+        raise AssertionError(f"fewer than {expected} workers came up\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("*.log")))
+
+    def stop(self) -> None:
+        for proc in self.commands:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.commands:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,61 @@
+"""Task types for the end-to-end tests. The tests copy this file into a temporary folder
+and start real ``remoteexec-worker`` processes with ``--import rx_e2e_tasks``."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+
+from remoteexec import remote
+
+
+def _note(ledger: str | None, *fields: object) -> None:
+    if ledger:
+        with open(ledger, "a") as f:
+            f.write(" ".join(str(x) for x in fields) + "\n")
+
+
+@remote
+class CalculateMultipleOfPi:
+    def execute(self, n):
+        return math.pi * n
+
+
+@remote
+class Echo:
+    def value(self, x):
+        return x
+
+    def both(self, *args, **kwargs):
+        return [list(args), kwargs]
+
+    def pid(self):
+        return os.getpid()
+
+    async def later(self, x, delay=0.01):
+        await asyncio.sleep(delay)
+        return x
+
+
+@remote
+class Failing:
+    def execute(self, text):
+        raise ValueError(f"bad value: {text}")  # the traceback must name this line
+
+
+@remote
+class Slow:
+    def execute(self, seconds, ledger=None, tag=""):
+        _note(ledger, "start", tag, os.getpid(), time.time())
+        time.sleep(seconds)
+        _note(ledger, "end", tag, os.getpid(), time.time())
+        return os.getpid()
+
+
+@remote(max_attempts=2)
+class KillsItsWorker:
+    def execute(self, ledger=None):
+        _note(ledger, "start", os.getpid())
+        os._exit(9)

@@ -1,0 +1,189 @@
+"""The public API on the in-process ``memory://`` backend, workers as threads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import remoteexec
+from remoteexec import (
+    CallTimeout,
+    Client,
+    ConfigurationError,
+    RemoteFuture,
+    SerializationError,
+    UnknownTask,
+    Worker,
+    remote,
+    using,
+)
+
+
+@remote
+class MultiplyPi:
+    """A task with an expensive set-up that must happen once per worker thread."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        type(self).made += 1
+
+    def execute(self, n: float) -> float:
+        return math.pi * n
+
+    def add(self, a: int, b: int = 0, *, timeout: int = 0) -> int:
+        return a + b + timeout
+
+    async def slow_double(self, n: int) -> int:
+        await asyncio.sleep(0.01)
+        return 2 * n
+
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def _private(self) -> None:
+        raise AssertionError("never called")
+
+    LIMIT = 10
+
+
+@pytest.fixture
+def url() -> str:
+    return f"memory://{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[Client]:
+    with Client(url) as client, using(client):
+        yield client
+
+
+@pytest.fixture
+def worker(url: str, client: Client) -> Iterator[Worker]:
+    worker = Worker(url, threads=2, lease=5)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    yield worker
+    worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_public_names_are_exported() -> None:
+    for name in remoteexec.__all__:
+        assert hasattr(remoteexec, name), name
+    exported = {n for n in dir(remoteexec) if not n.startswith("_")}
+    modules = {"backends", "client", "config", "errors", "message", "proxy", "remote",
+               "worker", "tasks", "supervisor"}  # fmt: skip
+    assert exported - modules <= set(remoteexec.__all__)
+
+
+def test_the_proxy_keeps_the_class_reachable() -> None:
+    assert MultiplyPi.__wrapped__().execute(1) == math.pi
+    assert MultiplyPi.LIMIT == 10
+    assert isinstance(MultiplyPi.__wrapped__(), MultiplyPi)
+    assert MultiplyPi.__name__ == "MultiplyPi"
+
+
+def test_private_and_unknown_names_fail_at_once(client: Client) -> None:
+    with pytest.raises(AttributeError):
+        MultiplyPi._private  # noqa: B018
+    with pytest.raises(AttributeError):
+        MultiplyPi.no_such_method  # noqa: B018
+    with pytest.raises(AttributeError):
+        remoteexec.proxy("MultiplyPi")._private  # noqa: B018
+
+
+def test_registering_another_class_under_a_taken_name_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match="MultiplyPi"):
+
+        @remote(name="MultiplyPi")
+        class Impostor:
+            def execute(self) -> None: ...
+
+
+def test_calls_futures_callbacks_and_map(worker: Worker) -> None:
+    assert MultiplyPi.execute(42) == math.pi * 42
+    assert MultiplyPi.add(1, b=2, timeout=3) == 6  # a task's own `timeout` argument
+    future = MultiplyPi.execute.submit(2)
+    assert isinstance(future, RemoteFuture)
+    assert isinstance(future, concurrent.futures.Future)
+    seen: list[float] = []
+    done = threading.Event()
+    future.add_done_callback(lambda f: (seen.append(f.result()), done.set()))
+    assert done.wait(10) and seen == [math.pi * 2]
+    assert list(MultiplyPi.execute.map(range(2000), chunksize=100)) == [
+        math.pi * i for i in range(2000)
+    ]
+    assert list(MultiplyPi.add.map([1, 2], [10, 20])) == [11, 22]
+    assert remoteexec.proxy("MultiplyPi").execute(1) == math.pi
+
+
+def test_futures_can_be_awaited_and_async_methods_run(worker: Worker) -> None:
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(MultiplyPi.slow_double.submit(i) for i in range(5))))
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+
+
+def test_one_instance_per_worker_thread(worker: Worker) -> None:
+    before = MultiplyPi.made
+    list(MultiplyPi.execute.map(range(200)))
+    assert 1 <= MultiplyPi.made - before <= worker.threads
+
+
+def test_options_route_to_a_queue_and_time_out(url: str, client: Client, worker: Worker) -> None:
+    started = time.monotonic()
+    with pytest.raises(CallTimeout) as caught:
+        MultiplyPi.execute.options(queue="nobody-serves-this", timeout=0.5)(1)
+    assert isinstance(caught.value, TimeoutError)
+    assert 0.3 < time.monotonic() - started < 3
+    gpu = Worker(url, queues=["gpu"])
+    thread = threading.Thread(target=gpu.run)
+    thread.start()
+    try:
+        assert MultiplyPi.execute.options(queue="gpu", timeout=5)(2) == math.pi * 2
+    finally:
+        gpu.stop()
+        thread.join(10)
+
+
+def test_cancel_withdraws_a_call_no_worker_has_started(client: Client) -> None:
+    future = MultiplyPi.execute.options(queue="idle").submit(1)
+    assert future.cancel() is True
+    assert future.cancelled()
+    assert client.backend.stats().queues.get("idle", 0) == 0
+
+
+def test_cancel_fails_once_a_worker_has_the_task(worker: Worker) -> None:
+    future = MultiplyPi.sleep.submit(0.5)
+    time.sleep(0.2)
+    assert future.cancel() is False
+    assert future.result(timeout=10) == 0.5
+
+
+def test_unknown_task_and_unserializable_arguments(worker: Worker) -> None:
+    with pytest.raises(UnknownTask):
+        remoteexec.proxy("Nope").execute()
+    with pytest.raises(UnknownTask):
+        remoteexec.proxy("MultiplyPi").not_a_method()
+    with pytest.raises(SerializationError):
+        MultiplyPi.execute.submit(object())
+
+
+def test_using_routes_calls_through_the_given_client(url: str, worker: Worker) -> None:
+    other = Client(f"memory://{uuid.uuid4().hex}")
+    with using(other):
+        future = MultiplyPi.execute.submit(1)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            future.result(timeout=0.3)  # nobody serves the other broker
+    other.close()
+    assert MultiplyPi.execute(1) == math.pi

@@ -1,0 +1,195 @@
+"""End to end: real ``remoteexec-worker`` processes, a client in this process, every backend
+that processes can share (sqlite, redis, mysql in both claim modes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import remoteexec
+from remoteexec import CallTimeout, Client, RemoteError, UnknownTask, WorkerLost, using
+from tests.farm import Farm
+
+sys.path.insert(0, str(Path(__file__).parent / "tasks"))
+import rx_e2e_tasks as tasks  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def farm(farm_url: str, tmp_path: Path) -> Iterator[Farm]:
+    farm = Farm(farm_url, tmp_path)
+    yield farm
+    farm.stop()
+
+
+@pytest.fixture
+def client(farm_url: str) -> Iterator[Client]:
+    with Client(farm_url) as client, using(client):
+        yield client
+
+
+def ledger_lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(predicate, timeout: float = 20.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.05)
+
+
+EXTENSION_VALUES = [
+    (1, "two", 3.0),
+    {1, 2, 3},
+    frozenset({"a", "b"}),
+    b"\x00\xffbytes",
+    dt.datetime(2010, 6, 5, 18, 15, 59, 123456),
+    dt.datetime(2010, 6, 5, 18, 15, 59, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+    dt.date(2010, 6, 5),
+    dt.time(18, 15, 59),
+    dt.timedelta(days=2, seconds=5, microseconds=7),
+    Decimal("3.14159265358979323846"),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    complex(1.5, -2),
+    {"nested": [(1, 2), {frozenset({1}): dt.date(2020, 1, 1)}]},
+]
+
+
+def test_calls_look_local_across_processes(farm: Farm, client: Client) -> None:
+    farm.start()
+    farm.start()
+    farm.worker_pids(2)
+    assert tasks.CalculateMultipleOfPi.execute(759) == math.pi * 759
+    assert tasks.Echo.both(1, "a", key=[1, 2]) == [[1, "a"], {"key": [1, 2]}]
+    for value in EXTENSION_VALUES:
+        got = tasks.Echo.value(value)
+        assert got == value and type(got) is type(value)
+    assert tasks.Echo.later("async") == "async"
+
+
+def test_remote_errors_unknown_tasks_many_submits_and_map(farm: Farm, client: Client) -> None:
+    farm.start()
+    farm.start()
+    farm.worker_pids(2)
+    with pytest.raises(ValueError, match="bad value: x") as caught:
+        tasks.Failing.execute("x")
+    error = caught.value
+    assert isinstance(error, RemoteError) and error.type_name == "ValueError"
+    assert "rx_e2e_tasks.py" in error.remote_traceback
+    assert "the traceback must name this line" in error.remote_traceback
+    with pytest.raises(UnknownTask):
+        remoteexec.proxy("NoSuchTask").execute()
+    futures = [tasks.CalculateMultipleOfPi.execute.submit(i) for i in range(1000)]
+    assert [f.result(timeout=120) for f in futures] == [math.pi * i for i in range(1000)]
+    assert list(tasks.CalculateMultipleOfPi.execute.map(range(3000))) == [
+        math.pi * i for i in range(3000)
+    ]
+    assert len({tasks.Echo.pid() for _ in range(20)}) >= 1  # still serving
+
+
+def test_killed_worker_task_completes_elsewhere_once(
+    farm: Farm, client: Client, tmp_path: Path
+) -> None:
+    farm.start(lease=2.0)
+    farm.start(lease=2.0)
+    farm.worker_pids(2)
+    ledger = tmp_path / "ledger.txt"
+    future = tasks.Slow.execute.submit(1.5, str(ledger), "victim")
+    wait_for(lambda: ledger_lines(ledger), message="the task to start")
+    victim = int(ledger_lines(ledger)[0][2])
+    os.kill(victim, signal.SIGKILL)
+    finished_by = future.result(timeout=2.0 + 15)
+    assert finished_by != victim
+    starts = [line for line in ledger_lines(ledger) if line[0] == "start"]
+    ends = [line for line in ledger_lines(ledger) if line[0] == "end"]
+    assert len(starts) == 2 and len(ends) == 1 and int(ends[0][2]) == finished_by
+
+
+def test_task_that_always_kills_its_worker_ends_as_worker_lost(
+    farm: Farm, client: Client, tmp_path: Path
+) -> None:
+    farm.start(lease=1.0)
+    farm.worker_pids(1)
+    ledger = tmp_path / "ledger.txt"
+    with pytest.raises(WorkerLost, match="2 attempt"):
+        tasks.KillsItsWorker.execute(str(ledger))  # max_attempts=2
+    assert len(ledger_lines(ledger)) == 2
+    assert tasks.CalculateMultipleOfPi.execute(2) == math.pi * 2  # the farm still serves
+
+
+def test_sigterm_finishes_running_task_and_hands_back_the_rest(
+    farm: Farm, client: Client, tmp_path: Path
+) -> None:
+    leaving = farm.start(lease=5.0)
+    farm.worker_pids(1)
+    ledger = tmp_path / "ledger.txt"
+    futures = [tasks.Slow.execute.submit(0.5, str(ledger), f"t{i}") for i in range(12)]
+    wait_for(lambda: ledger_lines(ledger), message="the first task to start")
+    staying = farm.start(lease=5.0)
+    leaving.send_signal(signal.SIGTERM)
+    assert leaving.wait(20) == 0
+    results = [f.result(timeout=60) for f in futures]
+    assert len(results) == 12
+    lines = ledger_lines(ledger)
+    started = {line[1] for line in lines if line[0] == "start"}
+    ended = {line[1] for line in lines if line[0] == "end"}
+    assert started == ended == {f"t{i}" for i in range(12)}  # nothing cut short
+    assert staying.poll() is None
+
+
+def test_timeout_without_workers_and_expired_tasks_are_not_run(
+    farm: Farm, client: Client, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    started = time.monotonic()
+    with pytest.raises(CallTimeout):
+        tasks.Slow.execute.options(timeout=1).submit(0, str(ledger), "late").result()
+    assert 0.5 <= time.monotonic() - started <= 1.5
+    burst = farm.start("--burst")
+    assert burst.wait(30) == 0
+    assert ledger_lines(ledger) == []
+    # A call whose timeout has not passed is run normally by the next worker.
+    future = tasks.Slow.execute.options(timeout=60).submit(0, str(ledger), "fine")
+    farm.start()
+    assert future.result(timeout=60) > 0
+    assert [line[1] for line in ledger_lines(ledger)] == ["fine", "fine"]
+
+
+def test_worker_command_rejects_a_task_module_that_cannot_be_imported(
+    farm_url: str, tmp_path: Path
+) -> None:
+    farm = Farm(farm_url, tmp_path)
+    proc = farm.start("--import", "no_such_module_here")
+    try:
+        assert proc.wait(30) == 78
+    finally:
+        farm.stop()
+    assert "no_such_module_here" in farm.logs()
+
+
+def test_demo_runs_on_the_embedded_default_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEEXEC_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "remoteexec", "demo", "--seconds", "3", "--workers", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Submitted: <Task" in out.stdout and "Received:  <Task" in out.stdout
+    assert "tasks/s" in out.stdout
+    assert (tmp_path / "remoteexec.db").exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps and "--queues demo" not in ps
