@@ -68,6 +68,8 @@ class Client:
         self._deadlines: list[tuple[float, str, str]] = []
         self._wake = threading.Event()
         self._listener: threading.Thread | None = None
+        self._next_worker_check = 0.0
+        self._warned_queues: set[str] = set()
 
     def __enter__(self) -> Client:
         return self
@@ -211,6 +213,7 @@ class Client:
             for body in bodies:
                 self._resolve(body)
             self._expire()
+            self._warn_if_unserved()
 
     def _resolve(self, body: bytes) -> None:
         try:
@@ -239,6 +242,28 @@ class Client:
         for future, label in expired:
             if not future.done():
                 future.set_exception(CallTimeout(label))
+
+    def _warn_if_unserved(self) -> None:
+        """Log once per queue when a call has waited 10 s on a queue no live worker serves."""
+        now = time.time()
+        if now < self._next_worker_check:
+            return
+        self._next_worker_check = now + 5.0
+        with self._lock:
+            waiting = {f._job.queue for f in self._pending.values() if now - f.submitted > 10.0}
+        waiting -= self._warned_queues
+        if not waiting:
+            return
+        try:
+            served = {q for w in self._backend.stats().workers for q in w.queues}
+        except BackendUnavailable:
+            return
+        for queue in sorted(waiting - served):
+            self._warned_queues.add(queue)
+            log.warning(
+                "calls have waited more than 10 s on queue %r, which no live worker serves; "
+                "they keep waiting (start a worker with --queues %s)", queue, queue,
+            )
 
     def _fail_lost(self) -> None:
         with self._lock:

@@ -28,11 +28,15 @@ class RemoteExecError(Exception):
     """remoteexec failed."""
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or (self.__doc__ or "").strip())
+        self._message = message or (self.__doc__ or "").strip().splitlines()[0]
+        super().__init__(self._message)
 
     @property
     def message(self) -> str:
-        return str(self.args[0]) if self.args else ""
+        return self._message
+
+    def __str__(self) -> str:
+        return self._message
 
 
 class ConfigurationError(RemoteExecError):
@@ -105,14 +109,24 @@ _BUILTIN_ERRORS: dict[str, type[BaseException]] = {
 _BUILTIN_ERRORS.update(
     {n: getattr(builtins, n) for n in ("OSError", "FileNotFoundError", "PermissionError")}
 )
+# remoteexec's own errors raised inside a task (a nested call's CallTimeout) keep their type.
+_BUILTIN_ERRORS.update(
+    {
+        cls.__name__: cls
+        for cls in (
+            ConfigurationError, BackendUnavailable, SerializationError, PayloadTooLarge,
+            SignatureError, CallTimeout, UnknownTask, WorkerLost, TimeLimitExceeded,
+        )
+    }
+)  # fmt: skip
 _MIXED: dict[type[BaseException], type[RemoteError]] = {}
 
 
 def remote_error(type_name: str, message: str, remote_traceback: str = "") -> RemoteError:
     """Build the ``RemoteError`` for a failure reported by a worker.
 
-    Where ``type_name`` names a built-in exception, the result is also an instance of it,
-    so ``except ValueError`` catches a remote ``ValueError``.
+    Where ``type_name`` names a built-in exception or one of remoteexec's own, the result
+    is also an instance of it, so ``except ValueError`` catches a remote ``ValueError``.
     """
     builtin = _BUILTIN_ERRORS.get(type_name)
     if builtin is None:

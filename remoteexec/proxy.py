@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -34,6 +35,7 @@ class RemoteFuture(concurrent.futures.Future[R]):
     def __init__(self, client: Client, task_id: str, job: Any) -> None:
         super().__init__()
         self.task_id = task_id
+        self.submitted = time.time()
         self._client = client
         self._job = job
 

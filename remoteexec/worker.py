@@ -12,6 +12,7 @@ back every claimed task that has not started.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Claim, DeadLetter, Done, WorkerInfo, open_backend
+from .client import Client, using
 from .config import resolve
 from .errors import BackendUnavailable, PayloadTooLarge, RemoteExecError, SignatureError
 from .message import Call, Codec, Failure, Reply
@@ -90,6 +92,15 @@ class Worker:
         self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._client: Client | None = None
+
+    def _tasks_client(self) -> Client:
+        with self._lock:
+            if self._client is None:
+                options = dataclasses.asdict(self.settings)
+                options["secrets"] = list(self.settings.secrets) or None
+                self._client = Client(**options)
+            return self._client
 
     def stop(self) -> None:
         """Stop claiming; running tasks finish, unstarted claims are handed back."""
@@ -116,14 +127,18 @@ class Worker:
             for thread in servers:
                 thread.join()
             self._quietly(self.backend.forget_worker, self.info.id)
+            if self._client is not None:
+                self._client.close()
             self.backend.close()
             log.info("worker %s stopped after %d task(s)", self.info.id, self.info.done)
 
     # The serving threads ---------------------------------------------------------------
 
     def _serve(self) -> None:
+        # Calls a task makes go to this worker's backend, through one client per process.
         try:
-            self._serve_loop()
+            with using(self._tasks_client()):
+                self._serve_loop()
         finally:
             loop = getattr(self._local, "loop", None)
             if loop is not None:

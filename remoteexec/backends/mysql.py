@@ -27,110 +27,50 @@ URL options: ``claim``, ``ssl`` (``true`` verifies the certificate and host name
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import random
 import secrets
-import select
-import ssl
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-import pymysql
-from pymysql.constants import CLIENT
-
-from ..errors import BackendUnavailable, ConfigurationError
+from ..errors import ConfigurationError
 from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
-from .mysql_schema import MIGRATIONS, SCHEMA_VERSION, schema_sql
+from .mysql_conn import (
+    Conn,
+    Connections,
+    Cursor,
+    Part,
+    execute,
+    map_mysql_errors,
+    parse_url,
+    render,
+    run_many,
+    script,
+)
+from .mysql_schema import (
+    EXPIRED,
+    HELD,
+    NOW,
+    SKIP_LOCKED,
+    TAKE,
+    TASKS,
+    WAITING,
+    apply_schema,
+    ensure_schema,
+    marks,
+    schema_sql,
+)
 
 __all__ = ["MySQLBackend", "map_mysql_errors", "schema_sql"]
 
 log = logging.getLogger("remoteexec.mysql")
 
 T = TypeVar("T")
-Conn = pymysql.connections.Connection[pymysql.cursors.Cursor]
-Cursor = pymysql.cursors.Cursor
-Part = tuple[str, tuple[Any, ...]]
-Result = list[tuple[int, tuple[tuple[Any, ...], ...]]]  # (rowcount, rows) per statement
-
-NOW = "UNIX_TIMESTAMP(NOW(6))"
-TASKS = "remoteexec_tasks"
-_SESSION = (
-    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; "
-    "SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = 5"
-)
-_OPTIONS = {"claim", "ssl", "ssl_ca", "ssl_cert", "ssl_key", "unix_socket"}
-_TIMEOUTS = {"connect_timeout": 10.0, "read_timeout": 30.0, "write_timeout": 30.0}
-_LOCK_ERRORS = (1205, 1213)  # lock wait timeout, deadlock
-_GONE_ERRORS = (2006, 2013, 2055)  # server gone away, lost connection
-_RETRIES = 5
 _MIN_PAUSE, _MAX_PAUSE = 0.002, 0.04  # adaptive polling: an idle poller reacts in ~50 ms
 _MAX_DEAD = 1000
-
-_EXPIRED = (
-    f"SELECT seq, lock_version, queue FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW}"
-    " AND queue IN ({}) ORDER BY lease_until LIMIT %s"
-)
-_WAITING = (
-    f"SELECT seq, lock_version, queue FROM {TASKS} WHERE queue = %s AND state = 0"
-    " ORDER BY seq LIMIT %s"
-)
-_SKIP = " FOR UPDATE SKIP LOCKED"
-_HELD = f"id = %s AND token = %s AND state = 1 AND lease_until > {NOW}"
-
-
-@contextlib.contextmanager
-def map_mysql_errors(where: str) -> Iterator[None]:
-    """Raise every PyMySQL (or socket) error inside the block as ``BackendUnavailable``."""
-    try:
-        yield
-    except (pymysql.err.Error, OSError) as exc:
-        code, msg = (exc.args + ("", ""))[:2] if len(exc.args) > 1 else ("", exc)
-        detail = f"{msg} (error {code})" if code else str(msg) or type(exc).__name__
-        raise BackendUnavailable(f"MySQL at {where}: {detail}") from exc
-
-
-def _execute(cur: Cursor, sql: str, args: Sequence[Any] = ()) -> Result:
-    """Run one (multi-)statement query and collect every statement's result."""
-    cur.execute(sql, tuple(args))
-    out: Result = [(cur.rowcount, cur.fetchall())]
-    while cur.nextset():
-        out.append((cur.rowcount, cur.fetchall()))
-    return out
-
-
-def _size(part: Part) -> int:
-    return len(part[0]) + sum(len(a) if isinstance(a, (bytes, str)) else 24 for a in part[1])
-
-
-def _script(cur: Cursor, parts: Sequence[Part], *, txn: bool, budget: int) -> Result:
-    """Run statements in as few round trips as ``budget`` bytes per query allow.
-
-    With ``txn``, all of them run in one transaction. The result has one entry per part.
-    """
-    if txn:
-        parts = [("START TRANSACTION", ()), *parts, ("COMMIT", ())]
-    out: Result = []
-    chunk: list[Part] = []
-    used = 0
-    for i, part in enumerate(parts):
-        chunk.append(part)
-        used += _size(part)
-        if i + 1 == len(parts) or used + _size(parts[i + 1]) > budget:
-            args = tuple(a for _, part_args in chunk for a in part_args)
-            out += _execute(cur, "; ".join(sql for sql, _ in chunk), args)
-            chunk, used = [], 0
-    return out
-
-
-def _marks(n: int) -> str:
-    return ", ".join(["%s"] * n)
+_MODES = ("skip_locked", "optimistic")
 
 
 def _pick(
@@ -153,215 +93,64 @@ def _pick(
     return picks
 
 
-def _tls(options: dict[str, str]) -> ssl.SSLContext | None:
-    """A verifying TLS context when the URL asks for TLS, else None."""
-    flag = options.get("ssl", "").lower()
-    if flag not in ("", "0", "1", "true", "false", "yes", "no", "required", "disabled"):
-        raise ConfigurationError(f"bad MySQL URL option ssl={flag!r}: use true or false")
-    files = [options.get(k) for k in ("ssl_ca", "ssl_cert", "ssl_key")]
-    if flag in ("0", "false", "no", "disabled") or not (flag or any(files)):
-        return None
-    try:
-        ctx = ssl.create_default_context(cafile=files[0])  # verifies certificate and host
-        if files[1]:
-            ctx.load_cert_chain(files[1], files[2])
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"bad MySQL TLS file: {exc}") from exc
-    return ctx
-
-
-def _stale(conn: Conn) -> bool:
-    """True if an idle connection has something to read: the server closed it."""
-    sock = getattr(conn, "_sock", None)
-    if sock is None:
-        return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class _PerThread(threading.local):
-    def __init__(self) -> None:
-        self.conn: Conn | None = None
-        self.pid = 0
-
-
 class MySQLBackend(Backend):
-    """MySQL/MariaDB adapter. See the module docstring and ``base.Backend``."""
+    """MySQL/MariaDB adapter. See the module docstring and ``base.Backend``.
+
+    Args:
+        claim: ``"skip_locked"``, ``"optimistic"`` or None (pick from the server version).
+        connect: PyMySQL ``connect`` arguments (host, port, user, password, database, ...).
+    """
 
     def __init__(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 3306,
-        user: str = "root",
-        password: str = "",
-        database: str,
-        claim: str | None = None,
-        result_ttl: float = 3600.0,
-        **connect: Any,
+        self, *, claim: str | None = None, result_ttl: float = 3600.0, **connect: Any
     ) -> None:
         super().__init__(result_ttl=result_ttl)
-        if claim not in (None, "skip_locked", "optimistic"):
+        if claim not in (None, *_MODES):
             raise ConfigurationError(
                 f"bad MySQL URL option claim={claim!r}: use skip_locked or optimistic"
             )
-        self.claim_mode = claim  # decided from the server's version on first use if None
-        self.where = f"{host}:{port}/{database}"
-        self._args: dict[str, Any] = {
-            **{k: v for k, v in _TIMEOUTS.items()},
-            **connect,
-            "host": host,
-            "port": port,
-            "user": user,
-            "password": password,
-            "database": database,
-            "charset": "utf8mb4",
-            "autocommit": True,
-            "client_flag": CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS,
-            "init_command": _SESSION,
-            "max_allowed_packet": 1 << 30,  # the server's own limit is what counts
-        }
+        self.claim_mode = claim
         self.returning = False  # DELETE ... RETURNING (MariaDB) for replies
-        self.budget = 1 << 20  # bytes per query; a quarter of the server's max_allowed_packet
+        self.max_packet = 1 << 24  # the server's max_allowed_packet, read on first use
         self._ready = False
         self._lock = threading.Lock()
-        self._local = _PerThread()
-        self._conns: weakref.WeakKeyDictionary[Conn, int] = weakref.WeakKeyDictionary()
+        self._db = Connections(connect, self._prepare)
         self._pauses: dict[Any, float] = {}
         self._wake = threading.Condition()
 
     @classmethod
     def from_url(cls, url: str, *, result_ttl: float = 3600.0) -> MySQLBackend:
-        """Open ``mysql://user:pass@host:port/db?options`` (see the module docstring).
+        """Open ``mysql://user:pass@host:port/db?options`` (options: module docstring).
 
         Raises:
             ConfigurationError: the URL is malformed or names an unknown option.
         """
-        parts = urlsplit(url)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = sorted(set(options) - _OPTIONS - set(_TIMEOUTS))
-        if unknown:
-            raise ConfigurationError(f"unknown MySQL URL option(s): {', '.join(unknown)}")
-        try:
-            port = parts.port or 3306
-            timeouts = {k: float(options[k]) for k in _TIMEOUTS if k in options}
-        except ValueError as exc:
-            raise ConfigurationError(f"bad MySQL URL: {exc}") from None
-        database = unquote(parts.path.lstrip("/"))
-        if not database or "/" in database:
-            raise ConfigurationError("a mysql:// URL must name a database: mysql://host/db")
-        ctx = _tls(options)
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=port,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            database=database,
-            claim=options.get("claim") or None,
-            result_ttl=result_ttl,
-            unix_socket=options.get("unix_socket") or None,
-            **({"ssl": ctx} if ctx else {"ssl_disabled": options.get("ssl") is not None}),
-            **timeouts,
-        )
-
-    # -- connections -------------------------------------------------------------------
-
-    def _conn(self) -> Conn:
-        local, pid = self._local, os.getpid()
-        if local.conn is not None and (local.pid != pid or _stale(local.conn)):
-            local.conn = None  # a forked child never touches its parent's socket
-        if local.conn is None:
-            conn = pymysql.connect(**self._args)
-            local.conn, local.pid = conn, pid
-            self._conns[conn] = pid
-            if not self._ready:
-                self._prepare(conn)
-        return local.conn
+        args, claim = parse_url(url)
+        return cls(claim=claim, result_ttl=result_ttl, **args)
 
     def _prepare(self, conn: Conn) -> None:
         """On first use: pick the claim mode and packet budget, create the schema if needed."""
         with self._lock:
             if self._ready:
                 return
-            info = conn.get_server_info()
-            mariadb = "mariadb" in info.lower()
-            numbers = info.removeprefix("5.5.5-").split("-")[0].split(".")
+            info = conn.get_server_info()  # type: ignore[no-untyped-call]
+            mariadb = "mariadb" in str(info).lower()
+            numbers = str(info).removeprefix("5.5.5-").split("-")[0].split(".")
             version = tuple(int(n) for n in numbers if n.isdigit())
             if self.claim_mode is None:
                 modern = version >= ((10, 6) if mariadb else (8, 0, 1))
                 self.claim_mode = "skip_locked" if modern else "optimistic"
             self.returning = mariadb
             cur = conn.cursor()
-            [(_, [(packet,)])] = _execute(cur, "SELECT @@max_allowed_packet")
-            self.budget = max(int(packet) // 4, 256 * 1024)
-            self._ensure_schema(cur)
-            log.info("using %s (%s), claim mode %s", self.where, info, self.claim_mode)
+            [(_, [(packet,)])] = execute(cur, "SELECT @@max_allowed_packet")
+            self.max_packet = int(packet)
+            ensure_schema(cur, self._db.where)
+            log.info("using %s (%s), claim mode %s", self._db.where, info, self.claim_mode)
             self._ready = True
 
-    def _ensure_schema(self, cur: Cursor) -> None:
-        try:
-            rows = _execute(cur, "SELECT version FROM remoteexec_schema WHERE name = 'schema'")
-            version = int(rows[0][1][0][0]) if rows[0][1] else 0
-        except pymysql.err.ProgrammingError as exc:
-            if exc.args[0] != 1146:  # no such table
-                raise
-            version = 0
-        if version > SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"the database at {self.where} has remoteexec schema version {version}; "
-                f"this remoteexec knows up to {SCHEMA_VERSION}: upgrade remoteexec"
-            )
-        if version < SCHEMA_VERSION:
-            self._apply_schema(cur)
-
-    def _apply_schema(self, cur: Cursor) -> None:
-        for sql in schema_sql():
-            cur.execute(sql)
-        [(_, rows)] = _execute(cur, "SELECT version FROM remoteexec_schema WHERE name = 'schema'")
-        for version in range(int(rows[0][0]) + 1, SCHEMA_VERSION + 1):
-            for sql in MIGRATIONS.get(version, []):
-                cur.execute(sql)
-            sql = "UPDATE remoteexec_schema SET version = %s WHERE name = 'schema'"
-            cur.execute(sql, (version,))
-        log.info("schema version %d ready in %s", SCHEMA_VERSION, self.where)
-
     def init_db(self) -> None:
-        """Create the tables (and migrate them) now; running it again changes nothing."""
-        self._run(self._apply_schema, retry_lost=True)
-
-    def _run(self, op: Callable[[Cursor], T], *, retry_lost: bool = False) -> T:
-        """Run ``op`` on this thread's connection, mapping errors and retrying contention.
-
-        ``retry_lost`` runs an idempotent ``op`` once more on a new connection when the old
-        one was lost mid-call.
-        """
-        with map_mysql_errors(self.where):
-            for attempt in range(_RETRIES + 1):
-                conn = self._conn()
-                try:
-                    return op(conn.cursor())
-                except pymysql.err.OperationalError as exc:
-                    code = exc.args[0] if exc.args else 0
-                    if code in _LOCK_ERRORS and attempt < _RETRIES:
-                        log.debug("lock contention (error %s), retrying", code)
-                        self._rollback(conn)
-                        time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
-                        continue
-                    self._local.conn = None
-                    if code in _GONE_ERRORS and retry_lost and attempt == 0:
-                        continue
-                    raise
-                except BaseException:
-                    self._local.conn = None  # never reuse a connection in an unknown state
-                    raise
-            raise AssertionError("unreachable")
-
-    def _rollback(self, conn: Conn) -> None:
-        try:
-            conn.rollback()
-        except (pymysql.err.Error, OSError):
-            self._local.conn = None
+        """Create the tables (or migrate them) now; running it again changes nothing."""
+        self._db.run(apply_schema, retry_lost=True)
 
     def _poll(self, key: Any, fetch: Callable[[], list[T]], wait: float) -> list[T]:
         """Call ``fetch`` until it returns something or ``wait`` seconds pass.
@@ -390,23 +179,24 @@ class MySQLBackend(Backend):
     # -- the contract --------------------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
-        if not jobs:
-            return
-        parts: list[Part] = []
-        rows: list[Job] = []
-        used = 0
-        for i, job in enumerate(jobs):
-            rows.append(job)
-            used += len(job.body) + 256
-            if i + 1 == len(jobs) or used + len(jobs[i + 1].body) > self.budget:
-                values = ", ".join([f"(%s, %s, %s, %s, {NOW})"] * len(rows))
-                sql = f"INSERT INTO {TASKS} (id, queue, reply_to, body, created) VALUES {values}"
-                parts.append(
-                    (sql, tuple(v for j in rows for v in (j.id, j.queue, j.reply_to, j.body)))
-                )
-                rows, used = [], 0
-        self._run(lambda cur: _script(cur, parts, txn=len(parts) > 1, budget=self.budget))
-        self._kick()
+        """Insert ``jobs`` with multi-row INSERTs: one round trip unless they are large."""
+        head = f"INSERT INTO {TASKS} (id, queue, reply_to, body, created) VALUES ".encode()
+        row = f"(%s, %s, %s, %s, {NOW})"
+
+        def insert(cur: Cursor) -> None:
+            rows = [render(cur.connection, row, (j.id, j.queue, j.reply_to, j.body)) for j in jobs]
+            queries: list[bytes] = []
+            start = used = 0
+            for i, values in enumerate(rows):
+                used += len(values) + 2
+                if i + 1 == len(rows) or used + len(rows[i + 1]) > self.max_packet // 2:
+                    queries.append(head + b", ".join(rows[start : i + 1]))
+                    start, used = i + 1, 0
+            run_many(cur, queries, txn=len(queries) > 1, max_packet=self.max_packet)
+
+        if jobs:
+            self._db.run(insert)
+            self._kick()
 
     def claim(
         self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
@@ -415,74 +205,61 @@ class MySQLBackend(Backend):
             return []
         queues = list(queues)
 
-        def once() -> list[Claim]:
-            take = (
-                self._claim_locked if self.claim_mode == "skip_locked" else self._claim_optimistic
-            )
-            return self._run(lambda cur: take(cur, queues, limit, lease))
+        def take(cur: Cursor) -> list[Claim]:  # the mode is known once connected
+            if self.claim_mode == "skip_locked":
+                return self._claim_locked(cur, queues, limit, lease)
+            return self._claim_optimistic(cur, queues, limit, lease)
 
-        return self._poll(("claim", *queues), once, wait)
+        return self._poll(("claim", *queues), lambda: self._db.run(take), wait)
 
     def _claim_locked(
         self, cur: Cursor, queues: list[str], limit: int, lease: float
     ) -> list[Claim]:
-        expired = _EXPIRED.format(_marks(len(queues))) + _SKIP
-        first = _execute(
-            cur,
-            f"START TRANSACTION; {expired}; {_WAITING}{_SKIP}",
-            (*queues, limit, queues[0], limit),
-        )
+        """SKIP LOCKED: lock candidates and take them, in one transaction."""
+        expired = EXPIRED.format(marks(len(queues))) + SKIP_LOCKED
+        sql = f"START TRANSACTION; {expired}; {WAITING}{SKIP_LOCKED}"
+        first = execute(cur, sql, (*queues, limit, queues[0], limit))
 
         def waiting(queue: str, n: int) -> Sequence[tuple[Any, ...]]:
             if queue == queues[0]:
                 return first[2][1]
-            return _execute(cur, _WAITING + _SKIP, (queue, n))[0][1]
+            return execute(cur, WAITING + SKIP_LOCKED, (queue, n))[0][1]
 
-        picks = _pick(queues, first[1][1], waiting, limit)
-        if not picks:
+        seqs = [seq for seq, _ in _pick(queues, first[1][1], waiting, limit)]
+        if not seqs:
             cur.execute("ROLLBACK")
             return []
-        seqs = [seq for seq, _ in picks]
         token = secrets.token_hex(16)
-        update = (
-            f"UPDATE {TASKS} SET state = 1, token = %s, lease_until = {NOW} + %s, "
-            f"attempt = attempt + 1, lock_version = lock_version + 1 "
-            f"WHERE seq IN ({_marks(len(seqs))})"
-        )
-        return self._fetch_claims(cur, [(update, (token, lease, *seqs))], seqs, token, True)
+        take = (f"{TAKE} seq IN ({marks(len(seqs))})", (token, lease, *seqs))
+        return self._fetch_claims(cur, [take], seqs, token, commit=True)
 
     def _claim_optimistic(
         self, cur: Cursor, queues: list[str], limit: int, lease: float
     ) -> list[Claim]:
-        sql = "; ".join([_EXPIRED.format(_marks(len(queues)))] + [_WAITING] * len(queues))
-        args = (*queues, limit, *(a for q in queues for a in (q, limit)))
-        found = _execute(cur, sql, args)
+        """Optimistic: read candidates, then take each if its lock_version is unchanged."""
+        sql = "; ".join([EXPIRED.format(marks(len(queues))), *[WAITING] * len(queues)])
+        found = execute(cur, sql, (*queues, limit, *(a for q in queues for a in (q, limit))))
         waiting = {q: found[i + 1][1] for i, q in enumerate(queues)}
         picks = _pick(queues, found[0][1], lambda q, n: waiting[q], limit)
-        if not picks:
-            return []
         token = secrets.token_hex(16)
-        update = (
-            f"UPDATE {TASKS} SET state = 1, token = %s, lease_until = {NOW} + %s, "
-            f"attempt = attempt + 1, lock_version = lock_version + 1 WHERE seq = %s "
-            f"AND lock_version = %s AND (state = 0 OR lease_until <= {NOW})"
-        )
-        parts = [(update, (token, lease, seq, version)) for seq, version in picks]
-        return self._fetch_claims(cur, parts, [seq for seq, _ in picks], token, False)
+        check = f"seq = %s AND lock_version = %s AND (state = 0 OR lease_until <= {NOW})"
+        takes = [(TAKE + check, (token, lease, seq, version)) for seq, version in picks]
+        seqs = [seq for seq, _ in picks]
+        return self._fetch_claims(cur, takes, seqs, token, commit=False) if picks else []
 
     def _fetch_claims(
-        self, cur: Cursor, parts: list[Part], seqs: list[int], token: str, commit: bool
+        self, cur: Cursor, parts: list[Part], seqs: list[int], token: str, *, commit: bool
     ) -> list[Claim]:
         """Run the claiming ``parts``, then read back the rows this ``token`` now holds."""
         select_sql = (
             f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
-            f"WHERE seq IN ({_marks(len(seqs))}) AND token = %s"
+            f"WHERE seq IN ({marks(len(seqs))}) AND token = %s"
         )
         parts = [*parts, (select_sql, (*seqs, token))]
         at = len(parts) - 1
         if commit:
             parts.append(("COMMIT", ()))
-        result = _script(cur, parts, txn=False, budget=1 << 62)  # no bodies: one round trip
+        result = script(cur, parts, txn=False, max_packet=1 << 62)  # no bodies: one round trip
         rows = {row[0]: row for row in result[at][1]}
         return [
             Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
@@ -494,68 +271,70 @@ class MySQLBackend(Backend):
         if not claims:
             return []
         sql = f"UPDATE {TASKS} SET lease_until = {NOW} + %s, lock_version = lock_version + 1"
-        parts = [(f"{sql} WHERE {_HELD}", (lease, c.id, c.token)) for c in claims]
-        done = self._run(
-            lambda cur: _script(cur, parts, txn=False, budget=self.budget), retry_lost=True
+        parts = [(f"{sql} WHERE {HELD}", (lease, c.id, c.token)) for c in claims]
+        done = self._db.run(
+            lambda cur: script(cur, parts, txn=False, max_packet=self.max_packet), retry_lost=True
         )
         return [count == 1 for count, _ in done]
 
     def complete(self, done: Sequence[Done]) -> list[bool]:
-        """Delete each held task and insert its reply, in one transaction per batch."""
+        """In one transaction: mark the tasks still held (locking them in id order), insert
+        their replies in the order given, delete them."""
         if not done:
             return []
         order = sorted(range(len(done)), key=lambda i: done[i].claim.id)  # one lock order
-        mark = f"UPDATE {TASKS} SET state = 2 WHERE {_HELD}"
+        mark = f"UPDATE {TASKS} SET state = 2 WHERE {HELD}"
+        parts: list[Part] = [(mark, (done[i].claim.id, done[i].claim.token)) for i in order]
         reply = (
             "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
             f"SELECT reply_to, id, %s, {NOW} FROM {TASKS} WHERE id = %s AND state = 2"
         )
-        parts: list[Part] = []
-        marks: dict[int, int] = {}
-        for i in order:
-            claim = done[i].claim
-            marks[i] = len(parts) + 1  # + 1 for START TRANSACTION
-            parts.append((mark, (claim.id, claim.token)))
-            if done[i].reply is not None:
-                parts.append((reply, (done[i].reply, claim.id)))
-            parts.append((f"DELETE FROM {TASKS} WHERE id = %s AND state = 2", (claim.id,)))
-        result = self._run(lambda cur: _script(cur, parts, txn=True, budget=self.budget))
+        first = {d.claim.id: i for i, d in reversed(list(enumerate(done)))}  # one reply per id
+        parts += [
+            (reply, (d.reply, d.claim.id))
+            for i, d in enumerate(done)
+            if d.reply is not None and first[d.claim.id] == i
+        ]
+        parts.append(
+            (f"DELETE FROM {TASKS} WHERE state = 2 AND id IN ({marks(len(first))})", (*first,))
+        )
+        result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
         self._kick()
-        return [result[marks[i]][0] == 1 for i in range(len(done))]
+        held = {i: result[1 + n][0] == 1 for n, i in enumerate(order)}  # 0 is START TRANSACTION
+        return [held[i] for i in range(len(done))]
 
     def release(self, claims: Sequence[Claim]) -> None:
         sql = (
             f"UPDATE {TASKS} SET state = 0, token = NULL, lease_until = 0, "
-            f"attempt = attempt - 1, lock_version = lock_version + 1 WHERE {_HELD}"
+            f"attempt = attempt - 1, lock_version = lock_version + 1 WHERE {HELD}"
         )
         parts = [(sql, (c.id, c.token)) for c in claims]
         if parts:
-            self._run(
-                lambda cur: _script(cur, parts, txn=False, budget=self.budget), retry_lost=True
+            self._db.run(
+                lambda cur: script(cur, parts, txn=False, max_packet=self.max_packet),
+                retry_lost=True,
             )
             self._kick()
 
     def cancel(self, job: Job) -> bool:
         sql = f"DELETE FROM {TASKS} WHERE id = %s AND state = 0 AND attempt = 0"
-        return self._run(lambda cur: _execute(cur, sql, (job.id,)))[0][0] == 1
+        return self._db.run(lambda cur: execute(cur, sql, (job.id,)))[0][0] == 1
 
     def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
-        return self._poll(
-            ("replies", reply_to), lambda: self._run(self._take_replies(reply_to)), wait
-        )
+        """Read and delete ``reply_to``'s replies: one round trip on MariaDB, two on MySQL."""
 
-    def _take_replies(self, reply_to: str) -> Callable[[Cursor], list[bytes]]:
         def take(cur: Cursor) -> list[bytes]:
             if self.returning:  # MariaDB: read and delete in one statement
                 sql = "DELETE FROM remoteexec_replies WHERE reply_to = %s RETURNING seq, body"
-                return [bytes(body) for _, body in sorted(_execute(cur, sql, (reply_to,))[0][1])]
+                return [bytes(body) for _, body in sorted(execute(cur, sql, (reply_to,))[0][1])]
             sql = "SELECT seq, body FROM remoteexec_replies WHERE reply_to = %s ORDER BY seq"
-            rows = _execute(cur, sql, (reply_to,))[0][1]
+            rows = execute(cur, sql, (reply_to,))[0][1]
             parts = [("DELETE FROM remoteexec_replies WHERE seq = %s", (seq,)) for seq, _ in rows]
-            deleted = _script(cur, parts, txn=False, budget=self.budget) if parts else []
-            return [bytes(body) for (_, body), (n, _) in zip(rows, deleted) if n == 1]
+            deleted = script(cur, parts, txn=False, max_packet=self.max_packet) if parts else []
+            # Only what this call deleted is returned: a reply is never delivered twice.
+            return [bytes(r[1]) for r, (n, _) in zip(rows, deleted, strict=True) if n == 1]
 
-        return take
+        return self._poll(("replies", reply_to), lambda: self._db.run(take), wait)
 
     def heartbeat(self, info: WorkerInfo) -> None:
         sql = (
@@ -565,58 +344,52 @@ class MySQLBackend(Backend):
             "queues = VALUES(queues), started = VALUES(started), last_seen = VALUES(last_seen), "
             "done = VALUES(done), running = VALUES(running), seen_at = VALUES(seen_at)"
         )
-        args = (info.id, info.host, info.pid, json.dumps(info.queues), info.started)
+        queues = json.dumps(info.queues)
+        args: tuple[Any, ...] = (info.id, info.host, info.pid, queues, info.started)
         args += (info.last_seen, info.done, info.running)
-        self._run(lambda cur: _execute(cur, sql, args), retry_lost=True)
+        self._db.run(lambda cur: execute(cur, sql, args), retry_lost=True)
 
     def forget_worker(self, worker: str) -> None:
         sql = "DELETE FROM remoteexec_workers WHERE id = %s"
-        self._run(lambda cur: _execute(cur, sql, (worker,)), retry_lost=True)
+        self._db.run(lambda cur: execute(cur, sql, (worker,)), retry_lost=True)
 
     def bury(self, letter: DeadLetter) -> None:
         sql = (
             "INSERT INTO remoteexec_dead_letters (id, queue, name, reason, at) "
             "VALUES (%s, %s, %s, %s, %s); DELETE FROM remoteexec_dead_letters "
-            f"WHERE seq <= LAST_INSERT_ID() - {_MAX_DEAD}"
+            f"WHERE seq <= CAST(LAST_INSERT_ID() AS SIGNED) - {_MAX_DEAD}"
         )
         args = (letter.id, letter.queue, letter.name, letter.reason, letter.at)
-        self._run(lambda cur: _execute(cur, sql, args))
+        self._db.run(lambda cur: execute(cur, sql, args))
 
     def stats(self) -> Stats:
         sql = (
             f"SELECT queue, SUM(state = 0) FROM {TASKS} GROUP BY queue; "
             f"SELECT queue, COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
-            f"GROUP BY queue; SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW}; "
+            f"GROUP BY queue; "
+            f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW}; "
             "SELECT id, host, pid, queues, started, last_seen, done, running "
             f"FROM remoteexec_workers WHERE seen_at > {NOW} - %s ORDER BY id; "
             "SELECT id, queue, name, reason, at FROM remoteexec_dead_letters "
             f"ORDER BY seq DESC LIMIT {_MAX_DEAD}"
         )
-        depth, expired, running, workers, dead = (
-            rows
-            for _, rows in self._run(
-                lambda cur: _execute(cur, sql, (self.worker_ttl,)), retry_lost=True
-            )
-        )
+        result = self._db.run(lambda cur: execute(cur, sql, (self.worker_ttl,)), retry_lost=True)
+        depth, expired, running, workers, dead = (rows for _, rows in result)
         queues = {q: int(n) for q, n in depth}
         for q, n in expired:
             queues[q] += int(n)
-        return Stats(
-            queues,
-            int(running[0][0]),
-            [
-                WorkerInfo(w[0], w[1], int(w[2]), json.loads(w[3]), *w[4:6], int(w[6]), int(w[7]))
-                for w in workers
-            ],
-            [DeadLetter(*d) for d in dead],
-        )
+        live = [
+            WorkerInfo(wid, host, int(pid), json.loads(qs), started, seen, int(done), int(run))
+            for wid, host, pid, qs, started, seen, done, run in workers
+        ]
+        return Stats(queues, int(running[0][0]), live, [DeadLetter(*d) for d in dead])
 
     def purge(self, queue: str | None = None) -> int:
         sql = f"DELETE FROM {TASKS} WHERE (state = 0 OR lease_until <= {NOW})"
         args: tuple[str, ...] = ()
         if queue is not None:
             sql, args = sql + " AND queue = %s", (queue,)
-        return self._run(lambda cur: _execute(cur, sql, args))[0][0]
+        return self._db.run(lambda cur: execute(cur, sql, args))[0][0]
 
     def sweep(self) -> None:
         """Delete replies older than ``result_ttl`` and workers silent for 4 worker TTLs."""
@@ -625,13 +398,7 @@ class MySQLBackend(Backend):
             f"DELETE FROM remoteexec_workers WHERE seen_at < {NOW} - %s"
         )
         args = (self.result_ttl, max(60.0, 4 * self.worker_ttl))
-        self._run(lambda cur: _execute(cur, sql, args), retry_lost=True)
+        self._db.run(lambda cur: execute(cur, sql, args), retry_lost=True)
 
     def close(self) -> None:
-        pid = os.getpid()
-        for conn, owner in list(self._conns.items()):
-            if owner == pid and conn.open:  # never send QUIT on a parent's socket
-                with contextlib.suppress(pymysql.err.Error, OSError):
-                    conn.close()
-        self._conns.clear()
-        self._local.conn = None
+        self._db.close()

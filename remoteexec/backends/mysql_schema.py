@@ -23,7 +23,17 @@ thing to every machine whatever their clocks say.
 
 from __future__ import annotations
 
+import logging
+
+import pymysql
+
+from ..errors import ConfigurationError
+from .mysql_conn import Cursor, execute
+
+log = logging.getLogger("remoteexec.mysql")
+
 SCHEMA_VERSION = 1
+_VERSION = "SELECT version FROM remoteexec_schema WHERE name = 'schema'"
 
 _TEXT = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 _TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
@@ -80,6 +90,34 @@ _CREATE = [
 ) {_TABLE}""",
 ]
 
+# The statements the indexes above serve; times are the server's (see the docstring).
+NOW = "UNIX_TIMESTAMP(NOW(6))"
+TASKS = "remoteexec_tasks"
+#: Expired leases, in the queues given: a range scan of ix_tasks_lease.
+EXPIRED = (
+    f"SELECT seq, lock_version, queue FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW}"
+    " AND queue IN ({}) ORDER BY lease_until LIMIT %s"
+)
+#: Waiting tasks of one queue, oldest first: a range scan of ix_tasks_claim, no sort.
+WAITING = (
+    f"SELECT seq, lock_version, queue FROM {TASKS} WHERE queue = %s AND state = 0"
+    " ORDER BY seq LIMIT %s"
+)
+SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+#: Takes rows under a new token and lease; the caller appends the row condition.
+TAKE = (
+    f"UPDATE {TASKS} SET state = 1, token = %s, lease_until = {NOW} + %s, "
+    "attempt = attempt + 1, lock_version = lock_version + 1 WHERE "
+)
+#: The row is held by this token under a lease that has not expired.
+HELD = f"id = %s AND token = %s AND state = 1 AND lease_until > {NOW}"
+
+
+def marks(n: int) -> str:
+    """``n`` comma-separated placeholders."""
+    return ", ".join(["%s"] * n)
+
+
 #: Statements that upgrade the schema from version ``n - 1`` to ``n`` (none yet).
 MIGRATIONS: dict[int, list[str]] = {}
 
@@ -90,3 +128,42 @@ def schema_sql() -> list[str]:
         *_CREATE,
         f"INSERT IGNORE INTO remoteexec_schema (name, version) VALUES ('schema', {SCHEMA_VERSION})",
     ]
+
+
+def schema_version(cur: Cursor) -> int:
+    """The schema version recorded in the database; 0 if there is no schema yet."""
+    try:
+        [(_, rows)] = execute(cur, _VERSION)
+    except pymysql.err.ProgrammingError as exc:
+        if exc.args[0] != 1146:  # no such table
+            raise
+        return 0
+    return int(rows[0][0]) if rows else 0
+
+
+def apply_schema(cur: Cursor) -> None:
+    """Create the tables if missing and run the migrations the database has not had."""
+    for sql in schema_sql():
+        cur.execute(sql)
+    for version in range(schema_version(cur) + 1, SCHEMA_VERSION + 1):
+        for sql in MIGRATIONS.get(version, []):
+            cur.execute(sql)
+        cur.execute("UPDATE remoteexec_schema SET version = %s WHERE name = 'schema'", (version,))
+        log.info("migrated the remoteexec schema to version %d", version)
+
+
+def ensure_schema(cur: Cursor, where: str) -> None:
+    """Create or migrate the schema if it is older than this code.
+
+    Raises:
+        ConfigurationError: the database's schema is newer than this remoteexec.
+    """
+    version = schema_version(cur)
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"the database at {where} has remoteexec schema version {version}; this "
+            f"remoteexec knows versions up to {SCHEMA_VERSION}: upgrade remoteexec"
+        )
+    if version < SCHEMA_VERSION:
+        apply_schema(cur)
+        log.info("remoteexec schema version %d ready in %s", SCHEMA_VERSION, where)

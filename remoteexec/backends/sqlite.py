@@ -1,23 +1,18 @@
 """``sqlite:///path.db``: an embedded broker in one file, shared by the processes of one host.
 
-Workers and clients in any number of processes open the same file; SQLite's locking keeps
-them consistent. The file runs in WAL mode with ``synchronous=NORMAL``: readers never block
-the writer, and a commit survives a crashed process (a power cut may lose the last few).
+The file runs in WAL mode with ``synchronous=NORMAL``: readers never block the writer, and
+a commit survives a crashed process (a power cut may lose the last few). Beyond ``base.py``:
 
-Guarantees, beyond the contract in ``base.py``:
-
-* Every write is one short ``BEGIN IMMEDIATE`` transaction, whatever the batch size: a
-  claim of N tasks, a completion of N replies or an enqueue of N jobs is all or nothing.
+* Every write is one short ``BEGIN IMMEDIATE`` transaction whatever the batch size: an
+  enqueue, claim or completion of N tasks is all or nothing.
 * Lock contention ("database is locked") never reaches the caller: it is retried with
-  backoff for up to 30 seconds, then raised as ``BackendUnavailable``, like every other
-  ``sqlite3`` error.
-* Each thread has its own connection, opened on first use; a child process opens its own
-  after a fork and never touches (nor closes) its parent's.
-* SQLite cannot notify other processes, so waiting (``claim`` and ``replies`` with
-  ``wait > 0``) polls ``PRAGMA data_version``, which changes when another connection
-  commits: every millisecond while the file is busy, backing off to 25 ms when idle.
-* Re-enqueueing an id that is still held changes nothing, so a retried ``enqueue`` cannot
-  run a task twice.
+  backoff for up to 30 s, then raised as ``BackendUnavailable`` like every ``sqlite3`` error.
+* Each thread has its own connection, opened on first use; a forked child opens its own and
+  never touches (nor closes) its parent's.
+* SQLite cannot notify other processes, so ``claim`` and ``replies`` wait by polling
+  ``PRAGMA data_version`` (it changes when another connection commits): every millisecond
+  while the file is busy, backing off to 25 ms when idle.
+* Re-enqueueing an id that is still held changes nothing: a retried ``enqueue`` is safe.
 """
 
 from __future__ import annotations
@@ -26,6 +21,7 @@ import json
 import logging
 import math
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -69,6 +65,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS dead (
         seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL, name TEXT NOT NULL,
         reason TEXT NOT NULL, at REAL NOT NULL)""",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
 ]
 
 _ENQUEUE = (
@@ -111,10 +108,8 @@ os.register_at_fork(after_in_child=_reset_lock)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
-    return "locked" in str(exc) or "busy" in str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return code & 0xFF in (5, 6) if code is not None else "locked" in str(exc)  # BUSY, LOCKED
 
 
 @contextmanager
@@ -182,10 +177,12 @@ class SQLiteBackend(Backend):
             )
             self._conns.append(conn)
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+                log.warning("%s cannot use WAL mode: expect lock contention", self.path)
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL after a burst
             if not self._schema_ok:
-                self._create_schema(conn)
+                _create_schema(conn, self.path)
                 self._schema_ok = True
         except BaseException:
             with _LOCK:
@@ -195,16 +192,6 @@ class SQLiteBackend(Backend):
         local.conn, local.pid = conn, pid
         log.debug("opened %s in process %d", self.path, pid)
         return conn
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"SQLite database {self.path} has schema version {version}; this remoteexec "
-                f"knows version {SCHEMA_VERSION} (upgrade remoteexec)"
-            )
-        if version < SCHEMA_VERSION:
-            _transaction(conn, "IMMEDIATE", _create_tables)
 
     def _run(self, fn: Callable[[sqlite3.Connection], T], begin: str | None = "IMMEDIATE") -> T:
         """Run ``fn`` in a transaction (``begin``; None: autocommit), retrying while busy."""
@@ -219,7 +206,7 @@ class SQLiteBackend(Backend):
                     if not _is_busy(exc) or time.monotonic() + delay > deadline:
                         raise
                     log.debug("%s is busy (%s); retrying in %.3f s", self.path, exc, delay)
-                    time.sleep(delay)
+                    time.sleep(delay * random.uniform(0.5, 1.5))  # jitter: no lockstep
                     delay = min(delay * 2, 0.1)
 
     def _wait(self, due: Callable[[sqlite3.Connection], float], deadline: float) -> bool:
@@ -229,6 +216,8 @@ class SQLiteBackend(Backend):
         ready now; ``inf``: on some change). It is asked again whenever another connection
         commits.
         """
+        if time.monotonic() >= deadline:
+            return False
         delay = _POLL_MIN
         version = self._data_version()
         ready_at = self._run(due, None)
@@ -439,10 +428,15 @@ def _transaction(conn: sqlite3.Connection, begin: str, fn: Callable[[sqlite3.Con
             conn.execute("ROLLBACK")
 
 
-def _create_tables(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA:
-        conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+def _create_schema(conn: sqlite3.Connection, path: str) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"SQLite database {path} has schema version {version}; this remoteexec knows "
+            f"version {SCHEMA_VERSION} (upgrade remoteexec)"
+        )
+    if version < SCHEMA_VERSION:
+        _transaction(conn, "IMMEDIATE", lambda c: [c.execute(sql) for sql in _SCHEMA])
 
 
 def _worker(

@@ -59,3 +59,25 @@ class KillsItsWorker:
     def execute(self, ledger=None):
         _note(ledger, "start", os.getpid())
         os._exit(9)
+
+
+@remote(time_limit=1)
+class Sleepy:
+    def execute(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+
+@remote
+class Poison:
+    """Kills its worker on every attempt (default max_attempts: 3)."""
+
+    def execute(self):
+        os._exit(9)
+
+
+@remote
+class Nested:
+    def execute(self, n, timeout=5.0):
+        """Calls another task from inside a task."""
+        return CalculateMultipleOfPi.execute.options(timeout=timeout)(n)

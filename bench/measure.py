@@ -1,0 +1,203 @@
+"""The measurement loops, their time bounds, and the figures they collect.
+
+A *system* is anything with ``name``, ``scenarios`` (letters among ABCD), ``start(P)``
+(start P worker processes on an empty broker, return their pids), ``stop()``,
+``call(n)`` (one blocking call) and ``run_many(range)`` (a batch, results in order).
+One repetition of a system runs A, B and D on one worker process, then C on two.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .servers import peak_rss_mib
+
+METRICS = ("a_p50_us", "a_p90_us", "a_p99_us", "b_calls_s", "c_calls_s", "d_peak_mib")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many calls each scenario makes, and how long any step may take."""
+
+    latency_calls: int = 2000
+    latency_warmup: int = 200
+    batch_calls: int = 10_000
+    batch_warmup: int = 500
+    bound: float = 180.0  # seconds for one start, one measurement or one stop
+
+    def scaled(self, factor: float) -> Sizes:
+        return replace(
+            self,
+            latency_calls=max(50, int(self.latency_calls * factor)),
+            latency_warmup=max(20, int(self.latency_warmup * factor)),
+            batch_calls=max(200, int(self.batch_calls * factor)),
+        )
+
+
+class OutOfTime(Exception):
+    """A step ran past its time bound."""
+
+
+@contextmanager
+def time_bound(seconds: float, what: str) -> Iterator[None]:
+    """Interrupt the block (in the main thread) with ``OutOfTime`` after ``seconds``."""
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise OutOfTime(f"{what} took over {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted values, interpolated linearly."""
+    pos = q * (len(ordered) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def median(values: list[float]) -> float:
+    return percentile(sorted(values), 0.5)
+
+
+def _check(value: Any, n: int) -> None:
+    if not math.isclose(value, math.pi * n, rel_tol=1e-12, abs_tol=1e-12):
+        raise AssertionError(f"wrong result for n={n}: {value!r}")
+
+
+def latencies_us(system: Any, calls: int, warmup: int) -> tuple[list[float], float]:
+    """Sequential calls after a warm-up: sorted latencies in µs, and the loop's seconds."""
+    call = system.call
+    for n in range(warmup):
+        _check(call(n), n)
+    clock = time.perf_counter_ns
+    out = [0.0] * calls
+    started = clock()
+    for n in range(calls):
+        t0 = clock()
+        value = call(n)
+        out[n] = (clock() - t0) / 1000
+        _check(value, n)
+    elapsed = (clock() - started) / 1e9
+    return sorted(out), elapsed
+
+
+def throughput(system: Any, calls: int) -> float:
+    """Calls per second of one ``run_many`` batch (results checked afterwards)."""
+    started = time.perf_counter()
+    values = system.run_many(range(calls))
+    elapsed = time.perf_counter() - started
+    if len(values) != calls:
+        raise AssertionError(f"{len(values)} results for {calls} calls")
+    for n in (0, calls // 2, calls - 1):
+        _check(values[n], n)
+    return calls / elapsed
+
+
+@dataclass
+class Results:
+    """Per system, per metric: one figure per repetition; and the errors met."""
+
+    figures: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, system: str, metric: str, value: float) -> None:
+        self.figures.setdefault(system, {}).setdefault(metric, []).append(value)
+
+    def error(self, system: str, text: str) -> None:
+        self.errors.setdefault(system, []).append(text)
+
+    def median(self, system: str, metric: str) -> float | None:
+        values = self.figures.get(system, {}).get(metric)
+        return median(values) if values else None
+
+
+def run_rep(system: Any, sizes: Sizes, results: Results, label: str) -> None:
+    """One repetition of ``system``'s scenarios; failures are recorded, not raised."""
+    name, scenarios, bound = system.name, system.scenarios, sizes.bound
+
+    def step(what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            with time_bound(bound, f"{name} {what}"):
+                return fn()
+        except (Exception, OutOfTime) as exc:
+            text = f"{label} {what}: {type(exc).__name__}: {exc}"
+            results.error(name, text)
+            progress(f"[{label}] {name} {what} FAILED: {type(exc).__name__}: {exc}")
+            return None
+
+    if set("ABD") & set(scenarios):
+        pids = step("start 1 worker", lambda: system.start(1))
+        try:
+            if pids:
+                _one_worker(system, sizes, results, label, step, pids[0])
+        finally:
+            step("stop", system.stop)
+    if "C" in scenarios:
+        started = step("start 2 workers", lambda: system.start(2))
+        try:
+            if started:
+                _run_throughput(system, sizes, results, label, step, "c_calls_s", "C")
+        finally:
+            step("stop", system.stop)
+
+
+def _one_worker(
+    system: Any, sizes: Sizes, results: Results, label: str, step: Any, pid: int
+) -> None:
+    """A, then B, then D, on one worker process."""
+    if "A" in system.scenarios:
+        _run_a(system, sizes, results, label, step)
+    if "B" in system.scenarios:
+        _run_throughput(system, sizes, results, label, step, "b_calls_s", "B")
+    if "D" in system.scenarios and (peak := step("D", lambda: peak_rss_mib(pid))):
+        results.add(system.name, "d_peak_mib", peak)
+        progress(f"[{label}] {system.name} D: worker peak RSS {peak:.1f} MiB")
+
+
+def _run_a(system: Any, sizes: Sizes, results: Results, label: str, step: Any) -> None:
+    name = system.name
+    got = step("A", lambda: latencies_us(system, sizes.latency_calls, sizes.latency_warmup))
+    if got is None:
+        return
+    ordered, elapsed = got
+    p50, p90, p99 = (percentile(ordered, q) for q in (0.5, 0.9, 0.99))
+    for metric, value in zip(METRICS[:3], (p50, p90, p99), strict=True):
+        results.add(name, metric, value)
+    line = f"p50 {p50:.0f} µs, p90 {p90:.0f} µs, p99 {p99:.0f} µs over {len(ordered)} calls"
+    if "B" not in system.scenarios:  # the simple loop: B is its rate, one call outstanding
+        results.add(name, "b_calls_s", len(ordered) / elapsed)
+        line += f" ({len(ordered) / elapsed:,.0f} calls/s, one outstanding)"
+    progress(f"[{label}] {name} A: {line}")
+
+
+def _run_throughput(
+    system: Any, sizes: Sizes, results: Results, label: str, step: Any, metric: str, title: str
+) -> None:
+    if step(f"{title} warm-up", lambda: throughput(system, sizes.batch_warmup)) is None:
+        return
+    rate = step(title, lambda: throughput(system, sizes.batch_calls))
+    if rate is not None:
+        results.add(system.name, metric, rate)
+        workers = 2 if title == "C" else 1
+        progress(
+            f"[{label}] {system.name} {title}: {rate:,.0f} calls/s "
+            f"({sizes.batch_calls} calls, {workers} worker process(es))"
+        )

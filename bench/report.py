@@ -1,0 +1,195 @@
+"""The printed table, the ratios to the baselines, issue 6's targets, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .measure import METRICS, Results, Sizes
+
+COLUMNS = ("A p50 µs", "A p90 µs", "A p99 µs", "B calls/s", "C calls/s", "D MiB")
+
+#: For each remoteexec system, the baseline of each metric's ratio.
+BASELINES: dict[str, dict[str, str]] = {
+    "remoteexec-redis": {
+        "a_p50_us": "raw-redis", "a_p90_us": "raw-redis", "a_p99_us": "raw-redis",
+        "b_calls_s": "raw-redis-pipelined", "c_calls_s": "raw-redis-pipelined",
+        "d_peak_mib": "raw-redis",
+    },
+    "remoteexec-mysql": dict.fromkeys(METRICS, "raw-mysql"),
+    "remoteexec-mysql-optimistic": dict.fromkeys(METRICS, "raw-mysql-seed"),
+}  # fmt: skip
+#: Second ratio rows, for information (no target is set against them).
+ALSO: dict[str, dict[str, str]] = {
+    "remoteexec-redis": dict.fromkeys(("b_calls_s", "c_calls_s"), "raw-redis-pipelined-cmds"),
+}
+
+#: Issue 6's targets: (label, system, metric, baseline or None for absolute, op, limit).
+TARGETS = [
+    ("1. Redis A p50 <= 1.3x raw-redis", "remoteexec-redis", "a_p50_us", "raw-redis", "<=", 1.3),
+    ("1. Redis A p99 <= 1.5x raw-redis", "remoteexec-redis", "a_p99_us", "raw-redis", "<=", 1.5),
+    ("2. Redis C >= 0.5x raw-redis-pipelined", "remoteexec-redis", "c_calls_s",
+     "raw-redis-pipelined", ">=", 0.5),
+    ("3. Redis B >= 0.4x raw-redis-pipelined", "remoteexec-redis", "b_calls_s",
+     "raw-redis-pipelined", ">=", 0.4),
+    ("4. MySQL C >= 2x raw-mysql", "remoteexec-mysql", "c_calls_s", "raw-mysql", ">=", 2.0),
+    ("4. MySQL A p50 <= 1x raw-mysql", "remoteexec-mysql", "a_p50_us", "raw-mysql", "<=", 1.0),
+    ("5. SQLite C >= 3000 calls/s", "remoteexec-sqlite", "c_calls_s", None, ">=", 3000.0),
+    ("6. D <= 1.25x raw-redis worker", "remoteexec-redis", "d_peak_mib", "raw-redis", "<=", 1.25),
+]  # fmt: skip
+
+
+def ratio(results: Results, system: str, metric: str, baseline: str) -> float | None:
+    """The ratio of the medians of ``system`` and ``baseline`` for ``metric``."""
+    mine, theirs = results.median(system, metric), results.median(baseline, metric)
+    if mine is None or not theirs:
+        return None
+    return mine / theirs
+
+
+def _figure(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if metric.startswith("a_"):
+        return f"{value:,.0f}"
+    if metric.startswith("d_"):
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def table(results: Results, systems: list[str]) -> str:
+    """Medians per system, each remoteexec row followed by its ratios to the baselines."""
+    width = max([len(s) for s in systems] + [28])
+    lines = [f"{'system':<{width}}" + "".join(f"{c:>11}" for c in COLUMNS)]
+    lines.append("-" * len(lines[0]))
+    for system in systems:
+        cells = []
+        for metric in METRICS:
+            text = _figure(metric, results.median(system, metric))
+            if system == "raw-redis" and metric == "b_calls_s" and text != "-":
+                text += "*"
+            cells.append(text)
+        lines.append(f"{system:<{width}}" + "".join(f"{c:>11}" for c in cells))
+        for label, bases in (("  ratio to baseline", BASELINES), ("  ratio to -cmds", ALSO)):
+            if system in bases:
+                ratios = [ratio(results, system, m, bases[system].get(m, "")) for m in METRICS]
+                lines.append(
+                    f"{label:<{width}}"
+                    + "".join(f"{'-' if r is None else f'{r:.2f}x':>11}" for r in ratios)
+                )
+    lines.append("-" * len(lines[0]))
+    lines.append(
+        "Medians over the repetitions. * raw-redis B: the sequential loop's rate (one call\n"
+        "outstanding). Ratios: remoteexec-redis A and D to raw-redis, B and C to\n"
+        "raw-redis-pipelined (and, second row, to raw-redis-pipelined-cmds); remoteexec-mysql\n"
+        "to raw-mysql; remoteexec-mysql-optimistic to raw-mysql-seed.\n"
+        "A: latency (lower is better); B, C: throughput (higher is better); D: a worker's\n"
+        "peak RSS (VmHWM) after B (lower is better)."
+    )
+    return "\n".join(lines)
+
+
+def targets(results: Results) -> list[dict[str, Any]]:
+    out = []
+    for label, system, metric, baseline, op, limit in TARGETS:
+        if baseline is None:
+            value = results.median(system, metric)
+        else:
+            value = ratio(results, system, metric, baseline)
+        if value is None:
+            verdict = "N/A"
+        elif (value <= limit) if op == "<=" else (value >= limit):
+            verdict = "PASS"
+        else:
+            verdict = "MISS"
+        out.append({"target": label, "measured": value, "limit": limit, "verdict": verdict})
+    return out
+
+
+def target_lines(checked: list[dict[str, Any]]) -> str:
+    lines = []
+    for t in checked:
+        value = t["measured"]
+        if value is None:
+            shown = "not measured"
+        elif t["target"].startswith("5."):
+            shown = f"measured {value:,.0f} calls/s"
+        else:
+            shown = f"measured {value:.2f}x"
+        lines.append(f"{t['verdict']:<5} {t['target']:<42} {shown}")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "redis-server": _version(["redis-server", "--version"]),
+        "mariadbd": _version(["mariadbd", "--version"]),
+        "hiredis": _has("hiredis"),
+    }
+
+
+def _version(cmd: list[str]) -> str:
+    if shutil.which(cmd[0]) is None:
+        return "not installed"
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (done.stdout or done.stderr).strip().splitlines()[0] if done.stdout else "unknown"
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def write_json(
+    path: str, results: Results, sizes: Sizes, settings: dict[str, Any], systems: list[str]
+) -> None:
+    figures = {
+        system: {
+            metric: {"median": results.median(system, metric), "reps": values}
+            for metric, values in results.figures.get(system, {}).items()
+        }
+        for system in systems
+    }
+    ratios = {
+        system: {m: ratio(results, system, m, base) for m, base in BASELINES[system].items()}
+        for system in BASELINES
+        if system in systems
+    }
+    for system, bases in ALSO.items():
+        for m, base in bases.items():
+            ratios.setdefault(system, {})[f"{m}_vs_{base}"] = ratio(results, system, m, base)
+    doc = {
+        "settings": settings,
+        "sizes": asdict(sizes),
+        "machine": machine(),
+        "figures": figures,
+        "ratios": ratios,
+        "baselines": BASELINES,
+        "also_compared_with": ALSO,
+        "targets": targets(results),
+        "errors": results.errors,
+    }
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")

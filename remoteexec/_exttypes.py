@@ -1,0 +1,280 @@
+"""msgpack extension types: the values beyond msgpack's own that cross the wire exactly.
+
+tuple, set, frozenset, datetime, date, time, timedelta, Decimal, UUID, complex and integers
+beyond 64 bits each travel as an msgpack ExtType with a fixed code (below), nested anywhere
+and as dict keys. Subclasses of list, dict, tuple, set, frozenset, str, bytes, int and float
+travel as their base type (a namedtuple arrives as a tuple, an ``IntEnum`` as an int);
+bytearray and memoryview arrive as bytes. An aware datetime or time keeps its UTC offset but
+comes back with a fixed-offset ``datetime.timezone`` (a ``ZoneInfo`` zone's name is not
+sent); a time whose tzinfo has no fixed offset is refused. Anything else raises
+``SerializationError`` naming its type, unless ``register_type`` taught it: registered
+types travel under one code as ``[name, encoded]`` and are found by name in this module's
+registry only. Nothing is ever imported, evaluated or unpickled.
+
+``pack`` and ``unpack`` are the package's msgpack entry points (``message.py`` builds the
+envelope with them). Both are thread-safe and keep no per-call state.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any, TypeVar
+from uuid import UUID
+
+import msgpack
+from msgpack import ExtType
+
+from .errors import ConfigurationError, SerializationError
+
+__all__ = ["pack", "register_type", "unpack"]
+
+T = TypeVar("T")
+
+# Nesting depth is explicit: level d packs with packers whose hook is _DEFAULTS[d] and
+# unpacks with _HOOKS[d], so no per-thread state is needed and hostile nesting stops at
+# MAX_DEPTH (each level costs C stack in msgpack's unpacker).
+MAX_DEPTH = 32
+
+# Extension type codes: fixed forever within a format version.
+_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME = 1, 2, 3, 4, 5, 6
+_TIMEDELTA, _DECIMAL, _UUID, _COMPLEX, _BIGINT, _REGISTERED = 7, 8, 9, 10, 11, 12
+
+_DATETIME_S = struct.Struct(">HBBBBBIB")  # year..second, microsecond, flags
+_TIME_S = struct.Struct(">BBBIB")  # hour, minute, second, microsecond, flags
+_OFFSET_S = struct.Struct(">q")  # UTC offset in microseconds
+_DATE_S = struct.Struct(">HBB")
+_TIMEDELTA_S = struct.Struct(">iII")
+_COMPLEX_S = struct.Struct(">dd")
+_FOLD, _AWARE = 1, 2
+
+
+def _type_name(cls: type) -> str:
+    name = cls.__qualname__
+    return name if cls.__module__ == "builtins" else f"{cls.__module__}.{name}"
+
+
+def pack(obj: Any, depth: int = 0) -> bytes:
+    """Pack ``obj`` to msgpack bytes, extension types included.
+
+    Packers are pooled per depth (``list.pop``/``append`` are atomic, so this is
+    thread-safe and re-entrant). Raises ``SerializationError`` for an unsupported type or
+    too deep a nesting; msgpack's own errors (a lone surrogate in a str, lists nested past
+    msgpack's limit) propagate for the caller to wrap.
+    """
+    if depth > MAX_DEPTH:
+        raise SerializationError(f"value nested deeper than {MAX_DEPTH} extension levels")
+    pool = _POOLS[depth]
+    try:
+        packer = pool.pop()
+    except IndexError:
+        packer = msgpack.Packer(use_bin_type=True, strict_types=True, default=_DEFAULTS[depth])
+    data = packer.pack(obj)
+    pool.append(packer)  # not reached on error: a failed packer is dropped
+    return data
+
+
+def unpack(data: bytes, depth: int = 0) -> Any:
+    """Unpack msgpack bytes, extension types included.
+
+    Every str/bin/array/map/ext length is bounded by ``len(data)`` (msgpack's ``unpackb``
+    default). Raises ``SerializationError`` for an unknown extension or registered type;
+    other malformed input raises msgpack's, ``TypeError`` or ``ValueError`` for the caller
+    to wrap.
+    """
+    if depth > MAX_DEPTH:
+        raise SerializationError(f"message nested deeper than {MAX_DEPTH} extension levels")
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[depth])
+
+
+def _offset(v: datetime | time) -> bytes:
+    """An aware value's UTC offset in microseconds, packed; b"" for a naive one."""
+    if v.tzinfo is None:
+        return b""
+    offset = v.utcoffset()
+    if offset is None:
+        raise SerializationError(f"{v!r}: its tzinfo gives no fixed UTC offset")
+    return _OFFSET_S.pack((offset.days * 86400 + offset.seconds) * 10**6 + offset.microseconds)
+
+
+def _enc_datetime(v: datetime, _: int) -> ExtType:
+    flags = v.fold | (_AWARE if v.tzinfo is not None else 0)
+    fields = (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, flags)
+    return ExtType(_DATETIME, _DATETIME_S.pack(*fields) + _offset(v))
+
+
+def _enc_time(v: time, _: int) -> ExtType:
+    flags = v.fold | (_AWARE if v.tzinfo is not None else 0)
+    fields = (v.hour, v.minute, v.second, v.microsecond, flags)
+    return ExtType(_TIME, _TIME_S.pack(*fields) + _offset(v))
+
+
+def _enc_bigint(v: int, _: int) -> ExtType:
+    # msgpack calls the hook for integers outside [-2**63, 2**64).
+    return ExtType(_BIGINT, v.to_bytes(v.bit_length() // 8 + 1, "big", signed=True))
+
+
+_Encoder = Callable[[Any, int], Any]
+_ENCODERS: dict[type, _Encoder] = {
+    tuple: lambda v, d: ExtType(_TUPLE, pack(list(v), d + 1)),
+    set: lambda v, d: ExtType(_SET, pack(list(v), d + 1)),
+    frozenset: lambda v, d: ExtType(_FROZENSET, pack(list(v), d + 1)),
+    datetime: _enc_datetime,
+    date: lambda v, _: ExtType(_DATE, _DATE_S.pack(v.year, v.month, v.day)),
+    time: _enc_time,
+    timedelta: lambda v, _: ExtType(
+        _TIMEDELTA, _TIMEDELTA_S.pack(v.days, v.seconds, v.microseconds)
+    ),
+    Decimal: lambda v, _: ExtType(_DECIMAL, str(v).encode("ascii")),
+    UUID: lambda v, _: ExtType(_UUID, v.bytes),
+    complex: lambda v, _: ExtType(_COMPLEX, _COMPLEX_S.pack(v.real, v.imag)),
+    int: _enc_bigint,
+}
+_BUILTIN_TYPES = frozenset(_ENCODERS) | {type(None), bool, float, str, bytes, list, dict}
+# Subclasses travel as their base type (bool never gets here: msgpack packs it natively).
+_BASES: tuple[type, ...] = (list, dict, tuple, set, frozenset, str, bytes, int, float)
+
+
+def _encode(obj: Any, depth: int) -> Any:
+    """msgpack's hook for every value it does not pack natively under ``strict_types``."""
+    encode = _ENCODERS.get(type(obj))
+    if encode is not None:
+        return encode(obj, depth)
+    for base in _BASES:
+        if isinstance(obj, base):
+            value = base(obj)
+            # msgpack calls the hook once per value: finish the job for the base type.
+            if base in (tuple, set, frozenset) or (base is int and not -(2**63) <= value < 2**64):
+                return _ENCODERS[base](value, depth)
+            return value
+    raise SerializationError(
+        f"cannot serialize a {_type_name(type(obj))} object; "
+        "use a supported type or remoteexec.register_type()"
+    )
+
+
+def _items(data: bytes, depth: int) -> list[Any]:
+    items = unpack(data, depth + 1)
+    if type(items) is not list:
+        raise SerializationError("malformed collection extension")
+    return items
+
+
+def _dec_tz(data: bytes, start: int, flags: int) -> timezone | None:
+    if not flags & _AWARE:
+        if len(data) != start:
+            raise SerializationError("malformed date/time extension")
+        return None
+    return timezone(timedelta(microseconds=_OFFSET_S.unpack(data[start:])[0]))
+
+
+def _dec_datetime(data: bytes, _: int) -> datetime:
+    year, month, day, hour, minute, second, us, flags = _DATETIME_S.unpack_from(data)
+    tz = _dec_tz(data, _DATETIME_S.size, flags)
+    return datetime(year, month, day, hour, minute, second, us, tz, fold=flags & _FOLD)
+
+
+def _dec_time(data: bytes, _: int) -> time:
+    hour, minute, second, us, flags = _TIME_S.unpack_from(data)
+    return time(hour, minute, second, us, _dec_tz(data, _TIME_S.size, flags), fold=flags & _FOLD)
+
+
+def _dec_decimal(data: bytes, _: int) -> Decimal:
+    if not data.isascii():
+        raise SerializationError("malformed Decimal extension")
+    return Decimal(data.decode("ascii"))
+
+
+def _dec_registered(data: bytes, depth: int) -> Any:
+    item = unpack(data, depth + 1)
+    if type(item) is not list or len(item) != 2 or type(item[0]) is not str:
+        raise SerializationError("malformed registered-type extension")
+    entry = _REGISTRY.get(item[0])
+    if entry is None:
+        raise SerializationError(f"unknown registered type {item[0][:200]!r} in message")
+    return entry[2](item[1])
+
+
+_DECODERS: dict[int, Callable[[bytes, int], Any]] = {
+    _TUPLE: lambda b, d: tuple(_items(b, d)),
+    _SET: lambda b, d: set(_items(b, d)),
+    _FROZENSET: lambda b, d: frozenset(_items(b, d)),
+    _DATETIME: _dec_datetime,
+    _DATE: lambda b, _: date(*_DATE_S.unpack(b)),
+    _TIME: _dec_time,
+    _TIMEDELTA: lambda b, _: timedelta(*_TIMEDELTA_S.unpack(b)),
+    _DECIMAL: _dec_decimal,
+    _UUID: lambda b, _: UUID(bytes=b),
+    _COMPLEX: lambda b, _: complex(*_COMPLEX_S.unpack(b)),
+    _BIGINT: lambda b, _: int.from_bytes(b, "big", signed=True),
+    _REGISTERED: _dec_registered,
+}
+
+
+def _levels(depth: int) -> tuple[Callable[[Any], Any], Callable[[int, bytes], Any]]:
+    def default(obj: Any) -> Any:
+        return _encode(obj, depth)
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        decode = _DECODERS.get(code)
+        if decode is None:
+            raise SerializationError(f"unknown extension type {code} in message")
+        return decode(data, depth)
+
+    return default, ext_hook
+
+
+_DEFAULTS, _HOOKS = zip(*(_levels(d) for d in range(MAX_DEPTH + 1)), strict=True)
+_POOLS: list[list[msgpack.Packer]] = [[] for _ in range(MAX_DEPTH + 1)]
+
+
+# --- registered types ---------------------------------------------------------------------
+
+# name -> (class, encode, decode)
+_REGISTRY: dict[str, tuple[type, Callable[[Any], Any], Callable[[Any], Any]]] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register_type(cls: type[T], encode: Callable[[T], Any], decode: Callable[[Any], T]) -> None:
+    """Teach the codec a new type.
+
+    On the wire the type is named ``f"{cls.__module__}.{cls.__qualname__}"``; a receiver
+    finds it in its own registry only, so both sides must register it. Registering the
+    same class again replaces its functions.
+
+    Args:
+        cls: the type; only instances of exactly this class use it (not subclasses).
+        encode: turns an instance into any value the codec can serialize.
+        decode: turns that value back into an instance.
+
+    Raises:
+        ConfigurationError: ``cls`` is not a class, is a type the codec already handles,
+            or another class is registered under the same name.
+    """
+    if not isinstance(cls, type):
+        raise ConfigurationError(f"register_type() needs a class, not {cls!r}")
+    if not (callable(encode) and callable(decode)):
+        raise ConfigurationError(f"register_type({cls.__qualname__}): encode/decode not callable")
+    if cls in _BUILTIN_TYPES:
+        raise ConfigurationError(f"{_type_name(cls)} is already supported by the codec")
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    with _REGISTRY_LOCK:
+        known = _REGISTRY.get(name)
+        if known is not None and known[0] is not cls:
+            raise ConfigurationError(f"another class is already registered as {name!r}")
+        _REGISTRY[name] = (cls, encode, decode)
+        _ENCODERS[cls] = _registered_encoder(name, encode)
+
+
+def _registered_encoder(name: str, encode: Callable[[Any], Any]) -> _Encoder:
+    def encoder(obj: Any, depth: int) -> ExtType:
+        try:
+            value = encode(obj)
+        except Exception as exc:
+            raise SerializationError(f"encoding a {name} failed: {exc!r}") from exc
+        return ExtType(_REGISTERED, pack([name, value], depth + 1))
+
+    return encoder

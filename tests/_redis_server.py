@@ -1,0 +1,161 @@
+"""A private Redis server for tests: its own folder, loopback port and append-only file.
+
+``RedisServer(folder)`` runs ``redis-server`` on a free 127.0.0.1 port with
+``--appendonly yes --appendfsync always`` and no RDB snapshots, so a SIGKILL loses nothing.
+Tests can ``kill()`` it, ``restart()`` it on the same port (with its data, or empty, as a
+Redis without persistence would come back), or ``freeze()``/``thaw()`` it (SIGSTOP/SIGCONT)
+to simulate a hung broker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+START_TIMEOUT = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One private ``redis-server``; ``url`` names database 0 on it."""
+
+    def __init__(self, folder: Path | str | None = None) -> None:
+        self._tmp = None if folder is not None else tempfile.TemporaryDirectory()
+        self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
+        self.datadir = self.folder / "data"
+        self.log_file = self.folder / "redis.log"
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        args = [
+            REDIS_SERVER,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.datadir),
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--logfile", str(self.log_file),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited ({self.proc.returncode}):\n{self._log()}"
+                    )
+                try:
+                    if probe.ping():
+                        return
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(
+                        f"redis-server did not answer PING in {START_TIMEOUT:.0f}s:\n" + self._log()
+                    )
+                time.sleep(0.05)
+        finally:
+            probe.close()
+
+    def _log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """Shut the server down (SIGTERM), killing it if it takes over 10 s."""
+        if self.proc is None:
+            return
+        self.thaw()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server; with ``appendfsync always`` no acknowledged write is lost."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.thaw()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self, *, keep_data: bool = True) -> None:
+        """Kill the server and start it again on the same port.
+
+        With ``keep_data=False`` the data folder is wiped first: the server comes back
+        empty, as a Redis without persistence does.
+        """
+        self.kill()
+        if not keep_data:
+            shutil.rmtree(self.datadir, ignore_errors=True)
+        self.start()
+
+    def freeze(self) -> None:
+        """Stop the server process (SIGSTOP): requests hang until ``thaw``."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen server (SIGCONT)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def client(self) -> redis.Redis:
+        """A plain redis-py client (bytes responses) for assertions."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()

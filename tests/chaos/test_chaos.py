@@ -1,0 +1,194 @@
+"""Faults under load, on sqlite, redis and mysql: no fault loses a call or hangs a caller.
+
+Bounded in count and time, loopback only. ``scripts/test`` runs them with the rest;
+``pytest -m chaos`` runs only these.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remoteexec import CallTimeout, Client, TimeLimitExceeded, WorkerLost, using
+from remoteexec.backends import open_backend
+from tests.conftest import fresh_url
+from tests.farm import Farm
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tasks"))
+import rx_e2e_tasks as tasks  # noqa: E402
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
+
+
+@dataclass
+class Broker:
+    kind: str
+    url: str
+    server: Any  # RedisServer / MariaDBServer, None for sqlite
+
+
+@pytest.fixture(params=["sqlite", "redis", "mysql"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Broker:
+    kind = str(request.param)
+    url = fresh_url(kind, request, tmp_path)
+    server = {"redis": "redis_server", "mysql": "mariadb_server"}.get(kind)
+    return Broker(kind, url, request.getfixturevalue(server) if server else None)
+
+
+@pytest.fixture
+def farm(broker: Broker, tmp_path: Path) -> Iterator[Farm]:
+    farm = Farm(broker.url, tmp_path)
+    yield farm
+    farm.stop()
+
+
+@pytest.fixture
+def client(broker: Broker) -> Iterator[Client]:
+    with Client(broker.url) as client, using(client):
+        yield client
+
+
+def ledger(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_kill_churn_loses_nothing(farm: Farm, client: Client, tmp_path: Path) -> None:
+    farm.start(processes=6, lease=2.0)
+    farm.worker_pids(6)
+    book = tmp_path / "ledger.txt"
+    rng = random.Random(7)
+    durations = [rng.uniform(0.02, 0.2) for _ in range(3000)]
+    futures = [
+        tasks.Slow.execute.submit(d, str(book), f"t{i}") for i, d in enumerate(durations)
+    ]
+    kills = 0
+    while not all(f.done() for f in futures):
+        time.sleep(0.5)
+        pids = farm.worker_pids(1)
+        os.kill(rng.choice(pids), signal.SIGKILL)
+        kills += 1
+        assert kills < 600, "the farm stopped making progress"
+    failed = [(i, f.exception()) for i, f in enumerate(futures) if f.exception() is not None]
+    lines = ledger(book)
+    hist = Counter(Counter(line[1] for line in lines if line[0] == "start").values())
+    assert not failed, (failed[:3], [x for x in lines if x[1] == f"t{failed[0][0]}"], kills, hist)
+    assert all(isinstance(f.result(), int) for f in futures)  # exactly one result each
+    starts = Counter(line[1] for line in lines if line[0] == "start")
+    assert set(starts) == {f"t{i}" for i in range(3000)}
+    duplicates = sum(n - 1 for n in starts.values())
+    assert duplicates <= kills, (duplicates, kills)
+
+
+def test_all_workers_dead_timeouts_fire_then_the_rest_complete(
+    farm: Farm, client: Client
+) -> None:
+    supervisor = farm.start(lease=2.0)
+    pids = farm.worker_pids(1)
+    supervisor.send_signal(signal.SIGKILL)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    supervisor.wait(10)
+    started = time.monotonic()
+    timed = [tasks.CalculateMultipleOfPi.execute.options(timeout=3).submit(i) for i in range(50)]
+    untimed = [tasks.CalculateMultipleOfPi.execute.submit(i) for i in range(50)]
+    for f in timed:
+        with pytest.raises(CallTimeout):
+            f.result(timeout=10)
+    assert 2.0 <= time.monotonic() - started <= 4.0 + 1.0
+    farm.start(lease=2.0)
+    assert [f.result(timeout=60) for f in untimed] == [math.pi * i for i in range(50)]
+
+
+def test_a_poison_task_ends_as_worker_lost_and_shows_in_status(
+    broker: Broker, farm: Farm, client: Client
+) -> None:
+    farm.start(processes=2, lease=1.0)
+    farm.worker_pids(2)
+    poison = tasks.Poison.execute.submit()
+    normal = list(tasks.CalculateMultipleOfPi.execute.map(range(1000)))
+    assert normal == [math.pi * i for i in range(1000)]
+    with pytest.raises(WorkerLost, match="3 attempt"):
+        poison.result(timeout=60)
+    backend = open_backend(broker.url)
+    try:
+        dead = backend.stats().dead
+    finally:
+        backend.close()
+    assert [(d.id, d.name) for d in dead] == [(poison.task_id, "Poison.execute")]
+
+
+def test_time_limit_stops_the_task_and_the_worker_serves_on(farm: Farm, client: Client) -> None:
+    farm.start(lease=5.0)
+    farm.worker_pids(1)
+    started = time.monotonic()
+    with pytest.raises(TimeLimitExceeded):
+        tasks.Sleepy.execute(10)
+    assert time.monotonic() - started < 3.0
+    assert tasks.Sleepy.execute(0.1) == 0.1
+
+
+def test_a_nested_call_to_a_busy_queue_runs_or_times_out(farm: Farm, client: Client) -> None:
+    farm.start(lease=5.0)  # one process, one thread: the nested call has no free worker
+    farm.worker_pids(1)
+    with pytest.raises(CallTimeout):  # raised in the task, it reaches the caller as itself
+        tasks.Nested.execute(2, 1.0)
+    farm.start(lease=5.0)  # a second worker is free: the nested call runs
+    farm.worker_pids(2)
+    assert tasks.Nested.execute(2, 10.0) == math.pi * 2
+
+
+def test_a_forked_client_gives_every_child_its_own_results(farm: Farm, client: Client) -> None:
+    farm.start(processes=2, lease=5.0)
+    farm.worker_pids(2)
+    assert tasks.Echo.value("parent") == "parent"  # the parent's listener is running
+    children = []
+    for child in range(8):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                futures = [tasks.Echo.value.submit(f"{child}-{i}") for i in range(1000)]
+                ok = [f.result(timeout=120) for f in futures] == [
+                    f"{child}-{i}" for i in range(1000)
+                ]
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        children.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    assert codes == [0] * 8
+
+
+def test_broker_restart_under_load_loses_no_call(
+    broker: Broker, farm: Farm, client: Client
+) -> None:
+    farm.start(processes=2, lease=2.0)
+    farm.worker_pids(2)
+    futures = [tasks.Slow.execute.submit(0.01) for _ in range(1000)]
+    time.sleep(1.0)
+    if broker.server is None:  # sqlite: the file's worker processes all killed and restarted
+        for pid in farm.worker_pids(2):
+            os.kill(pid, signal.SIGKILL)
+    else:
+        broker.server.restart()
+    outcomes = Counter()
+    for f in futures:
+        try:
+            f.result(timeout=90)
+            outcomes["ok"] += 1
+        except Exception as exc:  # a typed error is allowed, a hang is not
+            outcomes[type(exc).__name__] += 1
+    assert sum(outcomes.values()) == 1000
+    assert set(outcomes) <= {"ok", "BackendUnavailable", "WorkerLost"}, outcomes
+    assert outcomes["ok"] >= 1

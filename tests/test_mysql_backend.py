@@ -1,0 +1,401 @@
+"""MySQL/MariaDB adapter specifics, against a private MariaDB server (no mocks).
+
+The shared contract lives in test_contract.py; this file covers what only the SQL adapter
+has: its schema, both claim modes under concurrency, large LONGBLOB payloads, connection
+loss and restarts, error mapping and URL options.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from remoteexec.backends import Done, Job, open_backend
+from remoteexec.backends.mysql import MySQLBackend, schema_sql
+from remoteexec.backends.mysql_conn import parse_url
+from remoteexec.backends.mysql_schema import SCHEMA_VERSION
+from remoteexec.errors import BackendUnavailable, ConfigurationError
+from tests._mariadb_server import MARIADBD, MariaDBServer
+
+MODES = ["skip_locked", "optimistic"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
+    if not Path(MARIADBD).exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("mariadbd is not installed")
+        pytest.skip("mariadbd is not installed")
+    with MariaDBServer(tmp_path_factory.mktemp("mysql-backend")) as server:
+        yield server
+
+
+@pytest.fixture
+def db_url(server: MariaDBServer) -> str:
+    """A URL naming a new, empty database."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = server.connect(database=None)
+    try:
+        conn.cursor().execute(f"CREATE DATABASE {name}")
+    finally:
+        conn.close()
+    return f"mysql://root@127.0.0.1:{server.port}/{name}"
+
+
+@pytest.fixture
+def make(db_url: str) -> Iterator[Callable[..., MySQLBackend]]:
+    opened: list[MySQLBackend] = []
+
+    def make(query: str = "", **options: float) -> MySQLBackend:
+        backend = MySQLBackend.from_url(db_url + query, **options)
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        backend.close()
+
+
+def job(queue: str = "default", reply_to: str = "client", body: bytes = b"x") -> Job:
+    return Job(uuid.uuid4().hex, queue, reply_to, body)
+
+
+def query(server: MariaDBServer, url: str, sql: str) -> tuple[tuple[object, ...], ...]:
+    conn = server.connect(database=url.rsplit("/", 1)[1].split("?")[0])
+    try:
+        cur = conn.cursor()
+        cur.execute(sql)
+        return cur.fetchall()
+    finally:
+        conn.close()
+
+
+# -- schema ------------------------------------------------------------------------------
+
+
+def test_schema_is_created_on_first_use_with_its_version(server, db_url, make) -> None:
+    assert query(server, db_url, "SHOW TABLES") == ()
+    backend = make()
+    backend.enqueue([job()])
+    tables = {row[0] for row in query(server, db_url, "SHOW TABLES")}
+    assert {"remoteexec_tasks", "remoteexec_replies", "remoteexec_workers"} <= tables
+    assert {"remoteexec_dead_letters", "remoteexec_schema"} <= tables
+    assert query(server, db_url, "SELECT name, version FROM remoteexec_schema") == (
+        ("schema", SCHEMA_VERSION),
+    )
+    columns = {
+        row[0]: row[1] for row in query(server, db_url, "SHOW COLUMNS FROM remoteexec_tasks")
+    }
+    assert columns["body"] == "longblob"
+
+
+def test_init_db_is_idempotent_and_keeps_data(server, db_url, make) -> None:
+    backend = make()
+    backend.init_db()
+    backend.enqueue([job()])
+    backend.init_db()
+    make().init_db()
+    assert query(server, db_url, "SELECT COUNT(*) FROM remoteexec_tasks") == ((1,),)
+    assert query(server, db_url, "SELECT COUNT(*) FROM remoteexec_schema") == ((1,),)
+
+
+def test_schema_sql_is_plain_statements_for_init_db_print() -> None:
+    statements = schema_sql()
+    assert all(isinstance(s, str) and not s.rstrip().endswith(";") for s in statements)
+    assert sum("CREATE TABLE IF NOT EXISTS" in s for s in statements) == 5
+
+
+def test_a_newer_schema_is_refused(server, db_url, make) -> None:
+    make().init_db()
+    query(server, db_url, f"UPDATE remoteexec_schema SET version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(ConfigurationError, match="schema version"):
+        make().stats()
+
+
+# -- claim modes -------------------------------------------------------------------------
+
+
+def test_skip_locked_is_picked_on_mariadb_and_optimistic_on_request(make) -> None:
+    auto, optimistic = make(), make("?claim=optimistic")
+    auto.stats()
+    optimistic.stats()
+    assert auto.claim_mode == "skip_locked"  # MariaDB 10.6+
+    assert optimistic.claim_mode == "optimistic"
+    assert make("?claim=skip_locked").claim_mode == "skip_locked"
+    with pytest.raises(ConfigurationError, match="claim"):
+        make("?claim=fastest")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shared", [False, True], ids=["own-backend", "shared-backend"])
+def test_concurrent_claimers_never_hold_the_same_task(make, mode: str, shared: bool) -> None:
+    jobs = [job(queue=("a", "b")[i % 2]) for i in range(600)]
+    make().enqueue(jobs)
+    common = make(f"?claim={mode}")
+    taken: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        backend = common if shared else make(f"?claim={mode}")
+        try:
+            while True:
+                claims = backend.claim(["a", "b"], worker="w", limit=7, lease=60, wait=0.5)
+                if not claims:
+                    return
+                with lock:
+                    taken.extend((c.id, c.token) for c in claims)
+                assert all(backend.complete([Done(c, None) for c in claims]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=consume) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors
+    ids = [task_id for task_id, _ in taken]
+    assert len(ids) == len(set(ids)) == len(jobs)
+    assert set(ids) == {j.id for j in jobs}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_late_complete_after_takeover_changes_nothing(server, db_url, make, mode) -> None:
+    backend = make(f"?claim={mode}")
+    j = job(reply_to="late")
+    backend.enqueue([j])
+    [first] = backend.claim(["default"], worker="w1", limit=1, lease=0.3, wait=1)
+    time.sleep(0.6)
+    [second] = backend.claim(["default"], worker="w2", limit=1, lease=60, wait=1)
+    assert (second.id, second.attempt) == (j.id, 2)
+    assert backend.complete([Done(first, b"late")]) == [False]
+    assert backend.renew([first], lease=60) == [False]
+    backend.release([first])
+    rows = query(server, db_url, "SELECT id, state, token, attempt FROM remoteexec_tasks")
+    assert rows == ((j.id, 1, second.token, 2),)
+    assert query(server, db_url, "SELECT COUNT(*) FROM remoteexec_replies") == ((0,),)
+    assert backend.complete([Done(second, b"on time")]) == [True]
+    assert backend.replies("late", wait=1) == [b"on time"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batch_completes_each_item_on_its_own_token(make, mode: str) -> None:
+    backend = make(f"?claim={mode}")
+    backend.enqueue([job(reply_to="r") for _ in range(3)])
+    claims = backend.claim(["default"], worker="w", limit=3, lease=60, wait=1)
+    backend.release(claims[1:2])
+    again = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    assert [c.id for c in again] == [claims[1].id]
+    batch = [Done(c, c.id.encode()) for c in claims] + [Done(claims[0], b"duplicate")]
+    assert backend.complete(batch) == [True, False, True, False]
+    assert sorted(backend.replies("r", wait=1)) == sorted(
+        [claims[0].id.encode(), claims[2].id.encode()]
+    )
+
+
+# -- payloads and cleanup ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ten_mib_body_and_reply_round_trip(make, mode: str) -> None:
+    backend = make(f"?claim={mode}")
+    body = os.urandom(10 * 1024 * 1024)
+    j = job(reply_to="big", body=body)
+    backend.enqueue([j, job(reply_to="big", body=b"\x00'\\\"" * 1000)])
+    claims = backend.claim(["default"], worker="w", limit=2, lease=60, wait=1)
+    assert [c.body for c in claims] == [body, b"\x00'\\\"" * 1000]
+    assert backend.complete([Done(c, c.body[::-1]) for c in claims]) == [True, True]
+    assert backend.replies("big", wait=1) == [body[::-1], (b"\x00'\\\"" * 1000)[::-1]]
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["mariadb-returning", "select-delete"])
+def test_no_rows_are_left_once_replies_are_collected(server, db_url, make, returning) -> None:
+    backend = make()
+    backend.enqueue([job(reply_to="c") for _ in range(50)])
+    backend.returning = returning  # False: the path MySQL (no DELETE ... RETURNING) takes
+    claims = backend.claim(["default"], worker="w", limit=50, lease=60, wait=1)
+    assert all(backend.complete([Done(c, c.id.encode()) for c in claims]))
+    got = backend.replies("c", wait=1)
+    assert got == [c.id.encode() for c in claims]
+    assert backend.replies("c", wait=0) == []
+    for table in ("remoteexec_tasks", "remoteexec_replies"):
+        assert query(server, db_url, f"SELECT COUNT(*) FROM {table}") == ((0,),)
+
+
+def test_replies_come_back_oldest_first(make) -> None:
+    backend = make()
+    backend.enqueue([job(reply_to="o") for _ in range(5)])
+    for n in range(5):
+        [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+        backend.complete([Done(c, str(n).encode())])
+    assert backend.replies("o", wait=1) == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_sweep_removes_stale_workers_and_expired_replies(server, db_url, make) -> None:
+    backend = make(result_ttl=0.2)
+    backend.enqueue([job(reply_to="gone")])
+    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    backend.complete([Done(c, b"never read")])
+    from remoteexec.backends import WorkerInfo
+
+    backend.heartbeat(WorkerInfo("w", "h", 1, ["default"], time.time()))
+    query(server, db_url, "UPDATE remoteexec_workers SET seen_at = seen_at - 3600")
+    time.sleep(0.4)
+    backend.sweep()
+    assert query(server, db_url, "SELECT COUNT(*) FROM remoteexec_replies") == ((0,),)
+    assert query(server, db_url, "SELECT COUNT(*) FROM remoteexec_workers") == ((0,),)
+
+
+# -- connections and errors --------------------------------------------------------------
+
+
+def test_driver_errors_become_backend_unavailable_without_the_password(server) -> None:
+    closed = MySQLBackend.from_url("mysql://root:s3cr3t-pw@127.0.0.1:1/x?connect_timeout=2")
+    with pytest.raises(BackendUnavailable) as info:
+        closed.stats()
+    assert "s3cr3t-pw" not in str(info.value)
+    denied = MySQLBackend.from_url(f"mysql://nobody:s3cr3t-pw@127.0.0.1:{server.port}/x")
+    with pytest.raises(BackendUnavailable, match="1045") as info:
+        denied.stats()
+    assert "s3cr3t-pw" not in str(info.value)
+    assert isinstance(info.value.__cause__, pymysql.err.OperationalError)
+
+
+def test_sql_errors_are_mapped_too(make) -> None:
+    backend = make()
+    j = job()
+    backend.enqueue([j])
+    with pytest.raises(BackendUnavailable, match="1062"):  # duplicate task id
+        backend.enqueue([j])
+    assert backend.stats().queues == {"default": 1}  # the connection is usable again
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reconnects_after_the_server_restarts(server, make, mode: str) -> None:
+    backend = make(f"?claim={mode}")
+    backend.enqueue([job(reply_to="r")])
+    stats_before = backend.stats()
+    server.restart()
+    # The dead connection is noticed before use: no call fails after a restart.
+    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    assert backend.complete([Done(c, b"ok")]) == [True]
+    assert backend.replies("r", wait=1) == [b"ok"]
+    assert stats_before.queues == {"default": 1}
+
+
+def test_a_call_during_an_outage_fails_then_recovers(server, make) -> None:
+    backend = make()
+    backend.enqueue([job()])
+    server.kill()
+    try:
+        with pytest.raises(BackendUnavailable):
+            backend.stats()
+    finally:
+        server.start()
+    assert backend.stats().queues == {"default": 1}
+
+
+def test_a_frozen_server_times_out_as_backend_unavailable(server, make) -> None:
+    backend = make("?read_timeout=1&connect_timeout=1")
+    j = job()
+    backend.enqueue([j])
+    server.freeze()
+    try:
+        with pytest.raises(BackendUnavailable):
+            backend.claim(["default"], worker="w", limit=1, lease=1, wait=0)
+    finally:
+        server.thaw()
+    # The server may still have run the claim it had received: then the task waits for
+    # that lease to expire, and is claimed again with its attempt raised.
+    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=10)
+    assert c.id == j.id and c.attempt in (1, 2)
+
+
+def test_each_thread_and_each_forked_child_has_its_own_connection(make) -> None:
+    backend = make()
+    backend.enqueue([job(queue="fork")])
+    conns = []
+
+    def note() -> None:
+        backend.stats()
+        conns.append(backend._db._local.conn)  # kept alive, so ids stay distinct
+
+    threads = [threading.Thread(target=note) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(c) for c in conns}) == 3
+    pid = os.fork()
+    if pid == 0:  # the child claims through a new connection of its own
+        try:
+            claims = backend.claim(["fork"], worker="child", limit=1, lease=60, wait=2)
+            ok = len(claims) == 1 and backend.complete([Done(claims[0], None)]) == [True]
+            os._exit(0 if ok else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert backend.stats().queues.get("fork", 0) == 0  # the parent's connection still works
+
+
+@pytest.mark.slow
+def test_lock_wait_timeouts_are_retried_inside_the_adapter(server, db_url, make) -> None:
+    backend = make()
+    j = job()
+    backend.enqueue([j])
+    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    holder = server.connect(database=db_url.rsplit("/", 1)[1])
+    cur = holder.cursor()
+    cur.execute("START TRANSACTION")
+    cur.execute("SELECT * FROM remoteexec_tasks WHERE id = %s FOR UPDATE", (j.id,))
+    timer = threading.Timer(6.5, holder.rollback)  # longer than the 5 s lock wait timeout
+    timer.start()
+    try:
+        assert backend.complete([Done(c, b"after the wait")]) == [True]
+    finally:
+        timer.join()
+        holder.close()
+    assert backend.replies(c.reply_to, wait=1) == [b"after the wait"]
+
+
+# -- URLs ---------------------------------------------------------------------------------
+
+
+def test_url_options_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="colour"):
+        MySQLBackend.from_url("mysql://u:pw@h/db?colour=blue")
+    with pytest.raises(ConfigurationError, match="database"):
+        MySQLBackend.from_url("mysql://u:pw@h")
+    with pytest.raises(ConfigurationError, match="ssl"):
+        MySQLBackend.from_url("mysql://u:pw@h/db?ssl=maybe")
+    assert isinstance(open_backend("mysql://u@h/db"), MySQLBackend)
+    args, claim = parse_url("mysql://us%40er:p%3Aw@db.example:3307/app?read_timeout=5")
+    assert (args["user"], args["password"], args["host"], args["port"]) == (
+        "us@er",
+        "p:w",
+        "db.example",
+        3307,
+    )
+    assert (args["read_timeout"], args["database"], claim) == (5.0, "app", None)
+
+
+def test_tls_verifies_certificate_and_host_name(server) -> None:
+    args, _ = parse_url("mysql://u@db.example/app?ssl=true")
+    ctx = args["ssl"]
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert parse_url("mysql://u@h/app?ssl=false")[0]["ssl_disabled"] is True
+    # The test server has no TLS: asking for it must fail, never fall back to plain text.
+    backend = MySQLBackend.from_url(f"mysql://root@127.0.0.1:{server.port}/x?ssl=true")
+    with pytest.raises(BackendUnavailable, match="SSL"):
+        backend.stats()

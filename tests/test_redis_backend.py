@@ -1,0 +1,277 @@
+"""Redis-specific behaviour of ``RedisBackend`` (the shared contract is in test_contract.py).
+
+Runs against a private ``redis-server`` started for this module, since these tests kill,
+restart and freeze it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from remoteexec.backends import Claim, Done, Job, open_backend
+from remoteexec.backends.redis import RedisBackend
+from remoteexec.errors import BackendUnavailable, ConfigurationError
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists(),
+    reason="redis-server is not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from tests._redis_server import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis-module")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def make(server) -> Iterator[Callable[..., RedisBackend]]:
+    """Open backends on an emptied server (the server is restarted if a test left it down)."""
+    if server.proc is None:
+        server.start()
+    server.thaw()
+    server.client().flushall()
+    opened: list[RedisBackend] = []
+
+    def make(query: str = "", url: str | None = None, **options) -> RedisBackend:
+        backend = open_backend((url or server.url) + query, **options)
+        assert isinstance(backend, RedisBackend)
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        try:
+            backend.close()
+        except Exception:
+            pass
+
+
+def job(queue: str = "default", reply_to: str = "client-1", body: bytes = b"x") -> Job:
+    return Job(uuid.uuid4().hex, queue, reply_to, body)
+
+
+def claim_one(backend: RedisBackend, queue: str = "default", lease: float = 30) -> Claim:
+    [c] = backend.claim([queue], worker="w", limit=1, lease=lease, wait=2)
+    return c
+
+
+def test_every_key_is_under_the_prefix_with_the_queue_as_hash_tag(make, server) -> None:
+    backend = make("?prefix=app7:")
+    backend.enqueue([job("gpu"), job("gpu", reply_to="me")])
+    claims = backend.claim(["gpu"], worker="w", limit=1, lease=30, wait=1)
+    backend.complete([Done(claims[0], b"r")])
+    keys = sorted(k.decode() for k in server.client().keys("*"))
+    assert keys and all(k.startswith("app7:") for k in keys)
+    queue_keys = [k for k in keys if ":w" in k or ":l" in k or ":c:" in k or ":t:" in k]
+    assert {k.split("}")[0] for k in queue_keys} == {"app7:{gpu"}
+    assert "app7:{client-1}:r" in keys
+
+
+def test_a_reply_list_expires_after_result_ttl_and_the_keys_return_to_baseline(
+    make, server
+) -> None:
+    backend = make(result_ttl=1)
+    backend.enqueue([job(reply_to="warmup")])
+    backend.complete([Done(claim_one(backend), None)])
+    backend.sweep()
+    baseline = set(server.client().keys("*"))
+
+    backend.enqueue([job(reply_to="gone")])
+    backend.complete([Done(claim_one(backend), b"nobody reads this")])
+    box = b"remoteexec:{gone}:r"
+    assert 0 < server.client().pttl(box) <= 1000
+    assert set(server.client().keys("*")) > baseline
+    backend.claim(["default"], worker="w", limit=5, lease=30, wait=0)  # tokens with no task
+    backend.sweep()
+    deadline = time.monotonic() + 10
+    while set(server.client().keys("*")) != baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(server.client().keys("*")) == baseline
+
+
+def test_a_late_reply_from_a_lost_lease_is_dropped_and_keeps_the_task_traced(make) -> None:
+    first, second = make(), make()
+    j = job(reply_to="caller")
+    first.enqueue([j])
+    stale = claim_one(first, lease=0.3)
+    time.sleep(0.5)
+    fresh = claim_one(second)
+    assert (fresh.id, fresh.attempt) == (j.id, 2)
+    assert first.complete([Done(stale, b"late"), Done(stale, b"late again")]) == [False, False]
+    assert first.lost([j.id]) == set()  # the stale worker did not erase the live attempt
+    assert second.stats().running == 1
+    assert second.complete([Done(fresh, b"on time")]) == [True]
+    assert first.replies("caller", wait=1) == [b"on time"]
+    assert first.replies("caller", wait=0) == []
+
+
+def test_expired_tasks_go_back_to_the_head_of_the_queue(make) -> None:
+    backend = make()
+    old, new = job(), job()
+    backend.enqueue([old])
+    claim_one(backend, lease=0.2)
+    backend.enqueue([new])
+    time.sleep(0.4)
+    got = backend.claim(["default"], worker="w", limit=2, lease=30, wait=1)
+    assert [(c.id, c.attempt) for c in got] == [(old.id, 2), (new.id, 1)]
+    assert backend.cancel(old) is False  # it was claimed once
+
+
+def test_release_restores_the_order_and_the_attempt(make) -> None:
+    backend = make()
+    jobs = [job() for _ in range(3)]
+    backend.enqueue(jobs)
+    claims = backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)
+    backend.release(claims)
+    again = backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)
+    assert [(c.id, c.attempt) for c in again] == [(j.id, 1) for j in jobs]
+    assert backend.cancel(jobs[0]) is False
+    backend.release(again[:1])
+    assert backend.cancel(jobs[0]) is True
+    assert backend.claim(["default"], worker="w", limit=3, lease=30, wait=0.1) == []
+
+
+def test_unused_claim_tokens_never_count_as_running(make) -> None:
+    backend = make()
+    backend.enqueue([job()])
+    [c] = backend.claim(["default"], worker="w", limit=10, lease=30, wait=1)
+    assert backend.stats().running == 1
+    assert backend.claim(["default"], worker="w", limit=10, lease=30, wait=0.1) == []
+    assert backend.stats().running == 1
+    assert backend.complete([Done(c, None)]) == [True]
+    assert backend.stats().running == 0
+
+
+def test_a_worker_on_several_queues_wakes_for_any_of_them(make) -> None:
+    worker, producer = make(), make()
+    j = job("second")
+    timer = threading.Timer(0.3, producer.enqueue, args=([j],))
+    timer.start()
+    got = worker.claim(["first", "second"], worker="w", limit=3, lease=30, wait=5)
+    timer.join()
+    assert [c.id for c in got] == [j.id]
+
+
+def test_blocking_stays_below_a_short_socket_timeout(make) -> None:
+    backend = make("?socket_timeout=0.4")
+    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=1.5) == []
+    assert backend.replies("nobody", wait=1.5) == []
+
+
+def test_calls_reconnect_by_themselves_after_a_restart(make, server) -> None:
+    backend = make()
+    j = job(reply_to="R")
+    backend.enqueue([j])
+    server.restart()  # appendfsync always: nothing acknowledged is lost
+    c = claim_one(backend)
+    assert c.id == j.id
+    server.restart()
+    assert backend.complete([Done(c, b"ok")]) == [True]
+    assert backend.replies("R", wait=1) == [b"ok"]
+
+
+def test_a_server_that_comes_back_empty_reports_the_calls_lost(make, server) -> None:
+    backend = make()
+    waiting, running = job(), job()
+    backend.enqueue([running])
+    c = claim_one(backend)
+    backend.enqueue([waiting])
+    assert backend.lost([waiting.id, running.id]) == set()
+    server.restart(keep_data=False)
+    assert backend.lost([waiting.id, running.id]) == {waiting.id, running.id}
+    assert backend.complete([Done(c, b"too late")]) == [False]
+    assert backend.renew([c], lease=30) == [False]
+
+
+def test_an_answered_call_is_not_lost_until_its_reply_is_read(make) -> None:
+    backend = make()
+    j = job(reply_to="R")
+    backend.enqueue([j])
+    backend.complete([Done(claim_one(backend), b"answer")])
+    assert backend.lost([j.id]) == set()
+    assert backend.replies("R", wait=1) == [b"answer"]
+    assert backend.lost([j.id]) == set()  # just handed to the caller
+
+
+def test_a_dead_server_raises_backend_unavailable_without_the_password(make, server) -> None:
+    server.client().acl_setuser(
+        "worker", enabled=True, passwords=["+s3cr3t-pw"], keys=["*"], commands=["+@all"]
+    )
+    url = f"redis://worker:s3cr3t-pw@127.0.0.1:{server.port}/0"
+    backend = make(url=url)
+    backend.enqueue([job()])
+    server.kill()
+    for call in (
+        lambda: backend.enqueue([job()]),
+        lambda: backend.claim(["default"], worker="w", limit=1, lease=30, wait=0.5),
+        lambda: backend.replies("x", wait=0.5),
+        backend.stats,
+    ):
+        with pytest.raises(BackendUnavailable) as info:
+            call()
+        assert "s3cr3t" not in str(info.value)
+    with pytest.raises(ConfigurationError) as bad:
+        open_backend(url + "?socket_timeout=soon")
+    assert "s3cr3t" not in str(bad.value)
+
+
+def test_a_frozen_server_times_out_then_recovers(make, server) -> None:
+    backend = make("?socket_timeout=0.5")
+    server.freeze()
+    try:
+        with pytest.raises(BackendUnavailable):
+            backend.enqueue([job()])
+    finally:
+        server.thaw()
+    backend.enqueue([job()])
+    assert claim_one(backend).attempt == 1
+
+
+def test_a_worker_whose_acl_denies_scripting_can_do_everything(make, server) -> None:
+    server.client().acl_setuser(
+        "noscript",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        commands=["+@all", "-@scripting"],
+    )
+    backend = make(url=f"redis://noscript:pw@127.0.0.1:{server.port}/0")
+    j = job(reply_to="R")
+    backend.enqueue([j])
+    c = claim_one(backend)
+    assert backend.renew([c], lease=30) == [True]
+    assert backend.complete([Done(c, b"ok")]) == [True]
+    assert backend.replies("R", wait=1) == [b"ok"]
+    assert backend.stats().running == 0 and backend.lost([j.id]) == set()
+    assert backend.purge() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_connections(make) -> None:
+    backend = make()
+    backend.enqueue([job(reply_to="parent")])  # the parent's pool holds a connection now
+    parent_id = backend._cmd("CLIENT", "ID")
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection, and the work gets done
+        code = 1
+        try:
+            c = claim_one(backend)
+            ok = backend.complete([Done(c, b"from the child")]) == [True]
+            code = 0 if ok and backend._cmd("CLIENT", "ID") != parent_id else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert backend.replies("parent", wait=1) == [b"from the child"]
+    assert backend._cmd("CLIENT", "ID") == parent_id
