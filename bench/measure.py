@@ -139,6 +139,8 @@ def run_rep(system: Any, sizes: Sizes, results: Results, label: str) -> None:
                 return fn()
         except (Exception, OutOfTime) as exc:
             text = f"{label} {what}: {type(exc).__name__}: {exc}"
+            if hasattr(system, "diagnose"):
+                text += system.diagnose()
             results.error(name, text)
             progress(f"[{label}] {name} {what} FAILED: {type(exc).__name__}: {exc}")
             return None
@@ -167,9 +169,16 @@ def _one_worker(
         _run_a(system, sizes, results, label, step)
     if "B" in system.scenarios:
         _run_throughput(system, sizes, results, label, step, "b_calls_s", "B")
-    if "D" in system.scenarios and (peak := step("D", lambda: peak_rss_mib(pid))):
+    if "D" in system.scenarios and (peak := step("D", lambda: _peak(pid))):
         results.add(system.name, "d_peak_mib", peak)
         progress(f"[{label}] {system.name} D: worker peak RSS {peak:.1f} MiB")
+
+
+def _peak(pid: int) -> float:
+    try:
+        return peak_rss_mib(pid)
+    except FileNotFoundError:
+        raise RuntimeError(f"worker process {pid} died during the run") from None
 
 
 def _run_a(system: Any, sizes: Sizes, results: Results, label: str, step: Any) -> None:

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .servers import RemoteexecWorkers, drop_database, new_database
+from .servers import RemoteexecWorkers, drop_database, new_database, tail
 from .tasks import CalculateMultipleOfPi as _Task
 
 TASK: Any = _Task  # the proxy (typed loosely: the bench drives it like a user)
@@ -69,6 +69,13 @@ class Remoteexec:
             if self._db is not None:
                 drop_database(self.server, self._db)
                 self._db = None
+
+    def diagnose(self) -> str:
+        """The worker log's last error line, if any (to explain a failed step)."""
+        if self.workers is None:
+            return ""
+        lines = [x for x in tail(self.workers.log, 20000).splitlines() if "Error" in x]
+        return f" [worker log: {lines[-1].strip()}]" if lines else ""
 
     def call(self, n: int) -> float:
         return TASK.execute(n)  # type: ignore[no-any-return]

@@ -73,7 +73,7 @@ def test_every_key_is_under_the_prefix_with_the_queue_as_hash_tag(make, server) 
     backend.complete([Done(claims[0], b"r")])
     keys = sorted(k.decode() for k in server.client().keys("*"))
     assert keys and all(k.startswith("app7:") for k in keys)
-    queue_keys = [k for k in keys if ":w" in k or ":l" in k or ":c:" in k or ":t:" in k]
+    queue_keys = [k for k in keys if ":w" in k or ":l" in k or ":c:" in k or ":b" in k]
     assert {k.split("}")[0] for k in queue_keys} == {"app7:{gpu"}
     assert "app7:{client-1}:r" in keys
 

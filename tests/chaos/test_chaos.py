@@ -69,20 +69,19 @@ def test_kill_churn_loses_nothing(farm: Farm, client: Client, tmp_path: Path) ->
     book = tmp_path / "ledger.txt"
     rng = random.Random(7)
     durations = [rng.uniform(0.02, 0.2) for _ in range(3000)]
-    futures = [
-        tasks.Slow.execute.submit(d, str(book), f"t{i}") for i, d in enumerate(durations)
-    ]
+    # Kills are random, so one task may be hit on several attempts: allow it more of them.
+    slow = tasks.Slow.execute.options(max_attempts=10)
+    futures = [slow.submit(d, str(book), f"t{i}") for i, d in enumerate(durations)]
     kills = 0
     while not all(f.done() for f in futures):
-        time.sleep(0.5)
+        time.sleep(rng.uniform(0.25, 0.75))  # every 0.5 s on average, not in step with leases
         pids = farm.worker_pids(1)
         os.kill(rng.choice(pids), signal.SIGKILL)
         kills += 1
         assert kills < 600, "the farm stopped making progress"
     failed = [(i, f.exception()) for i, f in enumerate(futures) if f.exception() is not None]
     lines = ledger(book)
-    hist = Counter(Counter(line[1] for line in lines if line[0] == "start").values())
-    assert not failed, (failed[:3], [x for x in lines if x[1] == f"t{failed[0][0]}"], kills, hist)
+    assert not failed, failed[:3]
     assert all(isinstance(f.result(), int) for f in futures)  # exactly one result each
     starts = Counter(line[1] for line in lines if line[0] == "start")
     assert set(starts) == {f"t{i}" for i in range(3000)}

@@ -81,3 +81,14 @@ class Nested:
     def execute(self, n, timeout=5.0):
         """Calls another task from inside a task."""
         return CalculateMultipleOfPi.execute.options(timeout=timeout)(n)
+
+
+@remote
+class Ledgered:
+    """Writes when each run starts and ends, to check no task runs twice at once."""
+
+    def execute(self, i, ledger):
+        pid = os.getpid()
+        _note(ledger, "start", i, pid, time.time())
+        _note(ledger, "end", i, pid, time.time())
+        return i
