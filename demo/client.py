@@ -1,7 +1,7 @@
 """The seed's client.rb: keep asking for random multiples of pi.
 
-    remoteexec-worker --tasks-dir demo --queues demo &
-    python demo/client.py [URL]
+remoteexec-worker --tasks-dir demo --queues demo &
+python demo/client.py [URL]
 """
 
 import random

@@ -1,13 +1,13 @@
 """remoteexec: run Python code on a farm of worker machines as if it were a local call.
 
-    from remoteexec import remote
+from remoteexec import remote
 
-    @remote
-    class CalculateMultipleOfPi:
-        def execute(self, n):
-            return math.pi * n
+@remote
+class CalculateMultipleOfPi:
+    def execute(self, n):
+        return math.pi * n
 
-    CalculateMultipleOfPi.execute(42)   # runs on whichever worker picks it up
+CalculateMultipleOfPi.execute(42)   # runs on whichever worker picks it up
 """
 
 from .client import Client, configure, using

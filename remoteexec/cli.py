@@ -34,17 +34,30 @@ def worker_parser() -> argparse.ArgumentParser:
         prog="remoteexec-worker", description="Run remoteexec worker processes."
     )
     p.add_argument("--url", help="backend URL (default: REMOTEEXEC_URL, config, sqlite)")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import a module that defines task types (repeatable)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module that defines task types (repeatable)",
+    )
     p.add_argument("--tasks-dir", metavar="DIR", help="import every *.py in DIR")
     p.add_argument("--queues", default="default", help="queues to serve, in order (a,b)")
     p.add_argument("--processes", type=_positive_int, default=1, metavar="N")
     p.add_argument("--threads", type=_positive_int, default=1, metavar="M")
-    p.add_argument("--lease", type=_positive_float, metavar="SECONDS",
-                   help="claim lease, renewed while a task runs (default 30)")
+    p.add_argument(
+        "--lease",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="claim lease, renewed while a task runs (default 30)",
+    )
     p.add_argument("--burst", action="store_true", help="exit once the queues are empty")
-    p.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+    )
     return p
 
 
@@ -81,8 +94,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument("--seconds", type=_positive_float, default=10.0, metavar="S")
     demo.add_argument("--verbose", action="store_true", help="print every call, not a sample")
 
-    for name, text in (("status", "queues, workers, dead letters"),
-                       ("watch", "tasks completed per second, live")):
+    for name, text in (
+        ("status", "queues, workers, dead letters"),
+        ("watch", "tasks completed per second, live"),
+    ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--url")
     sub.choices["watch"].add_argument("--count", type=_positive_int, help="stop after N lines")
@@ -141,8 +156,9 @@ def _call(args: argparse.Namespace) -> None:
         raise SystemExit(f"remoteexec call: arguments must be JSON values: {exc}") from exc
     with Client(args.url) as client:
         started = time.perf_counter()
-        future = client.submit(args.name, args.method, values, {},
-                               CallOptions(timeout=args.timeout))
+        future = client.submit(
+            args.name, args.method, values, {}, CallOptions(timeout=args.timeout)
+        )
         result = future.result()
     print(json.dumps(result, default=repr))
     log.info("took %.1f ms", (time.perf_counter() - started) * 1000)

@@ -262,7 +262,9 @@ class Client:
             self._warned_queues.add(queue)
             log.warning(
                 "calls have waited more than 10 s on queue %r, which no live worker serves; "
-                "they keep waiting (start a worker with --queues %s)", queue, queue,
+                "they keep waiting (start a worker with --queues %s)",
+                queue,
+                queue,
             )
 
     def _fail_lost(self) -> None:

@@ -14,7 +14,7 @@ import concurrent.futures
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import wrapt
@@ -122,7 +122,9 @@ class RemoteMethod(Generic[R]):
         which are yielded in order. The first failure is raised when its turn comes.
         """
         client = _client()
-        calls = ((args, {}) for args in zip(*iterables))
+        calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]] = (
+            (args, {}) for args in zip(*iterables, strict=False)
+        )
         window: deque[RemoteFuture[R]] = deque()
         ahead = chunksize * 8
 
@@ -170,7 +172,13 @@ def _public(name: str) -> None:
         raise AttributeError(f"{name!r} is private: only public methods are called remotely")
 
 
-class RemoteClass(wrapt.ObjectProxy, Generic[T]):  # type: ignore[misc]
+if TYPE_CHECKING:
+    _ClassProxy = wrapt.ObjectProxy[Any]
+else:
+    _ClassProxy = wrapt.ObjectProxy
+
+
+class RemoteClass(_ClassProxy, Generic[T]):
     """Stands in for a ``@remote`` class: its public methods run on a worker."""
 
     def __init__(
@@ -232,4 +240,3 @@ def proxy(
     ``UnknownTask``.
     """
     return NamedProxy(name, queue=queue, timeout=timeout, max_attempts=max_attempts)
-

@@ -87,7 +87,9 @@ class Worker:
         self.burst = burst
         self.exit_on_time_limit = exit_on_time_limit
         host, pid = socket.gethostname(), os.getpid()
-        self.info = WorkerInfo(f"{host}:{pid}:{os.urandom(3).hex()}", host, pid, self.queues, time.time())
+        self.info = WorkerInfo(
+            f"{host}:{pid}:{os.urandom(3).hex()}", host, pid, self.queues, time.time()
+        )
         self._stopping = threading.Event()
         self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
@@ -112,7 +114,10 @@ class Worker:
         """Serve until ``stop()`` (or, with ``burst``, until the queues are empty)."""
         log.info(
             "worker %s serving %s with %d thread(s), lease %g s",
-            self.info.id, ",".join(self.queues), self.threads, self.lease,
+            self.info.id,
+            ",".join(self.queues),
+            self.threads,
+            self.lease,
         )
         servers = [
             threading.Thread(target=self._serve, name=f"remoteexec-serve-{i}", daemon=True)
@@ -209,7 +214,9 @@ class Worker:
         if task is None or task.method(call.method) is None:
             log.warning("unknown task %s (task %s)", label, claim.id)
             return self._failure(
-                claim, "unknown_task", "UnknownTask",
+                claim,
+                "unknown_task",
+                "UnknownTask",
                 f"no worker task {label} on {self.info.host}",
             )
         held.time_limit = call.time_limit or task.time_limit
@@ -249,7 +256,10 @@ class Worker:
         return Done(claim, self.codec.encode_reply(reply))
 
     def _lost(self, claim: Claim, label: str, max_attempts: int) -> Done:
-        reason = f"{label} lost its worker on {claim.attempt - 1} attempt(s) (max_attempts={max_attempts})"
+        reason = (
+            f"{label} lost its worker on {claim.attempt - 1} attempt(s) "
+            f"(max_attempts={max_attempts})"
+        )
         log.error("giving up on task %s: %s", claim.id, reason)
         letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
         self._quietly(self.backend.bury, letter)
@@ -267,7 +277,7 @@ class Worker:
             log.error("gave up sending %d result(s): their leases will expire", len(finished))
             accepted = [False] * len(finished)
         with self._lock:
-            for done, ok in zip(finished, accepted):
+            for done, ok in zip(finished, accepted, strict=False):
                 self._held.pop(done.claim.token, None)
                 if ok:
                     self.info.done += 1
@@ -316,7 +326,7 @@ class Worker:
         except BackendUnavailable as exc:
             log.warning("renewing %d lease(s) failed: %s", len(held), exc)
             return
-        for h, ok in zip(held, kept):
+        for h, ok in zip(held, kept, strict=False):
             if not ok:
                 log.warning("lease on task %s lost: another worker may run it", h.claim.id)
 

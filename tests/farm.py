@@ -35,7 +35,8 @@ class Farm:
         self.commands: list[subprocess.Popen[bytes]] = []
 
     def start(self, *extra: str, processes: int = 1, lease: float = 2.0) -> subprocess.Popen[bytes]:
-        cmd = worker_command() + [
+        cmd = [
+            *worker_command(),
             "--url", self.url, "--import", "rx_e2e_tasks", "--processes", str(processes),
             "--lease", str(lease), "--log-level", "INFO", *extra,
         ]  # fmt: skip

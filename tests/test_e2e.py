@@ -22,7 +22,7 @@ from remoteexec import CallTimeout, Client, RemoteError, UnknownTask, WorkerLost
 from tests.farm import Farm
 
 sys.path.insert(0, str(Path(__file__).parent / "tasks"))
-import rx_e2e_tasks as tasks  # noqa: E402
+import rx_e2e_tasks as tasks
 
 pytestmark = pytest.mark.timeout(180)
 

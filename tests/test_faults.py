@@ -21,7 +21,9 @@ from tests.conftest import fresh_url
 from tests.farm import Farm
 
 sys.path.insert(0, str(Path(__file__).parent / "tasks"))
-import rx_e2e_tasks as tasks  # noqa: E402
+import itertools
+
+import rx_e2e_tasks as tasks
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -100,7 +102,7 @@ def test_mysql_eight_workers_twenty_thousand_tasks_never_run_twice_at_once(
     assert set(spans) == {str(i) for i in range(20_000)}
     for task, runs in spans.items():
         runs.sort()
-        for (_, end), (start, _) in zip(runs, runs[1:]):
+        for (_, end), (start, _) in itertools.pairwise(runs):
             assert start >= end, f"task {task} ran twice at the same time"
     assert "Deadlock" not in farm.logs() and "Lock wait" not in farm.logs()
 

@@ -28,6 +28,9 @@ class _Entry:
     lease_until: float = 0.0
 
 
+_EMPTY: OrderedDict[str, _Entry] = OrderedDict()  # never written to
+
+
 @dataclass(slots=True)
 class _Reply:
     body: bytes
@@ -85,7 +88,7 @@ class MemoryBackend(Backend):
         now = time.time()
         claims: list[Claim] = []
         for name in queues:
-            for entry in self._b.queues.get(name, {}).values():
+            for entry in self._b.queues.get(name, _EMPTY).values():
                 if len(claims) >= limit:
                     return claims
                 if entry.token is not None and entry.lease_until > now:
@@ -100,7 +103,7 @@ class MemoryBackend(Backend):
         return claims
 
     def _held(self, claim: Claim) -> _Entry | None:
-        entry = self._b.queues.get(claim.queue, {}).get(claim.id)
+        entry = self._b.queues.get(claim.queue, _EMPTY).get(claim.id)
         if entry is None or entry.token != claim.token or entry.lease_until <= time.time():
             return None
         return entry
@@ -141,7 +144,7 @@ class MemoryBackend(Backend):
 
     def cancel(self, job: Job) -> bool:
         with self._b.cond:
-            queue = self._b.queues.get(job.queue, {})
+            queue = self._b.queues.get(job.queue, _EMPTY)
             entry = queue.get(job.id)
             if entry is None or entry.attempt > 0:
                 return False

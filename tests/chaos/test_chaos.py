@@ -26,7 +26,7 @@ from tests.conftest import fresh_url
 from tests.farm import Farm
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tasks"))
-import rx_e2e_tasks as tasks  # noqa: E402
+import rx_e2e_tasks as tasks
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
@@ -89,9 +89,7 @@ def test_kill_churn_loses_nothing(farm: Farm, client: Client, tmp_path: Path) ->
     assert duplicates <= kills, (duplicates, kills)
 
 
-def test_all_workers_dead_timeouts_fire_then_the_rest_complete(
-    farm: Farm, client: Client
-) -> None:
+def test_all_workers_dead_timeouts_fire_then_the_rest_complete(farm: Farm, client: Client) -> None:
     supervisor = farm.start(lease=2.0)
     pids = farm.worker_pids(1)
     supervisor.send_signal(signal.SIGKILL)
