@@ -91,7 +91,7 @@ class Worker:
             f"{host}:{pid}:{os.urandom(3).hex()}", host, pid, self.queues, time.time()
         )
         self._stopping = threading.Event()
-        self._held: dict[str, _Held] = {}
+        self._held: dict[tuple[str, str], _Held] = {}  # by (task id, lease token)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._client: Client | None = None
@@ -168,14 +168,20 @@ class Worker:
                     return
                 continue
             started = time.perf_counter()
-            self._run_batch(claims)
+            try:
+                self._run_batch(claims)
+            except Exception:  # a bug of ours: log it, hand the batch back, keep serving
+                log.exception("internal error while running %d task(s)", len(claims))
+                with self._lock:
+                    unfinished = [c for c in claims if (c.id, c.token) in self._held]
+                self._release(unfinished)
             per_task = (time.perf_counter() - started) / len(claims)
             batch = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET / max(per_task, 1e-6))))
 
     def _run_batch(self, claims: list[Claim]) -> None:
         with self._lock:
             for claim in claims:
-                self._held[claim.token] = _Held(claim)
+                self._held[claim.id, claim.token] = _Held(claim)
         finished: list[Done] = []
         first_finished = 0.0
         for i, claim in enumerate(claims):
@@ -196,7 +202,7 @@ class Worker:
 
     def _execute(self, claim: Claim) -> Done | None:
         with self._lock:
-            held = self._held[claim.token]
+            held = self._held[claim.id, claim.token]
             held.started = time.monotonic()
         try:
             call = self.codec.decode_call(claim.body)
@@ -278,7 +284,7 @@ class Worker:
             accepted = [False] * len(finished)
         with self._lock:
             for done, ok in zip(finished, accepted, strict=False):
-                self._held.pop(done.claim.token, None)
+                self._held.pop((done.claim.id, done.claim.token), None)
                 if ok:
                     self.info.done += 1
                 else:
@@ -287,7 +293,7 @@ class Worker:
     def _release(self, claims: Sequence[Claim]) -> None:
         with self._lock:
             for claim in claims:
-                self._held.pop(claim.token, None)
+                self._held.pop((claim.id, claim.token), None)
         self._quietly(self.backend.release, claims)
         log.info("handed back %d unstarted task(s)", len(claims))
 

@@ -68,7 +68,7 @@ __all__ = ["MySQLBackend", "map_mysql_errors", "schema_sql"]
 log = logging.getLogger("remoteexec.mysql")
 
 T = TypeVar("T")
-_MIN_PAUSE, _MAX_PAUSE = 0.002, 0.04  # adaptive polling: an idle poller reacts in ~50 ms
+_MIN_PAUSE, _MAX_PAUSE = 0.001, 0.04  # adaptive polling: an idle poller reacts in ~50 ms
 _MAX_DEAD = 1000
 _MODES = ("skip_locked", "optimistic")
 
@@ -115,7 +115,7 @@ class MySQLBackend(Backend):
         self._ready = False
         self._lock = threading.Lock()
         self._db = Connections(connect, self._prepare)
-        self._pauses: dict[Any, float] = {}
+        self._last_work: dict[Any, float] = {}  # per poll key: when work was last found
         self._wake = threading.Condition()
 
     @classmethod
@@ -155,24 +155,29 @@ class MySQLBackend(Backend):
     def _poll(self, key: Any, fetch: Callable[[], list[T]], wait: float) -> list[T]:
         """Call ``fetch`` until it returns something or ``wait`` seconds pass.
 
-        Pauses between empty polls start at 2 ms and double up to 40 ms; finding work, or
-        work added through this backend object, resets them.
+        The pause between empty polls grows with the time since work was last found:
+        1 ms while work flows (so a caller waiting for each reply in turn is not slowed),
+        up to 40 ms when idle. Work added through this backend object wakes it at once.
         """
-        deadline = time.monotonic() + wait
+        now = time.monotonic()
+        deadline = now + wait
         while True:
             got = fetch()
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if got or remaining <= 0:
                 if got:
-                    self._pauses.pop(key, None)
+                    self._last_work[key] = now
                 return got
-            pause = self._pauses.get(key, _MIN_PAUSE)
-            self._pauses[key] = min(pause * 2, _MAX_PAUSE)
+            idle = now - self._last_work.get(key, now - 1.0)
+            pause = min(_MAX_PAUSE, max(_MIN_PAUSE, idle / 20))
             with self._wake:
                 self._wake.wait(min(pause, remaining))
 
     def _kick(self) -> None:
-        self._pauses.clear()
+        now = time.monotonic()
+        for key in list(self._last_work):
+            self._last_work[key] = now
         with self._wake:
             self._wake.notify_all()
 
