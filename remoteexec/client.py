@@ -206,12 +206,12 @@ class Client:
                 self._expire()
                 time.sleep(0.2)
                 continue
+            for body in bodies:
+                self._resolve(body)
             if outage_since is not None:
                 log.warning("backend reachable again after %.1f s", time.monotonic() - outage_since)
                 outage_since = None
                 self._fail_lost()
-            for body in bodies:
-                self._resolve(body)
             self._expire()
             self._warn_if_unserved()
 

@@ -152,6 +152,9 @@ def test_redis_results_of_killed_clients_expire(
         for proc in clients:
             proc.kill()
             proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         farm.stop()
     assert keys_after <= keys_before
     assert memory_after <= memory_before + 256 * 1024, (memory_before, memory_after)

@@ -95,9 +95,9 @@ def test_a_reply_list_expires_after_result_ttl_and_the_keys_return_to_baseline(
     backend.claim(["default"], worker="w", limit=5, lease=30, wait=0)  # tokens with no task
     backend.sweep()
     deadline = time.monotonic() + 10
-    while set(server.client().keys("*")) != baseline and time.monotonic() < deadline:
+    while not set(server.client().keys("*")) <= baseline and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert set(server.client().keys("*")) == baseline
+    assert set(server.client().keys("*")) <= baseline  # doorbells may have expired too
 
 
 def test_a_late_reply_from_a_lost_lease_is_dropped_and_keeps_the_task_traced(make) -> None:

@@ -14,8 +14,8 @@ so a worker's ACL may deny ``@scripting``.
 Keys, under a prefix (``remoteexec:``; ``?prefix=`` in the URL), a queue's all in its
 ``{queue}`` hash slot: ``{q}:w`` waiting tasks (pushed left, taken right), ``{q}:l`` lease
 deadlines by token, ``{q}:c:<token>`` a claimed task, ``{q}:b`` doorbells for workers waiting
-on several queues; ``{reply_to}:r`` a client's replies (TTL ``result_ttl``, refreshed on each
-push); ``epoch``, ``queues``, ``workers``, ``dead``.
+on several queues (gone 2 s after the last ring); ``{reply_to}:r`` a client's replies (TTL
+``result_ttl``, refreshed on each push); ``epoch``, ``queues``, ``workers``, ``dead``.
 
 Round trips: ``enqueue``, ``complete``, ``renew``, ``release`` 1 per batch; ``claim`` 1 per
 queue tried (``ZADD`` the new tokens, ``LMOVE`` waiting -> claim list), then one blocking
@@ -33,6 +33,9 @@ Guarantees and limits:
   came back empty (or with another data set) has a different epoch or none: those ids are
   lost. A partial loss (an older snapshot under the same epoch) is not seen; ids this object
   did not send are never reported. Redis must run with ``maxmemory-policy noeviction``.
+* Nothing is resent automatically (a resent claim would double up a claim list): a driver
+  error is ``BackendUnavailable``, and the next call reconnects. ``BLMPOP`` pops replies:
+  if Redis dies between popping them and sending them, they are gone.
 * Redis Cluster: a queue's keys share a slot; ``complete`` also writes the reply list's slot.
 """
 
@@ -131,7 +134,9 @@ class RedisBackend(Backend):
                 decode_responses=False,
                 socket_timeout=self._socket_timeout,
                 socket_connect_timeout=5.0,
-                retry=Retry(NoBackoff(), 1, (redis.ConnectionError,)),
+                # No automatic resend: a claim sent twice would put two tasks in one claim
+                # list. A pooled connection the server closed is replaced on checkout.
+                retry=Retry(NoBackoff(), 0),
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"invalid Redis URL: {self._scrub(str(exc))}") from None
@@ -179,7 +184,9 @@ class RedisBackend(Backend):
         return f"{self._mine}{next(self._seq):x}"
 
     def _ring(self, p: Pipeline, queue: str, n: int) -> None:
-        p.lpush(self._key(queue, "b"), *[b""] * min(n, _BELLS))  # claims trim the bells
+        """Ring the doorbells; claims trim them, and they expire when the rings stop."""
+        p.lpush(self._key(queue, "b"), *[b""] * min(n, _BELLS))
+        p.pexpire(self._key(queue, "b"), 2000)  # waiters look again every second anyway
 
     # Tasks ---------------------------------------------------------------------------
 
@@ -390,6 +397,7 @@ class RedisBackend(Backend):
     def heartbeat(self, info: WorkerInfo) -> None:
         with self._errors(), self._pipe(transaction=False) as p:
             p.hset(self._p + "workers", info.id, json.dumps(asdict(info)))
+            p.set(self._p + "epoch", self._mine, nx=True)
             if info.queues:
                 p.sadd(self._p + "queues", *info.queues)
             p.execute()
