@@ -143,7 +143,10 @@ class Client:
                 for future in futures:
                     self._pending.pop(future.task_id, None)
             raise
-        self._ensure_listener()
+        if self._listener is None:
+            self._start_listener()
+        elif not self._backend.blocking_replies:
+            self._wake.set()
         return futures
 
     def _withdraw(self, future: RemoteFuture[Any]) -> bool:
@@ -173,15 +176,13 @@ class Client:
 
     # The listener ------------------------------------------------------------------------
 
-    def _ensure_listener(self) -> None:
-        if self._listener is None:
-            with self._lock:
-                if self._listener is None:
-                    self._listener = threading.Thread(
-                        target=self._listen, name="remoteexec-replies", daemon=True
-                    )
-                    self._listener.start()
-        self._wake.set()
+    def _start_listener(self) -> None:
+        with self._lock:
+            if self._listener is None:
+                self._listener = threading.Thread(
+                    target=self._listen, name="remoteexec-replies", daemon=True
+                )
+                self._listener.start()
 
     def _listen(self) -> None:
         backend, pid, reply_to = self._backend, self._pid, self.reply_to
@@ -191,10 +192,10 @@ class Client:
             with self._lock:
                 waiting = bool(self._pending)
                 next_deadline = self._deadlines[0][0] if self._deadlines else None
-            if not waiting:
-                self._wake.wait(1.0)
+            if not waiting and not backend.blocking_replies:
+                self._wake.wait(1.0)  # polling backends are not polled for nothing
                 continue
-            wait = 1.0
+            wait = 0.25  # short enough to see a newer call's deadline in time
             if next_deadline is not None:
                 wait = max(0.0, min(wait, next_deadline - time.time()))
             try:

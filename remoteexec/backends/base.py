@@ -114,6 +114,10 @@ class Backend(ABC):
 
     #: Seconds a worker's heartbeat stays valid; ``stats`` omits workers older than this.
     worker_ttl: float = 15.0
+    #: True where waiting in ``replies`` costs the broker nothing (a blocking read): the
+    #: client's listener then stays in it even with no call pending, so a new call's reply
+    #: is read without first waking the listener. Polling backends leave it False.
+    blocking_replies: bool = False
 
     def __init__(self, *, result_ttl: float = 3600.0) -> None:
         self.result_ttl = result_ttl
