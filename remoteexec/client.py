@@ -220,7 +220,12 @@ class Client:
         try:
             reply = self._codec.decode_reply(body)
         except RemoteExecError as exc:
-            log.error("dropped a reply that cannot be decoded: %s", exc)
+            task_id = self._codec.peek_id(body)
+            with self._lock:
+                future = self._pending.pop(task_id, None) if task_id else None
+            log.error("rejected a reply for %s: %s", task_id or "an unknown call", exc)
+            if future is not None and not future.done():
+                future.set_exception(exc)
             return
         with self._lock:
             future = self._pending.pop(reply.id, None)

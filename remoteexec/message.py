@@ -212,11 +212,12 @@ class Codec:
     def peek_id(self, body: bytes) -> str | None:
         """Best effort: the task id of a reply that ``decode_reply`` rejected.
 
-        Returns the id only if the envelope is well formed and, with secrets, properly
-        signed; the value is not decoded. Returns None otherwise. Never raises.
+        The signature is NOT checked (an unsigned reply to a client with secrets must still
+        fail its call rather than leave it waiting), so use the id only to fail that call.
+        Returns None if the envelope is malformed. Never raises.
         """
         try:
-            payload = self._verified_payload(_REPLY, body)
+            payload = self._verified_payload(_REPLY, body, verify=False)
             unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(payload))
             unpacker.feed(payload)
             if unpacker.read_array_header() != 3:
@@ -247,7 +248,7 @@ class Codec:
                 f"message of {size} bytes exceeds max_message_size ({self._max_size} bytes)"
             )
 
-    def _verified_payload(self, kind: int, body: bytes) -> bytes:
+    def _verified_payload(self, kind: int, body: bytes, *, verify: bool = True) -> bytes:
         self._check_size(len(body))
         try:
             envelope = msgpack.unpackb(body, raw=False)
@@ -269,7 +270,7 @@ class Codec:
             raise SerializationError(
                 f"expected a {_KIND_NAMES[kind]} message, got kind {got_kind!r:.40}"
             )
-        if self._keys:
+        if self._keys and verify:
             if signature is None:
                 raise SignatureError(f"unsigned {_KIND_NAMES[kind]} message rejected")
             for key in self._keys:

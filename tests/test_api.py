@@ -187,3 +187,59 @@ def test_using_routes_calls_through_the_given_client(url: str, worker: Worker) -
             future.result(timeout=0.3)  # nobody serves the other broker
     other.close()
     assert MultiplyPi.execute(1) == math.pi
+
+
+def _serve(url: str, **options) -> tuple[Worker, threading.Thread]:
+    worker = Worker(url, **options)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    return worker, thread
+
+
+@pytest.mark.parametrize(
+    ("client_secret", "worker_secret", "works"),
+    [("k1", "k1", True), ("k1", None, False), (None, "k1", False), ("k2", "k1", False)],
+)
+def test_signed_calls_work_and_a_mismatch_is_a_signature_error(
+    url: str, client_secret: str | None, worker_secret: str | None, works: bool
+) -> None:
+    worker, thread = _serve(url, secret=worker_secret)
+    try:
+        with Client(url, secret=client_secret) as client, using(client):
+            if works:
+                assert MultiplyPi.execute(2) == math.pi * 2
+            else:
+                with pytest.raises(remoteexec.SignatureError):
+                    MultiplyPi.execute.options(timeout=10)(2)
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
+def test_a_nested_call_runs_on_the_workers_backend(url: str, client: Client) -> None:
+    worker, thread = _serve(url, threads=2)
+    try:
+        assert NestedPi.execute(3) == math.pi * 3
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
+def test_a_call_waiting_on_an_unserved_queue_logs_one_warning(
+    client: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    future = MultiplyPi.execute.options(queue="nobody").submit(1)
+    future.submitted -= 11  # as if it had waited 11 s
+    client._next_worker_check = 0
+    deadline = time.monotonic() + 5
+    while "no live worker serves" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert caplog.text.count("no live worker serves") == 1
+    assert "'nobody'" in caplog.text
+    assert future.cancel()
+
+
+@remote
+class NestedPi:
+    def execute(self, n: float) -> float:
+        return MultiplyPi.execute.options(timeout=5)(n)  # type: ignore[no-any-return]

@@ -107,6 +107,8 @@ class RedisBackend(Backend):
         self._url, self._p, self._socket_timeout = url, prefix, socket_timeout
         self._lock = threading.Lock()
         self._stale: dict[str, list[str]] = {}  # reserved tokens that got no task, per queue
+        self._due: dict[str, float] = {}  # per queue: until when no lease seen is due
+        self._ask: dict[str, int] = {}  # per queue: how many tasks the next pass asks for
         self._sent: dict[str, bytes] = {}  # id -> epoch, until its reply is returned
         self._epoch: bytes | None = None
         self._known: set[str] = set()  # queues registered under self._epoch
@@ -222,41 +224,62 @@ class RedisBackend(Backend):
         deadline = time.monotonic() + wait
         with self._errors():
             while limit > 0:
-                claims: list[Claim] = []
-                for queue in queues:
-                    if len(claims) < limit:
-                        claims += self._claim_queue(queue, limit - len(claims), lease)
                 remaining = deadline - time.monotonic()
-                if claims or remaining < 0.01:
-                    return claims
-                claims = self._block(queues, lease, min(remaining, self._wait))
-                if claims:
+                if len(queues) == 1 and remaining >= 0.01 and self._calm(queues[0]):
+                    # No lease known to be due: one pass that waits for work if none is there.
+                    seconds = min(remaining, self._wait)
+                    claims = self._claim_queue(queues[0], limit, lease, seconds)
+                else:
+                    claims = []
+                    for queue in queues:
+                        if len(claims) < limit:
+                            claims += self._claim_queue(queue, limit - len(claims), lease)
+                    remaining = deadline - time.monotonic()
+                    if not claims and remaining >= 0.01:
+                        claims = self._block(queues, limit, lease, min(remaining, self._wait))
+                if claims or deadline - time.monotonic() < 0.01:
                     return claims
         return []
 
-    def _claim_queue(self, queue: str, n: int, lease: float) -> list[Claim]:
+    def _calm(self, queue: str) -> bool:
+        """True while no lease of ``queue`` seen by the last pass (<= 1 s ago) is due."""
+        return time.time() < self._due.get(queue, 0.0)
+
+    def _claim_queue(self, queue: str, n: int, lease: float, block: float = 0.0) -> list[Claim]:
+        """Move up to ``n`` tasks into claim lists; the first move may wait ``block`` s."""
         leases, waiting = self._key(queue, "l"), self._key(queue, "w")
+        ask = min(n, self._ask.get(queue, n))  # grows while passes fill up, shrinks when not
         for last in (False, True):  # a second pass follows requeued expired leases
-            now, tokens = time.time(), [self._token() for _ in range(n)]
+            now, tokens = time.time(), [self._token() for _ in range(ask)]
+            keys = [self._key(queue, "c:" + t) for t in tokens]
             with self._lock:
                 stale = self._stale.pop(queue, [])
-            # No MULTI needed: each LMOVE is atomic, and its token is leased before it runs.
+            # No MULTI needed: each move is atomic, and its token is leased before it runs.
             with self._pipe(transaction=False) as p:
-                p.zrangebyscore(leases, "-inf", now, start=0, num=max(n, 100))
+                p.zrangebyscore(leases, "-inf", now, start=0, num=max(ask, 100))
                 p.ltrim(self._key(queue, "b"), 0, _BELLS - 1)
                 if stale:
                     p.zrem(leases, *stale)
-                p.zadd(leases, dict.fromkeys(tokens, now + lease))
-                for token in tokens:
-                    p.lmove(waiting, self._key(queue, "c:" + token), "RIGHT", "LEFT")
+                p.zadd(leases, dict.fromkeys(tokens, now + block + lease))
+                p.zrange(leases, 0, 0, withscores=True)  # the next lease due
+                if block:
+                    _raw(p)("BLMOVE", waiting, keys[0], "RIGHT", "LEFT", round(block, 3))
+                else:
+                    p.lmove(waiting, keys[0], "RIGHT", "LEFT")
+                for key in keys[1:]:
+                    p.lmove(waiting, key, "RIGHT", "LEFT")
                 expired, *out = p.execute()
-            moved = list(zip(tokens, out[-n:], strict=True))
+            due = out[-ask - 1]
+            self._due[queue] = min(now + 1.0, due[0][1] if due else now + 1.0)
+            moved = list(zip(tokens, out[-ask:], strict=True))
             claims = [_unpack(e, queue, t) for t, e in moved if e is not None]
             self._forget(queue, [t for t, e in moved if e is None])
+            self._ask[queue] = 2 * len(claims) if len(claims) == ask else max(1, len(claims))
             if not expired or last:
                 break
             # Expired tasks are older than any waiting one: they go first, then these again.
             self._requeue(queue, [t.decode() for t in expired], claims)
+            ask, block = n, 0.0
         return claims
 
     def _forget(self, queue: str, tokens: list[str]) -> None:
@@ -290,24 +313,15 @@ class RedisBackend(Backend):
             self._ring(p, queue, len(tokens))
             p.execute()
 
-    def _block(self, queues: Sequence[str], lease: float, seconds: float) -> list[Claim]:
+    def _block(
+        self, queues: Sequence[str], limit: int, lease: float, seconds: float
+    ) -> list[Claim]:
         """Wait up to ``seconds`` for work: on the queue itself, or on several doorbells."""
-        if len(queues) != 1:
-            bells = [self._key(q, "b") for q in queues]
-            self._cmd("BLMPOP", round(seconds, 3), len(bells), *bells, "LEFT")
-            return []
-        queue, token = queues[0], self._token()
-        with self._pipe(transaction=False) as p:
-            p.zadd(self._key(queue, "l"), {token: time.time() + seconds + lease})
-            _raw(p)(
-                "BLMOVE", self._key(queue, "w"), self._key(queue, "c:" + token), "RIGHT", "LEFT",
-                round(seconds, 3),
-            )  # fmt: skip
-            elem = p.execute()[1]
-        if elem is None:
-            self._forget(queue, [token])
-            return []
-        return [_unpack(elem, queue, token)]
+        if len(queues) == 1:
+            return self._claim_queue(queues[0], limit, lease, seconds)
+        bells = [self._key(q, "b") for q in queues]
+        self._cmd("BLMPOP", round(seconds, 3), len(bells), *bells, "LEFT")
+        return []
 
     def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
         if not claims:
@@ -322,21 +336,34 @@ class RedisBackend(Backend):
         if not done:
             return []
         ttl, boxes, marks = max(1, int(self.result_ttl * 1000)), set(), []
+        ended: dict[str, tuple[list[str], list[str]]] = {}  # queue -> (tokens, claim lists)
+        seen: set[str] = set()
         with self._errors(), self._pipe() as p:
             for d in done:
                 c, key = d.claim, self._key(d.claim.queue, "c:" + d.claim.token)
+                if key in seen:  # the same claim twice in one batch: only the first counts
+                    marks.append(-1)
+                    continue
+                seen.add(key)
+                tokens, keys = ended.setdefault(c.queue, ([], []))
                 if d.reply is not None:  # pushed into the claim list, so only if still held
                     ident = c.id.encode()
                     boxes.add(self._box(c.reply_to))
                     _raw(p)("RPUSHX", key, _ID.pack(len(ident)) + ident + d.reply)
+                    marks.append(len(p) - 1)
                     p.lmove(key, self._box(c.reply_to), "RIGHT", "RIGHT")
-                p.zrem(self._key(c.queue, "l"), c.token)
-                p.delete(key)
-                marks.append(len(p) - 1)
+                else:
+                    p.delete(key)
+                    marks.append(len(p) - 1)
+                tokens.append(c.token)
+                keys.append(key)
+            for queue, (tokens, keys) in ended.items():  # one ZREM and one DEL per queue
+                p.zrem(self._key(queue, "l"), *tokens)
+                p.delete(*keys)
             for box in boxes:
                 p.pexpire(box, ttl)
             out = p.execute()
-        return [out[i] == 1 for i in marks]
+        return [i >= 0 and out[i] > 0 for i in marks]
 
     def release(self, claims: Sequence[Claim]) -> None:
         if not claims:
