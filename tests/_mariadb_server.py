@@ -11,27 +11,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 import pymysql
+
+from tests._server import ServerProcess, free_port
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
 START_TIMEOUT = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class MariaDBServer:
+class MariaDBServer(ServerProcess):
     """One private ``mariadbd``; ``url`` names its test database."""
 
     def __init__(self, folder: Path | str, *, database: str = "remoteexec_test") -> None:
@@ -39,9 +32,10 @@ class MariaDBServer:
         self.datadir = self.folder / "data"
         self.socket = self.folder / "mysqld.sock"
         self.pid_file = self.folder / "mysqld.pid"
-        self.error_log = self.folder / "error.log"
+        self.log_file = self.error_log = self.folder / "error.log"
+        self.stop_timeout = 30.0
         self.database = database
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -123,49 +117,10 @@ class MariaDBServer:
                     ) from None
                 time.sleep(0.1)
 
-    def _log(self) -> str:
-        try:
-            return self.error_log.read_text(errors="replace")[-4000:]
-        except OSError:
-            return "(no error log)"
-
-    def stop(self) -> None:
-        """Shut the server down cleanly (SIGTERM), killing it if it takes over 30 s."""
-        if self.proc is None:
-            return
-        self.thaw()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the server: no shutdown, InnoDB recovers on the next start."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
     def restart(self) -> None:
         """Kill the server and start it again on the same port and data folder."""
         self.kill()
         self.start()
-
-    def freeze(self) -> None:
-        """Stop the server process (SIGSTOP): connections hang until ``thaw``."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """Resume a frozen server (SIGCONT)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
 
     def connect(
         self, database: str | None = "", *, timeout: float = 10
@@ -182,15 +137,3 @@ class MariaDBServer:
             write_timeout=30,
             max_allowed_packet=64 * 1024 * 1024,
         )
-
-    def __enter__(self) -> MariaDBServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

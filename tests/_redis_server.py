@@ -9,29 +9,21 @@ to simulate a hung broker.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
+
+from tests._server import ServerProcess, free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 10.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """One private ``redis-server``; ``url`` names database 0 on it."""
 
     def __init__(self, folder: Path | str | None = None) -> None:
@@ -39,7 +31,7 @@ class RedisServer:
         self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
         self.datadir = self.folder / "data"
         self.log_file = self.folder / "redis.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,36 +83,6 @@ class RedisServer:
         finally:
             probe.close()
 
-    def _log(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-4000:]
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM), killing it if it takes over 10 s."""
-        if self.proc is None:
-            return
-        self.thaw()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the server; with ``appendfsync always`` no acknowledged write is lost."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.thaw()
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
     def restart(self, *, keep_data: bool = True) -> None:
         """Kill the server and start it again on the same port.
 
@@ -132,30 +94,10 @@ class RedisServer:
             shutil.rmtree(self.datadir, ignore_errors=True)
         self.start()
 
-    def freeze(self) -> None:
-        """Stop the server process (SIGSTOP): requests hang until ``thaw``."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """Resume a frozen server (SIGCONT)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-
     def client(self) -> redis.Redis:
         """A plain redis-py client (bytes responses) for assertions."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
 
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _cleanup(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()

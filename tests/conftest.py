@@ -86,6 +86,16 @@ def farm_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def farm(farm_url: str, tmp_path: Path) -> Iterator[Any]:
+    """Real ``remoteexec-worker`` commands on ``farm_url``, stopped after the test."""
+    from tests.farm import Farm
+
+    farm = Farm(farm_url, tmp_path)
+    yield farm
+    farm.stop()
+
+
+@pytest.fixture
 def make_backend(backend_url: str) -> Iterator[Callable[..., Backend]]:
     """Open backends on ``backend_url``; all are closed after the test."""
     opened: list[Backend] = []

@@ -13,6 +13,15 @@ from pathlib import Path
 from remoteexec.backends import open_backend
 
 TASKS_SOURCE = Path(__file__).parent / "tasks" / "rx_e2e_tasks.py"
+sys.path.insert(0, str(TASKS_SOURCE.parent))
+import rx_e2e_tasks as tasks  # noqa: E402  (the same module the workers import)
+
+__all__ = ["Farm", "ledger", "tasks", "worker_command"]
+
+
+def ledger(path: Path) -> list[list[str]]:
+    """The lines a task wrote to ``path`` (see rx_e2e_tasks._note), split into fields."""
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def worker_command() -> list[str]:

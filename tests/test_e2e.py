@@ -19,29 +19,15 @@ import pytest
 
 import remoteexec
 from remoteexec import CallTimeout, Client, RemoteError, UnknownTask, WorkerLost, using
-from tests.farm import Farm
-
-sys.path.insert(0, str(Path(__file__).parent / "tasks"))
-import rx_e2e_tasks as tasks
+from tests.farm import Farm, ledger, tasks
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def farm(farm_url: str, tmp_path: Path) -> Iterator[Farm]:
-    farm = Farm(farm_url, tmp_path)
-    yield farm
-    farm.stop()
 
 
 @pytest.fixture
 def client(farm_url: str) -> Iterator[Client]:
     with Client(farm_url) as client, using(client):
         yield client
-
-
-def ledger_lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def wait_for(predicate, timeout: float = 20.0, message: str = "condition") -> None:
@@ -107,15 +93,15 @@ def test_killed_worker_task_completes_elsewhere_once(
     farm.start(lease=2.0)
     farm.start(lease=2.0)
     farm.worker_pids(2)
-    ledger = tmp_path / "ledger.txt"
-    future = tasks.Slow.execute.submit(1.5, str(ledger), "victim")
-    wait_for(lambda: ledger_lines(ledger), message="the task to start")
-    victim = int(ledger_lines(ledger)[0][2])
+    book = tmp_path / "ledger.txt"
+    future = tasks.Slow.execute.submit(1.5, str(book), "victim")
+    wait_for(lambda: ledger(book), message="the task to start")
+    victim = int(ledger(book)[0][2])
     os.kill(victim, signal.SIGKILL)
     finished_by = future.result(timeout=2.0 + 15)
     assert finished_by != victim
-    starts = [line for line in ledger_lines(ledger) if line[0] == "start"]
-    ends = [line for line in ledger_lines(ledger) if line[0] == "end"]
+    starts = [line for line in ledger(book) if line[0] == "start"]
+    ends = [line for line in ledger(book) if line[0] == "end"]
     assert len(starts) == 2 and len(ends) == 1 and int(ends[0][2]) == finished_by
 
 
@@ -124,10 +110,10 @@ def test_task_that_always_kills_its_worker_ends_as_worker_lost(
 ) -> None:
     farm.start(lease=1.0)
     farm.worker_pids(1)
-    ledger = tmp_path / "ledger.txt"
+    book = tmp_path / "ledger.txt"
     with pytest.raises(WorkerLost, match="2 attempt"):
-        tasks.KillsItsWorker.execute(str(ledger))  # max_attempts=2
-    assert len(ledger_lines(ledger)) == 2
+        tasks.KillsItsWorker.execute(str(book))  # max_attempts=2
+    assert len(ledger(book)) == 2
     assert tasks.CalculateMultipleOfPi.execute(2) == math.pi * 2  # the farm still serves
 
 
@@ -136,15 +122,15 @@ def test_sigterm_finishes_running_task_and_hands_back_the_rest(
 ) -> None:
     leaving = farm.start(lease=5.0)
     farm.worker_pids(1)
-    ledger = tmp_path / "ledger.txt"
-    futures = [tasks.Slow.execute.submit(0.5, str(ledger), f"t{i}") for i in range(12)]
-    wait_for(lambda: ledger_lines(ledger), message="the first task to start")
+    book = tmp_path / "ledger.txt"
+    futures = [tasks.Slow.execute.submit(0.5, str(book), f"t{i}") for i in range(12)]
+    wait_for(lambda: ledger(book), message="the first task to start")
     staying = farm.start(lease=5.0)
     leaving.send_signal(signal.SIGTERM)
     assert leaving.wait(20) == 0
     results = [f.result(timeout=60) for f in futures]
     assert len(results) == 12
-    lines = ledger_lines(ledger)
+    lines = ledger(book)
     started = {line[1] for line in lines if line[0] == "start"}
     ended = {line[1] for line in lines if line[0] == "end"}
     assert started == ended == {f"t{i}" for i in range(12)}  # nothing cut short
@@ -154,19 +140,19 @@ def test_sigterm_finishes_running_task_and_hands_back_the_rest(
 def test_timeout_without_workers_and_expired_tasks_are_not_run(
     farm: Farm, client: Client, tmp_path: Path
 ) -> None:
-    ledger = tmp_path / "ledger.txt"
+    book = tmp_path / "ledger.txt"
     started = time.monotonic()
     with pytest.raises(CallTimeout):
-        tasks.Slow.execute.options(timeout=1).submit(0, str(ledger), "late").result()
+        tasks.Slow.execute.options(timeout=1).submit(0, str(book), "late").result()
     assert 0.5 <= time.monotonic() - started <= 1.5
     burst = farm.start("--burst")
     assert burst.wait(30) == 0
-    assert ledger_lines(ledger) == []
+    assert ledger(book) == []
     # A call whose timeout has not passed is run normally by the next worker.
-    future = tasks.Slow.execute.options(timeout=60).submit(0, str(ledger), "fine")
+    future = tasks.Slow.execute.options(timeout=60).submit(0, str(book), "fine")
     farm.start()
     assert future.result(timeout=60) > 0
-    assert [line[1] for line in ledger_lines(ledger)] == ["fine", "fine"]
+    assert [line[1] for line in ledger(book)] == ["fine", "fine"]
 
 
 def test_worker_command_rejects_a_task_module_that_cannot_be_imported(

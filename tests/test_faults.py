@@ -3,6 +3,7 @@ large payloads, many workers racing for claims. Real servers, real worker proces
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -11,32 +12,15 @@ import sys
 import textwrap
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from remoteexec import BackendUnavailable, Client, WorkerLost, using
 from tests.conftest import fresh_url
-from tests.farm import Farm
-
-sys.path.insert(0, str(Path(__file__).parent / "tasks"))
-import itertools
-
-import rx_e2e_tasks as tasks
+from tests.farm import Farm, ledger, tasks
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def farm(farm_url: str, tmp_path: Path) -> Iterator[Farm]:
-    farm = Farm(farm_url, tmp_path)
-    yield farm
-    farm.stop()
-
-
-def ledger(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_a_frozen_worker_loses_its_task_and_its_late_result_is_discarded(

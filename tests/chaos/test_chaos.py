@@ -10,7 +10,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,10 +22,7 @@ import pytest
 from remoteexec import CallTimeout, Client, TimeLimitExceeded, WorkerLost, using
 from remoteexec.backends import open_backend
 from tests.conftest import fresh_url
-from tests.farm import Farm
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "tasks"))
-import rx_e2e_tasks as tasks
+from tests.farm import Farm, ledger, tasks
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
@@ -57,10 +53,6 @@ def farm(broker: Broker, tmp_path: Path) -> Iterator[Farm]:
 def client(broker: Broker) -> Iterator[Client]:
     with Client(broker.url) as client, using(client):
         yield client
-
-
-def ledger(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_kill_churn_loses_nothing(farm: Farm, client: Client, tmp_path: Path) -> None:
