@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import RemoteExecError
+from .errors import RemoteError, RemoteExecError
 
 log = logging.getLogger("remoteexec.cli")
 
@@ -117,10 +117,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     init.add_argument("--url", required=True)
     init.add_argument("--print", action="store_true", help="print the SQL, change nothing")
 
-    args = parser.parse_args(argv)
+    # Options may come between a call's JSON arguments: collect what follows them too.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "call":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.args += extra
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         _COMMANDS[args.command](args)
+    except RemoteError as exc:
+        print(f"{exc.remote_traceback}remoteexec {args.command}: the task raised {exc}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(1)
     except RemoteExecError as exc:
         print(f"remoteexec {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -153,7 +162,10 @@ def _call(args: argparse.Namespace) -> None:
     try:
         values: list[Any] = [json.loads(a) for a in args.args]
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"remoteexec call: arguments must be JSON values: {exc}") from exc
+        raise SystemExit(
+            f"remoteexec call: arguments must be JSON values (a string needs quotes: "
+            f"'\"text\"'): {exc}"
+        ) from exc
     with Client(args.url) as client:
         started = time.perf_counter()
         future = client.submit(
