@@ -438,7 +438,11 @@ def test_payload_too_large_on_encode_and_decode() -> None:
 def test_peek_id_reads_a_reply_id_without_decoding_the_value(signer: Codec) -> None:
     body = signer.encode_reply(Reply(ID, [1, 2], None))
     assert signer.peek_id(body) == ID
-    assert signer.peek_id(Codec().encode_reply(Reply(ID, 1, None))) is None  # unsigned
+    # Unverified on purpose: the client uses it only to fail the call with SignatureError.
+    unsigned = Codec().encode_reply(Reply(ID, 1, None))
+    assert signer.peek_id(unsigned) == ID
+    with pytest.raises(SignatureError):
+        signer.decode_reply(unsigned)
     assert Codec().peek_id(b"garbage") is None
 
 

@@ -51,12 +51,14 @@ from .mysql_conn import (
 )
 from .mysql_schema import (
     EXPIRED,
+    EXPIRED_WHERE,
     HELD,
     NOW,
     SKIP_LOCKED,
     TAKE,
     TASKS,
     WAITING,
+    WAITING_WHERE,
     apply_schema,
     ensure_schema,
     marks,
@@ -220,23 +222,30 @@ class MySQLBackend(Backend):
     def _claim_locked(
         self, cur: Cursor, queues: list[str], limit: int, lease: float
     ) -> list[Claim]:
-        """SKIP LOCKED: lock candidates and take them, in one transaction."""
-        expired = EXPIRED.format(marks(len(queues))) + SKIP_LOCKED
-        sql = f"START TRANSACTION; {expired}; {WAITING}{SKIP_LOCKED}"
-        first = execute(cur, sql, (*queues, limit, queues[0], limit))
-
-        def waiting(queue: str, n: int) -> Sequence[tuple[Any, ...]]:
-            if queue == queues[0]:
-                return first[2][1]
-            return execute(cur, WAITING + SKIP_LOCKED, (queue, n))[0][1]
-
-        seqs = [seq for seq, _ in _pick(queues, first[1][1], waiting, limit)]
-        if not seqs:
-            cur.execute("ROLLBACK")
-            return []
+        """SKIP LOCKED, one round trip: one UPDATE takes the rows a derived table locked,
+        stamping them with a new token and an exact ``@until``; a SELECT reads them back."""
         token = secrets.token_hex(16)
-        take = (f"{TAKE} seq IN ({marks(len(seqs))})", (token, lease, *seqs))
-        return self._fetch_claims(cur, [take], seqs, token, commit=True)
+        qs = marks(len(queues))
+        rank = f"SELECT seq, FIELD(queue, {qs}) AS r FROM {TASKS} WHERE "
+        branches = [f"({rank}{EXPIRED_WHERE.format(qs)}{SKIP_LOCKED})"]
+        branches += [f"({rank}{WAITING_WHERE}{SKIP_LOCKED})"] * len(queues)
+        args: list[Any] = [lease, *queues, *queues, limit]
+        for queue in queues:
+            args += [*queues, queue, limit]
+        sql = (
+            f"SET @until = {NOW} + %s; UPDATE {TASKS} t JOIN (SELECT seq FROM ("
+            f"{' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s) p ON t.seq = p.seq "
+            "SET t.state = 1, t.token = %s, t.lease_until = @until, "
+            "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1; "
+            f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
+            "WHERE state = 1 AND lease_until = @until AND token = %s"
+        )
+        rows = execute(cur, sql, (*args, limit, token, token))[2][1]
+        order = {queue: i for i, queue in enumerate(queues)}
+        return [
+            Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
+            for r in sorted(rows, key=lambda r: (order.get(r[2], 0), r[0]))
+        ]
 
     def _claim_optimistic(
         self, cur: Cursor, queues: list[str], limit: int, lease: float
@@ -283,30 +292,59 @@ class MySQLBackend(Backend):
         return [count == 1 for count, _ in done]
 
     def complete(self, done: Sequence[Done]) -> list[bool]:
-        """In one transaction: mark the tasks still held (locking them in id order), insert
-        their replies in the order given, delete them."""
+        """In one transaction: lock the tasks still held (``FOR UPDATE``, in id order) as
+        of one ``@now``, insert their replies, delete them. One round trip unless large."""
         if not done:
             return []
-        order = sorted(range(len(done)), key=lambda i: done[i].claim.id)  # one lock order
-        mark = f"UPDATE {TASKS} SET state = 2 WHERE {HELD}"
-        parts: list[Part] = [(mark, (done[i].claim.id, done[i].claim.token)) for i in order]
-        reply = (
-            "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
-            f"SELECT reply_to, id, %s, {NOW} FROM {TASKS} WHERE id = %s AND state = 2"
+        by_token: dict[str, list[str]] = {}
+        for d in done:
+            by_token.setdefault(d.claim.token, []).append(d.claim.id)
+        ors = " OR ".join(
+            f"(token = %s AND id IN ({marks(len(ids))}))" for ids in by_token.values()
         )
-        first = {d.claim.id: i for i, d in reversed(list(enumerate(done)))}  # one reply per id
-        parts += [
-            (reply, (d.reply, d.claim.id))
-            for i, d in enumerate(done)
-            if d.reply is not None and first[d.claim.id] == i
+        held = f"state = 1 AND lease_until > @now AND ({ors})"
+        held_args = tuple(a for tok, ids in by_token.items() for a in (tok, *ids))
+        parts: list[Part] = [
+            (f"SET @now = {NOW}", ()),
+            (f"SELECT id, token FROM {TASKS} WHERE {held} ORDER BY id FOR UPDATE", held_args),
         ]
-        parts.append(
-            (f"DELETE FROM {TASKS} WHERE state = 2 AND id IN ({marks(len(first))})", (*first,))
-        )
+        bodies: dict[str, bytes] = {}  # the first reply given for each id
+        for d in done:
+            if d.claim.id not in bodies and d.reply is not None:
+                bodies[d.claim.id] = d.reply
+        chunk: list[str] = []
+        used = 0
+        for task_id, body in bodies.items():  # escaped bodies take at most twice their size
+            if chunk and used + len(body) > self.max_packet // 4:
+                parts.append(self._replies_sql(held, held_args, chunk, bodies))
+                chunk, used = [], 0
+            chunk.append(task_id)
+            used += len(body) + len(task_id)
+        if chunk:
+            parts.append(self._replies_sql(held, held_args, chunk, bodies))
+        parts.append((f"DELETE FROM {TASKS} WHERE {held}", held_args))
         result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
         self._kick()
-        held = {i: result[1 + n][0] == 1 for n, i in enumerate(order)}  # 0 is START TRANSACTION
-        return [held[i] for i in range(len(done))]
+        taken = set(result[2][1])  # 0 is START TRANSACTION, 1 SET @now
+        accepted: list[bool] = []
+        for d in done:  # a task completes once: a repeat of it in the batch is refused
+            key = (d.claim.id, d.claim.token)
+            accepted.append(key in taken)
+            taken.discard(key)
+        return accepted
+
+    @staticmethod
+    def _replies_sql(
+        held: str, held_args: tuple[Any, ...], ids: list[str], bodies: dict[str, bytes]
+    ) -> Part:
+        """INSERT ... SELECT of the replies to ``ids`` whose tasks are ``held``."""
+        cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+        sql = (
+            "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
+            f"SELECT reply_to, id, CASE id {cases} END, @now FROM {TASKS} "
+            f"WHERE {held} AND id IN ({marks(len(ids))})"
+        )
+        return sql, (*(a for i in ids for a in (i, bodies[i])), *held_args, *ids)
 
     def release(self, claims: Sequence[Claim]) -> None:
         sql = (

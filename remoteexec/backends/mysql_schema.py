@@ -94,15 +94,13 @@ _CREATE = [
 NOW = "UNIX_TIMESTAMP(NOW(6))"
 TASKS = "remoteexec_tasks"
 #: Expired leases, in the queues given: a range scan of ix_tasks_lease.
-EXPIRED = (
-    f"SELECT seq, lock_version, queue FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW}"
-    " AND queue IN ({}) ORDER BY lease_until LIMIT %s"
+EXPIRED_WHERE = (
+    f"state = 1 AND lease_until <= {NOW} AND queue IN ({{}}) ORDER BY lease_until LIMIT %s"
 )
+EXPIRED = f"SELECT seq, lock_version, queue FROM {TASKS} WHERE {EXPIRED_WHERE}"
 #: Waiting tasks of one queue, oldest first: a range scan of ix_tasks_claim, no sort.
-WAITING = (
-    f"SELECT seq, lock_version, queue FROM {TASKS} WHERE queue = %s AND state = 0"
-    " ORDER BY seq LIMIT %s"
-)
+WAITING_WHERE = "queue = %s AND state = 0 ORDER BY seq LIMIT %s"
+WAITING = f"SELECT seq, lock_version, queue FROM {TASKS} WHERE {WAITING_WHERE}"
 SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 #: Takes rows under a new token and lease; the caller appends the row condition.
 TAKE = (
