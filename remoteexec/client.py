@@ -68,6 +68,8 @@ class Client:
         self._deadlines: list[tuple[float, str, str]] = []
         self._wake = threading.Event()
         self._listener: threading.Thread | None = None
+        self._reader = threading.Lock()  # held by the one thread reading replies
+        self._outage_since: float | None = None
         self._next_worker_check = 0.0
         self._warned_queues: set[str] = set()
 
@@ -106,7 +108,13 @@ class Client:
         return self.submit_many(task, method, [(args, kwargs)], options)[0]
 
     def submit_many(
-        self, task: str, method: str, calls: Calls, options: CallOptions | None = None
+        self,
+        task: str,
+        method: str,
+        calls: Calls,
+        options: CallOptions | None = None,
+        *,
+        listen: bool = True,
     ) -> list[RemoteFuture[Any]]:
         """Send many calls of one method in one batch; a future for each, in order.
 
@@ -143,11 +151,36 @@ class Client:
                 for future in futures:
                     self._pending.pop(future.task_id, None)
             raise
-        if self._listener is None:
-            self._start_listener()
-        elif not self._backend.blocking_replies:
-            self._wake.set()
+        if listen:
+            self._ensure_listening()
         return futures
+
+    def call(
+        self,
+        task: str,
+        method: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: CallOptions | None = None,
+    ) -> Any:
+        """Send one call and wait for its result (what calling a remote method does).
+
+        While no other thread is reading replies, this thread reads them itself, so the
+        result needs no hand-off from the listener thread; otherwise it waits like
+        ``submit(...).result()``.
+        """
+        future = self.submit_many(task, method, [(args, kwargs)], options, listen=False)[0]
+        while not future.done():
+            if not self._reader.acquire(blocking=False):
+                break  # another thread reads: the listener (ensured below) or a caller
+            try:
+                if not future.done():
+                    self._read()
+            finally:
+                self._reader.release()
+        if not future.done() or self._pending:
+            self._ensure_listening()
+        return future.result()
 
     def _withdraw(self, future: RemoteFuture[Any]) -> bool:
         if future._client is not self or self._pid != os.getpid():
@@ -176,45 +209,59 @@ class Client:
 
     # The listener ------------------------------------------------------------------------
 
-    def _start_listener(self) -> None:
-        with self._lock:
-            if self._listener is None:
-                self._listener = threading.Thread(
-                    target=self._listen, name="remoteexec-replies", daemon=True
-                )
-                self._listener.start()
+    def _ensure_listening(self) -> None:
+        if self._listener is None:
+            with self._lock:
+                if self._listener is None:
+                    self._listener = threading.Thread(
+                        target=self._listen, name="remoteexec-replies", daemon=True
+                    )
+                    self._listener.start()
+        elif not self._backend.blocking_replies:
+            self._wake.set()
 
     def _listen(self) -> None:
-        backend, pid, reply_to = self._backend, self._pid, self.reply_to
-        outage_since: float | None = None
+        pid = self._pid
         while not self._closed and os.getpid() == pid:
             self._wake.clear()
             with self._lock:
                 waiting = bool(self._pending)
-                next_deadline = self._deadlines[0][0] if self._deadlines else None
-            if not waiting and not backend.blocking_replies:
+            if not waiting and not self._backend.blocking_replies:
                 self._wake.wait(1.0)  # polling backends are not polled for nothing
                 continue
-            wait = 0.25  # short enough to see a newer call's deadline in time
-            if next_deadline is not None:
-                wait = max(0.0, min(wait, next_deadline - time.time()))
+            if not self._reader.acquire(timeout=0.25):
+                continue  # a calling thread is reading for everyone
             try:
-                bodies = backend.replies(reply_to, wait=wait)
-            except BackendUnavailable as exc:
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    log.warning("waiting for replies failed, retrying: %s", exc)
-                self._expire()
-                time.sleep(0.2)
-                continue
-            for body in bodies:
-                self._resolve(body)
-            if outage_since is not None:
-                log.warning("backend reachable again after %.1f s", time.monotonic() - outage_since)
-                outage_since = None
-                self._fail_lost()
+                self._read()
+            finally:
+                self._reader.release()
+
+    def _read(self) -> None:
+        """Read the replies that arrive within 0.25 s (or until the next deadline), resolve
+        their futures, fail expired calls. Only the holder of ``_reader`` calls this."""
+        with self._lock:
+            next_deadline = self._deadlines[0][0] if self._deadlines else None
+        wait = 0.25  # short enough to see a newer call's deadline in time
+        if next_deadline is not None:
+            wait = max(0.0, min(wait, next_deadline - time.time()))
+        try:
+            bodies = self._backend.replies(self.reply_to, wait=wait)
+        except BackendUnavailable as exc:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.warning("waiting for replies failed, retrying: %s", exc)
             self._expire()
-            self._warn_if_unserved()
+            time.sleep(0.2)
+            return
+        for body in bodies:
+            self._resolve(body)
+        if self._outage_since is not None:
+            down = time.monotonic() - self._outage_since
+            log.warning("backend reachable again after %.1f s", down)
+            self._outage_since = None
+            self._fail_lost()
+        self._expire()
+        self._warn_if_unserved()
 
     def _resolve(self, body: bytes) -> None:
         try:

@@ -100,7 +100,7 @@ class RemoteMethod(Generic[R]):
             CallTimeout: the call's timeout passed.
             RemoteExecError: any other failure (see ``remoteexec.errors``).
         """
-        return self.submit(*args, **kwargs).result()
+        return _client().call(self.task, self.method, args, kwargs, self._opts)  # type: ignore[no-any-return]
 
     def submit(self, *args: Any, **kwargs: Any) -> RemoteFuture[R]:
         """Send the call and return at once with a ``RemoteFuture``.

@@ -186,10 +186,10 @@ class RedisBackend(Backend):
         conn = pool.get_connection()
         try:
             sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
-            conn.send_packed_command(conn.pack_commands(sent))
+            conn.send_packed_command(conn.pack_commands(sent))  # type: ignore[no-untyped-call]
             out = [conn.read_response() for _ in sent]  # an error reply raises here
         except BaseException:
-            conn.disconnect()  # replies may be left unread: never reuse this socket
+            conn.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread
             raise
         finally:
             pool.release(conn)
@@ -295,7 +295,8 @@ class RedisBackend(Backend):
                     *[("LMOVE", waiting, key, "RIGHT", "LEFT") for key in keys[1:]],
                 ]
             )
-            due = out[-ask - 1]
+            due = out[-ask - 1]  # [member, score], or [[member, score]] in RESP3
+            due = due[0] if due and isinstance(due[0], list) else due
             self._due[queue] = min(now + 1.0, float(due[1]) if due else now + 1.0)
             moved = list(zip(tokens, out[-ask:], strict=True))
             claims = [_unpack(e, queue, t) for t, e in moved if e is not None]
