@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -9,14 +10,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from remoteexec.backends import open_backend
 
 TASKS_SOURCE = Path(__file__).parent / "tasks" / "rx_e2e_tasks.py"
-sys.path.insert(0, str(TASKS_SOURCE.parent))
-import rx_e2e_tasks as tasks  # noqa: E402  (the same module the workers import)
 
-__all__ = ["Farm", "ledger", "tasks", "worker_command"]
+__all__ = ["Farm", "ledger", "worker_command"]  # and `tasks`, on demand
+
+
+def __getattr__(name: str) -> Any:
+    # ``from tests.farm import tasks``: the task module, under the name the workers import
+    # it by. Imported on demand, so that importing Farm registers no task types.
+    if name != "tasks":
+        raise AttributeError(name)
+    if str(TASKS_SOURCE.parent) not in sys.path:
+        sys.path.insert(0, str(TASKS_SOURCE.parent))
+    return importlib.import_module(TASKS_SOURCE.stem)
 
 
 def ledger(path: Path) -> list[list[str]]:
