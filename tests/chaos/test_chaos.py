@@ -181,3 +181,5 @@ def test_broker_restart_under_load_loses_no_call(
     assert sum(outcomes.values()) == 1000
     assert set(outcomes) <= {"ok", "BackendUnavailable", "WorkerLost"}, outcomes
     assert outcomes["ok"] >= 1
+    # The workers resumed by themselves (none was restarted by the test).
+    assert tasks.CalculateMultipleOfPi.execute.options(timeout=30)(2) == math.pi * 2
