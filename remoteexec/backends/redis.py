@@ -17,17 +17,22 @@ deadlines by token, ``{q}:c:<token>`` a claimed task, ``{q}:b`` doorbells for wo
 on several queues (gone 2 s after the last ring); ``{reply_to}:r`` a client's replies (TTL
 ``result_ttl``, refreshed on each push); ``epoch``, ``queues``, ``workers``, ``dead``.
 
-Round trips: ``enqueue``, ``complete``, ``renew``, ``release`` 1 per batch; ``claim`` 1 per
-queue tried (``ZADD`` the new tokens, ``LMOVE`` waiting -> claim list), then one blocking
-``BLMOVE`` (one queue) or ``BLMPOP`` on doorbells (several) when nothing waits; ``replies`` 1
-(``BLMPOP ... COUNT``); ``lost`` 1. Requeuing expired leases costs ``claim`` 2 more, only
-when one expired. A token reserved by a claim that found no task is dropped by the next.
+Round trips: ``enqueue``, ``complete``, ``renew``, ``release`` 1 per batch; ``claim`` on
+one queue 1 (``ZADD`` the new tokens, then ``BLMOVE`` waiting -> claim list and ``LMOVE``
+for the rest, so an idle worker waits inside its claim), unless a lease it saw in the last
+second is due: then 1 non-blocking pass first. On several queues, 1 per queue tried, then
+``BLMPOP`` on doorbells. A pass asks for twice what the last one got (up to ``limit``).
+``replies`` 1 (``BLMPOP ... COUNT``); ``lost`` 1. Requeuing expired leases costs ``claim`` 2
+more, only when one expired. A token reserved by a claim that found no task is dropped by
+the next. ``claim`` and ``complete`` (2 commands a task, plus 2 a queue) skip ``Pipeline``.
 
 Guarantees and limits:
 
 * ``complete`` and ``renew`` succeed while the claim list exists: a lease that expired but
   was not taken over yet may still complete (its result is then the only one).
-* A claim that waited in ``BLMOVE`` is leased for ``lease`` plus that wait (<= 1 s).
+* A claim that waited in ``BLMOVE`` is leased for ``lease`` plus that wait (<= 1 s). A
+  lease another worker took after this one's last pass and that ran out before this claim
+  is seen when that claim's wait ends (<= 1 s), as a lease running out during a wait is.
 * ``lost(ids)`` compares epochs: each enqueue runs ``SET epoch <random> NX GET``, and this
   object remembers the epoch of every id it sent until its reply comes back. A Redis that
   came back empty (or with another data set) has a different epoch or none: those ids are
