@@ -7,19 +7,20 @@ skewed clocks agree on leases.
 Claims run in one of two modes, picked from the server's version unless the URL says
 (``?claim=skip_locked`` or ``?claim=optimistic``):
 
-* ``skip_locked`` (MySQL 8.0.1+, MariaDB 10.6+): one transaction selects up to ``limit``
-  claimable rows ``FOR UPDATE SKIP LOCKED`` (waiting rows in FIFO order, plus rows whose
-  lease expired), then takes them with one ``UPDATE`` and commits. Concurrent claimers skip
-  each other's rows instead of waiting for them.
+* ``skip_locked`` (MySQL 8.0.1+, MariaDB 10.6+), one round trip: one ``UPDATE`` joins a
+  derived table that locks up to ``limit`` claimable rows ``FOR UPDATE SKIP LOCKED``
+  (expired leases and waiting rows, queues in order, oldest first) and takes them under a
+  new token and an exact lease end, which a ``SELECT`` then reads back through an index.
+  Concurrent claimers skip each other's rows instead of waiting for them.
 * ``optimistic`` (older servers): the seed's optimistic locking. Candidates are read
   without locks; each is taken by ``UPDATE ... WHERE seq = ? AND lock_version = ?``, and
   counts only if that changed the row. Losing a race costs a claim, never a duplicate.
 
-Guarantees: a task is held by at most one live token; ``complete`` deletes the task and
-stores its reply in one transaction, only while its token holds an unexpired lease; reads
-always see committed data (autocommit, READ COMMITTED). Statements are batched into
-multi-statement round trips (one, where packet size allows). Every PyMySQL error becomes
-``BackendUnavailable``; deadlocks and lock-wait timeouts are retried here first.
+Guarantees: a task is held by at most one live token; ``complete`` locks the tasks its
+tokens still hold (as of one server time), stores their replies and deletes them in one
+transaction; reads always see committed data (autocommit, READ COMMITTED). Statements are
+batched into multi-statement round trips (one, where packet size allows). Every PyMySQL
+error becomes ``BackendUnavailable``; deadlocks and lock-wait timeouts are retried here.
 URL options: ``claim``, ``ssl`` (``true`` verifies the certificate and host name),
 ``ssl_ca``, ``ssl_cert``, ``ssl_key``, ``connect_timeout``, ``read_timeout``,
 ``write_timeout``, ``unix_socket``.
@@ -76,23 +77,14 @@ _MODES = ("skip_locked", "optimistic")
 
 
 def _pick(
-    queues: Sequence[str],
-    expired: Sequence[tuple[Any, ...]],
-    waiting: Callable[[str, int], Sequence[tuple[Any, ...]]],
-    limit: int,
+    queues: Sequence[str], found: list[Sequence[tuple[Any, ...]]], limit: int
 ) -> list[tuple[int, int]]:
-    """Choose up to ``limit`` (seq, lock_version): queues in order, oldest first in each."""
-    by_queue: dict[str, list[tuple[int, int]]] = {}
-    for seq, version, queue in expired:
-        by_queue.setdefault(queue, []).append((seq, version))
-    picks: list[tuple[int, int]] = []
-    for queue in queues:
-        want = limit - len(picks)
-        if want <= 0:
-            break
-        rows = by_queue.get(queue, []) + [(s, v) for s, v, _ in waiting(queue, want)]
-        picks += sorted(rows)[:want]
-    return picks
+    """Up to ``limit`` (seq, lock_version) from ``found`` (expired rows, then each queue's
+    waiting rows): queues in order, oldest first in each."""
+    rank = {queue: i for i, queue in enumerate(queues)}
+    rows = [*found[0], *(row for waiting in found[1:] for row in waiting)]
+    ordered = sorted(rows, key=lambda r: (rank[r[2]], r[0]))
+    return [(seq, version) for seq, version, _ in ordered[:limit]]
 
 
 class MySQLBackend(Backend):
@@ -233,14 +225,14 @@ class MySQLBackend(Backend):
         for queue in queues:
             args += [*queues, queue, limit]
         sql = (
-            f"SET @until = {NOW} + %s; UPDATE {TASKS} t JOIN (SELECT seq FROM ("
+            f"START TRANSACTION; SET @until = {NOW} + %s; UPDATE {TASKS} t JOIN (SELECT seq FROM ("
             f"{' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s) p ON t.seq = p.seq "
             "SET t.state = 1, t.token = %s, t.lease_until = @until, "
             "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1; "
             f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
-            "WHERE state = 1 AND lease_until = @until AND token = %s"
+            "WHERE state = 1 AND lease_until = @until AND token = %s; COMMIT"
         )
-        rows = execute(cur, sql, (*args, limit, token, token))[2][1]
+        rows = execute(cur, sql, (*args, limit, token, token))[3][1]
         order = {queue: i for i, queue in enumerate(queues)}
         return [
             Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
@@ -250,31 +242,24 @@ class MySQLBackend(Backend):
     def _claim_optimistic(
         self, cur: Cursor, queues: list[str], limit: int, lease: float
     ) -> list[Claim]:
-        """Optimistic: read candidates, then take each if its lock_version is unchanged."""
+        """Optimistic: read candidates, then take each if its lock_version is unchanged,
+        and read back the rows this claim's token now holds (a second round trip)."""
         sql = "; ".join([EXPIRED.format(marks(len(queues))), *[WAITING] * len(queues)])
         found = execute(cur, sql, (*queues, limit, *(a for q in queues for a in (q, limit))))
-        waiting = {q: found[i + 1][1] for i, q in enumerate(queues)}
-        picks = _pick(queues, found[0][1], lambda q, n: waiting[q], limit)
+        picks = _pick(queues, [rows for _, rows in found], limit)
+        if not picks:
+            return []
         token = secrets.token_hex(16)
         check = f"seq = %s AND lock_version = %s AND (state = 0 OR lease_until <= {NOW})"
-        takes = [(TAKE + check, (token, lease, seq, version)) for seq, version in picks]
+        parts: list[Part] = [(TAKE + check, (token, lease, s, v)) for s, v in picks]
         seqs = [seq for seq, _ in picks]
-        return self._fetch_claims(cur, takes, seqs, token, commit=False) if picks else []
-
-    def _fetch_claims(
-        self, cur: Cursor, parts: list[Part], seqs: list[int], token: str, *, commit: bool
-    ) -> list[Claim]:
-        """Run the claiming ``parts``, then read back the rows this ``token`` now holds."""
         select_sql = (
             f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
             f"WHERE seq IN ({marks(len(seqs))}) AND token = %s"
         )
-        parts = [*parts, (select_sql, (*seqs, token))]
-        at = len(parts) - 1
-        if commit:
-            parts.append(("COMMIT", ()))
+        parts.append((select_sql, (*seqs, token)))
         result = script(cur, parts, txn=False, max_packet=1 << 62)  # no bodies: one round trip
-        rows = {row[0]: row for row in result[at][1]}
+        rows = {row[0]: row for row in result[-1][1]}
         return [
             Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
             for r in (rows.get(seq) for seq in seqs)
