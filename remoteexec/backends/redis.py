@@ -49,49 +49,40 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.client import Pipeline
-from redis.retry import Retry
 
-from ..errors import BackendUnavailable, ConfigurationError
+from ..errors import BackendUnavailable
 from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
-
-log = logging.getLogger("remoteexec.redis")
+from .redis_wire import (
+    Keys,
+    blocking_wait,
+    claim_pass,
+    complete_batch,
+    connect,
+    hand_back,
+    map_redis_errors,
+    pack_task,
+    raw,
+    requeue,
+    ring,
+    run,
+    secrets_in,
+    split_prefix,
+    unpack_reply,
+    unpack_task,
+)
 
 _MAX_DEAD = 1000
 _MAX_SENT = 200_000  # ids remembered for lost(), newest kept
-_BELLS = 16  # doorbells kept per queue
 _DRAIN = 1000  # replies taken per round trip
-_HEAD = struct.Struct(">IHH")  # attempt, len(id), len(reply_to); then id, reply_to, body
-_ID = struct.Struct(">H")  # a reply element: len(id), id, reply
-
-
-def _pack(task_id: str, reply_to: str, attempt: int, body: bytes) -> bytes:
-    i, r = task_id.encode(), reply_to.encode()
-    return _HEAD.pack(attempt, len(i), len(r)) + i + r + body
-
-
-def _unpack(elem: bytes, queue: str, token: str) -> Claim:
-    attempt, n, m = _HEAD.unpack_from(elem)
-    i = _HEAD.size
-    ident, reply_to = elem[i : i + n].decode(), elem[i + n : i + n + m].decode()
-    return Claim(ident, queue, reply_to, elem[i + n + m :], attempt, token)
-
-
-def _raw(target: redis.Redis | Pipeline) -> Callable[..., Any]:
-    """A command sender without redis-py's per-command signatures (they type values as str)."""
-    return target.execute_command
 
 
 class RedisBackend(Backend):
@@ -106,10 +97,8 @@ class RedisBackend(Backend):
         socket_timeout: float = 10.0,
     ) -> None:
         super().__init__(result_ttl=result_ttl)
-        parts = urlsplit(url)
-        secrets = [parts.password, dict(parse_qsl(parts.query)).get("password")]
-        self._secrets = [s for s in secrets if s] + [unquote(s) for s in secrets if s]
-        self._url, self._p, self._socket_timeout = url, prefix, socket_timeout
+        self._secrets = secrets_in(url)
+        self._url, self._keys, self._socket_timeout = url, Keys(prefix), socket_timeout
         self._lock = threading.Lock()
         self._stale: dict[str, list[str]] = {}  # reserved tokens that got no task, per queue
         self._due: dict[str, float] = {}  # per queue: until when no lease seen is due
@@ -128,29 +117,12 @@ class RedisBackend(Backend):
         Raises:
             ConfigurationError: the URL or one of its options is invalid.
         """
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        prefix = dict(query).get("prefix", "remoteexec:")
-        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-        return cls(urlunsplit(parts._replace(query=rest)), prefix=prefix, result_ttl=result_ttl)
+        rest, prefix = split_prefix(url)
+        return cls(rest, prefix=prefix, result_ttl=result_ttl)
 
     def _connect(self) -> redis.Redis:
-        try:
-            client = redis.Redis.from_url(
-                self._url,
-                decode_responses=False,
-                socket_timeout=self._socket_timeout,
-                socket_connect_timeout=5.0,
-                # No automatic resend: a claim sent twice would put two tasks in one claim
-                # list. A pooled connection the server closed is replaced on checkout.
-                retry=Retry(NoBackoff(), 0),
-            )
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"invalid Redis URL: {self._scrub(str(exc))}") from None
-        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-        # Server-side blocking stays well below the socket timeout, and short enough that a
-        # stopping worker notices within a second.
-        self._wait = min(1.0, float(timeout) / 2) if timeout else 1.0
+        client = connect(self._url, socket_timeout=self._socket_timeout, secrets=self._secrets)
+        self._wait = blocking_wait(client)
         self._pid, self._mine = os.getpid(), os.urandom(8).hex()
         return client
 
@@ -161,65 +133,20 @@ class RedisBackend(Backend):
                     self._r, self._stale, self._sent = self._connect(), {}, {}
         return self._r
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Map every redis-py error to ``BackendUnavailable`` (secrets scrubbed)."""
-        try:
-            yield
-        except redis.RedisError as exc:
-            message = f"Redis: {type(exc).__name__}: {self._scrub(str(exc))}"
-            raise BackendUnavailable(message) from None
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return map_redis_errors(self._secrets)
 
     def _pipe(self, *, transaction: bool = True) -> Pipeline:
         return self._redis().pipeline(transaction=transaction)
 
     def _cmd(self, *args: Any) -> Any:
-        return _raw(self._redis())(*args)
+        return raw(self._redis())(*args)
 
     def _run(self, commands: list[tuple[Any, ...]], *, multi: bool = False) -> list[Any]:
-        """Send ``commands`` in one round trip (in ``MULTI`` if asked); return raw replies.
-
-        The hot paths use this instead of a ``Pipeline``, which spends a third of a busy
-        worker's time on per-command bookkeeping and response callbacks.
-        """
-        pool = self._redis().connection_pool
-        conn = pool.get_connection()
-        try:
-            sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
-            conn.send_packed_command(conn.pack_commands(sent))  # type: ignore[no-untyped-call]
-            out = [conn.read_response() for _ in sent]  # an error reply raises here
-        except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread
-            raise
-        finally:
-            pool.release(conn)
-        if multi:
-            out = out[-1]
-            if out is None or len(out) != len(commands):
-                raise redis.ResponseError("transaction aborted")
-        for reply in out:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
-        return list(out)
-
-    def _key(self, queue: str, kind: str) -> str:
-        return f"{self._p}{{{queue}}}:{kind}"
-
-    def _box(self, reply_to: str) -> str:
-        return f"{self._p}{{{reply_to}}}:r"
+        return run(self._redis(), commands, multi=multi)
 
     def _token(self) -> str:
         return f"{self._mine}{next(self._seq):x}"
-
-    def _ring(self, p: Pipeline, queue: str, n: int) -> None:
-        """Ring the doorbells; claims trim them, and they expire when the rings stop."""
-        p.lpush(self._key(queue, "b"), *[b""] * min(n, _BELLS))
-        p.pexpire(self._key(queue, "b"), 2000)  # waiters look again every second anyway
 
     # Tasks ---------------------------------------------------------------------------
 
@@ -232,16 +159,19 @@ class RedisBackend(Backend):
         new = [q for q in by_queue if q not in self._known]
         # No MULTI needed: nothing is lost if only the first commands run.
         with self._errors(), self._pipe(transaction=False) as p:
-            p.set(self._p + "epoch", self._mine, nx=True, get=True)
+            p.set(self._keys.epoch, self._mine, nx=True, get=True)
             for queue, group in by_queue.items():
-                p.lpush(self._key(queue, "w"), *[_pack(j.id, j.reply_to, 1, j.body) for j in group])
-                self._ring(p, queue, len(group))
+                p.lpush(
+                    self._keys.waiting(queue),
+                    *[pack_task(j.id, j.reply_to, 1, j.body) for j in group],
+                )
+                ring(p, self._keys, queue, len(group))
             if new:
-                p.sadd(self._p + "queues", *new)
+                p.sadd(self._keys.queues, *new)
             epoch = p.execute()[0] or self._mine.encode()
             if epoch != self._epoch:  # a new data set: register every queue again
                 if new != list(by_queue):
-                    self._cmd("SADD", self._p + "queues", *by_queue)
+                    self._cmd("SADD", self._keys.queues, *by_queue)
                 self._epoch, self._known = epoch, set()
         self._known.update(by_queue)
         with self._lock:
@@ -278,39 +208,27 @@ class RedisBackend(Backend):
 
     def _claim_queue(self, queue: str, n: int, lease: float, block: float = 0.0) -> list[Claim]:
         """Move up to ``n`` tasks into claim lists; the first move may wait ``block`` s."""
-        leases, waiting = self._key(queue, "l"), self._key(queue, "w")
         ask = min(n, self._ask.get(queue, n))  # grows while passes fill up, shrinks when not
         for last in (False, True):  # a second pass follows requeued expired leases
             now, tokens = time.time(), [self._token() for _ in range(ask)]
-            keys = [self._key(queue, "c:" + t) for t in tokens]
             with self._lock:
                 stale = self._stale.pop(queue, [])
-            # No MULTI needed: each move is atomic, and its token is leased before it runs.
-            first: tuple[Any, ...] = ("LMOVE", waiting, keys[0], "RIGHT", "LEFT")
-            if block:
-                first = ("BLMOVE", *first[1:], round(block, 3))
             expired, *out = self._run(
-                [
-                    ("ZRANGEBYSCORE", leases, "-inf", now, "LIMIT", 0, max(ask, 100)),
-                    ("LTRIM", self._key(queue, "b"), 0, _BELLS - 1),
-                    *([("ZREM", leases, *stale)] if stale else []),
-                    ("ZADD", leases, *itertools.chain(*((now + block + lease, t) for t in tokens))),
-                    ("ZRANGE", leases, 0, 0, "WITHSCORES"),  # the next lease due
-                    first,
-                    *[("LMOVE", waiting, key, "RIGHT", "LEFT") for key in keys[1:]],
-                ]
+                claim_pass(
+                    self._keys, queue, tokens, stale=stale, now=now, lease=lease, block=block
+                )
             )
             due = out[-ask - 1]  # [member, score], or [[member, score]] in RESP3
             due = due[0] if due and isinstance(due[0], list) else due
             self._due[queue] = min(now + 1.0, float(due[1]) if due else now + 1.0)
             moved = list(zip(tokens, out[-ask:], strict=True))
-            claims = [_unpack(e, queue, t) for t, e in moved if e is not None]
+            claims = [unpack_task(e, queue, t) for t, e in moved if e is not None]
             self._forget(queue, [t for t, e in moved if e is None])
             self._ask[queue] = 2 * len(claims) if len(claims) == ask else max(1, len(claims))
             if not expired or last:
                 break
             # Expired tasks are older than any waiting one: they go first, then these again.
-            self._requeue(queue, [t.decode() for t in expired], claims)
+            requeue(self._redis(), self._keys, queue, [t.decode() for t in expired], claims)
             ask, block = n, 0.0
         return claims
 
@@ -319,39 +237,13 @@ class RedisBackend(Backend):
             with self._lock:
                 self._stale.setdefault(queue, []).extend(tokens)
 
-    def _requeue(self, queue: str, tokens: list[str], claims: Sequence[Claim] = ()) -> None:
-        """Put the tasks of expired leases back at the head of their queue, attempt + 1.
-
-        Each step is conditional on the claim list still existing, so a holder completing
-        or releasing meanwhile wins, and a second reaper changes nothing. ``claims`` are
-        handed back first, so they end up behind the requeued tasks.
-        """
-        keys = [self._key(queue, "c:" + t) for t in tokens]
-        with self._pipe(transaction=False) as p:
-            for key in keys:
-                p.lindex(key, 0)
-            elems = p.execute()
-        with self._pipe() as p:
-            self._hand_back(p, claims)
-            for key, elem in zip(keys, elems, strict=True):
-                if elem is None:
-                    continue  # completed, released, or a token that never got a task
-                attempt, n, m = _HEAD.unpack_from(elem)
-                log.warning("lease expired on attempt %d of a task in %r: requeued", attempt, queue)
-                _raw(p)("RPUSHX", key, _HEAD.pack(attempt + 1, n, m) + elem[_HEAD.size :])
-                p.lmove(key, self._key(queue, "w"), "RIGHT", "RIGHT")
-                p.delete(key)
-            p.zrem(self._key(queue, "l"), *tokens)
-            self._ring(p, queue, len(tokens))
-            p.execute()
-
     def _block(
         self, queues: Sequence[str], limit: int, lease: float, seconds: float
     ) -> list[Claim]:
         """Wait up to ``seconds`` for work: on the queue itself, or on several doorbells."""
         if len(queues) == 1:
             return self._claim_queue(queues[0], limit, lease, seconds)
-        bells = [self._key(q, "b") for q in queues]
+        bells = [self._keys.bells(q) for q in queues]
         self._cmd("BLMPOP", round(seconds, 3), len(bells), *bells, "LEFT")
         return []
 
@@ -360,37 +252,15 @@ class RedisBackend(Backend):
             return []
         with self._errors(), self._pipe() as p:
             for c in claims:
-                p.exists(self._key(c.queue, "c:" + c.token))
-                p.zadd(self._key(c.queue, "l"), {c.token: time.time() + lease}, xx=True)
+                p.exists(self._keys.claim(c.queue, c.token))
+                p.zadd(self._keys.leases(c.queue), {c.token: time.time() + lease}, xx=True)
             return [bool(held) for held in p.execute()[::2]]
 
     def complete(self, done: Sequence[Done]) -> list[bool]:
         if not done:
             return []
-        ttl, boxes, marks = max(1, int(self.result_ttl * 1000)), set(), []
-        ended: dict[str, tuple[list[str], list[str]]] = {}  # queue -> (tokens, claim lists)
-        seen: set[str] = set()
-        cmds: list[tuple[Any, ...]] = []
-        for d in done:
-            c, key = d.claim, self._key(d.claim.queue, "c:" + d.claim.token)
-            if key in seen:  # the same claim twice in one batch: only the first counts
-                marks.append(-1)
-                continue
-            seen.add(key)
-            marks.append(len(cmds))
-            if d.reply is not None:  # pushed into the claim list, so only if still held
-                ident, box = c.id.encode(), self._box(c.reply_to)
-                boxes.add(box)
-                cmds.append(("RPUSHX", key, _ID.pack(len(ident)) + ident + d.reply))
-                cmds.append(("LMOVE", key, box, "RIGHT", "RIGHT"))
-            else:
-                cmds.append(("DEL", key))
-            tokens, keys = ended.setdefault(c.queue, ([], []))
-            tokens.append(c.token)
-            keys.append(key)
-        for queue, (tokens, keys) in ended.items():  # one ZREM and one DEL per queue
-            cmds += [("ZREM", self._key(queue, "l"), *tokens), ("DEL", *keys)]
-        cmds += [("PEXPIRE", box, ttl) for box in boxes]
+        ttl = max(1, int(self.result_ttl * 1000))
+        cmds, marks = complete_batch(self._keys, done, ttl=ttl)
         with self._errors():
             out = self._run(cmds, multi=True)
         return [i >= 0 and out[i] > 0 for i in marks]
@@ -399,28 +269,20 @@ class RedisBackend(Backend):
         if not claims:
             return
         with self._errors(), self._pipe() as p:
-            self._hand_back(p, claims)
+            hand_back(p, self._keys, claims)
             p.execute()
 
-    def _hand_back(self, p: Pipeline, claims: Sequence[Claim]) -> None:
-        for c in reversed(claims):  # the first claimed ends up first in line again
-            key = self._key(c.queue, "c:" + c.token)
-            p.lmove(key, self._key(c.queue, "w"), "LEFT", "RIGHT")
-            p.delete(key)
-            p.zrem(self._key(c.queue, "l"), c.token)
-            self._ring(p, c.queue, 1)
-
     def cancel(self, job: Job) -> bool:
-        elem = _pack(job.id, job.reply_to, 1, job.body)  # as enqueued: never claimed
+        elem = pack_task(job.id, job.reply_to, 1, job.body)  # as enqueued: never claimed
         with self._errors():
-            removed = bool(self._cmd("LREM", self._key(job.queue, "w"), 1, elem))
+            removed = bool(self._cmd("LREM", self._keys.waiting(job.queue), 1, elem))
         if removed:
             with self._lock:
                 self._sent.pop(job.id, None)
         return removed
 
     def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
-        box, deadline = self._box(reply_to), time.monotonic() + wait
+        box, deadline = self._keys.replies(reply_to), time.monotonic() + wait
         with self._errors():
             while True:
                 remaining = deadline - time.monotonic()
@@ -434,15 +296,15 @@ class RedisBackend(Backend):
         bodies = []
         with self._lock:
             for elem in got[1] if got else ():
-                start = _ID.size + _ID.unpack_from(elem)[0]
-                self._sent.pop(elem[_ID.size : start].decode(), None)
-                bodies.append(elem[start:])
+                ident, body = unpack_reply(elem)
+                self._sent.pop(ident, None)
+                bodies.append(body)
         return bodies
 
     def lost(self, ids: Sequence[str]) -> set[str]:
         """Ids this object sent under an epoch the server no longer has (see the module)."""
         with self._errors():
-            epoch = self._cmd("GET", self._p + "epoch")
+            epoch = self._cmd("GET", self._keys.epoch)
         with self._lock:
             gone = {i for i in ids if self._sent.get(i, epoch) != epoch}
             for i in gone:
@@ -453,40 +315,40 @@ class RedisBackend(Backend):
 
     def heartbeat(self, info: WorkerInfo) -> None:
         with self._errors(), self._pipe(transaction=False) as p:
-            p.hset(self._p + "workers", info.id, json.dumps(asdict(info)))
-            p.set(self._p + "epoch", self._mine, nx=True)
+            p.hset(self._keys.workers, info.id, json.dumps(asdict(info)))
+            p.set(self._keys.epoch, self._mine, nx=True)
             if info.queues:
-                p.sadd(self._p + "queues", *info.queues)
+                p.sadd(self._keys.queues, *info.queues)
             p.execute()
 
     def forget_worker(self, worker: str) -> None:
         with self._errors():
-            self._cmd("HDEL", self._p + "workers", worker)
+            self._cmd("HDEL", self._keys.workers, worker)
 
     def bury(self, letter: DeadLetter) -> None:
         with self._errors(), self._pipe() as p:
-            p.lpush(self._p + "dead", json.dumps(asdict(letter)))
-            p.ltrim(self._p + "dead", 0, _MAX_DEAD - 1)
+            p.lpush(self._keys.dead, json.dumps(asdict(letter)))
+            p.ltrim(self._keys.dead, 0, _MAX_DEAD - 1)
             p.execute()
 
     def stats(self) -> Stats:
         """Depths count waiting tasks plus those whose lease expired but was not requeued."""
         with self._errors():
             with self._pipe(transaction=False) as p:
-                p.smembers(self._p + "queues")
-                p.hgetall(self._p + "workers")
-                p.lrange(self._p + "dead", 0, -1)
+                p.smembers(self._keys.queues)
+                p.hgetall(self._keys.workers)
+                p.lrange(self._keys.dead, 0, -1)
                 names, workers, dead = p.execute()
             queues = sorted(q.decode() for q in names)
             with self._pipe(transaction=False) as p:
                 for q in queues:
-                    p.llen(self._key(q, "w"))
-                    p.zrange(self._key(q, "l"), 0, -1, withscores=True)
+                    p.llen(self._keys.waiting(q))
+                    p.zrange(self._keys.leases(q), 0, -1, withscores=True)
                 out = p.execute()
             leases = [(q, t, s) for q, ts in zip(queues, out[1::2], strict=True) for t, s in ts]
             with self._pipe(transaction=False) as p:
                 for q, t, _ in leases:
-                    p.exists(self._key(q, "c:" + t.decode()))
+                    p.exists(self._keys.claim(q, t.decode()))
                 held = p.execute()
         now, depth, running = time.time(), dict(zip(queues, out[::2], strict=True)), 0
         for (q, _, deadline), exists in zip(leases, held, strict=True):
@@ -500,15 +362,15 @@ class RedisBackend(Backend):
         """Delete waiting tasks, and those whose lease expired, of one queue or all."""
         removed = 0
         with self._errors():
-            names = [queue] if queue is not None else self._cmd("SMEMBERS", self._p + "queues")
+            names = [queue] if queue is not None else self._cmd("SMEMBERS", self._keys.queues)
             for name in names:
                 q = name if isinstance(name, str) else name.decode()
-                expired = self._cmd("ZRANGEBYSCORE", self._key(q, "l"), "-inf", time.time())
+                expired = self._cmd("ZRANGEBYSCORE", self._keys.leases(q), "-inf", time.time())
                 if expired:
-                    self._requeue(q, [t.decode() for t in expired])
+                    requeue(self._redis(), self._keys, q, [t.decode() for t in expired])
                 with self._pipe() as p:
-                    p.llen(self._key(q, "w"))
-                    p.delete(self._key(q, "w"), self._key(q, "b"))
+                    p.llen(self._keys.waiting(q))
+                    p.delete(self._keys.waiting(q), self._keys.bells(q))
                     removed += p.execute()[0]
         return removed
 
@@ -516,10 +378,10 @@ class RedisBackend(Backend):
         """Forget workers silent for ten heartbeat TTLs; drop unused reserved tokens."""
         cutoff = time.time() - 10 * self.worker_ttl
         with self._errors():
-            workers = self._cmd("HGETALL", self._p + "workers")
+            workers = self._cmd("HGETALL", self._keys.workers)
             gone = [k for k, v in workers.items() if json.loads(v)["last_seen"] < cutoff]
             if gone:
-                self._cmd("HDEL", self._p + "workers", *gone)
+                self._cmd("HDEL", self._keys.workers, *gone)
             self._drop_stale()
 
     def _drop_stale(self) -> None:
@@ -528,7 +390,7 @@ class RedisBackend(Backend):
         if stale:
             with self._pipe(transaction=False) as p:
                 for queue, tokens in stale.items():
-                    p.zrem(self._key(queue, "l"), *tokens)
+                    p.zrem(self._keys.leases(queue), *tokens)
                 p.execute()
 
     def close(self) -> None:

@@ -1,0 +1,331 @@
+"""redis-py plumbing for ``redis.py``: connections, raw commands, error mapping, key names,
+the byte layout of list elements, and the stateless command batches the adapter sends.
+
+* ``connect`` opens a client that never resends a command by itself (a claim sent twice
+  would put two tasks in one claim list); ``run`` sends raw commands in one round trip,
+  skipping ``Pipeline``'s per-command bookkeeping on the hot paths.
+* Every redis-py error leaves through ``map_redis_errors`` as ``BackendUnavailable``, with
+  the URL's password scrubbed from the message.
+* ``Keys`` names every key under the prefix (the layout is drawn in ``redis.py``).
+* A task element is ``>IHH`` (attempt, len(id), len(reply_to)), then id, reply_to and body;
+  a reply element is ``>H`` (len(id)), then id and the reply.
+* ``claim_pass``, ``complete_batch``, ``requeue``, ``hand_back`` and ``ring`` build (or send)
+  the commands of one step, given the keys; why they are safe is in ``redis.py``. The state
+  they depend on (tokens, epochs, what was sent) stays in ``RedisBackend``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.client import Pipeline
+from redis.retry import Retry
+
+from ..errors import BackendUnavailable, ConfigurationError
+from .base import Claim, Done
+
+log = logging.getLogger("remoteexec.redis")  # the adapter's logger, as in redis.py
+
+_HEAD = struct.Struct(">IHH")  # attempt, len(id), len(reply_to); then id, reply_to, body
+_ID = struct.Struct(">H")  # a reply element: len(id), id, reply
+_BELLS = 16  # doorbells kept per queue
+
+# URL options ---------------------------------------------------------------------------
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``url`` without its ``?prefix=`` option, and that prefix (``remoteexec:`` if none)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = dict(query).get("prefix", "remoteexec:")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def secrets_in(url: str) -> list[str]:
+    """The passwords in ``url`` (userinfo or ``?password=``), as written and unquoted."""
+    parts = urlsplit(url)
+    secrets = [parts.password, dict(parse_qsl(parts.query)).get("password")]
+    return [s for s in secrets if s] + [unquote(s) for s in secrets if s]
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+# Connections and commands --------------------------------------------------------------
+
+
+def connect(url: str, *, socket_timeout: float, secrets: Sequence[str]) -> redis.Redis:
+    """A client for ``url`` that never resends a command.
+
+    Raises:
+        ConfigurationError: the URL or one of its options is invalid.
+    """
+    try:
+        return redis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=5.0,
+            # No automatic resend: a claim sent twice would put two tasks in one claim
+            # list. A pooled connection the server closed is replaced on checkout.
+            retry=Retry(NoBackoff(), 0),
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"invalid Redis URL: {scrub(str(exc), secrets)}") from None
+
+
+def blocking_wait(client: redis.Redis) -> float:
+    """How long one server-side blocking command may wait on ``client``.
+
+    Well below the socket timeout, and short enough that a stopping worker notices within
+    a second.
+    """
+    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    return min(1.0, float(timeout) / 2) if timeout else 1.0
+
+
+@contextlib.contextmanager
+def map_redis_errors(secrets: Sequence[str]) -> Iterator[None]:
+    """Map every redis-py error to ``BackendUnavailable`` (secrets scrubbed)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        message = f"Redis: {type(exc).__name__}: {scrub(str(exc), secrets)}"
+        raise BackendUnavailable(message) from None
+
+
+def raw(target: redis.Redis | Pipeline) -> Callable[..., Any]:
+    """A command sender without redis-py's per-command signatures (they type values as str)."""
+    return target.execute_command
+
+
+def run(client: redis.Redis, commands: list[tuple[Any, ...]], *, multi: bool = False) -> list[Any]:
+    """Send ``commands`` in one round trip (in ``MULTI`` if asked); return raw replies.
+
+    The hot paths use this instead of a ``Pipeline``, which spends a third of a busy
+    worker's time on per-command bookkeeping and response callbacks.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
+        conn.send_packed_command(conn.pack_commands(sent))  # type: ignore[no-untyped-call]
+        out = [conn.read_response() for _ in sent]  # an error reply raises here
+    except BaseException:
+        conn.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread
+        raise
+    finally:
+        pool.release(conn)
+    if multi:
+        out = out[-1]
+        if out is None or len(out) != len(commands):
+            raise redis.ResponseError("transaction aborted")
+    for reply in out:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return list(out)
+
+
+# Key names -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The name of every key under ``prefix``; a queue's keys share its ``{queue}`` slot."""
+
+    prefix: str
+
+    def _of(self, queue: str, kind: str) -> str:
+        return f"{self.prefix}{{{queue}}}:{kind}"
+
+    def waiting(self, queue: str) -> str:
+        return self._of(queue, "w")
+
+    def leases(self, queue: str) -> str:
+        return self._of(queue, "l")
+
+    def bells(self, queue: str) -> str:
+        return self._of(queue, "b")
+
+    def claim(self, queue: str, token: str) -> str:
+        return self._of(queue, "c:" + token)
+
+    def replies(self, reply_to: str) -> str:
+        return self._of(reply_to, "r")
+
+    @property
+    def epoch(self) -> str:
+        return self.prefix + "epoch"
+
+    @property
+    def queues(self) -> str:
+        return self.prefix + "queues"
+
+    @property
+    def workers(self) -> str:
+        return self.prefix + "workers"
+
+    @property
+    def dead(self) -> str:
+        return self.prefix + "dead"
+
+
+# List elements -------------------------------------------------------------------------
+
+
+def pack_task(task_id: str, reply_to: str, attempt: int, body: bytes) -> bytes:
+    i, r = task_id.encode(), reply_to.encode()
+    return _HEAD.pack(attempt, len(i), len(r)) + i + r + body
+
+
+def unpack_task(elem: bytes, queue: str, token: str) -> Claim:
+    attempt, n, m = _HEAD.unpack_from(elem)
+    i = _HEAD.size
+    ident, reply_to = elem[i : i + n].decode(), elem[i + n : i + n + m].decode()
+    return Claim(ident, queue, reply_to, elem[i + n + m :], attempt, token)
+
+
+def next_attempt(elem: bytes) -> tuple[int, bytes]:
+    """A task element's attempt, and the element with its attempt one higher."""
+    attempt, n, m = _HEAD.unpack_from(elem)
+    return attempt, _HEAD.pack(attempt + 1, n, m) + elem[_HEAD.size :]
+
+
+def pack_reply(task_id: str, reply: bytes) -> bytes:
+    ident = task_id.encode()
+    return _ID.pack(len(ident)) + ident + reply
+
+
+def unpack_reply(elem: bytes) -> tuple[str, bytes]:
+    """A reply element's task id and reply."""
+    start = _ID.size + _ID.unpack_from(elem)[0]
+    return elem[_ID.size : start].decode(), elem[start:]
+
+
+# Command batches -----------------------------------------------------------------------
+
+
+def ring(p: Pipeline, keys: Keys, queue: str, n: int) -> None:
+    """Ring the doorbells; claims trim them, and they expire when the rings stop."""
+    p.lpush(keys.bells(queue), *[b""] * min(n, _BELLS))
+    p.pexpire(keys.bells(queue), 2000)  # waiters look again every second anyway
+
+
+def hand_back(p: Pipeline, keys: Keys, claims: Sequence[Claim]) -> None:
+    """Move each claimed task back to the head of its queue and drop its lease."""
+    for c in reversed(claims):  # the first claimed ends up first in line again
+        key = keys.claim(c.queue, c.token)
+        p.lmove(key, keys.waiting(c.queue), "LEFT", "RIGHT")
+        p.delete(key)
+        p.zrem(keys.leases(c.queue), c.token)
+        ring(p, keys, c.queue, 1)
+
+
+def requeue(
+    client: redis.Redis, keys: Keys, queue: str, tokens: list[str], claims: Sequence[Claim] = ()
+) -> None:
+    """Put the tasks of expired leases back at the head of their queue, attempt + 1.
+
+    Each step is conditional on the claim list still existing, so a holder completing
+    or releasing meanwhile wins, and a second reaper changes nothing. ``claims`` are
+    handed back first, so they end up behind the requeued tasks.
+    """
+    claimed = [keys.claim(queue, t) for t in tokens]
+    with client.pipeline(transaction=False) as p:
+        for key in claimed:
+            p.lindex(key, 0)
+        elems = p.execute()
+    with client.pipeline(transaction=True) as p:
+        hand_back(p, keys, claims)
+        for key, elem in zip(claimed, elems, strict=True):
+            if elem is None:
+                continue  # completed, released, or a token that never got a task
+            attempt, again = next_attempt(elem)
+            log.warning("lease expired on attempt %d of a task in %r: requeued", attempt, queue)
+            raw(p)("RPUSHX", key, again)
+            p.lmove(key, keys.waiting(queue), "RIGHT", "RIGHT")
+            p.delete(key)
+        p.zrem(keys.leases(queue), *tokens)
+        ring(p, keys, queue, len(tokens))
+        p.execute()
+
+
+def claim_pass(
+    keys: Keys,
+    queue: str,
+    tokens: list[str],
+    *,
+    stale: list[str],
+    now: float,
+    lease: float,
+    block: float,
+) -> list[tuple[Any, ...]]:
+    """One claim pass on ``queue``: one move per token, the first may wait ``block`` s.
+
+    The replies are: the expired lease tokens, then (``stale`` dropped,) the next lease
+    due, then one moved task element (or ``None``) per token, in order.
+    """
+    leases, waiting = keys.leases(queue), keys.waiting(queue)
+    claimed = [keys.claim(queue, t) for t in tokens]
+    # No MULTI needed: each move is atomic, and its token is leased before it runs.
+    first: tuple[Any, ...] = ("LMOVE", waiting, claimed[0], "RIGHT", "LEFT")
+    if block:
+        first = ("BLMOVE", *first[1:], round(block, 3))
+    return [
+        ("ZRANGEBYSCORE", leases, "-inf", now, "LIMIT", 0, max(len(tokens), 100)),
+        ("LTRIM", keys.bells(queue), 0, _BELLS - 1),
+        *([("ZREM", leases, *stale)] if stale else []),
+        ("ZADD", leases, *itertools.chain(*((now + block + lease, t) for t in tokens))),
+        ("ZRANGE", leases, 0, 0, "WITHSCORES"),  # the next lease due
+        first,
+        *[("LMOVE", waiting, key, "RIGHT", "LEFT") for key in claimed[1:]],
+    ]
+
+
+def complete_batch(
+    keys: Keys, done: Sequence[Done], *, ttl: int
+) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """The ``MULTI`` body that ends ``done``'s leases, replies pushed with a ``ttl`` ms.
+
+    Returns:
+        The commands, and per item the index of the reply that is positive if its lease
+        was still held (-1 for a claim already in the batch: only the first counts).
+    """
+    boxes, marks = set(), []
+    ended: dict[str, tuple[list[str], list[str]]] = {}  # queue -> (tokens, claim lists)
+    seen: set[str] = set()
+    cmds: list[tuple[Any, ...]] = []
+    for d in done:
+        c, key = d.claim, keys.claim(d.claim.queue, d.claim.token)
+        if key in seen:  # the same claim twice in one batch: only the first counts
+            marks.append(-1)
+            continue
+        seen.add(key)
+        marks.append(len(cmds))
+        if d.reply is not None:  # pushed into the claim list, so only if still held
+            box = keys.replies(c.reply_to)
+            boxes.add(box)
+            cmds.append(("RPUSHX", key, pack_reply(c.id, d.reply)))
+            cmds.append(("LMOVE", key, box, "RIGHT", "RIGHT"))
+        else:
+            cmds.append(("DEL", key))
+        tokens, claimed = ended.setdefault(c.queue, ([], []))
+        tokens.append(c.token)
+        claimed.append(key)
+    for queue, (tokens, claimed) in ended.items():  # one ZREM and one DEL per queue
+        cmds += [("ZREM", keys.leases(queue), *tokens), ("DEL", *claimed)]
+    cmds += [("PEXPIRE", box, ttl) for box in boxes]
+    return cmds, marks
