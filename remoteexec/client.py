@@ -324,7 +324,7 @@ class Client:
         with self._lock:
             ids = list(self._pending)
         try:
-            lost = self._backend.lost(ids) if ids else set()
+            lost = self._backend.lost(ids, self.reply_to) if ids else set()
         except BackendUnavailable:
             return
         for task_id in lost:

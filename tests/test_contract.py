@@ -235,4 +235,4 @@ def test_lost_reports_no_task_that_the_backend_still_holds(backend: Backend) -> 
     backend.complete([Done(a, b"r")])
     backend.enqueue([waiting])
     assert (c.id, a.id) == (claimed.id, answered.id)
-    assert backend.lost([waiting.id, claimed.id, answered.id]) == set()
+    assert backend.lost([waiting.id, claimed.id, answered.id], answered.reply_to) == set()

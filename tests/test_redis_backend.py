@@ -109,7 +109,7 @@ def test_a_late_reply_from_a_lost_lease_is_dropped_and_keeps_the_task_traced(mak
     fresh = claim_one(second)
     assert (fresh.id, fresh.attempt) == (j.id, 2)
     assert first.complete([Done(stale, b"late"), Done(stale, b"late again")]) == [False, False]
-    assert first.lost([j.id]) == set()  # the stale worker did not erase the live attempt
+    assert first.lost([j.id], "caller") == set()  # the stale worker did not erase the live attempt
     assert second.stats().running == 1
     assert second.complete([Done(fresh, b"on time")]) == [True]
     assert first.replies("caller", wait=1) == [b"on time"]
@@ -187,9 +187,9 @@ def test_a_server_that_comes_back_empty_reports_the_calls_lost(make, server) -> 
     backend.enqueue([running])
     c = claim_one(backend)
     backend.enqueue([waiting])
-    assert backend.lost([waiting.id, running.id]) == set()
+    assert backend.lost([waiting.id, running.id], waiting.reply_to) == set()
     server.restart(keep_data=False)
-    assert backend.lost([waiting.id, running.id]) == {waiting.id, running.id}
+    assert backend.lost([waiting.id, running.id], waiting.reply_to) == {waiting.id, running.id}
     assert backend.complete([Done(c, b"too late")]) == [False]
     assert backend.renew([c], lease=30) == [False]
 
@@ -199,9 +199,19 @@ def test_an_answered_call_is_not_lost_until_its_reply_is_read(make) -> None:
     j = job(reply_to="R")
     backend.enqueue([j])
     backend.complete([Done(claim_one(backend), b"answer")])
-    assert backend.lost([j.id]) == set()
+    assert backend.lost([j.id], "R") == set()
     assert backend.replies("R", wait=1) == [b"answer"]
-    assert backend.lost([j.id]) == set()  # just handed to the caller
+    assert backend.lost([j.id], "R") == set()  # just handed to the caller
+
+
+def test_a_reply_lost_on_the_wire_is_reported_lost(make) -> None:
+    backend = make()
+    j = job(reply_to="R")
+    backend.enqueue([j])
+    backend.complete([Done(claim_one(backend), b"answer")])
+    # As if BLMPOP's answer had been cut off: the reply left Redis but never arrived.
+    backend._cmd("DEL", backend._keys.replies("R"))
+    assert backend.lost([j.id], "R") == {j.id}
 
 
 def test_a_dead_server_raises_backend_unavailable_without_the_password(make, server) -> None:
@@ -253,7 +263,7 @@ def test_a_worker_whose_acl_denies_scripting_can_do_everything(make, server) -> 
     assert backend.renew([c], lease=30) == [True]
     assert backend.complete([Done(c, b"ok")]) == [True]
     assert backend.replies("R", wait=1) == [b"ok"]
-    assert backend.stats().running == 0 and backend.lost([j.id]) == set()
+    assert backend.stats().running == 0 and backend.lost([j.id], "R") == set()
     assert backend.purge() == 0
 
 

@@ -184,12 +184,14 @@ class Backend(ABC):
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting tasks (of one queue, or all); return how many."""
 
-    def lost(self, ids: Sequence[str]) -> set[str]:
+    def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
         """The ids among ``ids`` of which the backend has no trace at all.
 
-        A task that is neither waiting, claimed, nor answered was lost by the broker (a
-        Redis restart without persistence). Clients ask after recovering from an outage so
-        no caller waits forever. Durable backends never lose a task: the default says so.
+        A task that is neither waiting, claimed, nor answered to ``reply_to`` was lost by
+        the broker (a Redis restart without persistence, a popped reply whose answer never
+        arrived). Clients ask after recovering from an outage so no caller waits forever.
+        Durable backends whose reads delete nothing before they are answered lose no task:
+        the default says so.
         """
         return set()
 

@@ -301,15 +301,45 @@ class RedisBackend(Backend):
                 bodies.append(body)
         return bodies
 
-    def lost(self, ids: Sequence[str]) -> set[str]:
-        """Ids this object sent under an epoch the server no longer has (see the module)."""
+    def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
+        """Ids sent under an epoch the server no longer has, or found nowhere (see the module).
+
+        The second test catches a reply lost on the wire: ``BLMPOP`` pops replies, and a
+        connection cut before its answer arrives loses them. A task that moved between
+        two lists while they were read is found by a second look.
+        """
         with self._errors():
             epoch = self._cmd("GET", self._keys.epoch)
+            with self._lock:
+                mine = {i: self._sent[i] for i in ids if i in self._sent}
+            gone = {i for i, sent_under in mine.items() if sent_under != epoch}
+            missing = set(mine) - gone
+            for _ in range(2):
+                if missing:
+                    missing -= self._traceable(reply_to)
         with self._lock:
-            gone = {i for i in ids if self._sent.get(i, epoch) != epoch}
-            for i in gone:
-                del self._sent[i]
-        return gone
+            for i in gone | missing:
+                self._sent.pop(i, None)
+        return gone | missing
+
+    def _traceable(self, reply_to: str) -> set[str]:
+        """Ids waiting, claimed, or answered to ``reply_to``: one snapshot, then claim lists."""
+        queues = sorted(q.decode() for q in self._cmd("SMEMBERS", self._keys.queues))
+        with self._pipe(transaction=True) as p:
+            p.lrange(self._keys.replies(reply_to), 0, -1)
+            for q in queues:
+                p.lrange(self._keys.waiting(q), 0, -1)
+                p.zrange(self._keys.leases(q), 0, -1)
+            replies, *out = p.execute()
+        found = {unpack_reply(e)[0] for e in replies}
+        found.update(unpack_task(e, "", "").id for ts in out[::2] for e in ts)
+        claims = [(q, t.decode()) for q, ts in zip(queues, out[1::2], strict=True) for t in ts]
+        with self._pipe(transaction=False) as p:
+            for q, t in claims:
+                p.lrange(self._keys.claim(q, t), 0, -1)
+            for elems in p.execute():
+                found.update(unpack_task(e, "", "").id for e in elems[:1])
+        return found
 
     # Watching ------------------------------------------------------------------------
 
