@@ -332,9 +332,14 @@ class Worker:
         except BackendUnavailable as exc:
             log.warning("renewing %d lease(s) failed: %s", len(held), exc)
             return
-        for h, ok in zip(held, kept, strict=False):
-            if not ok:
-                log.warning("lease on task %s lost: another worker may run it", h.claim.id)
+        with self._lock:  # a claim completed meanwhile was not lost, just finished
+            lost = [
+                h
+                for h, ok in zip(held, kept, strict=True)
+                if not ok and self._held.get((h.claim.id, h.claim.token)) is h
+            ]
+        for h in lost:
+            log.warning("lease on task %s lost: another worker may run it", h.claim.id)
 
     def _enforce_time_limits(self, now: float) -> None:
         with self._lock:

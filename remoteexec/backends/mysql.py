@@ -71,6 +71,7 @@ __all__ = ["MySQLBackend", "map_mysql_errors", "schema_sql"]
 log = logging.getLogger("remoteexec.mysql")
 
 T = TypeVar("T")
+BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"  # reach task rows by id only (see complete)
 _MIN_PAUSE, _MAX_PAUSE = 0.001, 0.04  # adaptive polling: an idle poller reacts in ~50 ms
 _MAX_DEAD = 1000
 _MODES = ("skip_locked", "optimistic")
@@ -278,7 +279,11 @@ class MySQLBackend(Backend):
 
     def complete(self, done: Sequence[Done]) -> list[bool]:
         """In one transaction: lock the tasks still held (``FOR UPDATE``, in id order) as
-        of one ``@now``, insert their replies, delete them. One round trip unless large."""
+        of one ``@now``, insert their replies, delete them. One round trip unless large.
+
+        Every statement reaches the rows through the unique id index (``BY_ID``): a scan of
+        the lease index would lock other workers' claimed rows too and deadlock with them.
+        """
         if not done:
             return []
         by_token: dict[str, list[str]] = {}
@@ -291,7 +296,7 @@ class MySQLBackend(Backend):
         held_args = tuple(a for tok, ids in by_token.items() for a in (tok, *ids))
         parts: list[Part] = [
             (f"SET @now = {NOW}", ()),
-            (f"SELECT id, token FROM {TASKS} WHERE {held} ORDER BY id FOR UPDATE", held_args),
+            (f"SELECT id, token FROM {BY_ID} WHERE {held} ORDER BY id FOR UPDATE", held_args),
         ]
         bodies: dict[str, bytes] = {}  # the first reply given for each id
         for d in done:
@@ -307,7 +312,7 @@ class MySQLBackend(Backend):
             used += len(body) + len(task_id)
         if chunk:
             parts.append(self._replies_sql(held, held_args, chunk, bodies))
-        parts.append((f"DELETE FROM {TASKS} WHERE {held}", held_args))
+        parts.append((f"DELETE {TASKS} FROM {BY_ID} WHERE {held}", held_args))
         result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
         self._kick()
         taken = set(result[2][1])  # 0 is START TRANSACTION, 1 SET @now
@@ -326,10 +331,10 @@ class MySQLBackend(Backend):
         cases = " ".join(["WHEN %s THEN %s"] * len(ids))
         sql = (
             "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
-            f"SELECT reply_to, id, CASE id {cases} END, @now FROM {TASKS} "
-            f"WHERE {held} AND id IN ({marks(len(ids))})"
+            f"SELECT reply_to, id, CASE id {cases} END, @now FROM {BY_ID} "
+            f"WHERE {held} AND id IN ({marks(len(ids))}) ORDER BY FIELD(id, {marks(len(ids))})"
         )
-        return sql, (*(a for i in ids for a in (i, bodies[i])), *held_args, *ids)
+        return sql, (*(a for i in ids for a in (i, bodies[i])), *held_args, *ids, *ids)
 
     def release(self, claims: Sequence[Claim]) -> None:
         sql = (
