@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from .backends import Job, open_backend
-from .config import Settings, resolve
+from .backends import Backend, Job, open_backend
+from .config import Settings, redact_url, resolve
 from .errors import (
     ERROR_KINDS,
     BackendUnavailable,
@@ -80,12 +80,10 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        from .config import redact_url
-
         return f"<Client {redact_url(self.settings.url)}>"
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> Backend:
         """The backend adapter (for ``status``, ``watch`` and tests)."""
         self._ensure()
         return self._backend

@@ -320,7 +320,10 @@ class Worker:
             if self.exit_on_time_limit and os.getppid() != parent:
                 log.warning("the supervisor is gone")
                 self.stop()
-            self._stopping.wait(0.1) if not self._stopping.is_set() else time.sleep(0.05)
+            if self._stopping.is_set():
+                time.sleep(0.05)  # the serving threads are finishing their tasks
+            else:
+                self._stopping.wait(0.1)
 
     def _renew(self) -> None:
         with self._lock:
