@@ -30,6 +30,7 @@ class MariaDBServer(ServerProcess):
     def __init__(self, folder: Path | str, *, database: str = "remoteexec_test") -> None:
         self.folder = Path(folder)
         self.datadir = self.folder / "data"
+        self.tmpdir = self.folder / "tmp"
         self.socket = self.folder / "mysqld.sock"
         self.pid_file = self.folder / "mysqld.pid"
         self.log_file = self.error_log = self.folder / "error.log"
@@ -46,24 +47,29 @@ class MariaDBServer(ServerProcess):
         return ["--user=root"] if os.geteuid() == 0 else []
 
     def _install(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [
-                INSTALL_DB,
-                "--no-defaults",
-                f"--datadir={self.datadir}",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                *self._as_root(),
-            ],
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
+        # A temporary folder of its own: installs running side by side (pytest -n) in the
+        # shared /tmp trip over each other's temporary tables.
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        for _attempt in (1, 2):
+            done = subprocess.run(
+                [
+                    INSTALL_DB,
+                    "--no-defaults",
+                    f"--datadir={self.datadir}",
+                    f"--tmpdir={self.tmpdir}",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    *self._as_root(),
+                ],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            if done.returncode == 0:
+                return
             shutil.rmtree(self.datadir, ignore_errors=True)
-            output = (done.stdout + done.stderr).decode(errors="replace")
-            raise RuntimeError(f"mariadb-install-db failed:\n{output[-4000:]}")
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        raise RuntimeError(f"mariadb-install-db failed twice:\n{output[-4000:]}")
 
     def start(self) -> None:
         """Start the server (initialising the data folder first if needed) and wait for it."""
@@ -76,6 +82,7 @@ class MariaDBServer(ServerProcess):
             "--no-defaults",
             *self._as_root(),
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             "--bind-address=127.0.0.1",
             f"--socket={self.socket}",
