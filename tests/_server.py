@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,9 +61,26 @@ class ServerProcess:
         self.proc = None
 
     def freeze(self) -> None:
-        """Stop the server process (SIGSTOP): requests hang until ``thaw``."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
+        """Stop the server process (SIGSTOP): requests hang until ``thaw``.
+
+        Returns once every thread of the server is stopped: the signal is asynchronous, and a
+        busy server could otherwise still answer a request sent right after it.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                states = [
+                    (t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()
+                ]
+            except OSError:
+                continue  # a thread ended while we looked
+            if all(state in ("T", "t") for state in states):
+                return
+            time.sleep(0.005)
 
     def thaw(self) -> None:
         """Resume a frozen server (SIGCONT)."""
