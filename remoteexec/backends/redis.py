@@ -72,7 +72,7 @@ from .redis_wire import (
     pack_task,
     raw,
     requeue,
-    ring,
+    ring_commands,
     run,
     secrets_in,
     split_prefix,
@@ -157,18 +157,16 @@ class RedisBackend(Backend):
         if not by_queue:
             return
         new = [q for q in by_queue if q not in self._known]
+        commands: list[tuple[Any, ...]] = [("SET", self._keys.epoch, self._mine, "NX", "GET")]
+        for queue, group in by_queue.items():
+            tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group]
+            commands.append(("LPUSH", self._keys.waiting(queue), *tasks))
+            commands += ring_commands(self._keys, queue, len(group))
+        if new:
+            commands.append(("SADD", self._keys.queues, *new))
         # No MULTI needed: nothing is lost if only the first commands run.
-        with self._errors(), self._pipe(transaction=False) as p:
-            p.set(self._keys.epoch, self._mine, nx=True, get=True)
-            for queue, group in by_queue.items():
-                p.lpush(
-                    self._keys.waiting(queue),
-                    *[pack_task(j.id, j.reply_to, 1, j.body) for j in group],
-                )
-                ring(p, self._keys, queue, len(group))
-            if new:
-                p.sadd(self._keys.queues, *new)
-            epoch = p.execute()[0] or self._mine.encode()
+        with self._errors():
+            epoch = self._run(commands)[0] or self._mine.encode()
             if epoch != self._epoch:  # a new data set: register every queue again
                 if new != list(by_queue):
                     self._cmd("SADD", self._keys.queues, *by_queue)

@@ -218,10 +218,17 @@ def unpack_reply(elem: bytes) -> tuple[str, bytes]:
 # Command batches -----------------------------------------------------------------------
 
 
-def ring(p: Pipeline, keys: Keys, queue: str, n: int) -> None:
+def ring_commands(keys: Keys, queue: str, n: int) -> list[tuple[Any, ...]]:
     """Ring the doorbells; claims trim them, and they expire when the rings stop."""
-    p.lpush(keys.bells(queue), *[b""] * min(n, _BELLS))
-    p.pexpire(keys.bells(queue), 2000)  # waiters look again every second anyway
+    bells = keys.bells(queue)
+    # Waiters look again every second anyway: a doorbell outlives its ring by 2 s.
+    return [("LPUSH", bells, *[b""] * min(n, _BELLS)), ("PEXPIRE", bells, 2000)]
+
+
+def ring(p: Pipeline, keys: Keys, queue: str, n: int) -> None:
+    """``ring_commands`` on a pipeline."""
+    for command in ring_commands(keys, queue, n):
+        p.execute_command(*command)  # type: ignore[no-untyped-call]
 
 
 def hand_back(p: Pipeline, keys: Keys, claims: Sequence[Claim]) -> None:
