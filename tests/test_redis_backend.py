@@ -164,7 +164,7 @@ def test_a_worker_on_several_queues_wakes_for_any_of_them(make) -> None:
 
 
 def test_blocking_stays_below_a_short_socket_timeout(make) -> None:
-    backend = make("?socket_timeout=0.4")
+    backend = make("?socket_timeout=1.0")  # blocking reads wait 0.25 s at a time
     assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=1.5) == []
     assert backend.replies("nobody", wait=1.5) == []
 

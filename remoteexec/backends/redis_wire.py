@@ -94,7 +94,7 @@ def blocking_wait(client: redis.Redis) -> float:
     a second.
     """
     timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-    return min(1.0, float(timeout) / 2) if timeout else 1.0
+    return min(1.0, float(timeout) / 4) if timeout else 1.0
 
 
 @contextlib.contextmanager
