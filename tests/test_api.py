@@ -165,7 +165,10 @@ def test_cancel_withdraws_a_call_no_worker_has_started(client: Client) -> None:
 
 def test_cancel_fails_once_a_worker_has_the_task(worker: Worker) -> None:
     future = MultiplyPi.sleep.submit(0.5)
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while worker.backend.stats().running == 0:  # until a worker has claimed it
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     assert future.cancel() is False
     assert future.result(timeout=10) == 0.5
 

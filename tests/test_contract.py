@@ -96,10 +96,10 @@ def test_an_expired_lease_makes_the_task_claimable_with_attempt_raised(backend: 
 
 def test_renew_keeps_the_lease(backend: Backend) -> None:
     backend.enqueue([job()])
-    [c] = claim_all(backend, ["default"], 1, lease=1)
+    [c] = claim_all(backend, ["default"], 1, lease=2)
     for _ in range(3):
-        time.sleep(0.5)
-        assert backend.renew([c], lease=1) == [True]
+        time.sleep(1.0)  # past half the lease each time: only the renewals keep it
+        assert backend.renew([c], lease=2) == [True]
     assert backend.claim(["default"], worker="other", limit=1, lease=30, wait=0.1) == []
     assert backend.complete([Done(c, b"ok")]) == [True]
 
