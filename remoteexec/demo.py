@@ -108,7 +108,8 @@ def _batched(seconds: float) -> None:
     while time.perf_counter() - started < seconds:
         numbers = range(done, done + 2000)
         results = list(_pi.execute.map(numbers))
-        assert results[-1] == math.pi * numbers[-1]
+        if results[-1] != math.pi * numbers[-1]:
+            raise RuntimeError(f"wrong result for {numbers[-1]}: {results[-1]!r}")
         done += len(results)
     rate = done / (time.perf_counter() - started)
     print(f"Batched with map: {done} calls, {rate:,.0f} tasks/s")
