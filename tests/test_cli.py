@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,23 @@ def test_init_db_applies_the_schema(mariadb_server, tmp_path: Path) -> None:
     with mariadb_server.connect() as conn, conn.cursor() as cur:
         cur.execute("SHOW TABLES")
         assert any("tasks" in row[0] for row in cur.fetchall())
+
+
+def test_worker_imports_a_tasks_dir_and_serves_the_queues_given(tmp_path: Path) -> None:
+    from remoteexec import Client, proxy, using
+    from tests.farm import worker_command
+
+    folder = tmp_path / "task_types"
+    folder.mkdir()
+    (folder / "hostname_task.py").write_text(
+        "import socket\nfrom remoteexec import remote\n\n"
+        "@remote\nclass WhatMachine:\n    def execute(self):\n        return socket.gethostname()\n"
+    )
+    url = f"sqlite:///{tmp_path / 'dir.db'}"
+    cmd = [*worker_command(), "--url", url, "--tasks-dir", str(folder), "--queues", "a,b",
+           "--threads", "2", "--burst"]  # fmt: skip
+    with Client(url) as client, using(client):
+        futures = [proxy("WhatMachine", queue=q).execute.submit() for q in ("b", "a")]
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert [f.result(timeout=10) for f in futures] == [socket.gethostname()] * 2
