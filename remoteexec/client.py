@@ -136,11 +136,11 @@ class Client:
             job = Job(task_id, queue, self.reply_to, encode(call))
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))
+        label = "" if timeout is None else f"{task}.{method} did not finish within {timeout:g} s"
         with self._lock:
             for future in futures:
                 self._pending[future.task_id] = future
                 if deadline is not None:
-                    label = f"{task}.{method} did not finish within {timeout:g} s"
                     heapq.heappush(self._deadlines, (deadline, future.task_id, label))
         try:
             self._backend.enqueue(jobs)
