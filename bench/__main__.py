@@ -67,7 +67,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def groups(args: argparse.Namespace, servers: Servers) -> list[tuple[str, Callable[[], list[Any]]]]:
     """Per backend: a function that starts its server and returns its systems, in order."""
     from .raw_mysql import RawMySQL
-    from .raw_redis import RawRedis, RawRedisPipelined, RawRedisPipelinedCmds
+    from .raw_redis import (
+        RawRedis,
+        RawRedisPipelined,
+        RawRedisPipelinedCmds,
+        RawRedisSeedPipelined,
+    )
     from .rx import Remoteexec
 
     def sqlite() -> list[Any]:
@@ -80,6 +85,7 @@ def groups(args: argparse.Namespace, servers: Servers) -> list[tuple[str, Callab
             RawRedis(server, folder),
             RawRedisPipelined(server, folder),
             RawRedisPipelinedCmds(server, folder),
+            RawRedisSeedPipelined(server, folder),
             Remoteexec("redis", folder, server),
         ]
 

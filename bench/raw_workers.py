@@ -1,9 +1,9 @@
 """The raw baselines' worker loops: the least work per task, nothing else.
 
 Run as ``python -m bench.raw_workers KIND --port P [--db NAME]``; KIND is one of
-``redis-simple``, ``redis-pipelined``, ``redis-pipelined-cmds``, ``mysql-skip`` and
-``mysql-seed``. Each prints ``ready`` once connected, then serves until killed (or until
-its parent, the bench, is gone).
+``redis-simple``, ``redis-pipelined``, ``redis-pipelined-cmds``, ``redis-seed-pipelined``,
+``mysql-skip`` and ``mysql-seed``. Each prints ``ready`` once connected, then serves until
+killed (or until its parent, the bench, is gone).
 This module imports only its driver and msgpack, so its peak memory is the floor the
 remoteexec worker is compared with.
 """
@@ -69,6 +69,25 @@ def redis_pipelined_cmds(r, parent: int) -> None:
         pipe.execute()
 
 
+def redis_seed_pipelined(r, parent: int) -> None:
+    """The seed's protocol, batched: BLPOP ``sunstarted``, LPOP up to a batch more, then one
+    pipeline of an LPUSH on ``sfinished:<id>`` per result."""
+    while True:
+        item = r.blpop("sunstarted", timeout=1)
+        if item is None:
+            if os.getppid() != parent:
+                return
+            continue
+        bodies = [item[1]]
+        more = r.lpop("sunstarted", PIPELINE_BATCH - 1)
+        if more:
+            bodies.extend(more)
+        pipe = r.pipeline(transaction=False)
+        for task_id, n in map(unpack, bodies):
+            pipe.lpush(b"sfinished:" + task_id, pack(math.pi * n))
+        pipe.execute()
+
+
 def mysql_skip_locked(conn, parent: int) -> None:
     """One row per claim in one transaction: SELECT ... FOR UPDATE SKIP LOCKED, UPDATE."""
     cur = conn.cursor()
@@ -130,6 +149,7 @@ def main(argv: list[str]) -> None:
             "redis-simple": redis_simple,
             "redis-pipelined": redis_pipelined,
             "redis-pipelined-cmds": redis_pipelined_cmds,
+            "redis-seed-pipelined": redis_seed_pipelined,
         }[kind]
     else:
         import pymysql

@@ -10,6 +10,7 @@ calls the broker lost (``BackendUnavailable``).
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import os
 import socket
@@ -64,6 +65,8 @@ class Client:
         self._lock = threading.Lock()
         self._backend = open_backend(self.settings.url, result_ttl=self.settings.result_ttl)
         self.reply_to = f"{socket.gethostname()}:{self._pid}:{os.urandom(4).hex()}"
+        # Task ids: 16 random bytes per client (and per forked child), then a counter.
+        self._id_prefix, self._ids = os.urandom(16).hex(), itertools.count()
         self._pending: dict[str, RemoteFuture[Any]] = {}
         self._deadlines: list[tuple[float, str, str]] = []
         self._wake = threading.Event()
@@ -131,7 +134,7 @@ class Client:
         futures: list[RemoteFuture[Any]] = []
         encode = self._codec.encode_call
         for args, kwargs in calls:
-            task_id = os.urandom(16).hex()
+            task_id = f"{self._id_prefix}{next(self._ids):x}"
             call = Call(task_id, task, method, tuple(args), kwargs, deadline, attempts, None)
             job = Job(task_id, queue, self.reply_to, encode(call))
             jobs.append(job)

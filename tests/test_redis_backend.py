@@ -285,3 +285,72 @@ def test_a_forked_child_gets_its_own_connections(make) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert backend.replies("parent", wait=1) == [b"from the child"]
     assert backend._cmd("CLIENT", "ID") == parent_id
+
+
+# The Lua fast path (redis_lua) -----------------------------------------------------------
+
+
+def _noscript_url(server, user: str = "noscript") -> str:
+    server.client().acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@scripting"]
+    )
+    return f"redis://{user}:pw@127.0.0.1:{server.port}/0"
+
+
+def _evalsha_calls(server) -> int:
+    stats = server.client().info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_claims_and_completions_use_the_scripts_when_allowed(make, server) -> None:
+    backend = make()
+    jobs = [job(reply_to="R") for _ in range(5)]
+    backend.enqueue(jobs)
+    before = _evalsha_calls(server)
+    claims = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    claims += backend.claim(["default"], worker="w", limit=10, lease=30, wait=1)
+    assert [c.id for c in claims] == [j.id for j in jobs]
+    assert backend.complete([Done(c, c.id.encode()) for c in claims]) == [True] * 5
+    assert _evalsha_calls(server) - before == 3  # one per claim pass, one for the completion
+    assert backend.replies("R", wait=1) == [j.id.encode() for j in jobs]
+    assert backend.stats().running == 0
+
+
+def test_a_script_free_adapter_takes_over_a_scripted_claim(make, server) -> None:
+    scripted, plain = make(), make(url=_noscript_url(server))
+    jobs = [job(reply_to="R") for _ in range(3)]
+    scripted.enqueue(jobs)
+    first = scripted.claim(["default"], worker="a", limit=1, lease=30, wait=1)
+    held = first + scripted.claim(["default"], worker="a", limit=5, lease=0.3, wait=1)
+    time.sleep(0.4)  # the last two leases expire; the plain adapter requeues and claims them
+    taken = plain.claim(["default"], worker="b", limit=5, lease=30, wait=1)
+    assert sorted((c.id, c.attempt) for c in taken) == sorted((j.id, 2) for j in jobs[1:])
+    assert scripted.complete([Done(c, b"late") for c in held]) == [True, False, False]
+    assert plain.complete([Done(c, b"ok") for c in taken]) == [True, True]
+    assert plain.complete([Done(c, b"again") for c in taken]) == [False, False]
+    assert sorted(scripted.replies("R", wait=1)) == [b"late", b"ok", b"ok"]
+    assert plain._scripts.off and not scripted._scripts.off
+
+
+def test_scripts_forgotten_by_the_server_are_loaded_again(make, server) -> None:
+    backend = make()
+    backend.enqueue([job(reply_to="R"), job(reply_to="R")])
+    c1 = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    c2 = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    server.client().script_flush()  # as a restarted Redis would have
+    assert backend.complete([Done(c, b"ok") for c in c1 + c2]) == [True, True]
+    assert backend.replies("R", wait=1) == [b"ok", b"ok"]
+
+
+def test_scripting_denied_after_start_falls_back_without_losing_a_result(make, server) -> None:
+    server.client().acl_setuser(
+        "later", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"]
+    )
+    backend = make(url=f"redis://later:pw@127.0.0.1:{server.port}/0")
+    backend.enqueue([job(reply_to="R") for _ in range(3)])
+    c = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    c += backend.claim(["default"], worker="w", limit=5, lease=30, wait=1)  # scripted
+    server.client().acl_setuser("later", commands=["-@scripting"])
+    assert backend.complete([Done(x, b"ok") for x in c]) == [True] * 3
+    assert backend._scripts.off
+    assert backend.replies("R", wait=1) == [b"ok"] * 3

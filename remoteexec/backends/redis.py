@@ -58,11 +58,14 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.exceptions import NoPermissionError
 
 from ..errors import BackendUnavailable
 from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .redis_lua import Scripts, claim_args, complete_calls
 from .redis_wire import (
     Keys,
+    Link,
     blocking_wait,
     claim_pass,
     complete_batch,
@@ -103,6 +106,7 @@ class RedisBackend(Backend):
         self._stale: dict[str, list[str]] = {}  # reserved tokens that got no task, per queue
         self._due: dict[str, float] = {}  # per queue: until when no lease seen is due
         self._ask: dict[str, int] = {}  # per queue: how many tasks the next pass asks for
+        self._idle: dict[str, bool] = {}  # per queue: the last pass left nothing waiting
         self._sent: dict[str, bytes] = {}  # id -> epoch, until its reply is returned
         self._epoch: bytes | None = None
         self._known: set[str] = set()  # queues registered under self._epoch
@@ -123,6 +127,8 @@ class RedisBackend(Backend):
     def _connect(self) -> redis.Redis:
         client = connect(self._url, socket_timeout=self._socket_timeout, secrets=self._secrets)
         self._wait = blocking_wait(client)
+        self._link = Link(client)  # connections for the hot paths, one per thread
+        self._scripts = Scripts()  # the Lua fast path (redis_lua), loaded on first use
         self._pid, self._mine = os.getpid(), os.urandom(8).hex()
         return client
 
@@ -132,6 +138,10 @@ class RedisBackend(Backend):
                 if self._pid != os.getpid():
                     self._r, self._stale, self._sent = self._connect(), {}, {}
         return self._r
+
+    def _linked(self) -> Link:
+        self._redis()  # after a fork: new connections
+        return self._link
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         return map_redis_errors(self._secrets)
@@ -143,7 +153,7 @@ class RedisBackend(Backend):
         return raw(self._redis())(*args)
 
     def _run(self, commands: list[tuple[Any, ...]], *, multi: bool = False) -> list[Any]:
-        return run(self._redis(), commands, multi=multi)
+        return run(self._linked(), commands, multi=multi)
 
     def _token(self) -> str:
         return f"{self._mine}{next(self._seq):x}"
@@ -205,30 +215,60 @@ class RedisBackend(Backend):
         return time.time() < self._due.get(queue, 0.0)
 
     def _claim_queue(self, queue: str, n: int, lease: float, block: float = 0.0) -> list[Claim]:
-        """Move up to ``n`` tasks into claim lists; the first move may wait ``block`` s."""
-        ask = min(n, self._ask.get(queue, n))  # grows while passes fill up, shrinks when not
+        """Move up to ``n`` tasks into claim lists; the first move may wait ``block`` s.
+
+        With scripts, a pass while work is waiting is one ``CLAIM`` call; a queue left
+        empty is waited on by the script-free pass.
+        """
         for last in (False, True):  # a second pass follows requeued expired leases
-            now, tokens = time.time(), [self._token() for _ in range(ask)]
-            with self._lock:
-                stale = self._stale.pop(queue, [])
-            expired, *out = self._run(
-                claim_pass(
-                    self._keys, queue, tokens, stale=stale, now=now, lease=lease, block=block
-                )
-            )
-            due = out[-ask - 1]  # [member, score], or [[member, score]] in RESP3
-            due = due[0] if due and isinstance(due[0], list) else due
-            self._due[queue] = min(now + 1.0, float(due[1]) if due else now + 1.0)
-            moved = list(zip(tokens, out[-ask:], strict=True))
-            claims = [unpack_task(e, queue, t) for t, e in moved if e is not None]
-            self._forget(queue, [t for t, e in moved if e is None])
-            self._ask[queue] = 2 * len(claims) if len(claims) == ask else max(1, len(claims))
+            claims: list[Claim] | None = None
+            expired: list[bytes] = []
+            if self._scripts.shas(self._linked()) is not None:
+                if not (block and self._idle.get(queue, True)):
+                    with contextlib.suppress(NoPermissionError):  # then scripts are off
+                        claims, expired = self._script_pass(queue, n, lease)
+                if claims == [] and not expired and block:
+                    claims = None
+            if claims is None:
+                ask = min(n, self._ask.get(queue, n))  # grows while passes fill up
+                claims, expired = self._plain_pass(queue, ask, lease, block)
             if not expired or last:
                 break
             # Expired tasks are older than any waiting one: they go first, then these again.
             requeue(self._redis(), self._keys, queue, [t.decode() for t in expired], claims)
-            ask, block = n, 0.0
-        return claims
+            block, self._ask[queue] = 0.0, n
+        return claims or []
+
+    def _script_pass(self, queue: str, n: int, lease: float) -> tuple[list[Claim], list[bytes]]:
+        now, tokens = time.time(), [self._token() for _ in range(n)]
+        args = claim_args(self._keys, queue, tokens, now=now, lease=lease)
+        expired, due, moved, waiting = self._scripts.run(self._linked(), [("claim", args)])[0]
+        self._note_due(queue, now, due)
+        self._idle[queue] = waiting == 0
+        return [unpack_task(e, queue, t) for t, e in zip(tokens, moved, strict=False)], expired
+
+    def _plain_pass(
+        self, queue: str, ask: int, lease: float, block: float
+    ) -> tuple[list[Claim], list[bytes]]:
+        now, tokens = time.time(), [self._token() for _ in range(ask)]
+        with self._lock:
+            stale = self._stale.pop(queue, [])
+        commands = claim_pass(
+            self._keys, queue, tokens, stale=stale, now=now, lease=lease, block=block
+        )
+        expired, *out, waiting = self._run([*commands, ("LLEN", self._keys.waiting(queue))])
+        self._note_due(queue, now, out[-ask - 1])
+        self._idle[queue] = waiting == 0
+        moved = list(zip(tokens, out[-ask:], strict=True))
+        claims = [unpack_task(e, queue, t) for t, e in moved if e is not None]
+        self._forget(queue, [t for t, e in moved if e is None])
+        self._ask[queue] = 2 * len(claims) if len(claims) == ask else max(1, len(claims))
+        return claims, expired
+
+    def _note_due(self, queue: str, now: float, due: Any) -> None:
+        """Remember when the next lease seen (``[member, score]``) is due, within 1 s."""
+        due = due[0] if due and isinstance(due[0], list) else due  # [[m, s]] in RESP3
+        self._due[queue] = min(now + 1.0, float(due[1]) if due else now + 1.0)
 
     def _forget(self, queue: str, tokens: list[str]) -> None:
         if tokens:
@@ -258,8 +298,15 @@ class RedisBackend(Backend):
         if not done:
             return []
         ttl = max(1, int(self.result_ttl * 1000))
-        cmds, marks = complete_batch(self._keys, done, ttl=ttl)
         with self._errors():
+            if self._scripts.shas(self._linked()) is not None:
+                with contextlib.suppress(NoPermissionError):  # then scripts are off
+                    calls = complete_calls(self._keys, done, ttl=ttl)
+                    out = self._scripts.run(self._linked(), calls)
+                    queues = dict.fromkeys(d.claim.queue for d in done)  # as complete_calls
+                    by_queue = {q: iter(held) for q, held in zip(queues, out, strict=True)}
+                    return [next(by_queue[d.claim.queue]) == 1 for d in done]
+            cmds, marks = complete_batch(self._keys, done, ttl=ttl)
             out = self._run(cmds, multi=True)
         return [i >= 0 and out[i] > 0 for i in marks]
 
@@ -285,10 +332,10 @@ class RedisBackend(Backend):
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining < 0.01:
-                    got = self._cmd("LMPOP", 1, box, "LEFT", "COUNT", _DRAIN)
+                    got = self._run([("LMPOP", 1, box, "LEFT", "COUNT", _DRAIN)])[0]
                     break
                 seconds = round(min(remaining, self._wait), 3)
-                got = self._cmd("BLMPOP", seconds, 1, box, "LEFT", "COUNT", _DRAIN)
+                got = self._run([("BLMPOP", seconds, 1, box, "LEFT", "COUNT", _DRAIN)])[0]
                 if got:
                     break
         bodies = []

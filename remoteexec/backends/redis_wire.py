@@ -20,6 +20,8 @@ import contextlib
 import itertools
 import logging
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,7 @@ log = logging.getLogger("remoteexec.redis")  # the adapter's logger, as in redis
 _HEAD = struct.Struct(">IHH")  # attempt, len(id), len(reply_to); then id, reply_to, body
 _ID = struct.Struct(">H")  # a reply element: len(id), id, reply
 _BELLS = 16  # doorbells kept per queue
+_IDLE_CHECK = 0.005  # seconds idle after which a connection is checked before use
 
 # URL options ---------------------------------------------------------------------------
 
@@ -112,24 +115,64 @@ def raw(target: redis.Redis | Pipeline) -> Callable[..., Any]:
     return target.execute_command
 
 
-def run(client: redis.Redis, commands: list[tuple[Any, ...]], *, multi: bool = False) -> list[Any]:
+class Link:
+    """Per thread, one connection taken from ``client``'s pool once and kept.
+
+    A pool checkout costs a ``poll()`` for stale data and some bookkeeping on every
+    command; a busy worker sends thousands of round trips a second. The connection goes
+    back to the pool when its thread ends, and closes with the pool.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._local = threading.local()
+
+    def held(self) -> _Held:
+        """This thread's connection; one idle for a while is checked as the pool does."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = _Held(self._pool)
+        if time.monotonic() - held.used > _IDLE_CHECK:
+            # Data waiting on an idle connection is the server closing it (a restart):
+            # reconnect before sending, so the command is not lost with the old socket.
+            try:
+                stale = held.conn.can_read()
+            except (redis.ConnectionError, OSError):  # closed: the parser says so
+                stale = True
+            if stale:
+                held.conn.disconnect()
+        return held
+
+
+class _Held:
+    def __init__(self, pool: Any) -> None:
+        self.pool, self.conn, self.used = pool, pool.get_connection(), time.monotonic()
+
+    def __del__(self) -> None:  # the thread ended
+        with contextlib.suppress(Exception):
+            self.pool.release(self.conn)
+
+
+def run(link: Link, commands: list[tuple[Any, ...]], *, multi: bool = False) -> list[Any]:
     """Send ``commands`` in one round trip (in ``MULTI`` if asked); return raw replies.
 
     The hot paths use this instead of a ``Pipeline``, which spends a third of a busy
-    worker's time on per-command bookkeeping and response callbacks.
+    worker's time on per-command bookkeeping and response callbacks. Every reply is read
+    before the first error reply is raised.
     """
-    pool = client.connection_pool
-    conn = pool.get_connection()
+    held = link.held()
+    conn = held.conn
     try:
         sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
-        conn.send_packed_command(conn.pack_commands(sent))  # type: ignore[no-untyped-call]
-        out = [conn.read_response() for _ in sent]  # an error reply raises here
+        conn.send_packed_command(conn.pack_commands(sent))
+        out = [_reply(conn) for _ in sent]
+        held.used = time.monotonic()
     except BaseException:
-        conn.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread
+        conn.disconnect()  # replies may be left unread; the next command reconnects
         raise
-    finally:
-        pool.release(conn)
     if multi:
+        if isinstance(out[-1], redis.ResponseError):
+            raise out[-1]
         out = out[-1]
         if out is None or len(out) != len(commands):
             raise redis.ResponseError("transaction aborted")
@@ -137,6 +180,15 @@ def run(client: redis.Redis, commands: list[tuple[Any, ...]], *, multi: bool = F
         if isinstance(reply, redis.ResponseError):
             raise reply
     return list(out)
+
+
+def _reply(conn: Any) -> Any:
+    """The next reply on ``conn``; an error reply is returned, not raised, so that the
+    replies after it are read too and the connection stays in step."""
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
 
 
 # Key names -----------------------------------------------------------------------------
