@@ -114,8 +114,6 @@ class Client:
         method: str,
         calls: Calls,
         options: CallOptions | None = None,
-        *,
-        listen: bool = True,
     ) -> list[RemoteFuture[Any]]:
         """Send many calls of one method in one batch; a future for each, in order.
 
@@ -123,6 +121,45 @@ class Client:
             SerializationError: an argument cannot be serialized (nothing was sent).
             BackendUnavailable: the backend cannot be reached (nothing was sent).
         """
+        jobs, futures = self._prepare(task, method, calls, options)
+        self._send(jobs, futures)
+        self._ensure_listening()
+        return futures
+
+    def call(
+        self,
+        task: str,
+        method: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: CallOptions | None = None,
+    ) -> Any:
+        """Send one call and wait for its result (what calling a remote method does).
+
+        While no other thread is reading replies, this thread reads them itself, so the
+        result needs no hand-off from the listener thread, and the call and the first wait
+        for its reply go in one round trip; otherwise it waits like ``submit(...).result()``.
+        """
+        jobs, (future,) = self._prepare(task, method, [(args, kwargs)], options)
+        if self._reader.acquire(blocking=False):
+            try:
+                for body in self._send(jobs, [future], wait=self._read_wait()):
+                    self._resolve(body)
+                while not future.done() and not self._closed:
+                    self._read()
+                    if self._listener is not None and self._pending:
+                        break  # let the listener read for everyone
+            finally:
+                self._reader.release()
+        else:
+            self._send(jobs, [future])
+        if not future.done() or self._pending:
+            self._ensure_listening()
+        return future.result()
+
+    def _prepare(
+        self, task: str, method: str, calls: Calls, options: CallOptions | None
+    ) -> tuple[list[Job], list[RemoteFuture[Any]]]:
         self._ensure()
         opts = options or CallOptions()
         settings = self.settings
@@ -139,49 +176,32 @@ class Client:
             job = Job(task_id, queue, self.reply_to, encode(call))
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))
-        label = "" if timeout is None else f"{task}.{method} did not finish within {timeout:g} s"
+        if deadline is not None:
+            label = f"{task}.{method} did not finish within {timeout:g} s"
+            for future in futures:
+                future.expiry = (deadline, future.task_id, label)
+        return jobs, futures
+
+    def _send(
+        self, jobs: list[Job], futures: list[RemoteFuture[Any]], *, wait: float | None = None
+    ) -> list[bytes]:
+        """Register ``futures`` as pending and enqueue ``jobs``; with ``wait``, also read
+        the replies that come within it (the caller holds ``_reader``)."""
         with self._lock:
             for future in futures:
                 self._pending[future.task_id] = future
-                if deadline is not None:
-                    heapq.heappush(self._deadlines, (deadline, future.task_id, label))
+                if future.expiry is not None:
+                    heapq.heappush(self._deadlines, future.expiry)
         try:
-            self._backend.enqueue(jobs)
+            if wait is None:
+                self._backend.enqueue(jobs)
+                return []
+            return self._backend.send_and_wait(jobs, self.reply_to, wait=wait)
         except BaseException:
             with self._lock:
                 for future in futures:
                     self._pending.pop(future.task_id, None)
             raise
-        if listen:
-            self._ensure_listening()
-        return futures
-
-    def call(
-        self,
-        task: str,
-        method: str,
-        args: Sequence[Any],
-        kwargs: dict[str, Any],
-        options: CallOptions | None = None,
-    ) -> Any:
-        """Send one call and wait for its result (what calling a remote method does).
-
-        While no other thread is reading replies, this thread reads them itself, so the
-        result needs no hand-off from the listener thread; otherwise it waits like
-        ``submit(...).result()``.
-        """
-        future = self.submit_many(task, method, [(args, kwargs)], options, listen=False)[0]
-        while not future.done():
-            if not self._reader.acquire(blocking=False):
-                break  # another thread reads: the listener (ensured below) or a caller
-            try:
-                if not future.done():
-                    self._read()
-            finally:
-                self._reader.release()
-        if not future.done() or self._pending:
-            self._ensure_listening()
-        return future.result()
 
     def _withdraw(self, future: RemoteFuture[Any]) -> bool:
         if future._client is not self or self._pid != os.getpid():
@@ -218,7 +238,7 @@ class Client:
                         target=self._listen, name="remoteexec-replies", daemon=True
                     )
                     self._listener.start()
-        elif not self._backend.blocking_replies:
+        else:
             self._wake.set()
 
     def _listen(self) -> None:
@@ -227,8 +247,8 @@ class Client:
             self._wake.clear()
             with self._lock:
                 waiting = bool(self._pending)
-            if not waiting and not self._backend.blocking_replies:
-                self._wake.wait(1.0)  # polling backends are not polled for nothing
+            if not waiting:
+                self._wake.wait(1.0)  # nothing to read for: leave the reading to callers
                 continue
             if not self._reader.acquire(timeout=0.25):
                 continue  # a calling thread is reading for everyone
@@ -240,13 +260,8 @@ class Client:
     def _read(self) -> None:
         """Read the replies that arrive within 0.25 s (or until the next deadline), resolve
         their futures, fail expired calls. Only the holder of ``_reader`` calls this."""
-        with self._lock:
-            next_deadline = self._deadlines[0][0] if self._deadlines else None
-        wait = 0.25  # short enough to see a newer call's deadline in time
-        if next_deadline is not None:
-            wait = max(0.0, min(wait, next_deadline - time.time()))
         try:
-            bodies = self._backend.replies(self.reply_to, wait=wait)
+            bodies = self._backend.replies(self.reply_to, wait=self._read_wait())
         except BackendUnavailable as exc:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
@@ -263,6 +278,15 @@ class Client:
             self._fail_lost()
         self._expire()
         self._warn_if_unserved()
+
+    def _read_wait(self) -> float:
+        """How long one read may wait: 0.25 s (to see a newer call's deadline in time), or
+        until the next deadline."""
+        with self._lock:
+            next_deadline = self._deadlines[0][0] if self._deadlines else None
+        if next_deadline is None:
+            return 0.25
+        return max(0.0, min(0.25, next_deadline - time.time()))
 
     def _resolve(self, body: bytes) -> None:
         try:

@@ -38,6 +38,7 @@ class RemoteFuture(concurrent.futures.Future[R]):
         self.submitted = time.time()
         self._client = client
         self._job = job
+        self.expiry: tuple[float, str, str] | None = None  # (deadline, id, timeout message)
 
     def cancel(self) -> bool:
         """Withdraw the task if no worker has started it; True if it was withdrawn."""

@@ -40,6 +40,9 @@ _BATCH_BUDGET = 0.004  # seconds of work one claimed batch should hold at most
 _FLUSH_AFTER = 0.002  # send finished replies at least this often within a batch
 
 
+_PLAIN = frozenset({int, float, str, bytes, bool, list, dict, tuple, type(None)})  # never awaited
+
+
 @dataclass(slots=True)
 class _Held:
     """A claim this worker holds, and what it knows about the task."""
@@ -49,6 +52,7 @@ class _Held:
     time_limit: float | None = None
     label: str = ""
     abandoned: bool = False  # replied to by the monitor (time limit) or lease lost
+    finished: bool = False  # its result is made and about to be sent: leave it alone
 
 
 class Worker:
@@ -151,34 +155,49 @@ class Worker:
 
     def _serve_loop(self) -> None:
         batch, backoff = 1, 0.1
-        while not self._stopping.is_set():
-            try:
-                claims = self.backend.claim(
-                    self.queues, worker=self.info.id, limit=batch, lease=self.lease, wait=0.5
-                )
-            except BackendUnavailable as exc:
-                log.warning("claiming failed, retrying in %.1f s: %s", backoff, exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            if not claims:
-                if self.burst:
-                    log.info("queues empty: burst worker thread done")
-                    return
-                continue
-            started = time.perf_counter()
-            try:
-                self._run_batch(claims)
-            except Exception:  # a bug of ours: log it, hand the batch back, keep serving
-                log.exception("internal error while running %d task(s)", len(claims))
-                with self._lock:
-                    unfinished = [c for c in claims if (c.id, c.token) in self._held]
-                self._release(unfinished)
-            per_task = (time.perf_counter() - started) / len(claims)
-            batch = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET / max(per_task, 1e-6))))
+        finished: list[Done] = []  # a batch's last results, sent with the next claim
+        try:
+            while not self._stopping.is_set():
+                try:
+                    accepted, claims = self.backend.complete_and_claim(
+                        finished,
+                        self.queues,
+                        worker=self.info.id,
+                        limit=batch,
+                        lease=self.lease,
+                        wait=0.5,
+                    )
+                except BackendUnavailable as exc:
+                    if finished:  # whether they got through is unknown: send them again
+                        self._complete(finished)
+                        finished = []
+                    log.warning("claiming failed, retrying in %.1f s: %s", backoff, exc)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                self._settle(finished, accepted)
+                finished, backoff = [], 0.1
+                if not claims:
+                    if self.burst:
+                        log.info("queues empty: burst worker thread done")
+                        return
+                    continue
+                started = time.perf_counter()
+                try:
+                    finished = self._run_batch(claims)
+                except Exception:  # a bug of ours: log it, hand the batch back, keep serving
+                    log.exception("internal error while running %d task(s)", len(claims))
+                    with self._lock:
+                        unfinished = [c for c in claims if (c.id, c.token) in self._held]
+                    self._release(unfinished)
+                per_task = (time.perf_counter() - started) / len(claims)
+                batch = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET / max(per_task, 1e-6))))
+        finally:
+            if finished:
+                self._complete(finished)
 
-    def _run_batch(self, claims: list[Claim]) -> None:
+    def _run_batch(self, claims: list[Claim]) -> list[Done]:
+        """Run ``claims``; results are sent every ``_FLUSH_AFTER`` s, the rest returned."""
         with self._lock:
             for claim in claims:
                 self._held[claim.id, claim.token] = _Held(claim)
@@ -191,19 +210,20 @@ class Worker:
             done = self._execute(claim)
             if done is None:
                 continue
+            held = self._held.get((claim.id, claim.token))
+            if held is not None:
+                held.finished = True
             if not finished:
                 first_finished = time.perf_counter()
             finished.append(done)
             if time.perf_counter() - first_finished > _FLUSH_AFTER:
                 self._complete(finished)
                 finished = []
-        if finished:
-            self._complete(finished)
+        return finished
 
     def _execute(self, claim: Claim) -> Done | None:
-        with self._lock:
-            held = self._held[claim.id, claim.token]
-            held.started = time.monotonic()
+        held = self._held[claim.id, claim.token]
+        held.started = time.monotonic()
         try:
             call = self.codec.decode_call(claim.body)
         except RemoteExecError as exc:
@@ -244,7 +264,7 @@ class Worker:
             if instance is None:
                 instance = instances[task.name] = task.cls()
             result = getattr(instance, call.method)(*call.args, **call.kwargs)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = self._event_loop().run_until_complete(result)
             return Reply(call.id, result, None)
         except BaseException as exc:  # a task may even call sys.exit: still just a failure
@@ -282,6 +302,10 @@ class Worker:
         else:
             log.error("gave up sending %d result(s): their leases will expire", len(finished))
             accepted = [False] * len(finished)
+        self._settle(finished, accepted)
+
+    def _settle(self, finished: list[Done], accepted: list[bool]) -> None:
+        """Forget the claims of sent results; count those whose lease still held."""
         with self._lock:
             for done, ok in zip(finished, accepted, strict=False):
                 self._held.pop((done.claim.id, done.claim.token), None)
@@ -308,7 +332,9 @@ class Worker:
             if now >= next_beat:
                 next_beat = now + 1.0
                 with self._lock:
-                    self.info.running = sum(h.started is not None for h in self._held.values())
+                    self.info.running = sum(
+                        h.started is not None and not h.finished for h in self._held.values()
+                    )
                 self.info.last_seen = time.time()
                 self._quietly(self.backend.heartbeat, self.info)
             if now >= next_renew:
@@ -327,7 +353,7 @@ class Worker:
 
     def _renew(self) -> None:
         with self._lock:
-            held = [h for h in self._held.values() if not h.abandoned]
+            held = [h for h in self._held.values() if not (h.abandoned or h.finished)]
         if not held:
             return
         try:
@@ -351,7 +377,7 @@ class Worker:
                 for h in self._held.values()
                 if h.started is not None
                 and h.time_limit is not None
-                and not h.abandoned
+                and not (h.abandoned or h.finished)
                 and now - h.started > h.time_limit
             ]
             for h in late:

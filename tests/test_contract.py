@@ -142,6 +142,23 @@ def test_replies_wait_and_wake_when_a_reply_arrives(backend: Backend) -> None:
     timer.join()
 
 
+def test_send_and_wait_enqueues_then_reads_what_arrives_within_the_wait(
+    backend: Backend,
+) -> None:
+    first, second = job(reply_to="R"), job(reply_to="R")
+    assert backend.send_and_wait([first], "R", wait=0.1) == []  # enqueued, no reply yet
+    [c] = claim_all(backend, ["default"], 1)
+    assert c.id == first.id
+    backend.complete([Done(c, b"first")])
+    assert backend.send_and_wait([second], "R", wait=1) == [b"first"]
+    [c] = claim_all(backend, ["default"], 1)
+    assert c.id == second.id
+    timer = threading.Timer(0.3, backend.complete, args=([Done(c, b"second")],))
+    timer.start()
+    assert backend.send_and_wait([], "R", wait=5) == [b"second"]
+    timer.join()
+
+
 def test_bodies_are_opaque_bytes_and_may_be_large(backend: Backend) -> None:
     body = bytes(range(256)) * 4096 + b"\x00"  # 1 MiB and a NUL
     j = job(body=body)

@@ -34,6 +34,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import BackendUnavailable
+
 # Job, Claim and Done are made once per task on the hot path: read-only by convention, not
 # frozen (a frozen dataclass's __init__ sets each field through object.__setattr__, six
 # times slower).
@@ -118,10 +120,6 @@ class Backend(ABC):
 
     #: Seconds a worker's heartbeat stays valid; ``stats`` omits workers older than this.
     worker_ttl: float = 15.0
-    #: True where waiting in ``replies`` costs the broker nothing (a blocking read): the
-    #: client's listener then stays in it even with no call pending, so a new call's reply
-    #: is read without first waking the listener. Polling backends leave it False.
-    blocking_replies: bool = False
 
     def __init__(self, *, result_ttl: float = 3600.0) -> None:
         self.result_ttl = result_ttl
@@ -140,6 +138,32 @@ class Backend(ABC):
         tried in the order given. When none is available, wait up to ``wait`` seconds for
         one (0: do not wait) and return ``[]`` if none comes.
         """
+
+    def complete_and_claim(
+        self,
+        done: Sequence[Done],
+        queues: Sequence[str],
+        *,
+        worker: str,
+        limit: int,
+        lease: float,
+        wait: float,
+    ) -> tuple[list[bool], list[Claim]]:
+        """``complete(done)``, then ``claim(...)``: what a worker does between batches, in
+        one round trip where the backend can. Returns ``complete``'s answer and the claims.
+
+        Raises:
+            BackendUnavailable: as ``complete`` (whether ``done`` was applied is then
+                unknown); a claim that fails after the completion claims nothing instead.
+        """
+        accepted = self.complete(done)
+        try:
+            claims = self.claim(queues, worker=worker, limit=limit, lease=lease, wait=wait)
+        except BackendUnavailable:
+            if not done:
+                raise
+            claims = []  # the results are in; the next claim tries again
+        return accepted, claims
 
     @abstractmethod
     def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
@@ -167,6 +191,20 @@ class Backend(ABC):
 
         When none is waiting, wait up to ``wait`` seconds for one; ``[]`` if none comes.
         """
+
+    def send_and_wait(self, jobs: Sequence[Job], reply_to: str, *, wait: float) -> list[bytes]:
+        """``enqueue(jobs)``, then ``replies(reply_to, wait=wait)``: what a blocking call
+        does, in one round trip where the backend can.
+
+        Raises:
+            BackendUnavailable: as ``enqueue`` (whether the jobs were enqueued is then
+                unknown, as when ``enqueue`` itself fails on the way back).
+        """
+        self.enqueue(jobs)
+        try:
+            return self.replies(reply_to, wait=wait)
+        except BackendUnavailable:
+            return []  # sent: the replies are read later
 
     @abstractmethod
     def heartbeat(self, info: WorkerInfo) -> None:

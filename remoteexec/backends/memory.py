@@ -55,8 +55,6 @@ _BROKERS_LOCK = threading.Lock()
 class MemoryBackend(Backend):
     """An in-process broker. See ``base.Backend`` for the contract."""
 
-    blocking_replies = True
-
     def __init__(self, name: str = "", *, result_ttl: float = 3600.0) -> None:
         super().__init__(result_ttl=result_ttl)
         with _BROKERS_LOCK:

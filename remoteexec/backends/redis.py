@@ -52,7 +52,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -101,6 +101,7 @@ class RedisBackend(Backend):
     ) -> None:
         super().__init__(result_ttl=result_ttl)
         self._secrets = secrets_in(url)
+        self._mapper = map_redis_errors(self._secrets)
         self._url, self._keys, self._socket_timeout = url, Keys(prefix), socket_timeout
         self._lock = threading.Lock()
         self._stale: dict[str, list[str]] = {}  # reserved tokens that got no task, per queue
@@ -143,8 +144,8 @@ class RedisBackend(Backend):
         self._redis()  # after a fork: new connections
         return self._link
 
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return map_redis_errors(self._secrets)
+    def _errors(self) -> map_redis_errors:
+        return self._mapper
 
     def _pipe(self, *, transaction: bool = True) -> Pipeline:
         return self._redis().pipeline(transaction=transaction)
@@ -152,8 +153,15 @@ class RedisBackend(Backend):
     def _cmd(self, *args: Any) -> Any:
         return raw(self._redis())(*args)
 
-    def _run(self, commands: list[tuple[Any, ...]], *, multi: bool = False) -> list[Any]:
-        return run(self._linked(), commands, multi=multi)
+    def _run(
+        self,
+        commands: list[tuple[Any, ...]],
+        *,
+        multi: bool = False,
+        errors: bool = True,
+        then: Callable[[], list[tuple[Any, ...]]] | None = None,
+    ) -> list[Any]:
+        return run(self._linked(), commands, multi=multi, raise_errors=errors, then=then)
 
     def _token(self) -> str:
         return f"{self._mine}{next(self._seq):x}"
@@ -161,11 +169,22 @@ class RedisBackend(Backend):
     # Tasks ---------------------------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
+        self._send(jobs, [])
+
+    def send_and_wait(self, jobs: Sequence[Job], reply_to: str, *, wait: float) -> list[bytes]:
+        """One round trip: the enqueue's commands, then ``BLMPOP`` on the reply list."""
+        box, seconds = self._keys.replies(reply_to), round(min(wait, self._wait), 3)
+        pop = ("BLMPOP", seconds, 1) if seconds >= 0.01 else ("LMPOP", 1)
+        got = self._send(jobs, [(*pop, box, "LEFT", "COUNT", _DRAIN)])
+        return self._taken(got[0])
+
+    def _send(self, jobs: Sequence[Job], then: list[tuple[Any, ...]]) -> list[Any]:
+        """Enqueue ``jobs``, then run ``then`` in the same round trip; ``then``'s replies."""
         by_queue: dict[str, list[Job]] = {}
         for job in jobs:
             by_queue.setdefault(job.queue, []).append(job)
         if not by_queue:
-            return
+            return self._run(then) if then else []
         new = [q for q in by_queue if q not in self._known]
         commands: list[tuple[Any, ...]] = [("SET", self._keys.epoch, self._mine, "NX", "GET")]
         for queue, group in by_queue.items():
@@ -176,7 +195,8 @@ class RedisBackend(Backend):
             commands.append(("SADD", self._keys.queues, *new))
         # No MULTI needed: nothing is lost if only the first commands run.
         with self._errors():
-            epoch = self._run(commands)[0] or self._mine.encode()
+            out = self._run(commands + then)
+            epoch = out[0] or self._mine.encode()
             if epoch != self._epoch:  # a new data set: register every queue again
                 if new != list(by_queue):
                     self._cmd("SADD", self._keys.queues, *by_queue)
@@ -186,6 +206,7 @@ class RedisBackend(Backend):
             self._sent.update(dict.fromkeys((j.id for j in jobs), epoch))
             while len(self._sent) > _MAX_SENT:
                 del self._sent[next(iter(self._sent))]
+        return out[len(out) - len(then) :]
 
     def claim(
         self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
@@ -226,12 +247,12 @@ class RedisBackend(Backend):
             if self._scripts.shas(self._linked()) is not None:
                 if not (block and self._idle.get(queue, True)):
                     with contextlib.suppress(NoPermissionError):  # then scripts are off
-                        claims, expired = self._script_pass(queue, n, lease)
+                        claims, expired, _ = self._script_pass(queue, n, lease)
                 if claims == [] and not expired and block:
                     claims = None
             if claims is None:
                 ask = min(n, self._ask.get(queue, n))  # grows while passes fill up
-                claims, expired = self._plain_pass(queue, ask, lease, block)
+                claims, expired, _ = self._plain_pass(queue, ask, lease, block)
             if not expired or last:
                 break
             # Expired tasks are older than any waiting one: they go first, then these again.
@@ -239,31 +260,71 @@ class RedisBackend(Backend):
             block, self._ask[queue] = 0.0, n
         return claims or []
 
-    def _script_pass(self, queue: str, n: int, lease: float) -> tuple[list[Claim], list[bytes]]:
+    def _script_pass(
+        self, queue: str, n: int, lease: float, before: list[tuple[Any, ...]] | None = None
+    ) -> tuple[list[Claim], list[bytes], list[Any]]:
+        """One ``CLAIM`` call: the claims, the expired lease tokens, and the replies
+        (errors included) of ``before``: commands written first, in the same round trip,
+        so that they reach Redis while this pass is built. With ``before``, a refused
+        script claims nothing instead of raising."""
         now, tokens = time.time(), [self._token() for _ in range(n)]
-        args = claim_args(self._keys, queue, tokens, now=now, lease=lease)
-        expired, due, moved, waiting = self._scripts.run(self._linked(), [("claim", args)])[0]
+
+        def args() -> tuple[Any, ...]:
+            return claim_args(self._keys, queue, tokens, now=now, lease=lease)
+
+        if before is None:
+            first, reply = [], self._scripts.run(self._linked(), [("claim", args())])[0]
+        else:
+            sha = self._scripts.shas(self._linked())["claim"]  # type: ignore[index]
+            *first, reply = self._run(
+                before, errors=False, then=lambda: [("EVALSHA", sha, *args())]
+            )
+            if isinstance(reply, redis.ResponseError):
+                return [], [], first  # NOSCRIPT or NOPERM: nothing ran
+        expired, due, moved, waiting = reply
         self._note_due(queue, now, due)
         self._idle[queue] = waiting == 0
-        return [unpack_task(e, queue, t) for t, e in zip(tokens, moved, strict=False)], expired
+        claims = [unpack_task(e, queue, t) for t, e in zip(tokens, moved, strict=False)]
+        return claims, expired, first
 
     def _plain_pass(
-        self, queue: str, ask: int, lease: float, block: float
-    ) -> tuple[list[Claim], list[bytes]]:
+        self,
+        queue: str,
+        ask: int,
+        lease: float,
+        block: float,
+        before: list[tuple[Any, ...]] | None = None,
+    ) -> tuple[list[Claim], list[bytes], list[Any]]:
+        """The script-free pass; returns as ``_script_pass``."""
         now, tokens = time.time(), [self._token() for _ in range(ask)]
-        with self._lock:
-            stale = self._stale.pop(queue, [])
-        commands = claim_pass(
-            self._keys, queue, tokens, stale=stale, now=now, lease=lease, block=block
-        )
-        expired, *out, waiting = self._run([*commands, ("LLEN", self._keys.waiting(queue))])
+
+        def commands() -> list[tuple[Any, ...]]:
+            with self._lock:
+                stale = self._stale.pop(queue, [])
+            return [
+                *claim_pass(
+                    self._keys, queue, tokens, stale=stale, now=now, lease=lease, block=block
+                ),
+                ("LLEN", self._keys.waiting(queue)),
+            ]
+
+        if before:
+            out = self._run(before, errors=False, then=commands)
+            first, out = out[: len(before)], out[len(before) :]
+            for reply in out:
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
+        else:
+            first, out = [], self._run(commands())
+        expired, *out, waiting = out
         self._note_due(queue, now, out[-ask - 1])
         self._idle[queue] = waiting == 0
         moved = list(zip(tokens, out[-ask:], strict=True))
         claims = [unpack_task(e, queue, t) for t, e in moved if e is not None]
         self._forget(queue, [t for t, e in moved if e is None])
-        self._ask[queue] = 2 * len(claims) if len(claims) == ask else max(1, len(claims))
-        return claims, expired
+        full = len(claims) == ask and waiting > 0  # then ask for more next time
+        self._ask[queue] = 2 * len(claims) if full else max(1, len(claims))
+        return claims, expired, first
 
     def _note_due(self, queue: str, now: float, due: Any) -> None:
         """Remember when the next lease seen (``[member, score]``) is due, within 1 s."""
@@ -297,18 +358,52 @@ class RedisBackend(Backend):
     def complete(self, done: Sequence[Done]) -> list[bool]:
         if not done:
             return []
-        ttl = max(1, int(self.result_ttl * 1000))
         with self._errors():
             if self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
-                    calls = complete_calls(self._keys, done, ttl=ttl)
-                    out = self._scripts.run(self._linked(), calls)
-                    queues = dict.fromkeys(d.claim.queue for d in done)  # as complete_calls
-                    by_queue = {q: iter(held) for q, held in zip(queues, out, strict=True)}
-                    return [next(by_queue[d.claim.queue]) == 1 for d in done]
-            cmds, marks = complete_batch(self._keys, done, ttl=ttl)
+                    calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
+                    return _accepted(done, self._scripts.run(self._linked(), calls))
+            cmds, marks = complete_batch(self._keys, done, ttl=self._ttl_ms())
             out = self._run(cmds, multi=True)
         return [i >= 0 and out[i] > 0 for i in marks]
+
+    def complete_and_claim(
+        self,
+        done: Sequence[Done],
+        queues: Sequence[str],
+        *,
+        worker: str,
+        limit: int,
+        lease: float,
+        wait: float,
+    ) -> tuple[list[bool], list[Claim]]:
+        """With scripts, on one queue with no lease due: ``COMPLETE`` calls, then the next
+        claim pass, in one round trip (the results are delivered before the pass waits)."""
+        queue = queues[0]
+        with self._errors():
+            shas = self._scripts.shas(self._linked()) if done else None
+            if shas is None or len(queues) != 1 or wait < 0.01 or not self._calm(queue):
+                return super().complete_and_claim(
+                    done, queues, worker=worker, limit=limit, lease=lease, wait=wait
+                )
+            calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
+            before = [("EVALSHA", shas[name], *rest) for name, rest in calls]
+            if self._idle.get(queue, True):
+                ask, block = min(limit, self._ask.get(queue, limit)), min(wait, self._wait)
+                claims, expired, out = self._plain_pass(queue, ask, lease, block, before)
+            else:
+                claims, expired, out = self._script_pass(queue, limit, lease, before)
+            if any(isinstance(reply, redis.ResponseError) for reply in out):
+                accepted = self.complete(done)  # NOSCRIPT or NOPERM: nothing ran; again
+            else:
+                accepted = _accepted(done, out)
+            if expired:  # as in _claim_queue: the expired tasks go first
+                requeue(self._redis(), self._keys, queue, [t.decode() for t in expired], claims)
+                claims = self._claim_queue(queue, limit, lease)
+        return accepted, claims
+
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.result_ttl * 1000))
 
     def release(self, claims: Sequence[Claim]) -> None:
         if not claims:
@@ -338,6 +433,10 @@ class RedisBackend(Backend):
                 got = self._run([("BLMPOP", seconds, 1, box, "LEFT", "COUNT", _DRAIN)])[0]
                 if got:
                     break
+        return self._taken(got)
+
+    def _taken(self, got: Any) -> list[bytes]:
+        """The replies in an ``LMPOP`` answer; their ids are no longer in flight."""
         bodies = []
         with self._lock:
             for elem in got[1] if got else ():
@@ -472,3 +571,10 @@ class RedisBackend(Backend):
         with contextlib.suppress(BackendUnavailable), self._errors():
             self._drop_stale()
         self._r.close()
+
+
+def _accepted(done: Sequence[Done], out: list[Any]) -> list[bool]:
+    """Per item of ``done``, in order: the ``COMPLETE`` replies of ``complete_calls``."""
+    queues = dict.fromkeys(d.claim.queue for d in done)  # the order of complete_calls
+    by_queue = {q: iter(held) for q, held in zip(queues, out, strict=True)}
+    return [next(by_queue[d.claim.queue]) == 1 for d in done]

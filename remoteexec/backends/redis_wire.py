@@ -22,7 +22,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -100,14 +100,23 @@ def blocking_wait(client: redis.Redis) -> float:
     return min(1.0, float(timeout) / 4) if timeout else 1.0
 
 
-@contextlib.contextmanager
-def map_redis_errors(secrets: Sequence[str]) -> Iterator[None]:
-    """Map every redis-py error to ``BackendUnavailable`` (secrets scrubbed)."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        message = f"Redis: {type(exc).__name__}: {scrub(str(exc), secrets)}"
-        raise BackendUnavailable(message) from None
+class map_redis_errors:
+    """Map every redis-py error to ``BackendUnavailable`` (secrets scrubbed).
+
+    A class, not ``contextlib.contextmanager``: it wraps every command on the hot path,
+    and one instance serves any number of ``with`` blocks, nested or in other threads.
+    """
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self._secrets = secrets
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if isinstance(exc, redis.RedisError):
+            message = f"Redis: {type(exc).__name__}: {scrub(str(exc), self._secrets)}"
+            raise BackendUnavailable(message) from None
 
 
 def raw(target: redis.Redis | Pipeline) -> Callable[..., Any]:
@@ -153,18 +162,32 @@ class _Held:
             self.pool.release(self.conn)
 
 
-def run(link: Link, commands: list[tuple[Any, ...]], *, multi: bool = False) -> list[Any]:
+def run(
+    link: Link,
+    commands: list[tuple[Any, ...]],
+    *,
+    multi: bool = False,
+    raise_errors: bool = True,
+    then: Callable[[], list[tuple[Any, ...]]] | None = None,
+) -> list[Any]:
     """Send ``commands`` in one round trip (in ``MULTI`` if asked); return raw replies.
 
     The hot paths use this instead of a ``Pipeline``, which spends a third of a busy
     worker's time on per-command bookkeeping and response callbacks. Every reply is read
-    before the first error reply is raised.
+    before the first error reply is raised (or, with ``raise_errors=False``, returned).
+    ``then`` builds more commands once ``commands`` are on their way (not with ``multi``):
+    their replies follow, in the same round trip.
     """
+    assert not (multi and then), "then is not sent inside MULTI"
     held = link.held()
     conn = held.conn
     try:
         sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
         conn.send_packed_command(conn.pack_commands(sent))
+        if then is not None:
+            more = then()
+            conn.send_packed_command(conn.pack_commands(more))
+            sent = [*sent, *more]
         out = [_reply(conn) for _ in sent]
         held.used = time.monotonic()
     except BaseException:
@@ -176,7 +199,7 @@ def run(link: Link, commands: list[tuple[Any, ...]], *, multi: bool = False) -> 
         out = out[-1]
         if out is None or len(out) != len(commands):
             raise redis.ResponseError("transaction aborted")
-    for reply in out:
+    for reply in out if raise_errors else ():
         if isinstance(reply, redis.ResponseError):
             raise reply
     return list(out)
