@@ -159,6 +159,22 @@ def test_send_and_wait_enqueues_then_reads_what_arrives_within_the_wait(
     timer.join()
 
 
+def test_complete_and_claim_completes_then_claims(backend: Backend) -> None:
+    jobs = [job(reply_to="R") for _ in range(3)]
+    backend.enqueue(jobs)
+    [c] = claim_all(backend, ["default"], 1)
+    accepted, claims = backend.complete_and_claim(
+        [Done(c, b"one")], ["default"], worker="w", limit=5, lease=30, wait=1
+    )
+    assert accepted == [True]
+    assert [x.id for x in claims] == [j.id for j in jobs[1:]]
+    assert backend.replies("R", wait=1) == [b"one"]
+    accepted, claims = backend.complete_and_claim(
+        [Done(c, b"again")], ["default"], worker="w", limit=5, lease=30, wait=0
+    )
+    assert accepted == [False] and claims == []
+
+
 def test_bodies_are_opaque_bytes_and_may_be_large(backend: Backend) -> None:
     body = bytes(range(256)) * 4096 + b"\x00"  # 1 MiB and a NUL
     j = job(body=body)

@@ -334,12 +334,14 @@ def test_a_script_free_adapter_takes_over_a_scripted_claim(make, server) -> None
 
 def test_scripts_forgotten_by_the_server_are_loaded_again(make, server) -> None:
     backend = make()
-    backend.enqueue([job(reply_to="R"), job(reply_to="R")])
+    backend.enqueue([job(reply_to="R") for _ in range(4)])
     c1 = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
-    c2 = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    c2 = backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)
     server.client().script_flush()  # as a restarted Redis would have
-    assert backend.complete([Done(c, b"ok") for c in c1 + c2]) == [True, True]
-    assert backend.replies("R", wait=1) == [b"ok", b"ok"]
+    before = _evalsha_calls(server)
+    assert backend.complete([Done(c, b"ok") for c in c1 + c2]) == [True] * 4
+    assert _evalsha_calls(server) - before == 2  # refused (NOSCRIPT), then sent again
+    assert backend.replies("R", wait=1) == [b"ok"] * 4
 
 
 def test_scripting_denied_after_start_falls_back_without_losing_a_result(make, server) -> None:
@@ -354,3 +356,24 @@ def test_scripting_denied_after_start_falls_back_without_losing_a_result(make, s
     assert backend.complete([Done(x, b"ok") for x in c]) == [True] * 3
     assert backend._scripts.off
     assert backend.replies("R", wait=1) == [b"ok"] * 3
+
+
+def test_complete_and_claim_delivers_first_then_claims_in_one_round_trip(make, server) -> None:
+    backend = make()
+    jobs = [job(reply_to="R") for _ in range(6)]
+    backend.enqueue(jobs)
+    [first] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    accepted, claims = backend.complete_and_claim(
+        [Done(first, b"1")], ["default"], worker="w", limit=5, lease=30, wait=1
+    )  # a MULTI completion, then a scripted pass (work was waiting)
+    assert accepted == [True] and [c.id for c in claims] == [j.id for j in jobs[1:]]
+    assert backend.replies("R", wait=1) == [b"1"]
+    server.client().script_flush()  # the scripted completion is refused once, then sent
+    started = time.monotonic()
+    accepted, more = backend.complete_and_claim(
+        [Done(c, b"n") for c in claims], ["default"], worker="w", limit=5, lease=30, wait=0.3
+    )  # nothing waiting: the pass waits 0.3 s after the results went out
+    assert accepted == [True] * 5 and more == []
+    assert time.monotonic() - started >= 0.25
+    assert backend.replies("R", wait=1) == [b"n"] * 5
+    assert backend.stats().running == 0

@@ -86,6 +86,7 @@ from .redis_wire import (
 _MAX_DEAD = 1000
 _MAX_SENT = 200_000  # ids remembered for lost(), newest kept
 _DRAIN = 1000  # replies taken per round trip
+_SCRIPT_MIN = 3  # results completed by the COMPLETE script (fewer: by MULTI, cheaper then)
 
 
 class RedisBackend(Backend):
@@ -359,7 +360,7 @@ class RedisBackend(Backend):
         if not done:
             return []
         with self._errors():
-            if self._scripts.shas(self._linked()) is not None:
+            if len(done) >= _SCRIPT_MIN and self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
                     calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
                     return _accepted(done, self._scripts.run(self._linked(), calls))
@@ -386,14 +387,23 @@ class RedisBackend(Backend):
                 return super().complete_and_claim(
                     done, queues, worker=worker, limit=limit, lease=lease, wait=wait
                 )
-            calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
-            before = [("EVALSHA", shas[name], *rest) for name, rest in calls]
+            if len(done) < _SCRIPT_MIN:  # the script's fixed cost outweighs what it saves
+                cmds, marks = complete_batch(self._keys, done, ttl=self._ttl_ms())
+                before = [("MULTI",), *cmds, ("EXEC",)]
+            else:
+                calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
+                before = [("EVALSHA", shas[name], *rest) for name, rest in calls]
             if self._idle.get(queue, True):
                 ask, block = min(limit, self._ask.get(queue, limit)), min(wait, self._wait)
                 claims, expired, out = self._plain_pass(queue, ask, lease, block, before)
             else:
                 claims, expired, out = self._script_pass(queue, limit, lease, before)
-            if any(isinstance(reply, redis.ResponseError) for reply in out):
+            if before[0][0] == "MULTI":
+                applied = out[-1]
+                if not isinstance(applied, list):  # EXECABORT: nothing ran
+                    raise redis.ResponseError(f"transaction aborted: {applied}")
+                accepted = [i >= 0 and applied[i] > 0 for i in marks]
+            elif any(isinstance(reply, redis.ResponseError) for reply in out):
                 accepted = self.complete(done)  # NOSCRIPT or NOPERM: nothing ran; again
             else:
                 accepted = _accepted(done, out)
