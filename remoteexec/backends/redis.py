@@ -1,4 +1,4 @@
-"""``redis://``, ``rediss://``, ``unix://``: the Redis adapter (Redis 7.0 or later, no Lua).
+"""``redis://``, ``rediss://``, ``unix://``: the Redis adapter (Redis 7.0 or later).
 
 Why lists and not Streams: a consumer group gives delivery counts and blocking reads over
 several queues, but its lease is an entry's idle time judged by the *claimer's*
@@ -9,7 +9,9 @@ stream keys (aborts under load) or Lua. With lists one idea makes every token ch
 that lease is held. Commands that act only on an existing list (``RPUSHX``, ``LMOVE`` out of
 it) make each step of ``complete`` conditional on the lease inside one ``MULTI``: a worker
 whose lease was taken over changes nothing, in one round trip, with no WATCH and no script,
-so a worker's ACL may deny ``@scripting``.
+so a worker's ACL may deny ``@scripting``. Where scripting is allowed, two Lua scripts
+(``redis_lua``) do the same on the same keys in one command per batch instead of one or
+two per task: an optional fast path, measured there.
 
 Keys, under a prefix (``remoteexec:``; ``?prefix=`` in the URL), a queue's all in its
 ``{queue}`` hash slot: ``{q}:w`` waiting tasks (pushed left, taken right), ``{q}:l`` lease
@@ -17,14 +19,17 @@ deadlines by token, ``{q}:c:<token>`` a claimed task, ``{q}:b`` doorbells for wo
 on several queues (gone 2 s after the last ring); ``{reply_to}:r`` a client's replies (TTL
 ``result_ttl``, refreshed on each push); ``epoch``, ``queues``, ``workers``, ``dead``.
 
-Round trips: ``enqueue``, ``complete``, ``renew``, ``release`` 1 per batch; ``claim`` on
-one queue 1 (``ZADD`` the new tokens, then ``BLMOVE`` waiting -> claim list and ``LMOVE``
-for the rest, so an idle worker waits inside its claim), unless a lease it saw in the last
-second is due: then 1 non-blocking pass first. On several queues, 1 per queue tried, then
-``BLMPOP`` on doorbells. A pass asks for twice what the last one got (up to ``limit``).
-``replies`` 1 (``BLMPOP ... COUNT``); ``lost`` 1. Requeuing expired leases costs ``claim`` 2
-more, only when one expired. A token reserved by a claim that found no task is dropped by
-the next. ``claim`` and ``complete`` (2 commands a task, plus 2 a queue) skip ``Pipeline``.
+Round trips: ``enqueue``, ``complete``, ``renew``, ``release`` 1 per batch;
+``send_and_wait`` (a blocking call) 1: the enqueue, then ``BLMPOP`` on the reply list.
+``claim`` on one queue 1: with work waiting, one ``CLAIM`` script call (or, without scripts,
+``ZADD`` the new tokens and one ``LMOVE`` per task); on an empty queue ``BLMOVE`` waiting ->
+claim list, so an idle worker waits inside its claim. A lease it saw in the last second
+that is due costs 1 non-blocking pass first. On several queues, 1 per queue tried, then
+``BLMPOP`` on doorbells. ``complete_and_claim`` (what a worker does between batches) 1: the
+completion is written first, then the next pass. ``replies`` 1 (``BLMPOP ... COUNT``);
+``lost`` 1. Requeuing expired leases costs ``claim`` 2 more, only when one expired. A
+token reserved by a claim that found no task is dropped by the next. The hot paths send
+raw commands on a connection kept per thread (``redis_wire.run``), not ``Pipeline``.
 
 Guarantees and limits:
 
@@ -48,12 +53,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import redis
@@ -61,8 +64,9 @@ from redis.client import Pipeline
 from redis.exceptions import NoPermissionError
 
 from ..errors import BackendUnavailable
-from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .base import Claim, Done, Job
 from .redis_lua import Scripts, claim_args, complete_calls
+from .redis_watch import RedisWatching
 from .redis_wire import (
     Keys,
     Link,
@@ -83,13 +87,12 @@ from .redis_wire import (
     unpack_task,
 )
 
-_MAX_DEAD = 1000
 _MAX_SENT = 200_000  # ids remembered for lost(), newest kept
 _DRAIN = 1000  # replies taken per round trip
 _SCRIPT_MIN = 3  # results completed by the COMPLETE script (fewer: by MULTI, cheaper then)
 
 
-class RedisBackend(Backend):
+class RedisBackend(RedisWatching):
     """A Redis broker. See ``base.Backend`` for the contract and the module for the design."""
 
     def __init__(
@@ -454,128 +457,6 @@ class RedisBackend(Backend):
                 self._sent.pop(ident, None)
                 bodies.append(body)
         return bodies
-
-    def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
-        """Ids sent under an epoch the server no longer has, or found nowhere (see the module).
-
-        The second test catches a reply lost on the wire: ``BLMPOP`` pops replies, and a
-        connection cut before its answer arrives loses them. A task that moved between
-        two lists while they were read is found by a second look.
-        """
-        with self._errors():
-            epoch = self._cmd("GET", self._keys.epoch)
-            with self._lock:
-                mine = {i: self._sent[i] for i in ids if i in self._sent}
-            gone = {i for i, sent_under in mine.items() if sent_under != epoch}
-            missing = set(mine) - gone
-            for _ in range(2):
-                if missing:
-                    missing -= self._traceable(reply_to)
-        with self._lock:
-            for i in gone | missing:
-                self._sent.pop(i, None)
-        return gone | missing
-
-    def _traceable(self, reply_to: str) -> set[str]:
-        """Ids waiting, claimed, or answered to ``reply_to``: one snapshot, then claim lists."""
-        queues = sorted(q.decode() for q in self._cmd("SMEMBERS", self._keys.queues))
-        with self._pipe(transaction=True) as p:
-            p.lrange(self._keys.replies(reply_to), 0, -1)
-            for q in queues:
-                p.lrange(self._keys.waiting(q), 0, -1)
-                p.zrange(self._keys.leases(q), 0, -1)
-            replies, *out = p.execute()
-        found = {unpack_reply(e)[0] for e in replies}
-        found.update(unpack_task(e, "", "").id for ts in out[::2] for e in ts)
-        claims = [(q, t.decode()) for q, ts in zip(queues, out[1::2], strict=True) for t in ts]
-        with self._pipe(transaction=False) as p:
-            for q, t in claims:
-                p.lrange(self._keys.claim(q, t), 0, -1)
-            for elems in p.execute():
-                found.update(unpack_task(e, "", "").id for e in elems[:1])
-        return found
-
-    # Watching ------------------------------------------------------------------------
-
-    def heartbeat(self, info: WorkerInfo) -> None:
-        with self._errors(), self._pipe(transaction=False) as p:
-            p.hset(self._keys.workers, info.id, json.dumps(asdict(info)))
-            p.set(self._keys.epoch, self._mine, nx=True)
-            if info.queues:
-                p.sadd(self._keys.queues, *info.queues)
-            p.execute()
-
-    def forget_worker(self, worker: str) -> None:
-        with self._errors():
-            self._cmd("HDEL", self._keys.workers, worker)
-
-    def bury(self, letter: DeadLetter) -> None:
-        with self._errors(), self._pipe() as p:
-            p.lpush(self._keys.dead, json.dumps(asdict(letter)))
-            p.ltrim(self._keys.dead, 0, _MAX_DEAD - 1)
-            p.execute()
-
-    def stats(self) -> Stats:
-        """Depths count waiting tasks plus those whose lease expired but was not requeued."""
-        with self._errors():
-            with self._pipe(transaction=False) as p:
-                p.smembers(self._keys.queues)
-                p.hgetall(self._keys.workers)
-                p.lrange(self._keys.dead, 0, -1)
-                names, workers, dead = p.execute()
-            queues = sorted(q.decode() for q in names)
-            with self._pipe(transaction=False) as p:
-                for q in queues:
-                    p.llen(self._keys.waiting(q))
-                    p.zrange(self._keys.leases(q), 0, -1, withscores=True)
-                out = p.execute()
-            leases = [(q, t, s) for q, ts in zip(queues, out[1::2], strict=True) for t, s in ts]
-            with self._pipe(transaction=False) as p:
-                for q, t, _ in leases:
-                    p.exists(self._keys.claim(q, t.decode()))
-                held = p.execute()
-        now, depth, running = time.time(), dict(zip(queues, out[::2], strict=True)), 0
-        for (q, _, deadline), exists in zip(leases, held, strict=True):
-            running += bool(exists and deadline > now)
-            depth[q] += bool(exists and deadline <= now)
-        infos = [WorkerInfo(**json.loads(w)) for w in workers.values()]
-        live = [w for w in infos if now - w.last_seen < self.worker_ttl]
-        return Stats(depth, running, live, [DeadLetter(**json.loads(d)) for d in dead])
-
-    def purge(self, queue: str | None = None) -> int:
-        """Delete waiting tasks, and those whose lease expired, of one queue or all."""
-        removed = 0
-        with self._errors():
-            names = [queue] if queue is not None else self._cmd("SMEMBERS", self._keys.queues)
-            for name in names:
-                q = name if isinstance(name, str) else name.decode()
-                expired = self._cmd("ZRANGEBYSCORE", self._keys.leases(q), "-inf", time.time())
-                if expired:
-                    requeue(self._redis(), self._keys, q, [t.decode() for t in expired])
-                with self._pipe() as p:
-                    p.llen(self._keys.waiting(q))
-                    p.delete(self._keys.waiting(q), self._keys.bells(q))
-                    removed += p.execute()[0]
-        return removed
-
-    def sweep(self) -> None:
-        """Forget workers silent for ten heartbeat TTLs; drop unused reserved tokens."""
-        cutoff = time.time() - 10 * self.worker_ttl
-        with self._errors():
-            workers = self._cmd("HGETALL", self._keys.workers)
-            gone = [k for k, v in workers.items() if json.loads(v)["last_seen"] < cutoff]
-            if gone:
-                self._cmd("HDEL", self._keys.workers, *gone)
-            self._drop_stale()
-
-    def _drop_stale(self) -> None:
-        with self._lock:
-            stale, self._stale = self._stale, {}
-        if stale:
-            with self._pipe(transaction=False) as p:
-                for queue, tokens in stale.items():
-                    p.zrem(self._keys.leases(queue), *tokens)
-                p.execute()
 
     def close(self) -> None:
         with contextlib.suppress(BackendUnavailable), self._errors():
