@@ -399,3 +399,18 @@ def test_tls_verifies_certificate_and_host_name(server) -> None:
     backend = MySQLBackend.from_url(f"mysql://root@127.0.0.1:{server.port}/x?ssl=true")
     with pytest.raises(BackendUnavailable, match="SSL"):
         backend.stats()
+
+
+@pytest.mark.parametrize("mode", ["skip_locked", "optimistic"])
+def test_an_idle_worker_probes_before_claiming_and_still_finds_work(make, mode) -> None:
+    client, worker = make(), make(f"?claim={mode}")
+    assert worker.claim(["default"], worker="w", limit=1, lease=0.3, wait=0) == []
+    time.sleep(0.05)  # idle past _PROBE_AFTER: the next claims start with a cheap read
+    first = job()
+    client.enqueue([first])
+    [c] = worker.claim(["default"], worker="w", limit=1, lease=0.3, wait=1)
+    assert c.id == first.id
+    assert worker.claim(["default"], worker="w", limit=1, lease=0.3, wait=0) == []
+    time.sleep(0.4)  # idle again, and the lease has expired: the probe must see it too
+    [again] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    assert (again.id, again.attempt) == (first.id, 2)

@@ -72,7 +72,8 @@ log = logging.getLogger("remoteexec.mysql")
 
 T = TypeVar("T")
 BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"  # reach task rows by id only (see complete)
-_MIN_PAUSE, _MAX_PAUSE = 0.001, 0.04  # adaptive polling: an idle poller reacts in ~50 ms
+_MIN_PAUSE, _MAX_PAUSE = 0.00025, 0.04  # adaptive polling: an idle poller reacts in ~50 ms
+_PROBE_AFTER = 0.02  # idle seconds after which a claim is preceded by a cheap read
 _MAX_DEAD = 1000
 _MODES = ("skip_locked", "optimistic")
 
@@ -111,6 +112,7 @@ class MySQLBackend(Backend):
         self._lock = threading.Lock()
         self._db = Connections(connect, self._prepare)
         self._last_work: dict[Any, float] = {}  # per poll key: when work was last found
+        self._found_none: set[Any] = set()  # claim keys whose last claim found nothing
         self._wake = threading.Condition()
 
     @classmethod
@@ -151,8 +153,9 @@ class MySQLBackend(Backend):
         """Call ``fetch`` until it returns something or ``wait`` seconds pass.
 
         The pause between empty polls grows with the time since work was last found:
-        1 ms while work flows (so a caller waiting for each reply in turn is not slowed),
-        up to 40 ms when idle. Work added through this backend object wakes it at once.
+        0.25 ms while work flows (so a caller waiting for each reply in turn is not slowed),
+        up to 40 ms when idle (idle time / 20). Work added through this backend object
+        wakes it at once. An idle worker's polls start with a cheap read (``_claimable``).
         """
         now = time.monotonic()
         deadline = now + wait
@@ -205,12 +208,36 @@ class MySQLBackend(Backend):
             return []
         queues = list(queues)
 
-        def take(cur: Cursor) -> list[Claim]:  # the mode is known once connected
-            if self.claim_mode == "skip_locked":
-                return self._claim_locked(cur, queues, limit, lease)
-            return self._claim_optimistic(cur, queues, limit, lease)
+        key = ("claim", *queues)
 
-        return self._poll(("claim", *queues), lambda: self._db.run(take), wait)
+        def take(cur: Cursor) -> list[Claim]:  # the mode is known once connected
+            idle = time.monotonic() - self._last_work.get(key, 0.0)
+            if idle > _PROBE_AFTER and key in self._found_none and not self._claimable(cur, queues):
+                return []
+            if self.claim_mode == "skip_locked":
+                claims = self._claim_locked(cur, queues, limit, lease)
+            else:
+                claims = self._claim_optimistic(cur, queues, limit, lease)
+            if claims:
+                self._found_none.discard(key)
+            else:
+                self._found_none.add(key)
+            return claims
+
+        return self._poll(key, lambda: self._db.run(take), wait)
+
+    def _claimable(self, cur: Cursor, queues: list[str]) -> bool:
+        """Whether a claim would find anything: one plain read, a fraction of a claim's cost,
+        made before each claim of a worker idle for ``_PROBE_AFTER`` (its slower polls
+        cost the server less; a busier one claims at once, to answer sooner)."""
+        qs = marks(len(queues))
+        sql = (
+            f"SELECT EXISTS(SELECT 1 FROM {TASKS} WHERE queue IN ({qs}) AND state = 0) OR "
+            f"EXISTS(SELECT 1 FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
+            f"AND queue IN ({qs}))"
+        )
+        [(_, [(found,)])] = execute(cur, sql, (*queues, *queues))
+        return bool(found)
 
     def _claim_locked(
         self, cur: Cursor, queues: list[str], limit: int, lease: float
