@@ -87,6 +87,7 @@ def groups(args: argparse.Namespace, servers: Servers) -> list[tuple[str, Callab
             RawRedisPipelinedCmds(server, folder),
             RawRedisSeedPipelined(server, folder),
             Remoteexec("redis", folder, server),
+            Remoteexec("redis-noscript", folder, server),
         ]
 
     def mysql() -> list[Any]:

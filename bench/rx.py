@@ -20,7 +20,11 @@ TASK: Any = _Task  # the proxy (typed loosely: the bench drives it like a user)
 
 
 class Remoteexec:
-    """remoteexec on ``backend`` (sqlite, redis, mysql or mysql-optimistic)."""
+    """remoteexec on ``backend`` (sqlite, redis, redis-noscript, mysql, mysql-optimistic).
+
+    ``redis-noscript`` connects as a user whose ACL denies ``@scripting``: the adapter's
+    script-free path, to show what its Lua fast path buys.
+    """
 
     scenarios = "ABCD"
 
@@ -38,10 +42,16 @@ class Remoteexec:
         self._runs += 1
         if self.backend == "sqlite":
             return f"sqlite:///{self.folder / f'bench-{self._runs}.db'}"
-        if self.backend == "redis":
+        if self.backend.startswith("redis"):
             probe = self.server.client()
             try:
                 probe.flushall()
+                if self.backend == "redis-noscript":  # an ACL that denies Lua: plain commands
+                    probe.acl_setuser(
+                        "noscript", enabled=True, passwords=["+pw"], keys=["*"],
+                        commands=["+@all", "-@scripting"],
+                    )  # fmt: skip
+                    return f"redis://noscript:pw@127.0.0.1:{self.server.port}/0"
             finally:
                 probe.close()
             return str(self.server.url)
