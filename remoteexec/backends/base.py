@@ -19,6 +19,9 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
   nobody collects expire after ``result_ttl`` seconds.
 * **Watching.** Workers ``heartbeat`` a ``WorkerInfo``; ``stats`` reports queue depths,
   running tasks, live workers and dead letters.
+* **Pairs.** ``send_and_wait`` (enqueue, then wait for replies: a blocking call) and
+  ``complete_and_claim`` (a worker between batches) have defaults built on the above; a
+  backend that can do either in one round trip overrides it (Redis does both).
 
 Every method that takes a list does its work in as few round trips as the broker allows
 (one, where it can). Every driver error is raised as ``BackendUnavailable``; a backend
