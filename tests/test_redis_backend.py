@@ -377,3 +377,17 @@ def test_complete_and_claim_delivers_first_then_claims_in_one_round_trip(make, s
     assert time.monotonic() - started >= 0.25
     assert backend.replies("R", wait=1) == [b"n"] * 5
     assert backend.stats().running == 0
+
+
+def test_send_and_wait_cut_off_after_the_enqueue_reports_it_sent(make, server) -> None:
+    backend = make("?socket_timeout=4")  # blocking reads wait up to 1 s
+    j = job(reply_to="R")
+    killer = threading.Timer(0.3, server.kill)  # while the reply wait blocks
+    killer.start()
+    try:
+        assert backend.send_and_wait([j], "R", wait=1) == []  # sent: no error, no reply
+    finally:
+        killer.join()
+        server.start()  # appendfsync always: the task survived
+    assert claim_one(backend).id == j.id
+    assert backend.lost([j.id], "R") == set()

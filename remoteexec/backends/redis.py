@@ -199,13 +199,23 @@ class RedisBackend(RedisWatching):
             commands.append(("SADD", self._keys.queues, *new))
         # No MULTI needed: nothing is lost if only the first commands run.
         with self._errors():
-            out = self._run(commands + then)
+            try:
+                out, cut_off = self._run(commands + then), False
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                read = getattr(exc, "replies", [])
+                if not then or len(read) < len(commands):
+                    raise  # whether the jobs got through is unknown
+                # They did; only the wait after them was cut off: their replies come later.
+                out, cut_off = [*read[: len(commands)], *[None] * len(then)], True
             epoch = out[0] or self._mine.encode()
-            if epoch != self._epoch:  # a new data set: register every queue again
+            if cut_off:
+                self._epoch, self._known = None, set()  # register queues on the next enqueue
+            elif epoch != self._epoch:  # a new data set: register every queue again
                 if new != list(by_queue):
                     self._cmd("SADD", self._keys.queues, *by_queue)
                 self._epoch, self._known = epoch, set()
-        self._known.update(by_queue)
+        if not cut_off:
+            self._known.update(by_queue)
         with self._lock:
             self._sent.update(dict.fromkeys((j.id for j in jobs), epoch))
             while len(self._sent) > _MAX_SENT:

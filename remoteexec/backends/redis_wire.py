@@ -174,13 +174,15 @@ def run(
 
     The hot paths use this instead of a ``Pipeline``, which spends a third of a busy
     worker's time on per-command bookkeeping and response callbacks. Every reply is read
-    before the first error reply is raised (or, with ``raise_errors=False``, returned).
-    ``then`` builds more commands once ``commands`` are on their way (not with ``multi``):
-    their replies follow, in the same round trip.
+    before the first error reply is raised (or, with ``raise_errors=False``, returned); a
+    driver error carries the replies read before it as ``replies``. ``then`` builds more
+    commands once ``commands`` are on their way (not with ``multi``): their replies
+    follow, in the same round trip.
     """
     assert not (multi and then), "then is not sent inside MULTI"
     held = link.held()
     conn = held.conn
+    out: list[Any] = []
     try:
         sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
         conn.send_packed_command(conn.pack_commands(sent))
@@ -188,10 +190,13 @@ def run(
             more = then()
             conn.send_packed_command(conn.pack_commands(more))
             sent = [*sent, *more]
-        out = [_reply(conn) for _ in sent]
+        for _ in sent:
+            out.append(_reply(conn))
         held.used = time.monotonic()
-    except BaseException:
+    except BaseException as exc:
         conn.disconnect()  # replies may be left unread; the next command reconnects
+        if isinstance(exc, redis.RedisError):
+            exc.replies = out  # type: ignore[attr-defined]  # those read before it failed
         raise
     if multi:
         if isinstance(out[-1], redis.ResponseError):
