@@ -275,7 +275,12 @@ class RedisBackend(RedisWatching):
         return claims or []
 
     def _script_pass(
-        self, queue: str, n: int, lease: float, before: list[tuple[Any, ...]] | None = None
+        self,
+        queue: str,
+        n: int,
+        lease: float,
+        before: list[tuple[Any, ...]] | None = None,
+        sha: bytes = b"",
     ) -> tuple[list[Claim], list[bytes], list[Any]]:
         """One ``CLAIM`` call: the claims, the expired lease tokens, and the replies
         (errors included) of ``before``: commands written first, in the same round trip,
@@ -288,8 +293,7 @@ class RedisBackend(RedisWatching):
 
         if before is None:
             first, reply = [], self._scripts.run(self._linked(), [("claim", args())])[0]
-        else:
-            sha = self._scripts.shas(self._linked())["claim"]  # type: ignore[index]
+        else:  # sha: the CLAIM script's, as loaded when ``before`` was built
             *first, reply = self._run(
                 before, errors=False, then=lambda: [("EVALSHA", sha, *args())]
             )
@@ -410,7 +414,7 @@ class RedisBackend(RedisWatching):
                 ask, block = min(limit, self._ask.get(queue, limit)), min(wait, self._wait)
                 claims, expired, out = self._plain_pass(queue, ask, lease, block, before)
             else:
-                claims, expired, out = self._script_pass(queue, limit, lease, before)
+                claims, expired, out = self._script_pass(queue, limit, lease, before, shas["claim"])
             if before[0][0] == "MULTI":
                 applied = out[-1]
                 if not isinstance(applied, list):  # EXECABORT: nothing ran
