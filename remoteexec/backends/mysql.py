@@ -74,6 +74,7 @@ T = TypeVar("T")
 BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"  # reach task rows by id only (see complete)
 _MIN_PAUSE, _MAX_PAUSE = 0.00025, 0.04  # adaptive polling: an idle poller reacts in ~50 ms
 _PROBE_AFTER = 0.02  # idle seconds after which a claim is preceded by a cheap read
+_EXPIRED_EVERY = 0.25  # seconds between SKIP LOCKED claims' looks for expired leases
 _MAX_DEAD = 1000
 _MODES = ("skip_locked", "optimistic")
 
@@ -113,6 +114,7 @@ class MySQLBackend(Backend):
         self._db = Connections(connect, self._prepare)
         self._last_work: dict[Any, float] = {}  # per poll key: when work was last found
         self._found_none: set[Any] = set()  # claim keys whose last claim found nothing
+        self._expiry_due: dict[tuple[str, ...], float] = {}  # next look for expired leases
         self._wake = threading.Condition()
 
     @classmethod
@@ -242,25 +244,40 @@ class MySQLBackend(Backend):
     def _claim_locked(
         self, cur: Cursor, queues: list[str], limit: int, lease: float
     ) -> list[Claim]:
-        """SKIP LOCKED, one round trip: one UPDATE takes the rows a derived table locked,
-        stamping them with a new token and an exact ``@until``; a SELECT reads them back."""
+        """SKIP LOCKED, one round trip: one UPDATE (atomic on its own: sessions autocommit)
+        takes the rows a derived table locked, stamping them with a new token and an exact
+        ``@until``; a SELECT reads them back.
+
+        Expired leases are looked for at most every ``_EXPIRED_EVERY`` seconds per set of
+        queues: on one queue, the claims in between need no UNION, which costs a third
+        more server time (``SHOW PROFILES``, MariaDB 10.11).
+        """
         token = secrets.token_hex(16)
         qs = marks(len(queues))
+        now, key = time.monotonic(), tuple(queues)
+        expired = now >= self._expiry_due.get(key, 0.0)
+        if expired:
+            self._expiry_due[key] = now + _EXPIRED_EVERY
         rank = f"SELECT seq, FIELD(queue, {qs}) AS r FROM {TASKS} WHERE "
-        branches = [f"({rank}{EXPIRED_WHERE.format(qs)}{SKIP_LOCKED})"]
-        branches += [f"({rank}{WAITING_WHERE}{SKIP_LOCKED})"] * len(queues)
-        args: list[Any] = [lease, *queues, *queues, limit]
+        branches = [f"({rank}{EXPIRED_WHERE.format(qs)}{SKIP_LOCKED})"] if expired else []
+        args: list[Any] = [*queues, *queues, limit] if expired else []
         for queue in queues:
+            branches.append(f"({rank}{WAITING_WHERE}{SKIP_LOCKED})")
             args += [*queues, queue, limit]
+        if len(branches) == 1:  # one queue's waiting tasks, in order: no UNION needed
+            picked = f"SELECT seq FROM {TASKS} WHERE {WAITING_WHERE}{SKIP_LOCKED}"
+            args = [queues[0], limit]
+        else:
+            picked = f"SELECT seq FROM ({' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s"
+            args.append(limit)
         sql = (
-            f"START TRANSACTION; SET @until = {NOW} + %s; UPDATE {TASKS} t JOIN (SELECT seq FROM ("
-            f"{' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s) p ON t.seq = p.seq "
+            f"SET @until = {NOW} + %s; UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq "
             "SET t.state = 1, t.token = %s, t.lease_until = @until, "
             "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1; "
             f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
-            "WHERE state = 1 AND lease_until = @until AND token = %s; COMMIT"
+            "WHERE state = 1 AND lease_until = @until AND token = %s"
         )
-        rows = execute(cur, sql, (*args, limit, token, token))[3][1]
+        rows = execute(cur, sql, (lease, *args, token, token))[2][1]
         order = {queue: i for i, queue in enumerate(queues)}
         return [
             Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
