@@ -5,8 +5,9 @@ size, instead of one to two commands per task (``claim_pass``, ``complete_batch`
 ``redis_wire``): fewer commands for redis-py to pack and parse on the worker, and for Redis
 to dispatch. Measured on 2 cores (``python -m bench --reps 3``, whose
 ``remoteexec-redis-noscript`` row runs the same adapter as a user denied ``@scripting``):
-B 16,244 against 11,778 calls/s, C 15,948 against 13,636; a worker's CPU time per task in
-B about halves (about 50 to 25 µs here). For one or two results a ``MULTI`` is cheaper
+B 15,698 against 12,188 calls/s, C 17,491 against 16,802 (other runs: B 16,244 against
+11,778, C 15,948 against 13,636); a worker's CPU time per task in B about halves (about 50
+to 25 µs here). For one or two results a ``MULTI`` is cheaper
 than a script call, so ``RedisBackend`` completes those without it.
 
 The scripts keep the script-free layout exactly (a claim is the list ``{q}:c:<token>``
