@@ -379,14 +379,18 @@ def test_url_options_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="ssl"):
         MySQLBackend.from_url("mysql://u:pw@h/db?ssl=maybe")
     assert isinstance(open_backend("mysql://u@h/db"), MySQLBackend)
-    args, claim = parse_url("mysql://us%40er:p%3Aw@db.example:3307/app?read_timeout=5")
+    args, options = parse_url("mysql://us%40er:p%3Aw@db.example:3307/app?read_timeout=5")
     assert (args["user"], args["password"], args["host"], args["port"]) == (
         "us@er",
         "p:w",
         "db.example",
         3307,
     )
-    assert (args["read_timeout"], args["database"], claim) == (5.0, "app", None)
+    assert (args["read_timeout"], args["database"], options) == (5.0, "app", {})
+    assert parse_url("mysql://u@h/app?claim=optimistic&wait=client")[1] == {
+        "claim": "optimistic",
+        "wait": "client",
+    }
 
 
 def test_tls_verifies_certificate_and_host_name(server) -> None:
@@ -402,8 +406,9 @@ def test_tls_verifies_certificate_and_host_name(server) -> None:
 
 
 @pytest.mark.parametrize("mode", ["skip_locked", "optimistic"])
-def test_an_idle_worker_probes_before_claiming_and_still_finds_work(make, mode) -> None:
-    client, worker = make(), make(f"?claim={mode}")
+@pytest.mark.parametrize("wait", ["server", "client"])
+def test_an_idle_worker_probes_before_claiming_and_still_finds_work(make, mode, wait) -> None:
+    client, worker = make(), make(f"?claim={mode}&wait={wait}")
     assert worker.claim(["default"], worker="w", limit=1, lease=0.3, wait=0) == []
     time.sleep(0.05)  # idle past _PROBE_AFTER: the next claims start with a cheap read
     first = job()
@@ -414,3 +419,80 @@ def test_an_idle_worker_probes_before_claiming_and_still_finds_work(make, mode) 
     time.sleep(0.4)  # idle again, and the lease has expired: the probe must see it too
     [again] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=1)
     assert (again.id, again.attempt) == (first.id, 2)
+
+
+# -- waiting -----------------------------------------------------------------------------
+
+
+def questions(backend: MySQLBackend) -> int:
+    """Statements this thread's connection of ``backend`` has sent (this SHOW included)."""
+    [(_, count)] = backend._db.run(
+        lambda cur: (cur.execute("SHOW SESSION STATUS LIKE 'Questions'"), cur.fetchall())[1]
+    )
+    return int(count)
+
+
+def test_waits_in_the_server_on_mariadb_or_polls_on_request(make) -> None:
+    server_side, polling = make(), make("?wait=client")
+    server_side.stats()
+    polling.stats()
+    assert (server_side.wait_mode, polling.wait_mode) == ("server", "client")
+    with pytest.raises(ConfigurationError, match="wait"):
+        make("?wait=sometimes")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_empty_claim_waits_in_the_server_in_one_statement(make, mode) -> None:
+    server_side, polling = make(f"?claim={mode}"), make(f"?claim={mode}&wait=client")
+    sent = []
+    for backend in (server_side, polling):
+        before = questions(backend)
+        assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=0.5) == []
+        sent.append(questions(backend) - before - 1)  # not counting the SHOW
+    assert sent[0] <= 3 < 6 <= sent[1]  # one wait (then the optimistic reads); many polls
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_claim_waiting_in_the_server_takes_new_work_before_its_wait_ends(make, mode) -> None:
+    worker, client = make(f"?claim={mode}"), make()
+    worker.stats()  # connected: the next claim waits in the server
+    new = job()
+    timer = threading.Timer(0.3, client.enqueue, ([new],))
+    timer.start()
+    started = time.monotonic()
+    claims = worker.claim(["default"], worker="w", limit=5, lease=30, wait=5)
+    waited = time.monotonic() - started
+    timer.join()
+    assert [c.id for c in claims] == [new.id]
+    assert waited < 4  # taken when it came, not when the wait ran out
+
+
+def test_send_and_wait_inserts_and_waits_for_the_reply_in_one_query(make) -> None:
+    client, worker = make(), make()
+    sent = job(reply_to="me")
+
+    def serve() -> None:
+        [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=5)
+        worker.complete([Done(c, b"answer")])
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    before = questions(client)
+    assert client.send_and_wait([sent], "me", wait=5) == [b"answer"]
+    thread.join()
+    assert questions(client) - before - 1 == 2  # "INSERT ...; BEGIN NOT ATOMIC ... END"
+
+
+def test_send_and_wait_cut_off_after_the_insert_reports_it_sent(server, db_url, make) -> None:
+    client = make()
+    client.stats()
+    [(conn_id,)] = client._db.run(
+        lambda cur: (cur.execute("SELECT CONNECTION_ID()"), cur.fetchall())[1]
+    )
+    killer = threading.Timer(0.5, query, (server, db_url, f"KILL CONNECTION {conn_id}"))
+    killer.start()
+    sent = job(reply_to="me")
+    assert client.send_and_wait([sent], "me", wait=5) == []  # sent; replies come later
+    killer.join()
+    assert query(server, db_url, "SELECT id FROM remoteexec_tasks") == ((sent.id,),)
+    assert client.replies("me", wait=0) == []  # a new connection works

@@ -21,9 +21,13 @@ tokens still hold (as of one server time), stores their replies and deletes them
 transaction; reads always see committed data (autocommit, READ COMMITTED). Statements are
 batched into multi-statement round trips (one, where packet size allows). Every PyMySQL
 error becomes ``BackendUnavailable``; deadlocks and lock-wait timeouts are retried here.
-URL options: ``claim``, ``ssl`` (``true`` verifies the certificate and host name),
-``ssl_ca``, ``ssl_cert``, ``ssl_key``, ``connect_timeout``, ``read_timeout``,
-``write_timeout``, ``unix_socket``.
+A claim or reply read that finds nothing waits in the server where it can (MariaDB), else
+polls (``mysql_wait.py``).
+
+URL options: ``claim``, ``wait`` (``server`` or ``client``: where an empty claim or reply
+read waits; ``server`` needs MariaDB, and is its default), ``ssl`` (``true`` verifies the
+certificate and host name), ``ssl_ca``, ``ssl_cert``, ``ssl_key``, ``connect_timeout``,
+``read_timeout``, ``write_timeout``, ``unix_socket``.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import BackendUnavailable, ConfigurationError
 from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 from .mysql_conn import (
     Conn,
@@ -46,6 +50,7 @@ from .mysql_conn import (
     execute,
     map_mysql_errors,
     parse_url,
+    read_rest,
     render,
     run_many,
     script,
@@ -65,18 +70,19 @@ from .mysql_schema import (
     marks,
     schema_sql,
 )
+from .mysql_wait import Waiter, in_server
 
 __all__ = ["MySQLBackend", "map_mysql_errors", "schema_sql"]
 
 log = logging.getLogger("remoteexec.mysql")
 
-T = TypeVar("T")
 BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"  # reach task rows by id only (see complete)
-_MIN_PAUSE, _MAX_PAUSE = 0.00025, 0.04  # adaptive polling: an idle poller reacts in ~50 ms
-_PROBE_AFTER = 0.02  # idle seconds after which a claim is preceded by a cheap read
+_PROBE_AFTER = 0.02  # idle seconds after which a polled claim is preceded by a cheap read
 _EXPIRED_EVERY = 0.25  # seconds between SKIP LOCKED claims' looks for expired leases
 _MAX_DEAD = 1000
 _MODES = ("skip_locked", "optimistic")
+_WAITS = ("server", "client")
+_REPLY = "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
 
 
 def _pick(
@@ -95,27 +101,35 @@ class MySQLBackend(Backend):
 
     Args:
         claim: ``"skip_locked"``, ``"optimistic"`` or None (pick from the server version).
+        wait: ``"server"``, ``"client"`` or None (in the server where it can).
         connect: PyMySQL ``connect`` arguments (host, port, user, password, database, ...).
     """
 
     def __init__(
-        self, *, claim: str | None = None, result_ttl: float = 3600.0, **connect: Any
+        self,
+        *,
+        claim: str | None = None,
+        wait: str | None = None,
+        result_ttl: float = 3600.0,
+        **connect: Any,
     ) -> None:
         super().__init__(result_ttl=result_ttl)
         if claim not in (None, *_MODES):
             raise ConfigurationError(
                 f"bad MySQL URL option claim={claim!r}: use skip_locked or optimistic"
             )
+        if wait not in (None, *_WAITS):
+            raise ConfigurationError(f"bad MySQL URL option wait={wait!r}: use server or client")
         self.claim_mode = claim
+        self.wait_mode = wait
         self.returning = False  # DELETE ... RETURNING (MariaDB) for replies
         self.max_packet = 1 << 24  # the server's max_allowed_packet, read on first use
         self._ready = False
         self._lock = threading.Lock()
         self._db = Connections(connect, self._prepare)
-        self._last_work: dict[Any, float] = {}  # per poll key: when work was last found
+        self._waiter = Waiter()
         self._found_none: set[Any] = set()  # claim keys whose last claim found nothing
         self._expiry_due: dict[tuple[str, ...], float] = {}  # next look for expired leases
-        self._wake = threading.Condition()
 
     @classmethod
     def from_url(cls, url: str, *, result_ttl: float = 3600.0) -> MySQLBackend:
@@ -124,8 +138,8 @@ class MySQLBackend(Backend):
         Raises:
             ConfigurationError: the URL is malformed or names an unknown option.
         """
-        args, claim = parse_url(url)
-        return cls(claim=claim, result_ttl=result_ttl, **args)
+        args, options = parse_url(url)
+        return cls(**options, result_ttl=result_ttl, **args)
 
     def _prepare(self, conn: Conn) -> None:
         """On first use: pick the claim mode and packet budget, create the schema if needed."""
@@ -140,68 +154,84 @@ class MySQLBackend(Backend):
                 modern = version >= ((10, 6) if mariadb else (8, 0, 1))
                 self.claim_mode = "skip_locked" if modern else "optimistic"
             self.returning = mariadb
+            blocks = mariadb and version >= (10, 1, 1)  # compound statements outside programs
+            if self.wait_mode is None:
+                self.wait_mode = "server" if blocks else "client"
+            elif self.wait_mode == "server" and not blocks:
+                raise ConfigurationError(f"wait=server needs MariaDB 10.1.1 or later, not {info}")
+            self._waiter.in_server = self.wait_mode == "server"
             cur = conn.cursor()
             [(_, [(packet,)])] = execute(cur, "SELECT @@max_allowed_packet")
             self.max_packet = int(packet)
             ensure_schema(cur, self._db.where)
-            log.info("using %s (%s), claim mode %s", self._db.where, info, self.claim_mode)
+            log.info(
+                "using %s (%s), claim mode %s, waits in the %s",
+                *(self._db.where, info, self.claim_mode, self.wait_mode),
+            )
             self._ready = True
 
     def init_db(self) -> None:
         """Create the tables (or migrate them) now; running it again changes nothing."""
         self._db.run(apply_schema, retry_lost=True)
 
-    def _poll(self, key: Any, fetch: Callable[[], list[T]], wait: float) -> list[T]:
-        """Call ``fetch`` until it returns something or ``wait`` seconds pass.
-
-        The pause between empty polls grows with the time since work was last found:
-        0.25 ms while work flows (so a caller waiting for each reply in turn is not slowed),
-        up to 40 ms when idle (idle time / 20). Work added through this backend object
-        wakes it at once. An idle worker's polls start with a cheap read (``_claimable``).
-        """
-        now = time.monotonic()
-        deadline = now + wait
-        while True:
-            got = fetch()
-            now = time.monotonic()
-            remaining = deadline - now
-            if got or remaining <= 0:
-                if got:
-                    self._last_work[key] = now
-                return got
-            idle = now - self._last_work.get(key, now - 1.0)
-            pause = min(_MAX_PAUSE, max(_MIN_PAUSE, idle / 20))
-            with self._wake:
-                self._wake.wait(min(pause, remaining))
-
-    def _kick(self) -> None:
-        now = time.monotonic()
-        for key in list(self._last_work):
-            self._last_work[key] = now
-        with self._wake:
-            self._wake.notify_all()
-
     # -- the contract --------------------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
         """Insert ``jobs`` with multi-row INSERTs: one round trip unless they are large."""
-        head = f"INSERT INTO {TASKS} (id, queue, reply_to, body, created) VALUES ".encode()
-        row = f"(%s, %s, %s, %s, {NOW})"
 
         def insert(cur: Cursor) -> None:
-            rows = [render(cur.connection, row, (j.id, j.queue, j.reply_to, j.body)) for j in jobs]
-            queries: list[bytes] = []
-            start = used = 0
-            for i, values in enumerate(rows):
-                used += len(values) + 2
-                if i + 1 == len(rows) or used + len(rows[i + 1]) > self.max_packet // 2:
-                    queries.append(head + b", ".join(rows[start : i + 1]))
-                    start, used = i + 1, 0
+            queries = self._inserts(cur, jobs)
             run_many(cur, queries, txn=len(queries) > 1, max_packet=self.max_packet)
 
         if jobs:
             self._db.run(insert)
-            self._kick()
+            self._waiter.kick()
+
+    def _inserts(self, cur: Cursor, jobs: Sequence[Job]) -> list[bytes]:
+        """The INSERTs that add ``jobs``: as few as half ``max_allowed_packet`` allows."""
+        head = f"INSERT INTO {TASKS} (id, queue, reply_to, body, created) VALUES ".encode()
+        row = f"(%s, %s, %s, %s, {NOW})"
+        rows = [render(cur.connection, row, (j.id, j.queue, j.reply_to, j.body)) for j in jobs]
+        queries: list[bytes] = []
+        start = used = 0
+        for i, values in enumerate(rows):
+            used += len(values) + 2
+            if i + 1 == len(rows) or used + len(rows[i + 1]) > self.max_packet // 2:
+                queries.append(head + b", ".join(rows[start : i + 1]))
+                start, used = i + 1, 0
+        return queries
+
+    def send_and_wait(self, jobs: Sequence[Job], reply_to: str, *, wait: float) -> list[bytes]:
+        """Where the server waits (``wait=server``), one round trip: the INSERT, then the
+        wait for replies. Once the INSERT's answer is in, the jobs are sent: a failure
+        after it returns no replies (they are read later) instead of raising."""
+        if self.wait_mode != "server" or not jobs:  # the mode is known once connected
+            return super().send_and_wait(jobs, reply_to, wait=wait)
+        sent = False
+
+        def send(cur: Cursor) -> list[bytes] | None:
+            nonlocal sent
+            waiting = self._replies_wait(reply_to, wait)
+            if sent:  # retried after a deadlock in the wait: the jobs are in
+                return self._bodies(execute(cur, *waiting)[0][1])
+            wait_sql = render(cur.connection, *waiting)
+            [insert] = self._inserts(cur, jobs)
+            if len(insert) + len(wait_sql) > self.max_packet // 2:
+                return None  # large: the INSERTs alone, then the wait
+            cur.execute(insert + b"; " + wait_sql)  # type: ignore[call-overload]
+            sent = True
+            return self._bodies(read_rest(cur)[0][1])
+
+        try:
+            bodies = self._db.run(send)
+        except BackendUnavailable:
+            if sent:
+                return []
+            raise
+        self._waiter.kick()
+        if bodies is None:
+            return super().send_and_wait(jobs, reply_to, wait=wait)
+        return bodies
 
     def claim(
         self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
@@ -209,16 +239,27 @@ class MySQLBackend(Backend):
         if not queues or limit <= 0:
             return []
         queues = list(queues)
-
         key = ("claim", *queues)
 
-        def take(cur: Cursor) -> list[Claim]:  # the mode is known once connected
-            idle = time.monotonic() - self._last_work.get(key, 0.0)
-            if idle > _PROBE_AFTER and key in self._found_none and not self._claimable(cur, queues):
-                return []
+        def take(cur: Cursor, hold: float) -> list[Claim]:  # the mode is known once connected
+            now, due = time.monotonic(), tuple(queues)
+            expired = self.claim_mode == "optimistic" or now >= self._expiry_due.get(due, 0.0)
+            if expired:
+                self._expiry_due[due] = now + _EXPIRED_EVERY
+            ready = self._claimable(queues, expired)
+            idle = self._waiter.idle(key)
+            waiting: tuple[Part, float, float] | None = None
+            if self._waiter.in_server:
+                waiting = (ready, hold, idle)
+            elif idle > _PROBE_AFTER and key in self._found_none:
+                [(_, [(found,)])] = execute(cur, f"SELECT {ready[0]}", ready[1])
+                if not found:
+                    return []
             if self.claim_mode == "skip_locked":
-                claims = self._claim_locked(cur, queues, limit, lease)
+                claims = self._claim_locked(cur, queues, limit, lease, expired, waiting)
             else:
+                if waiting is not None:
+                    execute(cur, *in_server(ready, [("DO 0", ())], hold, idle))
                 claims = self._claim_optimistic(cur, queues, limit, lease)
             if claims:
                 self._found_none.discard(key)
@@ -226,38 +267,44 @@ class MySQLBackend(Backend):
                 self._found_none.add(key)
             return claims
 
-        return self._poll(key, lambda: self._db.run(take), wait)
+        return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
 
-    def _claimable(self, cur: Cursor, queues: list[str]) -> bool:
-        """Whether a claim would find anything: one plain read, a fraction of a claim's cost,
-        made before each claim of a worker idle for ``_PROBE_AFTER`` (its slower polls
-        cost the server less; a busier one claims at once, to answer sooner)."""
+    @staticmethod
+    def _claimable(queues: list[str], expired: bool) -> Part:
+        """The condition that a claim would find something: indexed reads, a fraction of a
+        claim's cost. It is what a claim waits for in the server; when the client polls,
+        each claim of a worker idle for ``_PROBE_AFTER`` is preceded by it (its slower
+        polls cost the server less; a busier one claims at once, to answer sooner)."""
         qs = marks(len(queues))
-        sql = (
-            f"SELECT EXISTS(SELECT 1 FROM {TASKS} WHERE queue IN ({qs}) AND state = 0) OR "
-            f"EXISTS(SELECT 1 FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
+        sql = f"EXISTS(SELECT 1 FROM {TASKS} WHERE queue IN ({qs}) AND state = 0)"
+        if not expired:
+            return sql, tuple(queues)
+        sql += (
+            f" OR EXISTS(SELECT 1 FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
             f"AND queue IN ({qs}))"
         )
-        [(_, [(found,)])] = execute(cur, sql, (*queues, *queues))
-        return bool(found)
+        return sql, (*queues, *queues)
 
     def _claim_locked(
-        self, cur: Cursor, queues: list[str], limit: int, lease: float
+        self,
+        cur: Cursor,
+        queues: list[str],
+        limit: int,
+        lease: float,
+        expired: bool,
+        waiting: tuple[Part, float, float] | None,
     ) -> list[Claim]:
         """SKIP LOCKED, one round trip: one UPDATE (atomic on its own: sessions autocommit)
         takes the rows a derived table locked, stamping them with a new token and an exact
-        ``@until``; a SELECT reads them back.
+        ``@until``; a SELECT reads them back. With ``waiting`` (ready, hold, idle), all that
+        runs after a wait in the server (``mysql_wait.in_server``).
 
-        Expired leases are looked for at most every ``_EXPIRED_EVERY`` seconds per set of
-        queues: on one queue, the claims in between need no UNION, which costs a third
-        more server time (``SHOW PROFILES``, MariaDB 10.11).
+        Expired leases are looked for (``expired``) at most every ``_EXPIRED_EVERY`` seconds
+        per set of queues: on one queue, the claims in between need no UNION, which costs a
+        third more server time (``SHOW PROFILES``, MariaDB 10.11).
         """
         token = secrets.token_hex(16)
         qs = marks(len(queues))
-        now, key = time.monotonic(), tuple(queues)
-        expired = now >= self._expiry_due.get(key, 0.0)
-        if expired:
-            self._expiry_due[key] = now + _EXPIRED_EVERY
         rank = f"SELECT seq, FIELD(queue, {qs}) AS r FROM {TASKS} WHERE "
         branches = [f"({rank}{EXPIRED_WHERE.format(qs)}{SKIP_LOCKED})"] if expired else []
         args: list[Any] = [*queues, *queues, limit] if expired else []
@@ -270,14 +317,25 @@ class MySQLBackend(Backend):
         else:
             picked = f"SELECT seq FROM ({' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s"
             args.append(limit)
-        sql = (
-            f"SET @until = {NOW} + %s; UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq "
-            "SET t.state = 1, t.token = %s, t.lease_until = @until, "
-            "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1; "
-            f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
-            "WHERE state = 1 AND lease_until = @until AND token = %s"
-        )
-        rows = execute(cur, sql, (lease, *args, token, token))[2][1]
+        parts: list[Part] = [
+            (f"SET @until = {NOW} + %s", (lease,)),
+            (
+                f"UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq "
+                "SET t.state = 1, t.token = %s, t.lease_until = @until, "
+                "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1",
+                (*args, token),
+            ),
+            (
+                f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
+                "WHERE state = 1 AND lease_until = @until AND token = %s",
+                (token,),
+            ),
+        ]
+        if waiting is not None:
+            rows = execute(cur, *in_server(waiting[0], parts, *waiting[1:]))[0][1]
+        else:
+            sql = "; ".join(sql for sql, _ in parts)
+            rows = execute(cur, sql, tuple(a for _, part in parts for a in part))[2][1]
         order = {queue: i for i, queue in enumerate(queues)}
         return [
             Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
@@ -330,6 +388,8 @@ class MySQLBackend(Backend):
         """
         if not done:
             return []
+        if len(done) == 1:
+            return [self._complete_one(done[0])]
         by_token: dict[str, list[str]] = {}
         for d in done:
             by_token.setdefault(d.claim.token, []).append(d.claim.id)
@@ -358,7 +418,7 @@ class MySQLBackend(Backend):
             parts.append(self._replies_sql(held, held_args, chunk, bodies))
         parts.append((f"DELETE {TASKS} FROM {BY_ID} WHERE {held}", held_args))
         result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
-        self._kick()
+        self._waiter.kick()
         taken = set(result[2][1])  # 0 is START TRANSACTION, 1 SET @now
         accepted: list[bool] = []
         for d in done:  # a task completes once: a repeat of it in the batch is refused
@@ -367,6 +427,19 @@ class MySQLBackend(Backend):
             taken.discard(key)
         return accepted
 
+    def _complete_one(self, done: Done) -> bool:
+        """One result, in one transaction: delete the task if its token still holds it,
+        and insert the reply only if that DELETE took the row (``ROW_COUNT()``). Four
+        statements where a batch takes six, and no locking read."""
+        claim = done.claim
+        parts: list[Part] = [(f"DELETE {TASKS} FROM {BY_ID} WHERE {HELD}", (claim.id, claim.token))]
+        if done.reply is not None:
+            sql = f"{_REPLY}SELECT %s, %s, %s, {NOW} FROM DUAL WHERE ROW_COUNT() = 1"
+            parts.append((sql, (claim.reply_to, claim.id, done.reply)))
+        result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
+        self._waiter.kick()
+        return result[1][0] == 1  # 0 is START TRANSACTION
+
     @staticmethod
     def _replies_sql(
         held: str, held_args: tuple[Any, ...], ids: list[str], bodies: dict[str, bytes]
@@ -374,8 +447,7 @@ class MySQLBackend(Backend):
         """INSERT ... SELECT of the replies to ``ids`` whose tasks are ``held``."""
         cases = " ".join(["WHEN %s THEN %s"] * len(ids))
         sql = (
-            "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
-            f"SELECT reply_to, id, CASE id {cases} END, @now FROM {BY_ID} "
+            f"{_REPLY}SELECT reply_to, id, CASE id {cases} END, @now FROM {BY_ID} "
             f"WHERE {held} AND id IN ({marks(len(ids))}) ORDER BY FIELD(id, {marks(len(ids))})"
         )
         return sql, (*(a for i in ids for a in (i, bodies[i])), *held_args, *ids, *ids)
@@ -391,19 +463,22 @@ class MySQLBackend(Backend):
                 lambda cur: script(cur, parts, txn=False, max_packet=self.max_packet),
                 retry_lost=True,
             )
-            self._kick()
+            self._waiter.kick()
 
     def cancel(self, job: Job) -> bool:
         sql = f"DELETE FROM {TASKS} WHERE id = %s AND state = 0 AND attempt = 0"
         return self._db.run(lambda cur: execute(cur, sql, (job.id,)))[0][0] == 1
 
     def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
-        """Read and delete ``reply_to``'s replies: one round trip on MariaDB, two on MySQL."""
+        """Read and delete ``reply_to``'s replies: one round trip on MariaDB (waiting in the
+        server), two on MySQL."""
 
-        def take(cur: Cursor) -> list[bytes]:
+        def take(cur: Cursor, hold: float) -> list[bytes]:
+            if self._waiter.in_server:
+                return self._bodies(execute(cur, *self._replies_wait(reply_to, hold))[0][1])
             if self.returning:  # MariaDB: read and delete in one statement
                 sql = "DELETE FROM remoteexec_replies WHERE reply_to = %s RETURNING seq, body"
-                return [bytes(body) for _, body in sorted(execute(cur, sql, (reply_to,))[0][1])]
+                return self._bodies(execute(cur, sql, (reply_to,))[0][1])
             sql = "SELECT seq, body FROM remoteexec_replies WHERE reply_to = %s ORDER BY seq"
             rows = execute(cur, sql, (reply_to,))[0][1]
             parts = [("DELETE FROM remoteexec_replies WHERE seq = %s", (seq,)) for seq, _ in rows]
@@ -411,7 +486,20 @@ class MySQLBackend(Backend):
             # Only what this call deleted is returned: a reply is never delivered twice.
             return [bytes(r[1]) for r, (n, _) in zip(rows, deleted, strict=True) if n == 1]
 
-        return self._poll(("replies", reply_to), lambda: self._db.run(take), wait)
+        key = ("replies", reply_to)
+        return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
+
+    def _replies_wait(self, reply_to: str, hold: float) -> Part:
+        """Wait in the server (up to ``hold`` s) for replies to ``reply_to``; take them."""
+        ready = ("EXISTS(SELECT 1 FROM remoteexec_replies WHERE reply_to = %s)", (reply_to,))
+        take = "DELETE FROM remoteexec_replies WHERE reply_to = %s RETURNING seq, body"
+        idle = self._waiter.idle(("replies", reply_to))
+        return in_server(ready, [(take, (reply_to,))], hold, idle)
+
+    @staticmethod
+    def _bodies(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
+        """Reply bodies from (seq, body) rows, in seq order."""
+        return [bytes(body) for _, body in sorted(rows)]
 
     def heartbeat(self, info: WorkerInfo) -> None:
         sql = (

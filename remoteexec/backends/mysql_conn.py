@@ -44,7 +44,8 @@ _SESSION = (
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; "
     "SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = 5"
 )
-_OPTIONS = ("claim", "ssl", "ssl_ca", "ssl_cert", "ssl_key", "unix_socket")
+_ADAPTER = ("claim", "wait")  # options for mysql.py, not for PyMySQL
+_OPTIONS = (*_ADAPTER, "ssl", "ssl_ca", "ssl_cert", "ssl_key", "unix_socket")
 _TIMEOUTS = {"connect_timeout": 10.0, "read_timeout": 30.0, "write_timeout": 30.0}
 _TRUE, _FALSE = ("1", "true", "yes", "required"), ("0", "false", "no", "disabled")
 _LOCK_ERRORS = (1205, 1213)  # lock wait timeout, deadlock
@@ -93,7 +94,12 @@ def render(conn: Conn, sql: str, args: Sequence[Any] = ()) -> bytes:
 
 def _send(cur: Cursor, query: bytes) -> Result:
     cur.execute(query)  # type: ignore[call-overload]  # PyMySQL sends bytes as they are
-    out: Result = [(cur.rowcount, cur.fetchall())]
+    return [(cur.rowcount, cur.fetchall()), *read_rest(cur)]
+
+
+def read_rest(cur: Cursor) -> Result:
+    """The results after the first of a multi-statement query ``cur`` has sent."""
+    out: Result = []
     while cur.nextset():
         out.append((cur.rowcount, cur.fetchall()))
     return out
@@ -158,8 +164,9 @@ def _tls(options: dict[str, str]) -> dict[str, Any]:
     return {"ssl": ctx}
 
 
-def parse_url(url: str) -> tuple[dict[str, Any], str | None]:
-    """PyMySQL ``connect`` arguments and the claim mode named by a ``mysql://`` URL.
+def parse_url(url: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """PyMySQL ``connect`` arguments, and the adapter's options (``claim``, ``wait``), from
+    a ``mysql://`` URL.
 
     Raises:
         ConfigurationError: the URL is malformed or names an unknown option.
@@ -187,7 +194,7 @@ def parse_url(url: str) -> tuple[dict[str, Any], str | None]:
         **timeouts,
         **_tls(options),
     }
-    return args, options.get("claim") or None
+    return args, {k: options[k] for k in _ADAPTER if options.get(k)}
 
 
 def _stale(conn: Conn) -> bool:

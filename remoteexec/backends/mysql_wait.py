@@ -1,0 +1,98 @@
+"""Waiting for rows, for ``mysql.py``: inside the server where it can, else by polling.
+
+MySQL has no blocking read of a table, so a claim or a reply read that finds nothing must
+look again. Where the server runs compound statements outside stored programs (MariaDB
+10.1+), the server does the looking: one round trip carries a loop that tests a cheap
+indexed ``EXISTS`` and sleeps between tests, then runs the fetch as soon as the test
+passes or the wait is over. The client pays one round trip per wait instead of one per
+look, and sees a new row within a pause. Elsewhere (MySQL, or ``?wait=client``) the client
+polls with the same pauses.
+
+The pause grows with the time since the waiter last found work: 0.1 ms while work flows
+(so a caller waiting for each reply in turn is not slowed), up to 40 ms when idle (idle
+time / 20), so an idle farm costs the server little.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+from .mysql_conn import Part
+from .mysql_schema import NOW
+
+T = TypeVar("T")
+MIN_PAUSE, MAX_PAUSE = 0.0001, 0.04
+
+# The test is a SELECT of its own: a condition of a compound statement would read its tables
+# with shared locks (InnoDB locks the reads of every statement that is not a SELECT).
+_LOOP = (
+    f"BEGIN NOT ATOMIC DECLARE t0 DOUBLE DEFAULT {NOW}; DECLARE found INT DEFAULT 0; "
+    f"WHILE found = 0 AND {NOW} - t0 < %s DO SELECT {{ready}} INTO found; "
+    f"IF found = 0 THEN DO SLEEP(LEAST(%s, GREATEST(%s, ({NOW} - t0 + %s) / 20))); END IF; "
+    "END WHILE; "
+)
+
+
+def in_server(ready: Part, fetch: Sequence[Part], hold: float, idle: float) -> Part:
+    """One compound statement: wait up to ``hold`` seconds, in the server, until the SQL
+    condition ``ready`` holds, then run the ``fetch`` statements (whatever the outcome, so
+    a row that came as the wait ended is still taken).
+
+    Inside a compound statement only result sets reach the client (then one final OK):
+    the caller finds the fetch's SELECT (or ``RETURNING``) rows in the first result.
+    """
+    sql = _LOOP.format(ready=ready[0]) + "; ".join(sql for sql, _ in fetch) + "; END"
+    args = (hold, *ready[1], MAX_PAUSE, MIN_PAUSE, idle, *(a for _, part in fetch for a in part))
+    return sql, args
+
+
+class Waiter:
+    """Calls a fetch until it finds something or the wait is over; see the module docstring.
+
+    ``in_server`` is set once the server is known to run compound statements.
+    """
+
+    def __init__(self) -> None:
+        self.in_server = False
+        self._last_work: dict[Hashable, float] = {}
+        self._wake = threading.Condition()
+
+    def idle(self, key: Hashable) -> float:
+        """Seconds since a fetch under ``key`` last found something (1 s if never)."""
+        now = time.monotonic()
+        return now - self._last_work.get(key, now - 1.0)
+
+    def wait(self, key: Hashable, fetch: Callable[[float], list[T]], wait: float) -> list[T]:
+        """Call ``fetch(hold)`` until it returns something or ``wait`` seconds pass.
+
+        ``hold`` is how long the fetch may wait in the server (0 when polling here).
+        Between empty fetches made here, the pause follows the module docstring; work
+        added through the same backend object wakes this process's waiters at once.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            got = fetch(max(0.0, remaining) if self.in_server else 0.0)
+            now = time.monotonic()
+            if got:
+                self._last_work[key] = now
+                return got
+            remaining = deadline - now
+            if remaining <= 0:
+                return got
+            if self.in_server:
+                continue  # the server waited (or found a row another waiter took first)
+            pause = min(MAX_PAUSE, max(MIN_PAUSE * 2.5, self.idle(key) / 20))
+            with self._wake:
+                self._wake.wait(min(pause, remaining))
+
+    def kick(self) -> None:
+        """Work was added or freed here: this process's waiters look again now."""
+        now = time.monotonic()
+        for key in list(self._last_work):
+            self._last_work[key] = now
+        with self._wake:
+            self._wake.notify_all()
