@@ -4,17 +4,8 @@ Tables are described in ``mysql_schema.py``; they are created on first use (or a
 time by ``remoteexec init-db``). All times come from the server's clock, so machines with
 skewed clocks agree on leases.
 
-Claims run in one of two modes, picked from the server's version unless the URL says
-(``?claim=skip_locked`` or ``?claim=optimistic``):
-
-* ``skip_locked`` (MySQL 8.0.1+, MariaDB 10.6+), one round trip: one ``UPDATE`` joins a
-  derived table that locks up to ``limit`` claimable rows ``FOR UPDATE SKIP LOCKED``
-  (expired leases and waiting rows, queues in order, oldest first) and takes them under a
-  new token and an exact lease end, which a ``SELECT`` then reads back through an index.
-  Concurrent claimers skip each other's rows instead of waiting for them.
-* ``optimistic`` (older servers): the seed's optimistic locking. Candidates are read
-  without locks; each is taken by ``UPDATE ... WHERE seq = ? AND lock_version = ?``, and
-  counts only if that changed the row. Losing a race costs a claim, never a duplicate.
+Claims run in one of two modes, ``skip_locked`` or ``optimistic`` (``mysql_claim.py``), picked
+from the server's version unless the URL says (``?claim=...``).
 
 Guarantees: a task is held by at most one live token; ``complete`` locks the tasks its
 tokens still hold (as of one server time), stores their replies and deletes them in one
@@ -32,16 +23,15 @@ certificate and host name), ``ssl_ca``, ``ssl_cert``, ``ssl_key``, ``connect_tim
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import BackendUnavailable, ConfigurationError
-from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .base import Claim, Done, Job
+from .mysql_claim import Waiting, claim_locked, claim_optimistic, claimable
 from .mysql_conn import (
     Conn,
     Connections,
@@ -56,21 +46,16 @@ from .mysql_conn import (
     script,
 )
 from .mysql_schema import (
-    EXPIRED,
-    EXPIRED_WHERE,
     HELD,
     NOW,
-    SKIP_LOCKED,
-    TAKE,
     TASKS,
-    WAITING,
-    WAITING_WHERE,
     apply_schema,
     ensure_schema,
     marks,
     schema_sql,
 )
 from .mysql_wait import Waiter, in_server
+from .mysql_watch import MySQLWatching
 
 __all__ = ["MySQLBackend", "map_mysql_errors", "schema_sql"]
 
@@ -79,24 +64,12 @@ log = logging.getLogger("remoteexec.mysql")
 BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"  # reach task rows by id only (see complete)
 _PROBE_AFTER = 0.02  # idle seconds after which a polled claim is preceded by a cheap read
 _EXPIRED_EVERY = 0.25  # seconds between SKIP LOCKED claims' looks for expired leases
-_MAX_DEAD = 1000
 _MODES = ("skip_locked", "optimistic")
 _WAITS = ("server", "client")
 _REPLY = "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
 
 
-def _pick(
-    queues: Sequence[str], found: list[Sequence[tuple[Any, ...]]], limit: int
-) -> list[tuple[int, int]]:
-    """Up to ``limit`` (seq, lock_version) from ``found`` (expired rows, then each queue's
-    waiting rows): queues in order, oldest first in each."""
-    rank = {queue: i for i, queue in enumerate(queues)}
-    rows = [*found[0], *(row for waiting in found[1:] for row in waiting)]
-    ordered = sorted(rows, key=lambda r: (rank[r[2]], r[0]))
-    return [(seq, version) for seq, version, _ in ordered[:limit]]
-
-
-class MySQLBackend(Backend):
+class MySQLBackend(MySQLWatching):
     """MySQL/MariaDB adapter. See the module docstring and ``base.Backend``.
 
     Args:
@@ -246,9 +219,9 @@ class MySQLBackend(Backend):
             expired = self.claim_mode == "optimistic" or now >= self._expiry_due.get(due, 0.0)
             if expired:
                 self._expiry_due[due] = now + _EXPIRED_EVERY
-            ready = self._claimable(queues, expired)
+            ready = claimable(queues, expired)
             idle = self._waiter.idle(key)
-            waiting: tuple[Part, float, float] | None = None
+            waiting: Waiting | None = None
             if self._waiter.in_server:
                 waiting = (ready, hold, idle)
             elif idle > _PROBE_AFTER and key in self._found_none:
@@ -256,11 +229,11 @@ class MySQLBackend(Backend):
                 if not found:
                     return []
             if self.claim_mode == "skip_locked":
-                claims = self._claim_locked(cur, queues, limit, lease, expired, waiting)
+                claims = claim_locked(cur, queues, limit, lease, expired, waiting)
             else:
                 if waiting is not None:
                     execute(cur, *in_server(ready, [("DO 0", ())], hold, idle))
-                claims = self._claim_optimistic(cur, queues, limit, lease)
+                claims = claim_optimistic(cur, queues, limit, lease)
             if claims:
                 self._found_none.discard(key)
             else:
@@ -268,106 +241,6 @@ class MySQLBackend(Backend):
             return claims
 
         return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
-
-    @staticmethod
-    def _claimable(queues: list[str], expired: bool) -> Part:
-        """The condition that a claim would find something: indexed reads, a fraction of a
-        claim's cost. It is what a claim waits for in the server; when the client polls,
-        each claim of a worker idle for ``_PROBE_AFTER`` is preceded by it (its slower
-        polls cost the server less; a busier one claims at once, to answer sooner)."""
-        qs = marks(len(queues))
-        sql = f"EXISTS(SELECT 1 FROM {TASKS} WHERE queue IN ({qs}) AND state = 0)"
-        if not expired:
-            return sql, tuple(queues)
-        sql += (
-            f" OR EXISTS(SELECT 1 FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
-            f"AND queue IN ({qs}))"
-        )
-        return sql, (*queues, *queues)
-
-    def _claim_locked(
-        self,
-        cur: Cursor,
-        queues: list[str],
-        limit: int,
-        lease: float,
-        expired: bool,
-        waiting: tuple[Part, float, float] | None,
-    ) -> list[Claim]:
-        """SKIP LOCKED, one round trip: one UPDATE (atomic on its own: sessions autocommit)
-        takes the rows a derived table locked, stamping them with a new token and an exact
-        ``@until``; a SELECT reads them back. With ``waiting`` (ready, hold, idle), all that
-        runs after a wait in the server (``mysql_wait.in_server``).
-
-        Expired leases are looked for (``expired``) at most every ``_EXPIRED_EVERY`` seconds
-        per set of queues: on one queue, the claims in between need no UNION, which costs a
-        third more server time (``SHOW PROFILES``, MariaDB 10.11).
-        """
-        token = secrets.token_hex(16)
-        qs = marks(len(queues))
-        rank = f"SELECT seq, FIELD(queue, {qs}) AS r FROM {TASKS} WHERE "
-        branches = [f"({rank}{EXPIRED_WHERE.format(qs)}{SKIP_LOCKED})"] if expired else []
-        args: list[Any] = [*queues, *queues, limit] if expired else []
-        for queue in queues:
-            branches.append(f"({rank}{WAITING_WHERE}{SKIP_LOCKED})")
-            args += [*queues, queue, limit]
-        if len(branches) == 1:  # one queue's waiting tasks, in order: no UNION needed
-            picked = f"SELECT seq FROM {TASKS} WHERE {WAITING_WHERE}{SKIP_LOCKED}"
-            args = [queues[0], limit]
-        else:
-            picked = f"SELECT seq FROM ({' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s"
-            args.append(limit)
-        parts: list[Part] = [
-            (f"SET @until = {NOW} + %s", (lease,)),
-            (
-                f"UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq "
-                "SET t.state = 1, t.token = %s, t.lease_until = @until, "
-                "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1",
-                (*args, token),
-            ),
-            (
-                f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
-                "WHERE state = 1 AND lease_until = @until AND token = %s",
-                (token,),
-            ),
-        ]
-        if waiting is not None:
-            rows = execute(cur, *in_server(waiting[0], parts, *waiting[1:]))[0][1]
-        else:
-            sql = "; ".join(sql for sql, _ in parts)
-            rows = execute(cur, sql, tuple(a for _, part in parts for a in part))[2][1]
-        order = {queue: i for i, queue in enumerate(queues)}
-        return [
-            Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
-            for r in sorted(rows, key=lambda r: (order.get(r[2], 0), r[0]))
-        ]
-
-    def _claim_optimistic(
-        self, cur: Cursor, queues: list[str], limit: int, lease: float
-    ) -> list[Claim]:
-        """Optimistic: read candidates, then take each if its lock_version is unchanged,
-        and read back the rows this claim's token now holds (a second round trip)."""
-        sql = "; ".join([EXPIRED.format(marks(len(queues))), *[WAITING] * len(queues)])
-        found = execute(cur, sql, (*queues, limit, *(a for q in queues for a in (q, limit))))
-        picks = _pick(queues, [rows for _, rows in found], limit)
-        if not picks:
-            return []
-        token = secrets.token_hex(16)
-        check = f"seq = %s AND lock_version = %s AND (state = 0 OR lease_until <= {NOW})"
-        parts: list[Part] = [(TAKE + check, (token, lease, s, v)) for s, v in picks]
-        seqs = [seq for seq, _ in picks]
-        select_sql = (
-            f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
-            f"WHERE seq IN ({marks(len(seqs))}) AND token = %s"
-        )
-        parts.append((select_sql, (*seqs, token)))
-        result = script(cur, parts, txn=False, max_packet=1 << 62)  # no bodies: one round trip
-        rows = {row[0]: row for row in result[-1][1]}
-        return [
-            Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
-            for r in (rows.get(seq) for seq in seqs)
-            if r is not None
-        ]
 
     def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
         if not claims:
@@ -500,70 +373,6 @@ class MySQLBackend(Backend):
     def _bodies(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
         """Reply bodies from (seq, body) rows, in seq order."""
         return [bytes(body) for _, body in sorted(rows)]
-
-    def heartbeat(self, info: WorkerInfo) -> None:
-        sql = (
-            "INSERT INTO remoteexec_workers (id, host, pid, queues, started, last_seen, done, "
-            f"running, seen_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, {NOW}) "
-            "ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), "
-            "queues = VALUES(queues), started = VALUES(started), last_seen = VALUES(last_seen), "
-            "done = VALUES(done), running = VALUES(running), seen_at = VALUES(seen_at)"
-        )
-        queues = json.dumps(info.queues)
-        args: tuple[Any, ...] = (info.id, info.host, info.pid, queues, info.started)
-        args += (info.last_seen, info.done, info.running)
-        self._db.run(lambda cur: execute(cur, sql, args), retry_lost=True)
-
-    def forget_worker(self, worker: str) -> None:
-        sql = "DELETE FROM remoteexec_workers WHERE id = %s"
-        self._db.run(lambda cur: execute(cur, sql, (worker,)), retry_lost=True)
-
-    def bury(self, letter: DeadLetter) -> None:
-        sql = (
-            "INSERT INTO remoteexec_dead_letters (id, queue, name, reason, at) "
-            "VALUES (%s, %s, %s, %s, %s); DELETE FROM remoteexec_dead_letters "
-            f"WHERE seq <= CAST(LAST_INSERT_ID() AS SIGNED) - {_MAX_DEAD}"
-        )
-        args = (letter.id, letter.queue, letter.name, letter.reason, letter.at)
-        self._db.run(lambda cur: execute(cur, sql, args))
-
-    def stats(self) -> Stats:
-        sql = (
-            f"SELECT queue, SUM(state = 0) FROM {TASKS} GROUP BY queue; "
-            f"SELECT queue, COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
-            f"GROUP BY queue; "
-            f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW}; "
-            "SELECT id, host, pid, queues, started, last_seen, done, running "
-            f"FROM remoteexec_workers WHERE seen_at > {NOW} - %s ORDER BY id; "
-            "SELECT id, queue, name, reason, at FROM remoteexec_dead_letters "
-            f"ORDER BY seq DESC LIMIT {_MAX_DEAD}"
-        )
-        result = self._db.run(lambda cur: execute(cur, sql, (self.worker_ttl,)), retry_lost=True)
-        depth, expired, running, workers, dead = (rows for _, rows in result)
-        queues = {q: int(n) for q, n in depth}
-        for q, n in expired:
-            queues[q] += int(n)
-        live = [
-            WorkerInfo(wid, host, int(pid), json.loads(qs), started, seen, int(done), int(run))
-            for wid, host, pid, qs, started, seen, done, run in workers
-        ]
-        return Stats(queues, int(running[0][0]), live, [DeadLetter(*d) for d in dead])
-
-    def purge(self, queue: str | None = None) -> int:
-        sql = f"DELETE FROM {TASKS} WHERE (state = 0 OR lease_until <= {NOW})"
-        args: tuple[str, ...] = ()
-        if queue is not None:
-            sql, args = sql + " AND queue = %s", (queue,)
-        return self._db.run(lambda cur: execute(cur, sql, args))[0][0]
-
-    def sweep(self) -> None:
-        """Delete replies older than ``result_ttl`` and workers silent for 4 worker TTLs."""
-        sql = (
-            f"DELETE FROM remoteexec_replies WHERE created < {NOW} - %s; "
-            f"DELETE FROM remoteexec_workers WHERE seen_at < {NOW} - %s"
-        )
-        args = (self.result_ttl, max(60.0, 4 * self.worker_ttl))
-        self._db.run(lambda cur: execute(cur, sql, args), retry_lost=True)
 
     def close(self) -> None:
         self._db.close()

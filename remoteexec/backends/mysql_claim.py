@@ -1,0 +1,151 @@
+"""Claims for ``mysql.py``: which waiting or expired tasks a worker takes, and how.
+
+Claims run in one of two modes, picked from the server's version unless the URL says
+(``?claim=skip_locked`` or ``?claim=optimistic``):
+
+* ``skip_locked`` (MySQL 8.0.1+, MariaDB 10.6+), one round trip: one ``UPDATE`` joins a
+  derived table that locks up to ``limit`` claimable rows ``FOR UPDATE SKIP LOCKED``
+  (expired leases and waiting rows, queues in order, oldest first) and takes them under a
+  new token and an exact lease end, which a ``SELECT`` then reads back through an index.
+  Concurrent claimers skip each other's rows instead of waiting for them.
+* ``optimistic`` (older servers): the seed's optimistic locking. Candidates are read
+  without locks; each is taken by ``UPDATE ... WHERE seq = ? AND lock_version = ?``, and
+  counts only if that changed the row. Losing a race costs a claim, never a duplicate.
+
+A claim's ``UPDATE`` also bumps ``attempt`` and ``lock_version``; the lease end comes from
+the server's clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Claim
+from .mysql_conn import Cursor, Part, execute, script
+from .mysql_schema import (
+    EXPIRED,
+    EXPIRED_WHERE,
+    NOW,
+    SKIP_LOCKED,
+    TAKE,
+    TASKS,
+    WAITING,
+    WAITING_WHERE,
+    marks,
+)
+from .mysql_wait import in_server
+
+#: What a claim waits for in the server (``mysql_wait.in_server``): (ready, hold, idle).
+Waiting = tuple[Part, float, float]
+
+
+def pick_oldest(
+    queues: Sequence[str], found: list[Sequence[tuple[Any, ...]]], limit: int
+) -> list[tuple[int, int]]:
+    """Up to ``limit`` (seq, lock_version) from ``found`` (expired rows, then each queue's
+    waiting rows): queues in order, oldest first in each."""
+    rank = {queue: i for i, queue in enumerate(queues)}
+    rows = [*found[0], *(row for waiting in found[1:] for row in waiting)]
+    ordered = sorted(rows, key=lambda r: (rank[r[2]], r[0]))
+    return [(seq, version) for seq, version, _ in ordered[:limit]]
+
+
+def claimable(queues: list[str], expired: bool) -> Part:
+    """The condition that a claim would find something: indexed reads, a fraction of a
+    claim's cost. It is what a claim waits for in the server; when the client polls,
+    each claim of a worker idle for a while is preceded by it (its slower
+    polls cost the server less; a busier one claims at once, to answer sooner)."""
+    qs = marks(len(queues))
+    sql = f"EXISTS(SELECT 1 FROM {TASKS} WHERE queue IN ({qs}) AND state = 0)"
+    if not expired:
+        return sql, tuple(queues)
+    sql += (
+        f" OR EXISTS(SELECT 1 FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
+        f"AND queue IN ({qs}))"
+    )
+    return sql, (*queues, *queues)
+
+
+def claim_locked(
+    cur: Cursor,
+    queues: list[str],
+    limit: int,
+    lease: float,
+    expired: bool,
+    waiting: Waiting | None,
+) -> list[Claim]:
+    """SKIP LOCKED, one round trip: one UPDATE (atomic on its own: sessions autocommit)
+    takes the rows a derived table locked, stamping them with a new token and an exact
+    ``@until``; a SELECT reads them back. With ``waiting`` (ready, hold, idle), all that
+    runs after a wait in the server (``mysql_wait.in_server``).
+
+    Expired leases are looked for (``expired``) at most every ``_EXPIRED_EVERY`` seconds
+    per set of queues: on one queue, the claims in between need no UNION, which costs a
+    third more server time (``SHOW PROFILES``, MariaDB 10.11).
+    """
+    token = secrets.token_hex(16)
+    qs = marks(len(queues))
+    rank = f"SELECT seq, FIELD(queue, {qs}) AS r FROM {TASKS} WHERE "
+    branches = [f"({rank}{EXPIRED_WHERE.format(qs)}{SKIP_LOCKED})"] if expired else []
+    args: list[Any] = [*queues, *queues, limit] if expired else []
+    for queue in queues:
+        branches.append(f"({rank}{WAITING_WHERE}{SKIP_LOCKED})")
+        args += [*queues, queue, limit]
+    if len(branches) == 1:  # one queue's waiting tasks, in order: no UNION needed
+        picked = f"SELECT seq FROM {TASKS} WHERE {WAITING_WHERE}{SKIP_LOCKED}"
+        args = [queues[0], limit]
+    else:
+        picked = f"SELECT seq FROM ({' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s"
+        args.append(limit)
+    parts: list[Part] = [
+        (f"SET @until = {NOW} + %s", (lease,)),
+        (
+            f"UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq "
+            "SET t.state = 1, t.token = %s, t.lease_until = @until, "
+            "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1",
+            (*args, token),
+        ),
+        (
+            f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
+            "WHERE state = 1 AND lease_until = @until AND token = %s",
+            (token,),
+        ),
+    ]
+    if waiting is not None:
+        rows = execute(cur, *in_server(waiting[0], parts, *waiting[1:]))[0][1]
+    else:
+        sql = "; ".join(sql for sql, _ in parts)
+        rows = execute(cur, sql, tuple(a for _, part in parts for a in part))[2][1]
+    order = {queue: i for i, queue in enumerate(queues)}
+    return [
+        Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
+        for r in sorted(rows, key=lambda r: (order.get(r[2], 0), r[0]))
+    ]
+
+
+def claim_optimistic(cur: Cursor, queues: list[str], limit: int, lease: float) -> list[Claim]:
+    """Optimistic: read candidates, then take each if its lock_version is unchanged,
+    and read back the rows this claim's token now holds (a second round trip)."""
+    sql = "; ".join([EXPIRED.format(marks(len(queues))), *[WAITING] * len(queues)])
+    found = execute(cur, sql, (*queues, limit, *(a for q in queues for a in (q, limit))))
+    picks = pick_oldest(queues, [rows for _, rows in found], limit)
+    if not picks:
+        return []
+    token = secrets.token_hex(16)
+    check = f"seq = %s AND lock_version = %s AND (state = 0 OR lease_until <= {NOW})"
+    parts: list[Part] = [(TAKE + check, (token, lease, s, v)) for s, v in picks]
+    seqs = [seq for seq, _ in picks]
+    select_sql = (
+        f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
+        f"WHERE seq IN ({marks(len(seqs))}) AND token = %s"
+    )
+    parts.append((select_sql, (*seqs, token)))
+    result = script(cur, parts, txn=False, max_packet=1 << 62)  # no bodies: one round trip
+    rows = {row[0]: row for row in result[-1][1]}
+    return [
+        Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
+        for r in (rows.get(seq) for seq in seqs)
+        if r is not None
+    ]
