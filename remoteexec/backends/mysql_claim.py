@@ -125,11 +125,18 @@ def claim_locked(
     ]
 
 
-def claim_optimistic(cur: Cursor, queues: list[str], limit: int, lease: float) -> list[Claim]:
-    """Optimistic: read candidates, then take each if its lock_version is unchanged,
-    and read back the rows this claim's token now holds (a second round trip)."""
-    sql = "; ".join([EXPIRED.format(marks(len(queues))), *[WAITING] * len(queues)])
-    found = execute(cur, sql, (*queues, limit, *(a for q in queues for a in (q, limit))))
+def claim_optimistic(
+    cur: Cursor, queues: list[str], limit: int, lease: float, waiting: Waiting | None
+) -> list[Claim]:
+    """Optimistic: read candidates (after ``waiting`` in the server, if given), then take
+    each if its lock_version is unchanged, and read back the rows this claim's token now
+    holds (a second round trip)."""
+    reads: list[Part] = [(EXPIRED.format(marks(len(queues))), (*queues, limit))]
+    reads += [(WAITING, (queue, limit)) for queue in queues]
+    if waiting is not None:
+        found = execute(cur, *in_server(waiting[0], reads, *waiting[1:]))[: len(reads)]
+    else:
+        found = script(cur, reads, txn=False, max_packet=1 << 62)  # small: one round trip
     picks = pick_oldest(queues, [rows for _, rows in found], limit)
     if not picks:
         return []

@@ -8,9 +8,11 @@ passes or the wait is over. The client pays one round trip per wait instead of o
 look, and sees a new row within a pause. Elsewhere (MySQL, or ``?wait=client``) the client
 polls with the same pauses.
 
-The pause grows with the time since the waiter last found work: 0.1 ms while work flows
-(so a caller waiting for each reply in turn is not slowed), up to 40 ms when idle (idle
-time / 20), so an idle farm costs the server little.
+The pause grows with the time since the waiter last found work (a 50th of it): 0.05 ms
+while work flows in the server (0.25 ms when the client polls), so a caller waiting for
+each reply in turn is not slowed, up to 40 ms after 2 s of idleness, so an idle farm costs
+the server little. Inside the server a pause overshoots by some 0.1-0.2 ms (the kernel's
+timer slack and wake-up) on the 2-core VM the benchmarks ran on.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from .mysql_conn import Part
 from .mysql_schema import NOW
 
 T = TypeVar("T")
-MIN_PAUSE, MAX_PAUSE = 0.0001, 0.04
+MIN_PAUSE, MAX_PAUSE, IDLE_SHARE = 0.00005, 0.04, 50
 
 # The test is a SELECT of its own: a condition of a compound statement would read its tables
 # with shared locks (InnoDB locks the reads of every statement that is not a SELECT).
 _LOOP = (
     f"BEGIN NOT ATOMIC DECLARE t0 DOUBLE DEFAULT {NOW}; DECLARE found INT DEFAULT 0; "
     f"WHILE found = 0 AND {NOW} - t0 < %s DO SELECT {{ready}} INTO found; "
-    f"IF found = 0 THEN DO SLEEP(LEAST(%s, GREATEST(%s, ({NOW} - t0 + %s) / 20))); END IF; "
+    f"IF found = 0 THEN DO SLEEP(LEAST(%s, GREATEST(%s, ({NOW} - t0 + %s) / {IDLE_SHARE}))); "
+    "END IF; "
     "END WHILE; "
 )
 
@@ -85,7 +88,7 @@ class Waiter:
                 return got
             if self.in_server:
                 continue  # the server waited (or found a row another waiter took first)
-            pause = min(MAX_PAUSE, max(MIN_PAUSE * 2.5, self.idle(key) / 20))
+            pause = min(MAX_PAUSE, max(MIN_PAUSE * 5, self.idle(key) / IDLE_SHARE))
             with self._wake:
                 self._wake.wait(min(pause, remaining))
 
