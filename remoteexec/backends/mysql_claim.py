@@ -142,15 +142,17 @@ def claim_optimistic(
         return []
     token = secrets.token_hex(16)
     check = f"seq = %s AND lock_version = %s AND (state = 0 OR lease_until <= {NOW})"
-    parts: list[Part] = [(TAKE + check, (token, lease, s, v)) for s, v in picks]
+    # One transaction, rows in seq order: a deadlock undoes every take, so the retry that
+    # follows leaves no row held by a token nobody knows (until its lease ran out).
+    parts: list[Part] = [(TAKE + check, (token, lease, s, v)) for s, v in sorted(picks)]
     seqs = [seq for seq, _ in picks]
     select_sql = (
         f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
         f"WHERE seq IN ({marks(len(seqs))}) AND token = %s"
     )
     parts.append((select_sql, (*seqs, token)))
-    result = script(cur, parts, txn=False, max_packet=1 << 62)  # no bodies: one round trip
-    rows = {row[0]: row for row in result[-1][1]}
+    result = script(cur, parts, txn=True, max_packet=1 << 62)  # no bodies: one round trip
+    rows = {row[0]: row for row in result[-2][1]}  # the SELECT, before the COMMIT
     return [
         Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
         for r in (rows.get(seq) for seq in seqs)
