@@ -498,3 +498,22 @@ def test_send_and_wait_cut_off_after_the_insert_reports_it_sent(server, db_url, 
     killer.join()
     assert query(server, db_url, "SELECT id FROM remoteexec_tasks") == ((sent.id,),)
     assert client.replies("me", wait=0) == []  # a new connection works
+
+
+def test_complete_and_claim_cut_off_in_its_wait_keeps_the_results(server, db_url, make) -> None:
+    worker, client = make(), make()
+    client.enqueue([job(reply_to="me")])
+    [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    [(conn_id,)] = worker._db.run(
+        lambda cur: (cur.execute("SELECT CONNECTION_ID()"), cur.fetchall())[1]
+    )
+    killer = threading.Timer(0.5, query, (server, db_url, f"KILL CONNECTION {conn_id}"))
+    killer.start()
+    # One query: the completion's transaction, then a claim that waits in the server.
+    done = worker.complete_and_claim(
+        [Done(c, b"answer")], ["default"], worker="w", limit=1, lease=30, wait=5
+    )
+    killer.join()
+    assert done == ([True], [])  # completed; the claim cut off claims nothing
+    assert client.replies("me", wait=1) == [b"answer"]
+    assert query(server, db_url, "SELECT COUNT(*) FROM remoteexec_tasks") == ((0,),)

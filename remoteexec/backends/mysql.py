@@ -7,9 +7,9 @@ skewed clocks agree on leases.
 Claims run in one of two modes, ``skip_locked`` or ``optimistic`` (``mysql_claim.py``), picked
 from the server's version unless the URL says (``?claim=...``).
 
-Guarantees: a task is held by at most one live token; ``complete`` locks the tasks its
-tokens still hold (as of one server time), stores their replies and deletes them in one
-transaction; reads always see committed data (autocommit, READ COMMITTED). Statements are
+Guarantees: a task is held by at most one live token; a completion stores the replies and
+deletes the tasks its tokens still hold, in one transaction (``mysql_complete.py``);
+reads always see committed data (autocommit, READ COMMITTED). Statements are
 batched into multi-statement round trips (one, where packet size allows). Every PyMySQL
 error becomes ``BackendUnavailable``; deadlocks and lock-wait timeouts are retried here.
 A claim or reply read that finds nothing waits in the server where it can (MariaDB), else
@@ -31,7 +31,15 @@ from typing import Any
 
 from ..errors import BackendUnavailable, ConfigurationError
 from .base import Claim, Done, Job
-from .mysql_claim import Waiting, claim_locked, claim_optimistic, claimable
+from .mysql_claim import (
+    Waiting,
+    claim_locked,
+    claim_optimistic,
+    claimable,
+    locked_claims,
+    locked_parts,
+)
+from .mysql_complete import completion
 from .mysql_conn import (
     Conn,
     Connections,
@@ -51,7 +59,6 @@ from .mysql_schema import (
     TASKS,
     apply_schema,
     ensure_schema,
-    marks,
     schema_sql,
 )
 from .mysql_wait import Waiter, in_server
@@ -61,12 +68,10 @@ __all__ = ["MySQLBackend", "map_mysql_errors", "schema_sql"]
 
 log = logging.getLogger("remoteexec.mysql")
 
-BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"  # reach task rows by id only (see complete)
 _PROBE_AFTER = 0.02  # idle seconds after which a polled claim is preceded by a cheap read
 _EXPIRED_EVERY = 0.25  # seconds between SKIP LOCKED claims' looks for expired leases
 _MODES = ("skip_locked", "optimistic")
 _WAITS = ("server", "client")
-_REPLY = "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
 
 
 class MySQLBackend(MySQLWatching):
@@ -216,10 +221,7 @@ class MySQLBackend(MySQLWatching):
         key = ("claim", *queues)
 
         def take(cur: Cursor, hold: float) -> list[Claim]:  # the mode is known once connected
-            now, due = time.monotonic(), tuple(queues)
-            expired = self.claim_mode == "optimistic" or now >= self._expiry_due.get(due, 0.0)
-            if expired:
-                self._expiry_due[due] = now + _EXPIRED_EVERY
+            expired = self.claim_mode == "optimistic" or self._expired_due(queues)
             ready = claimable(queues, expired)
             idle = self._waiter.idle(key)
             waiting: Waiting | None = None
@@ -241,6 +243,15 @@ class MySQLBackend(MySQLWatching):
 
         return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
 
+    def _expired_due(self, queues: list[str]) -> bool:
+        """Whether this SKIP LOCKED claim looks for expired leases (every ``_EXPIRED_EVERY``
+        seconds per set of queues: on one queue, the claims between need no UNION)."""
+        now, due = time.monotonic(), tuple(queues)
+        if now < self._expiry_due.get(due, 0.0):
+            return False
+        self._expiry_due[due] = now + _EXPIRED_EVERY
+        return True
+
     def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
         if not claims:
             return []
@@ -252,77 +263,72 @@ class MySQLBackend(MySQLWatching):
         return [count == 1 for count, _ in done]
 
     def complete(self, done: Sequence[Done]) -> list[bool]:
-        """In one transaction: lock the tasks still held (``FOR UPDATE``, in id order) as
-        of one ``@now``, insert their replies, delete them. One round trip unless large.
-
-        Every statement reaches the rows through the unique id index (``BY_ID``): a scan of
-        the lease index would lock other workers' claimed rows too and deadlock with them.
-        """
+        """One transaction (``mysql_complete.py``), one round trip unless large."""
         if not done:
             return []
-        if len(done) == 1:
-            return [self._complete_one(done[0])]
-        by_token: dict[str, list[str]] = {}
-        for d in done:
-            by_token.setdefault(d.claim.token, []).append(d.claim.id)
-        ors = " OR ".join(
-            f"(token = %s AND id IN ({marks(len(ids))}))" for ids in by_token.values()
-        )
-        held = f"state = 1 AND lease_until > @now AND ({ors})"
-        held_args = tuple(a for tok, ids in by_token.items() for a in (tok, *ids))
-        parts: list[Part] = [
-            (f"SET @now = {NOW}", ()),
-            (f"SELECT id, token FROM {BY_ID} WHERE {held} ORDER BY id FOR UPDATE", held_args),
-        ]
-        bodies: dict[str, bytes] = {}  # the first reply given for each id
-        for d in done:
-            if d.claim.id not in bodies and d.reply is not None:
-                bodies[d.claim.id] = d.reply
-        chunk: list[str] = []
-        used = 0
-        for task_id, body in bodies.items():  # escaped bodies take at most twice their size
-            if chunk and used + len(body) > self.max_packet // 4:
-                parts.append(self._replies_sql(held, held_args, chunk, bodies))
-                chunk, used = [], 0
-            chunk.append(task_id)
-            used += len(body) + len(task_id)
-        if chunk:
-            parts.append(self._replies_sql(held, held_args, chunk, bodies))
-        parts.append((f"DELETE {TASKS} FROM {BY_ID} WHERE {held}", held_args))
+        parts, read = completion(done, self.max_packet)
         result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
         self._waiter.kick()
-        taken = set(result[2][1])  # 0 is START TRANSACTION, 1 SET @now
-        accepted: list[bool] = []
-        for d in done:  # a task completes once: a repeat of it in the batch is refused
-            key = (d.claim.id, d.claim.token)
-            accepted.append(key in taken)
-            taken.discard(key)
-        return accepted
+        return read(result)
 
-    def _complete_one(self, done: Done) -> bool:
-        """One result, in one transaction: delete the task if its token still holds it,
-        and insert the reply only if that DELETE took the row (``ROW_COUNT()``). Four
-        statements where a batch takes six, and no locking read."""
-        claim = done.claim
-        parts: list[Part] = [(f"DELETE {TASKS} FROM {BY_ID} WHERE {HELD}", (claim.id, claim.token))]
-        if done.reply is not None:
-            sql = f"{_REPLY}SELECT %s, %s, %s, {NOW} FROM DUAL WHERE ROW_COUNT() = 1"
-            parts.append((sql, (claim.reply_to, claim.id, done.reply)))
-        result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
+    def complete_and_claim(
+        self,
+        done: Sequence[Done],
+        queues: Sequence[str],
+        *,
+        worker: str,
+        limit: int,
+        lease: float,
+        wait: float,
+    ) -> tuple[list[bool], list[Claim]]:
+        """Where SKIP LOCKED claims wait in the server, one round trip: the completion's
+        transaction, then the claim and its wait. Once the COMMIT is answered, a failure
+        claims nothing instead of raising (as the contract says)."""
+        if not (done and queues and limit > 0 and self._waiter.in_server) or (
+            self.claim_mode != "skip_locked"
+        ):
+            return super().complete_and_claim(
+                done, queues, worker=worker, limit=limit, lease=lease, wait=wait
+            )
+        names, key = list(queues), ("claim", *queues)
+        parts, read = completion(done, self.max_packet)
+        accepted: list[bool] | None = None
+
+        def send(cur: Cursor) -> list[Claim] | None:
+            nonlocal accepted
+            expired = self._expired_due(names)
+            waiting = (claimable(names, expired), wait, self._waiter.idle(key))
+            if accepted is not None:  # retried after a deadlock in the claim
+                return claim_locked(cur, names, limit, lease, expired, waiting)
+            claim, token = locked_parts(names, limit, lease, expired)
+            queries = [b"START TRANSACTION", *(render(cur.connection, *p) for p in parts)]
+            queries += [
+                b"COMMIT",
+                render(cur.connection, *in_server(waiting[0], claim, wait, waiting[2])),
+            ]
+            if sum(len(q) + 2 for q in queries) > self.max_packet // 2:
+                return None  # large: one after the other
+            cur.execute(b"; ".join(queries))  # type: ignore[call-overload]
+            results = [(cur.rowcount, cur.fetchall())]
+            while len(results) < len(queries) - 1 and cur.nextset():
+                results.append((cur.rowcount, cur.fetchall()))
+            accepted = read(results)
+            return locked_claims(read_rest(cur)[0][1], names, token)
+
+        try:
+            claims = self._db.run(send)
+        except BackendUnavailable:
+            if accepted is None:
+                raise
+            claims = []  # the results are in; the next claim tries again
         self._waiter.kick()
-        return result[1][0] == 1  # 0 is START TRANSACTION
-
-    @staticmethod
-    def _replies_sql(
-        held: str, held_args: tuple[Any, ...], ids: list[str], bodies: dict[str, bytes]
-    ) -> Part:
-        """INSERT ... SELECT of the replies to ``ids`` whose tasks are ``held``."""
-        cases = " ".join(["WHEN %s THEN %s"] * len(ids))
-        sql = (
-            f"{_REPLY}SELECT reply_to, id, CASE id {cases} END, @now FROM {BY_ID} "
-            f"WHERE {held} AND id IN ({marks(len(ids))}) ORDER BY FIELD(id, {marks(len(ids))})"
-        )
-        return sql, (*(a for i in ids for a in (i, bodies[i])), *held_args, *ids, *ids)
+        if claims is None or accepted is None:
+            return super().complete_and_claim(
+                done, queues, worker=worker, limit=limit, lease=lease, wait=wait
+            )
+        if claims:
+            self._waiter.found(key)
+        return accepted, claims
 
     def release(self, claims: Sequence[Claim]) -> None:
         sql = (

@@ -1,0 +1,91 @@
+"""Completions for ``mysql.py``: acknowledge tasks and store their replies, atomically.
+
+A completion is one transaction (the caller adds START TRANSACTION and COMMIT): a task's
+reply is stored, and the task deleted, only while the token that claimed it still holds an
+unexpired lease, so a task completes once, and a late worker's result is refused.
+
+* One result: ``DELETE`` the task where its token holds it, then insert the reply only if
+  that DELETE took the row (``ROW_COUNT()``). Four statements, and no locking read.
+* A batch: lock the tasks still held (``FOR UPDATE``, in id order) as of one ``@now``,
+  insert their replies with one ``INSERT ... SELECT`` per chunk, delete them.
+
+Every statement reaches task rows through the unique id index (``BY_ID``): a scan of the
+lease index would lock other workers' claimed rows too and deadlock with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .base import Done
+from .mysql_conn import Part, Result
+from .mysql_schema import HELD, NOW, TASKS, marks
+
+BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"
+_REPLY = "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
+Read = Callable[[Result], list[bool]]  # the transaction's results -> accepted, per Done
+
+
+def completion(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]:
+    """The statements that complete ``done`` (to run between START TRANSACTION and
+    COMMIT), and how to read which were accepted from the results (START's first)."""
+    if len(done) == 1:
+        return _one(done[0])
+    by_token: dict[str, list[str]] = {}
+    for d in done:
+        by_token.setdefault(d.claim.token, []).append(d.claim.id)
+    ors = " OR ".join(f"(token = %s AND id IN ({marks(len(ids))}))" for ids in by_token.values())
+    held = f"state = 1 AND lease_until > @now AND ({ors})"
+    held_args = tuple(a for tok, ids in by_token.items() for a in (tok, *ids))
+    parts: list[Part] = [
+        (f"SET @now = {NOW}", ()),
+        (f"SELECT id, token FROM {BY_ID} WHERE {held} ORDER BY id FOR UPDATE", held_args),
+    ]
+    bodies: dict[str, bytes] = {}  # the first reply given for each id
+    for d in done:
+        if d.claim.id not in bodies and d.reply is not None:
+            bodies[d.claim.id] = d.reply
+    chunk: list[str] = []
+    used = 0
+    for task_id, body in bodies.items():  # escaped bodies take at most twice their size
+        if chunk and used + len(body) > max_packet // 4:
+            parts.append(_replies_sql(held, held_args, chunk, bodies))
+            chunk, used = [], 0
+        chunk.append(task_id)
+        used += len(body) + len(task_id)
+    if chunk:
+        parts.append(_replies_sql(held, held_args, chunk, bodies))
+    parts.append((f"DELETE {TASKS} FROM {BY_ID} WHERE {held}", held_args))
+
+    def read(result: Result) -> list[bool]:
+        taken = set(result[2][1])  # 0 is START TRANSACTION, 1 SET @now
+        accepted: list[bool] = []
+        for d in done:  # a task completes once: a repeat of it in the batch is refused
+            key = (d.claim.id, d.claim.token)
+            accepted.append(key in taken)
+            taken.discard(key)
+        return accepted
+
+    return parts, read
+
+
+def _one(done: Done) -> tuple[list[Part], Read]:
+    claim = done.claim
+    parts: list[Part] = [(f"DELETE {TASKS} FROM {BY_ID} WHERE {HELD}", (claim.id, claim.token))]
+    if done.reply is not None:
+        sql = f"{_REPLY}SELECT %s, %s, %s, {NOW} FROM DUAL WHERE ROW_COUNT() = 1"
+        parts.append((sql, (claim.reply_to, claim.id, done.reply)))
+    return parts, lambda result: [result[1][0] == 1]  # 0 is START TRANSACTION
+
+
+def _replies_sql(
+    held: str, held_args: tuple[Any, ...], ids: list[str], bodies: dict[str, bytes]
+) -> Part:
+    """INSERT ... SELECT of the replies to ``ids`` whose tasks are ``held``."""
+    cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+    sql = (
+        f"{_REPLY}SELECT reply_to, id, CASE id {cases} END, @now FROM {BY_ID} "
+        f"WHERE {held} AND id IN ({marks(len(ids))}) ORDER BY FIELD(id, {marks(len(ids))})"
+    )
+    return sql, (*(a for i in ids for a in (i, bodies[i])), *held_args, *ids, *ids)
