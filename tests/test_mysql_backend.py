@@ -509,7 +509,7 @@ def test_complete_and_claim_cut_off_in_its_wait_keeps_the_results(server, db_url
     )
     killer = threading.Timer(0.5, query, (server, db_url, f"KILL CONNECTION {conn_id}"))
     killer.start()
-    # One query: the completion's transaction, then a claim that waits in the server.
+    # The completion goes through, then the claim's wait in the server is cut off.
     done = worker.complete_and_claim(
         [Done(c, b"answer")], ["default"], worker="w", limit=1, lease=30, wait=5
     )

@@ -31,14 +31,7 @@ from typing import Any
 
 from ..errors import BackendUnavailable, ConfigurationError
 from .base import Claim, Done, Job
-from .mysql_claim import (
-    Waiting,
-    claim_locked,
-    claim_optimistic,
-    claimable,
-    locked_claims,
-    locked_parts,
-)
+from .mysql_claim import Waiting, claim_locked, claim_optimistic, claimable
 from .mysql_complete import completion
 from .mysql_conn import (
     Conn,
@@ -270,65 +263,6 @@ class MySQLBackend(MySQLWatching):
         result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
         self._waiter.kick()
         return read(result)
-
-    def complete_and_claim(
-        self,
-        done: Sequence[Done],
-        queues: Sequence[str],
-        *,
-        worker: str,
-        limit: int,
-        lease: float,
-        wait: float,
-    ) -> tuple[list[bool], list[Claim]]:
-        """Where SKIP LOCKED claims wait in the server, one round trip: the completion's
-        transaction, then the claim and its wait. Once the COMMIT is answered, a failure
-        claims nothing instead of raising (as the contract says)."""
-        if not (done and queues and limit > 0 and self._waiter.in_server) or (
-            self.claim_mode != "skip_locked"
-        ):
-            return super().complete_and_claim(
-                done, queues, worker=worker, limit=limit, lease=lease, wait=wait
-            )
-        names, key = list(queues), ("claim", *queues)
-        parts, read = completion(done, self.max_packet)
-        accepted: list[bool] | None = None
-
-        def send(cur: Cursor) -> list[Claim] | None:
-            nonlocal accepted
-            expired = self._expired_due(names)
-            waiting = (claimable(names, expired), wait, self._waiter.idle(key))
-            if accepted is not None:  # retried after a deadlock in the claim
-                return claim_locked(cur, names, limit, lease, expired, waiting)
-            claim, token = locked_parts(names, limit, lease, expired)
-            queries = [b"START TRANSACTION", *(render(cur.connection, *p) for p in parts)]
-            queries += [
-                b"COMMIT",
-                render(cur.connection, *in_server(waiting[0], claim, wait, waiting[2])),
-            ]
-            if sum(len(q) + 2 for q in queries) > self.max_packet // 2:
-                return None  # large: one after the other
-            cur.execute(b"; ".join(queries))  # type: ignore[call-overload]
-            results = [(cur.rowcount, cur.fetchall())]
-            while len(results) < len(queries) - 1 and cur.nextset():
-                results.append((cur.rowcount, cur.fetchall()))
-            accepted = read(results)
-            return locked_claims(read_rest(cur)[0][1], names, token)
-
-        try:
-            claims = self._db.run(send)
-        except BackendUnavailable:
-            if accepted is None:
-                raise
-            claims = []  # the results are in; the next claim tries again
-        self._waiter.kick()
-        if claims is None or accepted is None:
-            return super().complete_and_claim(
-                done, queues, worker=worker, limit=limit, lease=lease, wait=wait
-            )
-        if claims:
-            self._waiter.found(key)
-        return accepted, claims
 
     def release(self, claims: Sequence[Claim]) -> None:
         sql = (

@@ -85,16 +85,16 @@ def claim_locked(
     per set of queues: on one queue, the claims in between need no UNION, which costs a
     third more server time (``SHOW PROFILES``, MariaDB 10.11).
     """
-    parts, token = locked_parts(queues, limit, lease, expired)
+    parts, token = _locked_parts(queues, limit, lease, expired)
     if waiting is not None:
         rows = execute(cur, *in_server(waiting[0], parts, *waiting[1:]))[0][1]
     else:
         sql = "; ".join(sql for sql, _ in parts)
         rows = execute(cur, sql, tuple(a for _, part in parts for a in part))[2][1]
-    return locked_claims(rows, queues, token)
+    return _locked_claims(rows, queues, token)
 
 
-def locked_parts(
+def _locked_parts(
     queues: list[str], limit: int, lease: float, expired: bool
 ) -> tuple[list[Part], str]:
     """``claim_locked``'s statements (the last one reads the claims back), and its token."""
@@ -129,8 +129,8 @@ def locked_parts(
     return parts, token
 
 
-def locked_claims(rows: Sequence[tuple[Any, ...]], queues: list[str], token: str) -> list[Claim]:
-    """The claims read back by ``locked_parts``'s SELECT: queues in order, oldest first."""
+def _locked_claims(rows: Sequence[tuple[Any, ...]], queues: list[str], token: str) -> list[Claim]:
+    """The claims read back by ``_locked_parts``'s SELECT: queues in order, oldest first."""
     order = {queue: i for i, queue in enumerate(queues)}
     return [
         Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
