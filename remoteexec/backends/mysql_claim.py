@@ -81,23 +81,10 @@ def claim_locked(
     ``@until``; a SELECT reads them back. With ``waiting`` (ready, hold, idle), all that
     runs after a wait in the server (``mysql_wait.in_server``).
 
-    Expired leases are looked for (``expired``) at most every ``_EXPIRED_EVERY`` seconds
+    Expired leases are looked for (``expired``) at most every ``mysql._EXPIRED_EVERY`` s
     per set of queues: on one queue, the claims in between need no UNION, which costs a
     third more server time (``SHOW PROFILES``, MariaDB 10.11).
     """
-    parts, token = _locked_parts(queues, limit, lease, expired)
-    if waiting is not None:
-        rows = execute(cur, *in_server(waiting[0], parts, *waiting[1:]))[0][1]
-    else:
-        sql = "; ".join(sql for sql, _ in parts)
-        rows = execute(cur, sql, tuple(a for _, part in parts for a in part))[2][1]
-    return _locked_claims(rows, queues, token)
-
-
-def _locked_parts(
-    queues: list[str], limit: int, lease: float, expired: bool
-) -> tuple[list[Part], str]:
-    """``claim_locked``'s statements (the last one reads the claims back), and its token."""
     token = secrets.token_hex(16)
     qs = marks(len(queues))
     rank = f"SELECT seq, FIELD(queue, {qs}) AS r FROM {TASKS} WHERE "
@@ -126,11 +113,11 @@ def _locked_parts(
             (token,),
         ),
     ]
-    return parts, token
-
-
-def _locked_claims(rows: Sequence[tuple[Any, ...]], queues: list[str], token: str) -> list[Claim]:
-    """The claims read back by ``_locked_parts``'s SELECT: queues in order, oldest first."""
+    if waiting is not None:
+        rows = execute(cur, *in_server(waiting[0], parts, *waiting[1:]))[0][1]
+    else:
+        sql = "; ".join(sql for sql, _ in parts)
+        rows = execute(cur, sql, tuple(a for _, part in parts for a in part))[2][1]
     order = {queue: i for i, queue in enumerate(queues)}
     return [
         Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
