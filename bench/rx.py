@@ -55,7 +55,7 @@ class Remoteexec:
             finally:
                 probe.close()
             return str(self.server.url)
-        self._db = new_database(self.server, self.backend.replace("-", "_"))
+        self._db = new_database(self.server, "rx_" + self.backend.replace("-", "_"))
         url = f"mysql://root@127.0.0.1:{self.server.port}/{self._db}"
         return url + ("?claim=optimistic" if self.backend.endswith("optimistic") else "")
 

@@ -183,7 +183,7 @@ class MySQLBackend(MySQLWatching):
 
         def send(cur: Cursor) -> list[bytes] | None:
             nonlocal sent
-            waiting = self._replies_wait(reply_to, wait)
+            waiting = self._replies_wait(reply_to, wait, idle=0.0)  # a reply is due soon
             if sent:  # retried after a deadlock in the wait: the jobs are in
                 return self._bodies(execute(cur, *waiting)[0][1])
             wait_sql = render(cur.connection, *waiting)
@@ -301,11 +301,14 @@ class MySQLBackend(MySQLWatching):
         key = ("replies", reply_to)
         return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
 
-    def _replies_wait(self, reply_to: str, hold: float) -> Part:
-        """Wait in the server (up to ``hold`` s) for replies to ``reply_to``; take them."""
+    def _replies_wait(self, reply_to: str, hold: float, idle: float | None = None) -> Part:
+        """Wait in the server (up to ``hold`` s) for replies to ``reply_to``; take them.
+        ``idle`` sets the pause between tests (``mysql_wait``): by default, the time since
+        replies last came."""
         ready = ("EXISTS(SELECT 1 FROM remoteexec_replies WHERE reply_to = %s)", (reply_to,))
         take = "DELETE FROM remoteexec_replies WHERE reply_to = %s RETURNING seq, body"
-        idle = self._waiter.idle(("replies", reply_to))
+        if idle is None:
+            idle = self._waiter.idle(("replies", reply_to))
         return in_server(ready, [(take, (reply_to,))], hold, idle)
 
     @staticmethod

@@ -3,11 +3,17 @@
 Claims run in one of two modes, picked from the server's version unless the URL says
 (``?claim=skip_locked`` or ``?claim=optimistic``):
 
-* ``skip_locked`` (MySQL 8.0.1+, MariaDB 10.6+), one round trip: one ``UPDATE`` joins a
-  derived table that locks up to ``limit`` claimable rows ``FOR UPDATE SKIP LOCKED``
-  (expired leases and waiting rows, queues in order, oldest first) and takes them under a
-  new token and an exact lease end, which a ``SELECT`` then reads back through an index.
-  Concurrent claimers skip each other's rows instead of waiting for them.
+* ``skip_locked`` (MySQL 8.0.1+, MariaDB 10.6+), one round trip: one ``UPDATE`` takes up
+  to ``limit`` claimable rows under a new token and an exact lease end, which a ``SELECT``
+  then reads back through an index. Across several queues, or when expired leases are
+  looked for, the ``UPDATE`` joins a derived table that locks the rows ``FOR UPDATE SKIP
+  LOCKED`` (queues in order, oldest first), so concurrent claimers skip each other's rows.
+  On one queue's waiting rows it is a plain ``UPDATE ... ORDER BY seq LIMIT n``: under
+  READ COMMITTED a row another claim has taken no longer matches once that claim's
+  statement commits (semi-consistent reads), so claimers wait for each other at most that
+  long. It costs less than the join: a ``BEGIN NOT ATOMIC`` loop of 2,000 claims took
+  about 280 against 480 µs each (MariaDB 10.11, with the deleted rows purge had not yet
+  removed piling up in both).
 * ``optimistic`` (older servers): the seed's optimistic locking. Candidates are read
   without locks; each is taken by ``UPDATE ... WHERE seq = ? AND lock_version = ?``, and
   counts only if that changed the row. Losing a race costs a claim, never a duplicate.
@@ -77,9 +83,10 @@ def claim_locked(
     waiting: Waiting | None,
 ) -> list[Claim]:
     """SKIP LOCKED, one round trip: one UPDATE (atomic on its own: sessions autocommit)
-    takes the rows a derived table locked, stamping them with a new token and an exact
-    ``@until``; a SELECT reads them back. With ``waiting`` (ready, hold, idle), all that
-    runs after a wait in the server (``mysql_wait.in_server``).
+    takes the rows (one queue's waiting rows directly, else those a derived table locked),
+    stamping them with a new token and an exact ``@until``; a SELECT reads them back.
+    With ``waiting`` (ready, hold, idle), all that runs after a wait in the server
+    (``mysql_wait.in_server``).
 
     Expired leases are looked for (``expired``) at most every ``mysql._EXPIRED_EVERY`` s
     per set of queues: on one queue, the claims in between need no UNION, which costs a
@@ -93,20 +100,21 @@ def claim_locked(
     for queue in queues:
         branches.append(f"({rank}{WAITING_WHERE}{SKIP_LOCKED})")
         args += [*queues, queue, limit]
-    if len(branches) == 1:  # one queue's waiting tasks, in order: no UNION needed
-        picked = f"SELECT seq FROM {TASKS} WHERE {WAITING_WHERE}{SKIP_LOCKED}"
-        args = [queues[0], limit]
+    take = (
+        "SET t.state = 1, t.token = %s, t.lease_until = @until, "
+        "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1"
+    )
+    if len(branches) == 1:  # one queue's waiting tasks, in order: a plain UPDATE
+        update = (f"UPDATE {TASKS} t {take} WHERE {WAITING_WHERE}", (token, queues[0], limit))
     else:
         picked = f"SELECT seq FROM ({' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s"
-        args.append(limit)
+        update = (
+            f"UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq {take}",
+            (*args, limit, token),
+        )
     parts: list[Part] = [
         (f"SET @until = {NOW} + %s", (lease,)),
-        (
-            f"UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq "
-            "SET t.state = 1, t.token = %s, t.lease_until = @until, "
-            "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1",
-            (*args, token),
-        ),
+        update,
         (
             f"SELECT seq, id, queue, reply_to, body, attempt FROM {TASKS} "
             "WHERE state = 1 AND lease_until = @until AND token = %s",
