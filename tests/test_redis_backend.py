@@ -391,3 +391,33 @@ def test_send_and_wait_cut_off_after_the_enqueue_reports_it_sent(make, server) -
         server.start()  # appendfsync always: the task survived
     assert claim_one(backend).id == j.id
     assert backend.lost([j.id], "R") == set()
+
+
+def test_the_hot_path_runs_on_redis_py_alone_without_hiredis(make, monkeypatch) -> None:
+    """hiredis is optional: commands packed and replies read by redis-py's own parser."""
+    from redis._parsers import _RESP2Parser
+
+    from remoteexec.backends import redis_wire
+
+    monkeypatch.setattr(redis_wire, "_pack_one", None)
+    # A pure-Python parser (redis-py takes its RESP3 twin when the protocol is 3).
+    from_url = redis_wire.redis.Redis.from_url
+    monkeypatch.setattr(
+        redis_wire.redis.Redis,
+        "from_url",
+        lambda url, **kw: from_url(url, parser_class=_RESP2Parser, **kw),
+    )
+    client, worker = make(), make()
+    sent = job(reply_to="plain")
+
+    def serve() -> None:
+        [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=5)
+        assert worker.complete([Done(c, b"answer")]) == [True]
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    assert client.send_and_wait([sent], "plain", wait=5) == [b"answer"]
+    thread.join()
+    for backend in (client, worker):
+        parser = backend._linked().held().conn._parser
+        assert "Hiredis" not in type(parser).__name__, parser

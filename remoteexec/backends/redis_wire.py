@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,14 @@ from redis.retry import Retry
 
 from ..errors import BackendUnavailable, ConfigurationError
 from .base import Claim, Done
+
+_pack_one: Callable[[tuple[Any, ...]], bytes] | None
+try:  # hiredis packs a command in C; redis-py wraps each in a few µs of Python
+    from hiredis import pack_command as _pack_one
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NO_REPLY  # what gets() says
+except ImportError:  # pragma: no cover - hiredis is optional; or redis-py moved it
+    _pack_one = _NO_REPLY = None
+_PUSH = getattr(sys.modules.get("hiredis"), "PushNotificationType", None)
 
 log = logging.getLogger("remoteexec.redis")  # the adapter's logger, as in redis.py
 
@@ -185,10 +194,10 @@ def run(
     out: list[Any] = []
     try:
         sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
-        conn.send_packed_command(conn.pack_commands(sent))
+        conn.send_packed_command(_pack(conn, sent))
         if then is not None:
             more = then()
-            conn.send_packed_command(conn.pack_commands(more))
+            conn.send_packed_command(_pack(conn, more))
             sent = [*sent, *more]
         for _ in sent:
             out.append(_reply(conn))
@@ -210,9 +219,35 @@ def run(
     return list(out)
 
 
+def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
+    """``commands`` in the Redis protocol, as ``send_packed_command`` takes them."""
+    if _pack_one is not None:
+        try:
+            return [b"".join([_pack_one(command) for command in commands])]
+        except TypeError:  # an argument hiredis does not take: redis-py says which
+            pass
+    return conn.pack_commands(commands)  # type: ignore[no-any-return]
+
+
 def _reply(conn: Any) -> Any:
     """The next reply on ``conn``; an error reply is returned, not raised, so that the
-    replies after it are read too and the connection stays in step."""
+    replies after it are read too and the connection stays in step.
+
+    A reply hiredis has already parsed (most of a batch's arrive in one read) is taken
+    from its reader directly; redis-py's ``read_response`` spends a few µs of Python on
+    each. Anything unusual, and every read from the socket, goes through redis-py.
+    """
+    reader = getattr(getattr(conn, "_parser", None), "_reader", None)
+    if reader is not None and _NO_REPLY is not None:
+        got = reader.gets()
+        if got is not _NO_REPLY:  # as read_response does with it:
+            if isinstance(got, redis.ConnectionError):
+                raise got
+            if type(got) is list and got and isinstance(got[0], redis.ConnectionError):
+                raise got[0]
+            if _PUSH is not None and isinstance(got, _PUSH):  # never subscribed to any
+                raise redis.ConnectionError("unexpected push message from Redis")
+            return got
     try:
         return conn.read_response()
     except redis.ResponseError as exc:
