@@ -20,7 +20,7 @@ import pytest
 
 from remoteexec.backends import Done, Job, open_backend
 from remoteexec.backends.mysql import MySQLBackend, schema_sql
-from remoteexec.backends.mysql_conn import parse_url
+from remoteexec.backends.mysql_conn import execute, parse_url
 from remoteexec.backends.mysql_schema import SCHEMA_VERSION
 from remoteexec.errors import BackendUnavailable, ConfigurationError
 from tests._mariadb_server import MARIADBD, MariaDBServer
@@ -217,11 +217,10 @@ def test_ten_mib_body_and_reply_round_trip(make, mode: str) -> None:
     assert backend.replies("big", wait=1) == [body[::-1], (b"\x00'\\\"" * 1000)[::-1]]
 
 
-@pytest.mark.parametrize("returning", [True, False], ids=["mariadb-returning", "select-delete"])
-def test_no_rows_are_left_once_replies_are_collected(server, db_url, make, returning) -> None:
-    backend = make()
+@pytest.mark.parametrize("wait", ["server", "client"])
+def test_no_rows_are_left_once_replies_are_collected(server, db_url, make, wait) -> None:
+    backend = make(f"?wait={wait}")
     backend.enqueue([job(reply_to="c") for _ in range(50)])
-    backend.returning = returning  # False: the path MySQL (no DELETE ... RETURNING) takes
     claims = backend.claim(["default"], worker="w", limit=50, lease=60, wait=1)
     assert all(backend.complete([Done(c, c.id.encode()) for c in claims]))
     got = backend.replies("c", wait=1)
@@ -229,6 +228,21 @@ def test_no_rows_are_left_once_replies_are_collected(server, db_url, make, retur
     assert backend.replies("c", wait=0) == []
     for table in ("remoteexec_tasks", "remoteexec_replies"):
         assert query(server, db_url, f"SELECT COUNT(*) FROM {table}") == ((0,),)
+
+
+@pytest.mark.parametrize("wait", ["server", "client"])
+def test_a_reply_read_whose_answer_is_lost_is_read_again(make, wait) -> None:
+    """A read deletes nothing it has not delivered: the server runs the read, its answer
+    never reaches the backend (a dropped connection), and the next read still returns the
+    reply. (A ``DELETE ... RETURNING`` read would have lost it for good.)"""
+    backend = make(f"?wait={wait}")
+    backend.enqueue([job(reply_to="lossy")])
+    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    assert backend.complete([Done(c, b"answer")]) == [True]
+    read, _ = backend._read_replies("lossy", 0.1 if wait == "server" else None)
+    backend._db.run(lambda cur: execute(cur, *read))  # ran; its rows are dropped here
+    assert backend.replies("lossy", wait=1) == [b"answer"]
+    assert backend.replies("lossy", wait=0) == []  # delivered once
 
 
 def test_replies_come_back_oldest_first(make) -> None:

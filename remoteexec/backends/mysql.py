@@ -9,7 +9,9 @@ from the server's version unless the URL says (``?claim=...``).
 
 Guarantees: a task is held by at most one live token; a completion stores the replies and
 deletes the tasks its tokens still hold, in one transaction (``mysql_complete.py``);
-reads always see committed data (autocommit, READ COMMITTED). Statements are
+reads always see committed data (autocommit, READ COMMITTED); a reply is deleted by the
+read after the one that returned it, so a read cut off on its way back loses nothing
+(``_read_replies``). Statements are
 batched into multi-statement round trips (one, where packet size allows). Every PyMySQL
 error becomes ``BackendUnavailable``; deadlocks and lock-wait timeouts are retried here.
 A claim or reply read that finds nothing waits in the server where it can (MariaDB), else
@@ -52,6 +54,7 @@ from .mysql_schema import (
     TASKS,
     apply_schema,
     ensure_schema,
+    marks,
     schema_sql,
 )
 from .mysql_wait import Waiter, in_server
@@ -93,7 +96,10 @@ class MySQLBackend(MySQLWatching):
             raise ConfigurationError(f"bad MySQL URL option wait={wait!r}: use server or client")
         self.claim_mode = claim
         self.wait_mode = wait
-        self.returning = False  # DELETE ... RETURNING (MariaDB) for replies
+        # Replies delivered but not yet deleted, per reply_to: the next read deletes them
+        # first, so a read cut off on its way back loses nothing. One reader per reply_to.
+        self._delivered: dict[str, list[int]] = {}
+        self._reading: dict[str, threading.Lock] = {}
         self.max_packet = 1 << 24  # the server's max_allowed_packet, read on first use
         self._ready = False
         self._lock = threading.Lock()
@@ -124,7 +130,6 @@ class MySQLBackend(MySQLWatching):
             if self.claim_mode is None:
                 modern = version >= ((10, 6) if mariadb else (8, 0, 1))
                 self.claim_mode = "skip_locked" if modern else "optimistic"
-            self.returning = mariadb
             blocks = mariadb and version >= (10, 1, 1)  # compound statements outside programs
             if self.wait_mode is None:  # optimistic claims measured faster when polled
                 modern = blocks and self.claim_mode == "skip_locked"
@@ -183,19 +188,20 @@ class MySQLBackend(MySQLWatching):
 
         def send(cur: Cursor) -> list[bytes] | None:
             nonlocal sent
-            waiting = self._replies_wait(reply_to, wait, idle=0.0)  # a reply is due soon
+            read, at = self._read_replies(reply_to, wait, idle=0.0)  # a reply is due soon
             if sent:  # retried after a deadlock in the wait: the jobs are in
-                return self._bodies(execute(cur, *waiting)[0][1])
-            wait_sql = render(cur.connection, *waiting)
+                return self._taken(reply_to, execute(cur, *read)[at][1])
+            read_sql = render(cur.connection, *read)
             [insert] = self._inserts(cur, jobs)
-            if len(insert) + len(wait_sql) > self.max_packet // 2:
+            if len(insert) + len(read_sql) > self.max_packet // 2:
                 return None  # large: the INSERTs alone, then the wait
-            cur.execute(insert + b"; " + wait_sql)  # type: ignore[call-overload]
+            cur.execute(insert + b"; " + read_sql)  # type: ignore[call-overload]
             sent = True
-            return self._bodies(read_rest(cur)[0][1])
+            return self._taken(reply_to, read_rest(cur)[at][1])
 
         try:
-            bodies = self._db.run(send)
+            with self._reader(reply_to):
+                bodies = self._db.run(send)
         except BackendUnavailable:
             if sent:
                 return []
@@ -282,39 +288,55 @@ class MySQLBackend(MySQLWatching):
         return self._db.run(lambda cur: execute(cur, sql, (job.id,)))[0][0] == 1
 
     def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
-        """Read and delete ``reply_to``'s replies: one round trip on MariaDB (waiting in the
-        server), two on MySQL."""
+        """Read ``reply_to``'s new replies, deleting those read before: one round trip
+        (on MariaDB, waiting in the server)."""
 
         def take(cur: Cursor, hold: float) -> list[bytes]:
-            if self._waiter.in_server:
-                return self._bodies(execute(cur, *self._replies_wait(reply_to, hold))[0][1])
-            if self.returning:  # MariaDB: read and delete in one statement
-                sql = "DELETE FROM remoteexec_replies WHERE reply_to = %s RETURNING seq, body"
-                return self._bodies(execute(cur, sql, (reply_to,))[0][1])
-            sql = "SELECT seq, body FROM remoteexec_replies WHERE reply_to = %s ORDER BY seq"
-            rows = execute(cur, sql, (reply_to,))[0][1]
-            parts = [("DELETE FROM remoteexec_replies WHERE seq = %s", (seq,)) for seq, _ in rows]
-            deleted = script(cur, parts, txn=False, max_packet=self.max_packet) if parts else []
-            # Only what this call deleted is returned: a reply is never delivered twice.
-            return [bytes(r[1]) for r, (n, _) in zip(rows, deleted, strict=True) if n == 1]
+            read, at = self._read_replies(reply_to, hold if self._waiter.in_server else None)
+            return self._taken(reply_to, execute(cur, *read)[at][1])
 
         key = ("replies", reply_to)
-        return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
+        with self._reader(reply_to):
+            return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
 
-    def _replies_wait(self, reply_to: str, hold: float, idle: float | None = None) -> Part:
-        """Wait in the server (up to ``hold`` s) for replies to ``reply_to``; take them.
-        ``idle`` sets the pause between tests (``mysql_wait``): by default, the time since
-        replies last came."""
-        ready = ("EXISTS(SELECT 1 FROM remoteexec_replies WHERE reply_to = %s)", (reply_to,))
-        take = "DELETE FROM remoteexec_replies WHERE reply_to = %s RETURNING seq, body"
-        if idle is None:
-            idle = self._waiter.idle(("replies", reply_to))
-        return in_server(ready, [(take, (reply_to,))], hold, idle)
+    def _read_replies(
+        self, reply_to: str, hold: float | None, idle: float | None = None
+    ) -> tuple[Part, int]:
+        """One query: delete the replies delivered by the last read, then read the new ones
+        (with ``hold``, waiting up to that long in the server for one; ``idle`` sets the
+        pause between its tests, ``mysql_wait``: by default, the time since replies last
+        came). Returns the query and the index of the result holding (seq, body) rows.
 
-    @staticmethod
-    def _bodies(rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
-        """Reply bodies from (seq, body) rows, in seq order."""
-        return [bytes(body) for _, body in sorted(rows)]
+        A reply stays in the table until the read after the one that returned it, so a
+        read whose answer is lost on the way back (a dropped connection) loses nothing:
+        the next read returns it again. Replies are told apart by what was delivered, not
+        by ``seq`` order: a reply committed late may have a lower ``seq``.
+        """
+        parts: list[Part] = []
+        delivered = self._delivered.get(reply_to)
+        if delivered:
+            sql = f"DELETE FROM remoteexec_replies WHERE seq IN ({marks(len(delivered))})"
+            parts.append((sql, tuple(delivered)))
+        read = ("SELECT seq, body FROM remoteexec_replies WHERE reply_to = %s", (reply_to,))
+        if hold is None:
+            parts.append(read)
+        else:
+            ready = ("EXISTS(SELECT 1 FROM remoteexec_replies WHERE reply_to = %s)", (reply_to,))
+            if idle is None:
+                idle = self._waiter.idle(("replies", reply_to))
+            parts.append(in_server(ready, [read], hold, idle))
+        sql = "; ".join(sql for sql, _ in parts)
+        return (sql, tuple(a for _, args in parts for a in args)), len(parts) - 1
+
+    def _taken(self, reply_to: str, rows: Sequence[tuple[Any, ...]]) -> list[bytes]:
+        """Reply bodies from (seq, body) rows, in seq order; the next read deletes them."""
+        ordered = sorted(rows)
+        self._delivered[reply_to] = [seq for seq, _ in ordered]
+        return [bytes(body) for _, body in ordered]
+
+    def _reader(self, reply_to: str) -> threading.Lock:
+        """The lock a read of ``reply_to`` holds (two at once would return the same rows)."""
+        return self._reading.setdefault(reply_to, threading.Lock())
 
     def close(self) -> None:
         self._db.close()
