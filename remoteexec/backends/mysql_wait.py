@@ -81,7 +81,7 @@ class Waiter:
             got = fetch(max(0.0, remaining) if self.in_server else 0.0)
             now = time.monotonic()
             if got:
-                self.found(key)
+                self._last_work[key] = now
                 return got
             remaining = deadline - now
             if remaining <= 0:
@@ -91,10 +91,6 @@ class Waiter:
             pause = min(MAX_PAUSE, max(MIN_PAUSE * 5, self.idle(key) / IDLE_SHARE))
             with self._wake:
                 self._wake.wait(min(pause, remaining))
-
-    def found(self, key: Hashable) -> None:
-        """A fetch under ``key`` found something just now."""
-        self._last_work[key] = time.monotonic()
 
     def kick(self) -> None:
         """Work was added or freed here: this process's waiters look again now."""

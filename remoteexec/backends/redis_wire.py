@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import logging
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,11 +37,13 @@ from .base import Claim, Done
 
 _pack_one: Callable[[tuple[Any, ...]], bytes] | None
 try:  # hiredis packs a command in C; redis-py wraps each in a few µs of Python
-    from hiredis import pack_command as _pack_one
+    import hiredis
     from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NO_REPLY  # what gets() says
+
+    _pack_one = hiredis.pack_command
+    _PUSH = getattr(hiredis, "PushNotificationType", None)
 except ImportError:  # pragma: no cover - hiredis is optional; or redis-py moved it
-    _pack_one = _NO_REPLY = None
-_PUSH = getattr(sys.modules.get("hiredis"), "PushNotificationType", None)
+    _pack_one = _NO_REPLY = _PUSH = None
 
 log = logging.getLogger("remoteexec.redis")  # the adapter's logger, as in redis.py
 
