@@ -7,6 +7,7 @@ loss and restarts, error mapping and URL options.
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import threading
@@ -483,6 +484,32 @@ def test_a_claim_waiting_in_the_server_takes_new_work_before_its_wait_ends(make,
     assert waited < 4  # taken when it came, not when the wait ran out
 
 
+def test_a_wait_longer_than_the_read_timeout_is_cut_into_holds(make) -> None:
+    """A wait in the server longer than the connection's read timeout would end as a lost
+    connection: it is made of shorter holds instead."""
+    worker, client = make("?read_timeout=1"), make("?read_timeout=1")
+    worker.stats(), client.stats()  # connected: the waits run in the server
+    new = job(reply_to="slow")
+    timer = threading.Timer(1.5, client.enqueue, ([new],))
+    timer.start()
+    [claim] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=5)
+    timer.join()
+    assert claim.id == new.id
+    answer = threading.Timer(1.5, worker.complete, ([Done(claim, b"late")],))
+    answer.start()
+    assert worker.replies("slow", wait=5) == [b"late"]
+    answer.join()
+
+    def serve() -> None:
+        [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+        worker.complete([Done(c, b"later")])
+
+    answer = threading.Timer(1.5, serve)
+    answer.start()
+    assert client.send_and_wait([job(reply_to="slower")], "slower", wait=5) == [b"later"]
+    answer.join()
+
+
 def test_send_and_wait_inserts_and_waits_for_the_reply_in_one_query(make) -> None:
     client, worker = make(), make()
     sent = job(reply_to="me")
@@ -560,3 +587,76 @@ def test_complete_and_claim_cut_off_in_its_wait_keeps_the_results(server, db_url
     assert done == ([True], [])  # completed; the claim cut off claims nothing
     assert client.replies("me", wait=1) == [b"answer"]
     assert query(server, db_url, "SELECT COUNT(*) FROM remoteexec_tasks") == ((0,),)
+
+
+# -- a claim's floor (mysql_claim.claim_locked) -------------------------------------------
+
+_TASK_AT = (
+    "INSERT INTO remoteexec_tasks (seq, id, queue, reply_to, body, created) "
+    "VALUES ({}, '{}', 'default', 'client', 'x', UNIX_TIMESTAMP())"
+)
+
+
+def test_a_task_committed_below_a_claims_floor_is_still_claimed(server, db_url, make) -> None:
+    """A claim in the server looks above the highest seq it took last time first, but a
+    task below it (one that took its seq earlier and committed later, or a released one)
+    is taken too: there when the claim starts, or coming during its wait."""
+    worker = make()
+    worker.init_db()
+    for seq in (100, 200):
+        query(server, db_url, _TASK_AT.format(seq, f"t{seq}"))
+    claims = worker.claim(["default"], worker="w", limit=5, lease=30, wait=1)
+    assert [c.id for c in claims] == ["t100", "t200"]
+    assert worker.complete([Done(c, None) for c in claims]) == [True, True]
+    query(server, db_url, _TASK_AT.format(150, "t150"))
+    claims = worker.claim(["default"], worker="w", limit=5, lease=30, wait=1)
+    assert [c.id for c in claims] == ["t150"]
+    timer = threading.Timer(0.3, query, (server, db_url, _TASK_AT.format(120, "t120")))
+    timer.start()
+    started = time.monotonic()
+    claims = worker.claim(["default"], worker="w", limit=5, lease=30, wait=5)
+    waited = time.monotonic() - started
+    timer.join()
+    assert [c.id for c in claims] == ["t120"]
+    assert waited < 3  # taken when it came
+
+
+def _pages_read(server: MariaDBServer, run: Callable[[], object]) -> int:
+    """InnoDB buffer pool page reads (server-wide) while ``run()`` runs."""
+
+    def pages() -> int:
+        conn = server.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_read_requests'")
+            return int(cur.fetchall()[0][1])
+        finally:
+            conn.close()
+
+    before = pages()
+    run()
+    return pages() - before
+
+
+def test_a_claim_in_the_server_does_not_step_over_the_rows_it_took(server, db_url, make) -> None:
+    """Claimed and deleted rows leave index entries marked deleted until InnoDB's purge
+    removes them (held back here by an open snapshot, as purge lags on a busy server).
+    A claim that starts above the rows it took does not step over them."""
+    snapshot = server.connect(database=db_url.rsplit("/", 1)[1])
+    worker, client, fresh = make(), make(), make()
+    try:
+        snapshot.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        for _ in range(4):
+            client.enqueue([job() for _ in range(100)])
+            claims = worker.claim(["default"], worker="w", limit=100, lease=30, wait=1)
+            assert worker.complete([Done(c, None) for c in claims]) == [True] * 100
+        fresh.stats()  # connected
+        pages, taken = [], []
+        for backend in (worker, fresh):  # the fresh backend has no floor: it scans them all
+            client.enqueue([job()])
+            claim = functools.partial(backend.claim, worker="w", limit=1, lease=30, wait=1)
+            pages.append(_pages_read(server, lambda: taken.extend(claim(["default"]))))  # noqa: B023
+        assert len(taken) == 2
+        assert pages[0] * 5 < pages[1]
+    finally:
+        snapshot.close()

@@ -104,9 +104,10 @@ class MySQLBackend(MySQLWatching):
         self._ready = False
         self._lock = threading.Lock()
         self._db = Connections(connect, self._prepare)
-        self._waiter = Waiter()
+        self._waiter = Waiter(max_hold=self._db.read_timeout / 2)
         self._found_none: set[Any] = set()  # claim keys whose last claim found nothing
         self._expiry_due: dict[tuple[str, ...], float] = {}  # next look for expired leases
+        self._floor: dict[Any, int] = {}  # per claim key: the highest seq the last claim took
 
     @classmethod
     def from_url(cls, url: str, *, result_ttl: float = 3600.0) -> MySQLBackend:
@@ -185,10 +186,12 @@ class MySQLBackend(MySQLWatching):
         if self.wait_mode != "server" or not jobs:  # the mode is known once connected
             return super().send_and_wait(jobs, reply_to, wait=wait)
         sent = False
+        started = time.monotonic()
 
         def send(cur: Cursor) -> list[bytes] | None:
             nonlocal sent
-            read, at = self._read_replies(reply_to, wait, idle=0.0)  # a reply is due soon
+            hold = min(wait, self._waiter.max_hold)
+            read, at = self._read_replies(reply_to, hold, idle=0.0)  # a reply is due soon
             if sent:  # retried after a deadlock in the wait: the jobs are in
                 return self._taken(reply_to, execute(cur, *read)[at][1])
             read_sql = render(cur.connection, *read)
@@ -209,7 +212,13 @@ class MySQLBackend(MySQLWatching):
         self._waiter.kick()
         if bodies is None:
             return super().send_and_wait(jobs, reply_to, wait=wait)
-        return bodies
+        left = wait - (time.monotonic() - started)
+        if bodies or left <= 0:
+            return bodies
+        try:  # the wait was longer than one hold
+            return self.replies(reply_to, wait=left)
+        except BackendUnavailable:
+            return []  # sent: the replies are read later
 
     def claim(
         self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
@@ -231,7 +240,10 @@ class MySQLBackend(MySQLWatching):
                 if not found:
                     return []
             if self.claim_mode == "skip_locked":
-                claims = claim_locked(cur, queues, limit, lease, expired, waiting)
+                floor = self._floor.get(key, 0)
+                claims, top = claim_locked(cur, queues, limit, lease, expired, waiting, floor)
+                if claims:
+                    self._floor[key] = top
             else:
                 claims = claim_optimistic(cur, queues, limit, lease, waiting)
             if claims:

@@ -230,6 +230,7 @@ class Connections:
             "init_command": _SESSION,
             "max_allowed_packet": 1 << 30,  # the server's own limit is the one that counts
         }
+        self.read_timeout = float(self._args["read_timeout"])
         self._on_connect = on_connect
         self._local = _PerThread()
         self._all: weakref.WeakKeyDictionary[Conn, int] = weakref.WeakKeyDictionary()

@@ -55,11 +55,14 @@ def in_server(ready: Part, fetch: Sequence[Part], hold: float, idle: float) -> P
 class Waiter:
     """Calls a fetch until it finds something or the wait is over; see the module docstring.
 
-    ``in_server`` is set once the server is known to run compound statements.
+    ``in_server`` is set once the server is known to run compound statements. A wait in
+    the server is cut into holds of at most ``max_hold`` seconds: the connection's read
+    timeout would end a longer one as a lost connection.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_hold: float) -> None:
         self.in_server = False
+        self.max_hold = max_hold
         self._last_work: dict[Hashable, float] = {}
         self._wake = threading.Condition()
 
@@ -78,7 +81,7 @@ class Waiter:
         deadline = time.monotonic() + wait
         while True:
             remaining = deadline - time.monotonic()
-            got = fetch(max(0.0, remaining) if self.in_server else 0.0)
+            got = fetch(min(max(0.0, remaining), self.max_hold) if self.in_server else 0.0)
             now = time.monotonic()
             if got:
                 self._last_work[key] = now
