@@ -302,6 +302,17 @@ def _evalsha_calls(server) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+@pytest.mark.parametrize("scripts", [True, False])
+def test_a_queues_leases_are_a_skiplist_from_the_first_claim(make, server, scripts) -> None:
+    """Small sorted sets are listpacks, whose every insert scans and moves the whole set:
+    lease tokens are longer than a listpack member may be, so the set never is one."""
+    backend = make() if scripts else make(url=_noscript_url(server))
+    backend.enqueue([job() for _ in range(3)])
+    assert len(backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)) == 3
+    leases = server.client().object("encoding", backend._keys.leases("default"))
+    assert leases == b"skiplist"
+
+
 def test_claims_and_completions_use_the_scripts_when_allowed(make, server) -> None:
     backend = make()
     jobs = [job(reply_to="R") for _ in range(5)]

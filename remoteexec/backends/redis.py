@@ -90,6 +90,11 @@ from .redis_wire import (
 _MAX_SENT = 200_000  # ids remembered for lost(), newest kept
 _DRAIN = 1000  # replies taken per round trip
 _SCRIPT_MIN = 3  # results completed by the COMPLETE script (fewer: by MULTI, cheaper then)
+# A lease token is longer than Redis's zset-max-listpack-value (64 bytes by default), so a
+# queue's leases zset is a skiplist from its first member. Kept small (a listpack), each
+# ZADD scanned and moved the whole set: 8-10 µs a task in C (INFO commandstats), now 0.5;
+# C 42,000 calls/s before, 52,600 after (CPU time per call, /proc: 36 µs before, 31 after).
+_TOKEN_LENGTH = 65
 
 
 class RedisBackend(RedisWatching):
@@ -168,7 +173,7 @@ class RedisBackend(RedisWatching):
         return run(self._linked(), commands, multi=multi, raise_errors=errors, then=then)
 
     def _token(self) -> str:
-        return f"{self._mine}{next(self._seq):x}"
+        return f"{self._mine}{next(self._seq):x}".ljust(_TOKEN_LENGTH, ".")
 
     # Tasks ---------------------------------------------------------------------------
 
