@@ -305,7 +305,7 @@ def _evalsha_calls(server) -> int:
 @pytest.mark.parametrize("scripts", [True, False])
 def test_a_queues_leases_are_a_skiplist_from_the_first_claim(make, server, scripts) -> None:
     """Small sorted sets are listpacks, whose every insert scans and moves the whole set:
-    lease tokens are longer than a listpack member may be, so the set never is one."""
+    a member longer than a listpack's may be keeps the leases a skiplist."""
     backend = make() if scripts else make(url=_noscript_url(server))
     backend.enqueue([job() for _ in range(3)])
     assert len(backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)) == 3

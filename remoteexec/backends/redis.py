@@ -15,9 +15,10 @@ two per task: an optional fast path, measured there.
 
 Keys, under a prefix (``remoteexec:``; ``?prefix=`` in the URL), a queue's all in its
 ``{queue}`` hash slot: ``{q}:w`` waiting tasks (pushed left, taken right), ``{q}:l`` lease
-deadlines by token, ``{q}:c:<token>`` a claimed task, ``{q}:b`` doorbells for workers waiting
-on several queues (gone 2 s after the last ring); ``{reply_to}:r`` a client's replies (TTL
-``result_ttl``, refreshed on each push); ``epoch``, ``queues``, ``workers``, ``dead``.
+deadlines by token (and ``redis_wire.SKIPLIST_KEEPER``), ``{q}:c:<token>`` a claimed task,
+``{q}:b`` doorbells for workers waiting on several queues (gone 2 s after the last ring);
+``{reply_to}:r`` a client's replies (TTL ``result_ttl``, refreshed on each push);
+``epoch``, ``queues``, ``workers``, ``dead``.
 
 Round trips: ``enqueue``, ``complete``, ``renew``, ``release`` 1 per batch;
 ``send_and_wait`` (a blocking call) 1: the enqueue, then ``BLMPOP`` on the reply list.
@@ -90,11 +91,6 @@ from .redis_wire import (
 _MAX_SENT = 200_000  # ids remembered for lost(), newest kept
 _DRAIN = 1000  # replies taken per round trip
 _SCRIPT_MIN = 3  # results completed by the COMPLETE script (fewer: by MULTI, cheaper then)
-# A lease token is longer than Redis's zset-max-listpack-value (64 bytes by default), so a
-# queue's leases zset is a skiplist from its first member. Kept small (a listpack), each
-# ZADD scanned and moved the whole set: 8-10 µs a task in C (INFO commandstats), now 0.5;
-# C 42,000 calls/s before, 52,600 after (CPU time per call, /proc: 36 µs before, 31 after).
-_TOKEN_LENGTH = 65
 
 
 class RedisBackend(RedisWatching):
@@ -173,7 +169,7 @@ class RedisBackend(RedisWatching):
         return run(self._linked(), commands, multi=multi, raise_errors=errors, then=then)
 
     def _token(self) -> str:
-        return f"{self._mine}{next(self._seq):x}".ljust(_TOKEN_LENGTH, ".")
+        return f"{self._mine}{next(self._seq):x}"
 
     # Tasks ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import redis
 from redis.exceptions import NoPermissionError, NoScriptError
 
 from .base import Done
-from .redis_wire import Keys, Link, pack_reply, run
+from .redis_wire import SKIPLIST_KEEPER, Keys, Link, pack_reply, run
 
 log = logging.getLogger("remoteexec.redis")
 
@@ -46,6 +46,7 @@ log = logging.getLogger("remoteexec.redis")
 CLAIM = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 redis.call('LTRIM', KEYS[3], 0, 15)
+redis.call('ZADD', KEYS[1], 'NX', '+inf', 'SKIPLIST_KEEPER')
 local moved = {}
 for i = 4, #ARGV do
   local elem = redis.call('RPOP', KEYS[2])
@@ -56,7 +57,7 @@ for i = 4, #ARGV do
 end
 local due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {expired, due, moved, redis.call('LLEN', KEYS[2])}
-"""
+""".replace("SKIPLIST_KEEPER", SKIPLIST_KEEPER)
 
 #: KEYS: leases. ARGV: reply TTL in ms, claim-list prefix, then per task: token, reply
 #: list key ("" for none), reply element. A task whose claim list is gone (its lease was
