@@ -399,3 +399,32 @@ def test_sweep_removes_stale_workers_and_stats_keep_drained_queues(
     conn = sqlite3.connect(db)
     assert [r[0] for r in conn.execute("SELECT id FROM workers")] == ["new"]
     conn.close()
+
+
+def _looks_while_waiting(backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many times an empty 0.2 s reply wait looks at the file's data version."""
+    looks = 0
+    data_version = backend._data_version
+
+    def counted() -> int:
+        nonlocal looks
+        looks += 1
+        return data_version()
+
+    monkeypatch.setattr(backend, "_data_version", counted)
+    assert backend.replies("nobody", wait=0.2) == []
+    monkeypatch.undo()
+    return looks
+
+
+def test_a_wait_looks_often_while_calls_flow_and_seldom_when_idle(
+    backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pause between looks is a 50th of the time since work was last found: a
+    blocking call's reply is seen within a fraction of a millisecond, and an idle
+    waiter costs little. (Pauses backing off from 1 ms made calls take 2-3 ms.)"""
+    backend.enqueue([job()])
+    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)  # work found
+    assert _looks_while_waiting(backend, monkeypatch) > 50  # about 200; 12 backing off
+    backend._found_at -= 10  # idle for 10 s: 25 ms pauses
+    assert _looks_while_waiting(backend, monkeypatch) <= 10

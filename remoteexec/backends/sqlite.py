@@ -10,8 +10,9 @@ a commit survives a crashed process (a power cut may lose the last few). Beyond 
 * Each thread has its own connection, opened on first use; a forked child opens its own and
   never touches (nor closes) its parent's.
 * SQLite cannot notify other processes, so ``claim`` and ``replies`` wait by polling
-  ``PRAGMA data_version`` (it changes when another connection commits): every millisecond
-  while the file is busy, backing off to 25 ms when idle.
+  ``PRAGMA data_version`` (it changes when another connection commits). The pause is a
+  50th of the time since this backend last found work: 0.2 ms while calls flow (a
+  blocking call's reply is seen within one), up to 25 ms after 1.25 s of idleness.
 * Re-enqueueing an id that is still held changes nothing: a retried ``enqueue`` is safe.
 """
 
@@ -43,7 +44,7 @@ SCHEMA_VERSION = 1
 _MAX_DEAD = 1000
 _BUSY_TIMEOUT = 1.0  # SQLite's own wait for a lock, per try
 _RETRY_FOR = 30.0  # total time spent retrying a busy database before giving up
-_POLL_MIN, _POLL_MAX = 0.001, 0.025
+_POLL_MIN, _POLL_MAX, _IDLE_SHARE = 0.0002, 0.025, 50  # pause: a 50th of the idle time
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS tasks (
@@ -143,6 +144,7 @@ class SQLiteBackend(Backend):
         self._pid = os.getpid()
         self._conns: list[sqlite3.Connection] = []
         self._schema_ok = False
+        self._found_at = time.monotonic()  # when a claim or reply read last found work
 
     @classmethod
     def from_url(cls, url: str, *, result_ttl: float = 3600.0) -> SQLiteBackend:
@@ -218,7 +220,6 @@ class SQLiteBackend(Backend):
         """
         if time.monotonic() >= deadline:
             return False
-        delay = _POLL_MIN
         version = self._data_version()
         ready_at = self._run(due, None)
         while True:
@@ -228,11 +229,12 @@ class SQLiteBackend(Backend):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            time.sleep(min(delay, remaining, ready_at - now))
-            delay = min(delay * 2, _POLL_MAX)
+            idle = time.monotonic() - self._found_at
+            pause = min(_POLL_MAX, max(_POLL_MIN, idle / _IDLE_SHARE))
+            time.sleep(min(pause, remaining, ready_at - now))
             latest = self._data_version()
             if latest != version:
-                version, delay = latest, _POLL_MIN
+                version = latest
                 ready_at = self._run(due, None)
 
     def _data_version(self) -> int:
@@ -259,7 +261,10 @@ class SQLiteBackend(Backend):
         deadline = time.monotonic() + wait
         while True:
             claims = self._run(lambda conn: self._take(conn, queues, limit, lease))
-            if claims or not self._wait(lambda conn: self._next_due(conn, queues), deadline):
+            if claims:
+                self._found_at = time.monotonic()
+                return claims
+            if not self._wait(lambda conn: self._next_due(conn, queues), deadline):
                 return claims
 
     def _take(
@@ -349,7 +354,10 @@ class SQLiteBackend(Backend):
         while True:
             # Look before taking the write lock: most polls find nothing.
             got = self._run(take) if self._run(due, None) == 0.0 else []
-            if got or not self._wait(due, deadline):
+            if got:
+                self._found_at = time.monotonic()
+                return got
+            if not self._wait(due, deadline):
                 return got
 
     def heartbeat(self, info: WorkerInfo) -> None:
