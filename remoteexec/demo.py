@@ -89,7 +89,7 @@ def _sequential(seconds: float, verbose: bool) -> None:
         show = verbose or time.monotonic() >= next_print
         started = time.perf_counter()
         future = _pi.execute.submit(n)
-        task = f"id={future.task_id[:12]} type=CalculateMultipleOfPi"
+        task = f"id={future.task_id[-12:]} type=CalculateMultipleOfPi"  # the tail: unique
         if show:
             print(f"[{_stamp()}] Submitted: <Task {task} state=unstarted input={n}>")
         output = future.result()
