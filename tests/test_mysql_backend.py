@@ -597,11 +597,12 @@ _TASK_AT = (
 )
 
 
-def test_a_task_committed_below_a_claims_floor_is_still_claimed(server, db_url, make) -> None:
-    """A claim in the server looks above the highest seq it took last time first, but a
-    task below it (one that took its seq earlier and committed later, or a released one)
-    is taken too: there when the claim starts, or coming during its wait."""
-    worker = make()
+@pytest.mark.parametrize("wait", ["server", "client"])
+def test_a_task_committed_below_a_claims_floor_is_still_claimed(server, db_url, make, wait) -> None:
+    """A claim looks above the highest seq it took last time first, but a task below it
+    (one that took its seq earlier and committed later, or a released one) is taken
+    too: there when the claim starts, or coming during its wait."""
+    worker = make(f"?wait={wait}")
     worker.init_db()
     for seq in (100, 200):
         query(server, db_url, _TASK_AT.format(seq, f"t{seq}"))
@@ -638,12 +639,13 @@ def _pages_read(server: MariaDBServer, run: Callable[[], object]) -> int:
     return pages() - before
 
 
-def test_a_claim_in_the_server_does_not_step_over_the_rows_it_took(server, db_url, make) -> None:
+@pytest.mark.parametrize("wait", ["server", "client"])
+def test_a_claim_does_not_step_over_the_rows_it_took(server, db_url, make, wait) -> None:
     """Claimed and deleted rows leave index entries marked deleted until InnoDB's purge
     removes them (held back here by an open snapshot, as purge lags on a busy server).
     A claim that starts above the rows it took does not step over them."""
     snapshot = server.connect(database=db_url.rsplit("/", 1)[1])
-    worker, client, fresh = make(), make(), make()
+    worker, client, fresh = make(f"?wait={wait}"), make(), make(f"?wait={wait}")
     try:
         snapshot.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
         for _ in range(4):

@@ -13,8 +13,8 @@ Claims run in one of two modes, picked from the server's version unless the URL 
   statement commits (semi-consistent reads), so claimers wait for each other at most that
   long. It costs less than the join: a ``BEGIN NOT ATOMIC`` loop of 2,000 claims took
   about 280 against 480 µs each (MariaDB 10.11, with the deleted rows purge had not yet
-  removed piling up in both). In the server, it first looks above the highest ``seq`` the
-  last claim took, so as not to step over those rows (``claim_locked``).
+  removed piling up in both). It first looks above the highest ``seq`` the last claim
+  took, so as not to step over those rows (``claim_locked``).
 * ``optimistic`` (older servers): the seed's optimistic locking. Candidates are read
   without locks; each is taken by ``UPDATE ... WHERE seq = ? AND lock_version = ?``, and
   counts only if that changed the row. Losing a race costs a claim, never a duplicate.
@@ -92,8 +92,8 @@ def claim_locked(
     With ``waiting`` (ready, hold, idle), all that runs after a wait in the server
     (``mysql_wait.in_server``). Returns the claims and the highest ``seq`` taken (0: none).
 
-    ``floor``, the highest ``seq`` the last claim took: in the server, one queue's rows are
-    looked for above it first, then (if none is there) among all. InnoDB leaves the index
+    ``floor``, the highest ``seq`` the last claim took: one queue's rows are looked for
+    above it first, then (if that took none: ``ROW_COUNT() = 0``) among all. InnoDB leaves the index
     entries of claimed and deleted rows in place, marked deleted, until its purge removes
     them, and purge falls behind under a stream of calls: a claim's locking scan from the
     queue's start then steps over every one of them (1,214 pages read for one row with
@@ -121,10 +121,9 @@ def claim_locked(
     if len(branches) == 1:  # one queue's waiting tasks, in order: a plain UPDATE
         plain = f"UPDATE {TASKS} t {take} WHERE "
         updates: list[Part] = [(plain + WAITING_WHERE, (token, queues[0], limit))]
-        if waiting is not None and floor > 0:  # above the floor first (a compound statement)
-            first = (plain + ABOVE, (token, queues[0], floor, limit))
-            rest = updates[0]
-            updates = [first, (f"IF ROW_COUNT() = 0 THEN {rest[0]}; END IF", rest[1])]
+        if floor > 0:  # above the floor first; the rest only if that took nothing
+            rest = f"{plain}ROW_COUNT() = 0 AND {WAITING_WHERE}"
+            updates = [(plain + ABOVE, (token, queues[0], floor, limit)), (rest, updates[0][1])]
     else:
         picked = f"SELECT seq FROM ({' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s"
         update = f"UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq {take}"
@@ -142,7 +141,7 @@ def claim_locked(
         rows = execute(cur, *in_server(waiting[0], parts, *waiting[1:]))[0][1]
     else:
         sql = "; ".join(sql for sql, _ in parts)
-        rows = execute(cur, sql, tuple(a for _, part in parts for a in part))[2][1]
+        rows = execute(cur, sql, tuple(a for _, part in parts for a in part))[-1][1]
     order = {queue: i for i, queue in enumerate(queues)}
     claims = [
         Claim(r[1], r[2], r[3], bytes(r[4]), int(r[5]), token)
