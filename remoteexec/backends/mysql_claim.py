@@ -46,8 +46,6 @@ from .mysql_wait import in_server
 
 #: What a claim waits for in the server (``mysql_wait.in_server``): (ready, hold, idle).
 Waiting = tuple[Part, float, float]
-#: One queue's waiting tasks above a seq, oldest first (then the rest: ``claim_locked``).
-ABOVE = "queue = %s AND state = 0 AND seq > %s ORDER BY seq LIMIT %s"
 
 
 def pick_oldest(
@@ -93,11 +91,12 @@ def claim_locked(
     (``mysql_wait.in_server``). Returns the claims and the highest ``seq`` taken (0: none).
 
     ``floor``, the highest ``seq`` the last claim took: one queue's rows are looked for
-    above it first, then (if that took none: ``ROW_COUNT() = 0``) among all. InnoDB leaves the index
-    entries of claimed and deleted rows in place, marked deleted, until its purge removes
-    them, and purge falls behind under a stream of calls: a claim's locking scan from the
-    queue's start then steps over every one of them (1,214 pages read for one row with
-    1,800 transactions unpurged, in a micro-benchmark on MariaDB 10.11; 8 above the floor).
+    above it first, then (if that took none: ``ROW_COUNT() = 0``) among all. InnoDB
+    leaves the index entries of claimed and deleted rows in place, marked deleted, until
+    its purge removes them, and purge falls behind under a stream of calls: a claim's
+    locking scan from the queue's start then steps over every one of them (1,214 pages
+    read for one row with 1,800 transactions unpurged, in a micro-benchmark on MariaDB
+    10.11; 8 above the floor).
     A row below the floor (one that took its ``seq`` earlier and committed later, or a
     released one) is taken once nothing is above it, or by the full look that comes with
     every look for expired leases.
@@ -119,11 +118,14 @@ def claim_locked(
         "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1"
     )
     if len(branches) == 1:  # one queue's waiting tasks, in order: a plain UPDATE
-        plain = f"UPDATE {TASKS} t {take} WHERE "
-        updates: list[Part] = [(plain + WAITING_WHERE, (token, queues[0], limit))]
+        plain, waiting_args = f"UPDATE {TASKS} t {take} WHERE ", (token, queues[0], limit)
         if floor > 0:  # above the floor first; the rest only if that took nothing
-            rest = f"{plain}ROW_COUNT() = 0 AND {WAITING_WHERE}"
-            updates = [(plain + ABOVE, (token, queues[0], floor, limit)), (rest, updates[0][1])]
+            updates: list[Part] = [
+                (f"{plain}seq > %s AND {WAITING_WHERE}", (token, floor, queues[0], limit)),
+                (f"{plain}ROW_COUNT() = 0 AND {WAITING_WHERE}", waiting_args),
+            ]
+        else:
+            updates = [(plain + WAITING_WHERE, waiting_args)]
     else:
         picked = f"SELECT seq FROM ({' UNION ALL '.join(branches)}) c ORDER BY r, seq LIMIT %s"
         update = f"UPDATE {TASKS} t JOIN ({picked}) p ON t.seq = p.seq {take}"
