@@ -2,7 +2,8 @@
 
 Redis and MariaDB tests run against private servers started here, on free loopback ports
 in temporary folders, so a test can kill, freeze or restart its broker. Outside CI a
-missing server binary skips those tests; with ``CI=true`` it fails them.
+missing server binary or package skips those tests; with ``CI=true`` every skip is a
+failure, so nothing missing can hide in a green run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ ALL_BACKENDS = ["memory", "sqlite", "redis", "mysql", "mysql_optimistic"]
 #: Backends that worker processes on one host can share.
 FARM_BACKENDS = ["sqlite", "redis", "mysql", "mysql_optimistic"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With ``CI`` set, a skipped test fails: a missing server or package is an error there."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must run every test: {report.longrepr}"
 
 
 def _need(binary: str) -> None:
