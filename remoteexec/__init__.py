@@ -13,6 +13,8 @@ CalculateMultipleOfPi.execute(42)   # runs on whichever worker picks it up
 from .client import Client, configure, using
 from .errors import (
     BackendUnavailable,
+    CallLost,
+    CallPurged,
     CallTimeout,
     ConfigurationError,
     PayloadTooLarge,
@@ -33,6 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "CallLost",
+    "CallPurged",
     "CallTimeout",
     "Client",
     "ConfigurationError",

@@ -12,16 +12,31 @@ types travel under one code as ``[name, encoded]`` and are found by name in this
 registry only. Nothing is ever imported, evaluated or unpickled.
 
 ``pack`` and ``unpack`` are the package's msgpack entry points (``message.py`` builds the
-envelope with them). Both are thread-safe and keep no per-call state.
+envelope with them). Both are thread-safe; ``unpack`` keeps its state in the call.
+
+Decoding is bounded while the work is done: each message gets an allowance of
+``AMPLIFICATION`` times its size (plus ``_SLACK`` bytes), and every array, map and extension
+value decoded from it is charged what it occupies (``sys.getsizeof``), as is the copy of an
+extension's bytes while its contents are decoded. A message that would go past the
+allowance raises ``SerializationError`` as soon as it does: a stack of nested extensions
+(each level a copy of the rest) or a body of empty arrays (one byte each, 64 decoded) is
+refused once its allowance is spent. What the hooks cannot see comes on top: msgpack
+allocates an array's slots when it reads its header (8 bytes per element, at most one
+element per byte), and strings, bins and numbers have no hook (a short string costs at most
+about 20 times its bytes). A list of small integers decodes to 8 bytes a byte: the reason
+the allowance is not smaller. Messages of up to ``_UNMETERED`` bytes (most calls) skip the
+metering, and its cost.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -35,9 +50,17 @@ __all__ = ["pack", "register_type", "unpack"]
 T = TypeVar("T")
 
 # Nesting depth is explicit: level d packs with packers whose hook is _DEFAULTS[d] and
-# unpacks with _HOOKS[d], so no per-thread state is needed and hostile nesting stops at
-# MAX_DEPTH (each level costs C stack in msgpack's unpacker).
+# unpacks with an ext hook bound to d, so no per-thread state is needed and hostile nesting
+# stops at MAX_DEPTH (each level costs C stack in msgpack's unpacker).
 MAX_DEPTH = 32
+
+#: A message decodes to at most this many times its size, plus ``_SLACK`` bytes.
+AMPLIFICATION = 8
+_SLACK = 1 << 20
+#: Messages up to this size are not metered: even of one-byte sets (216 bytes decoded) or
+#: nested 32 extension levels deep, they decode to a few MiB at most.
+_UNMETERED = 16 * 1024
+_BYTES = sys.getsizeof(b"")  # what a bytes object costs beyond its contents
 
 # Extension type codes: fixed forever within a format version.
 _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME = 1, 2, 3, 4, 5, 6
@@ -77,17 +100,70 @@ def pack(obj: Any, depth: int = 0) -> bytes:
     return data
 
 
-def unpack(data: bytes, depth: int = 0) -> Any:
+def unpack(data: bytes, depth: int = 0, budget: _Budget | None = None) -> Any:
     """Unpack msgpack bytes, extension types included.
 
     Every str/bin/array/map/ext length is bounded by ``len(data)`` (msgpack's ``unpackb``
-    default). Raises ``SerializationError`` for an unknown extension or registered type;
-    other malformed input raises msgpack's, ``TypeError`` or ``ValueError`` for the caller
-    to wrap.
+    default), and what the decoded value occupies by ``budget`` (by default
+    ``AMPLIFICATION`` times ``len(data)``, plus ``_SLACK``). Raises ``SerializationError``
+    for an unknown extension or registered type, too deep a nesting or a value past the
+    budget; other malformed input raises msgpack's, ``TypeError`` or ``ValueError`` for
+    the caller to wrap.
     """
     if depth > MAX_DEPTH:
         raise SerializationError(f"message nested deeper than {MAX_DEPTH} extension levels")
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_HOOKS[depth])
+    if budget is None:
+        if len(data) <= _UNMETERED:  # and so is everything inside it
+            hook = _UNMETERED_HOOKS[depth]
+            return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=hook)
+        budget = _Budget(len(data))
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=False,
+        ext_hook=partial(_decode_ext, depth, budget),
+        list_hook=budget.keep,
+        object_hook=budget.keep,
+    )
+
+
+class _Budget:
+    """The bytes one message may still decode to; every container is charged on the way."""
+
+    __slots__ = ("left", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.left = AMPLIFICATION * size + _SLACK
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise SerializationError(
+                f"message of {self.size} bytes decodes to more than {AMPLIFICATION} times its size"
+            )
+
+    def keep(self, value: T) -> T:
+        """msgpack's hook for each array and map, once it is built."""
+        self.left -= sys.getsizeof(value)
+        if self.left < 0:
+            self.spend(0)
+        return value
+
+
+def _decode_ext(depth: int, budget: _Budget | None, code: int, data: bytes) -> Any:
+    """msgpack's hook for each extension value at nesting level ``depth``."""
+    decode = _DECODERS.get(code)
+    if decode is None:
+        raise SerializationError(f"unknown extension type {code} in message")
+    if budget is None:
+        return decode(data, depth, None)
+    # The copy of ``data`` lives while its contents decode: nested levels add up.
+    copy = _BYTES + len(data)
+    budget.spend(copy)
+    value = decode(data, depth, budget)
+    budget.spend(sys.getsizeof(value) - copy)
+    return value
 
 
 def _offset(v: datetime | time) -> bytes:
@@ -156,10 +232,12 @@ def _encode(obj: Any, depth: int) -> Any:
     )
 
 
-def _items(data: bytes, depth: int) -> list[Any]:
-    items = unpack(data, depth + 1)
+def _items(data: bytes, depth: int, budget: _Budget | None) -> list[Any]:
+    items = unpack(data, depth + 1, budget)
     if type(items) is not list:
         raise SerializationError("malformed collection extension")
+    if budget is not None:  # the list is made into the tuple or set charged instead
+        budget.left += sys.getsizeof(items)
     return items
 
 
@@ -171,25 +249,25 @@ def _dec_tz(data: bytes, start: int, flags: int) -> timezone | None:
     return timezone(timedelta(microseconds=_OFFSET_S.unpack(data[start:])[0]))
 
 
-def _dec_datetime(data: bytes, _: int) -> datetime:
+def _dec_datetime(data: bytes, *_: Any) -> datetime:
     year, month, day, hour, minute, second, us, flags = _DATETIME_S.unpack_from(data)
     tz = _dec_tz(data, _DATETIME_S.size, flags)
     return datetime(year, month, day, hour, minute, second, us, tz, fold=flags & _FOLD)
 
 
-def _dec_time(data: bytes, _: int) -> time:
+def _dec_time(data: bytes, *_: Any) -> time:
     hour, minute, second, us, flags = _TIME_S.unpack_from(data)
     return time(hour, minute, second, us, _dec_tz(data, _TIME_S.size, flags), fold=flags & _FOLD)
 
 
-def _dec_decimal(data: bytes, _: int) -> Decimal:
+def _dec_decimal(data: bytes, *_: Any) -> Decimal:
     if not data.isascii():
         raise SerializationError("malformed Decimal extension")
     return Decimal(data.decode("ascii"))
 
 
-def _dec_registered(data: bytes, depth: int) -> Any:
-    item = unpack(data, depth + 1)
+def _dec_registered(data: bytes, depth: int, budget: _Budget | None) -> Any:
+    item = unpack(data, depth + 1, budget)
     if type(item) is not list or len(item) != 2 or type(item[0]) is not str:
         raise SerializationError("malformed registered-type extension")
     entry = _REGISTRY.get(item[0])
@@ -198,36 +276,31 @@ def _dec_registered(data: bytes, depth: int) -> Any:
     return entry[2](item[1])
 
 
-_DECODERS: dict[int, Callable[[bytes, int], Any]] = {
-    _TUPLE: lambda b, d: tuple(_items(b, d)),
-    _SET: lambda b, d: set(_items(b, d)),
-    _FROZENSET: lambda b, d: frozenset(_items(b, d)),
+_DECODERS: dict[int, Callable[[bytes, int, _Budget | None], Any]] = {
+    _TUPLE: lambda b, d, k: tuple(_items(b, d, k)),
+    _SET: lambda b, d, k: set(_items(b, d, k)),
+    _FROZENSET: lambda b, d, k: frozenset(_items(b, d, k)),
     _DATETIME: _dec_datetime,
-    _DATE: lambda b, _: date(*_DATE_S.unpack(b)),
+    _DATE: lambda b, *_: date(*_DATE_S.unpack(b)),
     _TIME: _dec_time,
-    _TIMEDELTA: lambda b, _: timedelta(*_TIMEDELTA_S.unpack(b)),
+    _TIMEDELTA: lambda b, *_: timedelta(*_TIMEDELTA_S.unpack(b)),
     _DECIMAL: _dec_decimal,
-    _UUID: lambda b, _: UUID(bytes=b),
-    _COMPLEX: lambda b, _: complex(*_COMPLEX_S.unpack(b)),
-    _BIGINT: lambda b, _: int.from_bytes(b, "big", signed=True),
+    _UUID: lambda b, *_: UUID(bytes=b),
+    _COMPLEX: lambda b, *_: complex(*_COMPLEX_S.unpack(b)),
+    _BIGINT: lambda b, *_: int.from_bytes(b, "big", signed=True),
     _REGISTERED: _dec_registered,
 }
 
 
-def _levels(depth: int) -> tuple[Callable[[Any], Any], Callable[[int, bytes], Any]]:
+def _default(depth: int) -> Callable[[Any], Any]:
     def default(obj: Any) -> Any:
         return _encode(obj, depth)
 
-    def ext_hook(code: int, data: bytes) -> Any:
-        decode = _DECODERS.get(code)
-        if decode is None:
-            raise SerializationError(f"unknown extension type {code} in message")
-        return decode(data, depth)
-
-    return default, ext_hook
+    return default
 
 
-_DEFAULTS, _HOOKS = zip(*(_levels(d) for d in range(MAX_DEPTH + 1)), strict=True)
+_DEFAULTS = [_default(d) for d in range(MAX_DEPTH + 1)]
+_UNMETERED_HOOKS = [partial(_decode_ext, d, None) for d in range(MAX_DEPTH + 1)]
 _POOLS: list[list[msgpack.Packer]] = [[] for _ in range(MAX_DEPTH + 1)]
 
 

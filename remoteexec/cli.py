@@ -54,6 +54,16 @@ def worker_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     p.add_argument(
+        "--allow-empty", action="store_true", help="start even if no task type is registered"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a starting worker retries an unreachable broker (default 10)",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
@@ -63,9 +73,16 @@ def worker_parser() -> argparse.ArgumentParser:
 
 def worker_main(argv: Sequence[str] | None = None) -> None:
     """``remoteexec-worker``: supervise worker processes (see SPEC section 4)."""
+    from .errors import ConfigurationError
     from .supervisor import Supervisor, WorkerSettings
+    from .worker import checked_queues
 
-    args = worker_parser().parse_args(argv)
+    parser = worker_parser()
+    args = parser.parse_args(argv)
+    try:
+        queues = checked_queues([q.strip() for q in args.queues.split(",") if q.strip()])
+    except ConfigurationError as exc:
+        parser.error(f"--queues {args.queues!r:.80}: {exc}")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",
@@ -74,11 +91,13 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
         url=args.url,
         imports=args.imports,
         tasks_dir=args.tasks_dir,
-        queues=[q.strip() for q in args.queues.split(",") if q.strip()],
+        queues=queues,
         threads=args.threads,
         lease=args.lease,
         burst=args.burst,
         log_level=args.log_level.upper(),
+        allow_empty=args.allow_empty,
+        connect_timeout=args.connect_timeout,
     )
     sys.exit(Supervisor(settings, args.processes).run())
 

@@ -3,8 +3,10 @@
 Every client process has one reply address. Calls are registered as pending before they
 are enqueued; the listener drains the replies addressed to this process and resolves the
 matching futures, so no call holds a connection of its own while it waits. The listener
-also fails calls whose timeout has passed (``CallTimeout``) and, after a broker outage,
-calls the broker lost (``BackendUnavailable``).
+also fails calls whose timeout has passed (``CallTimeout``) and those whose task the
+broker no longer has (``CallLost``, ``CallPurged``: see ``liveness``). Nothing it reads
+stops it: a reply that cannot be read is logged and fails at most its own call. A caller
+interrupted while it waits (Ctrl-C) withdraws its task if no worker has started it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import socket
 import threading
@@ -26,14 +29,19 @@ from .config import Settings, redact_url, resolve
 from .errors import (
     ERROR_KINDS,
     BackendUnavailable,
+    CallLost,
     CallTimeout,
     RemoteExecError,
+    SignatureError,
     remote_error,
 )
+from .liveness import Liveness
 from .message import Call, Codec, Failure
 from .proxy import CallOptions, RemoteFuture
 
 log = logging.getLogger("remoteexec.client")
+
+_MAX_REJECTED = 10_000  # rejected replies remembered until their call ends
 
 Calls = Sequence[tuple[Sequence[Any], dict[str, Any]]]
 
@@ -74,7 +82,9 @@ class Client:
         self._reader = threading.Lock()  # held by the one thread reading replies
         self._outage_since: float | None = None
         self._next_worker_check = 0.0
+        self._liveness = Liveness(self._backend, self.reply_to)
         self._warned_queues: set[str] = set()
+        self._rejected: dict[str, RemoteExecError] = {}  # forged-looking replies, by id
 
     def __enter__(self) -> Client:
         return self
@@ -141,21 +151,28 @@ class Client:
         for its reply go in one round trip; otherwise it waits like ``submit(...).result()``.
         """
         jobs, (future,) = self._prepare(task, method, [(args, kwargs)], options)
-        if self._reader.acquire(blocking=False):
-            try:
-                for body in self._send(jobs, [future], wait=self._read_wait()):
-                    self._resolve(body)
-                while not future.done() and not self._closed:
-                    self._read()
-                    if self._listener is not None and self._pending:
-                        break  # let the listener read for everyone
-            finally:
-                self._reader.release()
-        else:
-            self._send(jobs, [future])
-        if not future.done() or self._pending:
-            self._ensure_listening()
-        return future.result()
+        try:
+            if self._reader.acquire(blocking=False):
+                try:
+                    for body in self._send(jobs, [future], wait=self._read_wait()):
+                        self._resolve(body)
+                    while not future.done() and not self._closed:
+                        self._read()
+                        if self._listener is not None and self._pending:
+                            break  # let the listener read for everyone
+                finally:
+                    self._reader.release()
+            else:
+                self._send(jobs, [future])
+            if not future.done() or self._pending:
+                self._ensure_listening()
+            return future.result()
+        except BaseException as exc:
+            with self._lock:
+                self._pending.pop(future.task_id, None)
+            if not isinstance(exc, Exception):  # Ctrl-C: the task must not run for nobody
+                self._withdraw_now(future)
+            raise
 
     def _prepare(
         self, task: str, method: str, calls: Calls, options: CallOptions | None
@@ -166,13 +183,17 @@ class Client:
         queue = opts.queue or settings.queue
         timeout = opts.timeout if opts.timeout is not None else settings.timeout
         attempts = opts.max_attempts or settings.max_attempts
-        deadline = time.time() + timeout if timeout is not None else None
+        now = time.time()
+        deadline = now + timeout if timeout is not None else None
+        where = (queue, self.reply_to, now)  # signed with the call: see message.py
         jobs: list[Job] = []
         futures: list[RemoteFuture[Any]] = []
         encode = self._codec.encode_call
         for args, kwargs in calls:
             task_id = f"{self._id_prefix}{next(self._ids):x}"
-            call = Call(task_id, task, method, tuple(args), kwargs, deadline, attempts, None)
+            call = Call(
+                task_id, task, method, tuple(args), kwargs, deadline, attempts, None, *where
+            )
             job = Job(task_id, queue, self.reply_to, encode(call))
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))
@@ -189,14 +210,20 @@ class Client:
         the replies that come within it (the caller holds ``_reader``)."""
         with self._lock:
             for future in futures:
+                future.submitted = math.inf  # not asked about (liveness) before it is sent
                 self._pending[future.task_id] = future
                 if future.expiry is not None:
                     heapq.heappush(self._deadlines, future.expiry)
         try:
             if wait is None:
                 self._backend.enqueue(jobs)
-                return []
-            return self._backend.send_and_wait(jobs, self.reply_to, wait=wait)
+                got = []
+            else:
+                got = self._backend.send_and_wait(jobs, self.reply_to, wait=wait)
+            sent = time.time()
+            for future in futures:
+                future.submitted = sent
+            return got
         except BaseException:
             with self._lock:
                 for future in futures:
@@ -211,6 +238,22 @@ class Client:
         with self._lock:
             self._pending.pop(future.task_id, None)
         return True
+
+    def _withdraw_now(self, future: RemoteFuture[Any]) -> None:
+        """Withdraw the task of an interrupted call if no worker has started it: best
+        effort, given 2 s (on a thread of its own: the interrupted one's connection may
+        be mid-command)."""
+
+        def withdraw() -> None:
+            try:
+                if self._backend.cancel(future._job):
+                    log.info("withdrew task %s: its caller stopped waiting", future.task_id)
+            except Exception as exc:
+                log.warning("could not withdraw task %s: %s", future.task_id, exc)
+
+        thread = threading.Thread(target=withdraw, name="remoteexec-withdraw", daemon=True)
+        thread.start()
+        thread.join(2.0)
 
     def close(self) -> None:
         """Stop the listener, close connections, fail calls still waiting."""
@@ -231,9 +274,9 @@ class Client:
     # The listener ------------------------------------------------------------------------
 
     def _ensure_listening(self) -> None:
-        if self._listener is None:
+        if self._listener is None or not self._listener.is_alive():
             with self._lock:
-                if self._listener is None:
+                if self._listener is None or not self._listener.is_alive():
                     self._listener = threading.Thread(
                         target=self._listen, name="remoteexec-replies", daemon=True
                     )
@@ -243,19 +286,36 @@ class Client:
 
     def _listen(self) -> None:
         pid = self._pid
-        while not self._closed and os.getpid() == pid:
-            self._wake.clear()
-            with self._lock:
-                waiting = bool(self._pending)
-            if not waiting:
-                self._wake.wait(1.0)  # nothing to read for: leave the reading to callers
-                continue
-            if not self._reader.acquire(timeout=0.25):
-                continue  # a calling thread is reading for everyone
-            try:
-                self._read()
-            finally:
-                self._reader.release()
+        try:
+            while not self._closed and os.getpid() == pid:
+                self._wake.clear()
+                with self._lock:
+                    waiting = bool(self._pending)
+                if not waiting:
+                    self._wake.wait(1.0)  # nothing to read for: leave the reading to callers
+                    continue
+                if not self._reader.acquire(timeout=0.25):
+                    continue  # a calling thread is reading for everyone
+                try:
+                    self._read()
+                except Exception:  # whatever it was, the calls still need a reader
+                    log.exception("the reply listener failed; it reads on")
+                    time.sleep(0.2)
+                finally:
+                    self._reader.release()
+        finally:
+            if not self._closed and os.getpid() == pid:
+                self._listener_died()
+
+    def _listener_died(self) -> None:
+        """Fail the pending calls (nobody reads their replies); the next call restarts it."""
+        log.critical("the reply listener stopped: failing the pending calls")
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._listener = None
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(CallLost("the client's reply listener stopped"))
 
     def _read(self) -> None:
         """Read the replies that arrive within 0.25 s (or until the next deadline), resolve
@@ -269,14 +329,19 @@ class Client:
             self._expire()
             time.sleep(0.2)
             return
+        except Exception:  # e.g. a malformed reply: its call ends by the liveness check
+            log.exception("reading replies failed")
+            bodies = []
+            time.sleep(0.2)
         for body in bodies:
             self._resolve(body)
         if self._outage_since is not None:
             down = time.monotonic() - self._outage_since
             log.warning("backend reachable again after %.1f s", down)
             self._outage_since = None
-            self._fail_lost()
+            self._check_liveness(after_outage=True)
         self._expire()
+        self._check_liveness()
         self._warn_if_unserved()
 
     def _read_wait(self) -> float:
@@ -290,12 +355,28 @@ class Client:
 
     def _resolve(self, body: bytes) -> None:
         try:
+            self._settle(body)
+        except Exception:  # a reply must never stop the reader
+            log.exception("could not resolve a reply")
+
+    def _settle(self, body: bytes) -> None:
+        try:
             reply = self._codec.decode_reply(body)
         except RemoteExecError as exc:
             task_id = self._codec.peek_id(body)
-            with self._lock:
-                future = self._pending.pop(task_id, None) if task_id else None
             log.error("rejected a reply for %s: %s", task_id or "an unknown call", exc)
+            if task_id is None:
+                return
+            if isinstance(exc, SignatureError):
+                # Its id is unverified: anyone who can write to the broker could have sent
+                # it. The call goes on waiting for a genuine reply; if none can come any
+                # more, the liveness check ends it with this error.
+                with self._lock:
+                    if task_id in self._pending and len(self._rejected) < _MAX_REJECTED:
+                        self._rejected[task_id] = exc
+                return
+            with self._lock:
+                future = self._pending.pop(task_id, None)
             if future is not None and not future.done():
                 future.set_exception(exc)
             return
@@ -345,20 +426,25 @@ class Client:
                 queue,
             )
 
-    def _fail_lost(self) -> None:
-        with self._lock:
-            ids = list(self._pending)
-        try:
-            lost = self._backend.lost(ids, self.reply_to) if ids else set()
-        except BackendUnavailable:
+    def _check_liveness(self, *, after_outage: bool = False) -> None:
+        """Fail the calls whose task the broker no longer has (see ``liveness``). Only the
+        holder of ``_reader`` calls this, after reading."""
+        if not (after_outage or self._liveness.due()):
             return
-        for task_id in lost:
+        with self._lock:
+            futures = list(self._pending.values())
+        bodies, errors = self._liveness.check(futures, after_outage=after_outage)
+        for body in bodies:
+            self._resolve(body)
+        for task_id, error in errors.items():
             with self._lock:
                 future = self._pending.pop(task_id, None)
+                error = self._rejected.pop(task_id, error)
             if future is not None and not future.done():
-                future.set_exception(
-                    BackendUnavailable("the broker lost this call while it was unavailable")
-                )
+                future.set_exception(error)
+        with self._lock:  # forget rejections of calls that ended otherwise
+            for task_id in [t for t in self._rejected if t not in self._pending]:
+                del self._rejected[task_id]
 
 
 def failure_error(failure: Failure) -> RemoteExecError:

@@ -34,7 +34,15 @@ import yaml
 
 from .errors import ConfigurationError
 
-__all__ = ["CONFIG_FILE", "DEFAULT_URL", "SCHEMES", "Settings", "redact_url", "resolve"]
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_URL",
+    "SCHEMES",
+    "Settings",
+    "check_name",
+    "redact_url",
+    "resolve",
+]
 
 DEFAULT_URL = "sqlite:///remoteexec.db"
 CONFIG_FILE = "remoteexec.yaml"
@@ -55,6 +63,8 @@ class Settings:
         lease: seconds a worker's claim lasts without renewal.
         max_attempts: expired leases a task survives before the caller gets ``WorkerLost``.
         queue: the default queue.
+        max_age: seconds after its creation that a worker with secrets still runs a signed
+            call without a deadline (a replay of an older one is refused).
     """
 
     url: str = DEFAULT_URL
@@ -65,6 +75,7 @@ class Settings:
     lease: float = 30.0
     max_attempts: int = 3
     queue: str = "default"
+    max_age: float = 86400.0
 
     def __repr__(self) -> str:
         # Never show the secrets or a password, even in a debugger or a log line.
@@ -72,13 +83,14 @@ class Settings:
             f"Settings(url={redact_url(self.url)!r}, secrets=<{len(self.secrets)} hidden>, "
             f"timeout={self.timeout!r}, result_ttl={self.result_ttl!r}, "
             f"max_message_size={self.max_message_size!r}, lease={self.lease!r}, "
-            f"max_attempts={self.max_attempts!r}, queue={self.queue!r})"
+            f"max_attempts={self.max_attempts!r}, queue={self.queue!r}, "
+            f"max_age={self.max_age!r})"
         )
 
 
 _OPTIONS = (
     *("secret", "secrets", "timeout", "result_ttl", "max_message_size", "lease"),
-    *("max_attempts", "queue"),
+    *("max_attempts", "queue", "max_age"),
 )
 _FILE_KEYS = ("url", *_OPTIONS)
 
@@ -89,7 +101,8 @@ def resolve(url: str | None = None, **options: Any) -> Settings:
     Args:
         url: the backend URL, e.g. ``redis://localhost:6379/0``.
         **options: ``secret`` (a string or a list of strings) or ``secrets``, ``timeout``,
-            ``result_ttl``, ``max_message_size``, ``lease``, ``max_attempts``, ``queue``.
+            ``result_ttl``, ``max_message_size``, ``lease``, ``max_attempts``, ``queue``,
+            ``max_age``.
 
     Returns:
         The resolved ``Settings``.
@@ -181,21 +194,69 @@ def _normalize(values: dict[str, Any], source: str) -> dict[str, Any]:
             out["url"] = _check_url(value, source)
         elif name in ("secret", "secrets"):
             out["secrets"] = _check_secrets(value, name, source)
-        elif name in ("timeout", "result_ttl", "lease"):
+        elif name in ("timeout", "result_ttl", "lease", "max_age"):
             out[name] = _check_seconds(name, value, source)
-        elif name in ("max_message_size", "max_attempts"):
+        elif name == "max_message_size":
             if type(value) is not int or value < 1:
                 raise ConfigurationError(
                     f"{name} must be a positive integer, not {value!r:.100} ({source})"
                 )
             out[name] = value
+        elif name == "max_attempts":
+            out[name] = check_attempts(value, source)
         elif name == "queue":
-            if not isinstance(value, str) or not value:
-                raise ConfigurationError(
-                    f"queue must be a non-empty string, not {value!r:.100} ({source})"
-                )
-            out[name] = value
+            out[name] = check_name("queue", value, source)
     return out
+
+
+#: The largest ``max_attempts`` a call may carry (workers refuse calls above it).
+MAX_ATTEMPTS = 1000
+
+
+def check_attempts(value: Any, source: str = "argument") -> int:
+    """``value`` if it is a valid ``max_attempts`` (an int from 1 to ``MAX_ATTEMPTS``).
+
+    Raises:
+        ConfigurationError: naming the value and where it came from.
+    """
+    if type(value) is not int or not 1 <= value <= MAX_ATTEMPTS:
+        raise ConfigurationError(
+            f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, "
+            f"not {value!r:.100} ({source})"
+        )
+    return value
+
+
+#: The longest queue or task name, in characters.
+MAX_NAME = 128
+#: The longest method name: a task's label (``task.method``) stays under 256 characters.
+MAX_METHOD_NAME = 100
+
+
+def check_name(kind: str, value: Any, source: str = "") -> str:
+    """``value``, if it is a valid ``kind`` (``"queue"``, ``"task"`` or ``"method"``) name:
+    a string of 1 to ``MAX_NAME`` printable characters (no control characters, no line
+    breaks); a method name is a Python identifier of at most ``MAX_METHOD_NAME``.
+
+    Raises:
+        ConfigurationError: naming the value (its start, if long) and ``source``.
+    """
+    where = f" ({source})" if source else ""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"a {kind} name must be a string, not {value!r:.80}{where}")
+    limit = MAX_METHOD_NAME if kind == "method" else MAX_NAME
+    if len(value) > limit:
+        raise ConfigurationError(
+            f"a {kind} name must be at most {limit} characters, not {len(value)}: "
+            f"{value!r:.80}...{where}"
+        )
+    if kind == "method" and not value.isidentifier():
+        raise ConfigurationError(f"a method name must be a Python identifier, not {value!r}{where}")
+    if not value or not value.isprintable():
+        raise ConfigurationError(
+            f"a {kind} name must be 1 to {limit} printable characters, not {value!r}{where}"
+        )
+    return value
 
 
 def _check_seconds(name: str, value: Any, source: str) -> float:

@@ -7,6 +7,9 @@
      │    └── PayloadTooLarge    a message above max_message_size
      ├── SignatureError          an unsigned or forged message
      ├── CallTimeout             the caller's timeout passed (also a TimeoutError)
+     ├── CallLost                the broker has no trace of the call: neither waiting,
+     │    │                      running nor answered (see ``remoteexec.liveness``)
+     │    └── CallPurged         ``remoteexec purge`` deleted the task before it ran
      ├── RemoteError             the task raised; carries type_name, message, remote_traceback
      ├── UnknownTask             no worker knows that task name or method
      ├── WorkerLost              every attempt's lease expired (the worker died each time)
@@ -63,6 +66,14 @@ class CallTimeout(RemoteExecError, TimeoutError):
     """The call did not finish within its timeout."""
 
 
+class CallLost(RemoteExecError):
+    """The broker has no trace of this call: it is neither waiting, running nor answered."""
+
+
+class CallPurged(CallLost):
+    """The task was purged from its queue before any worker ran it."""
+
+
 class UnknownTask(RemoteExecError):
     """No worker knows this task type or method."""
 
@@ -116,6 +127,7 @@ _BUILTIN_ERRORS.update(
         for cls in (
             ConfigurationError, BackendUnavailable, SerializationError, PayloadTooLarge,
             SignatureError, CallTimeout, UnknownTask, WorkerLost, TimeLimitExceeded,
+            CallLost, CallPurged,
         )
     }
 )  # fmt: skip

@@ -6,11 +6,22 @@ array ``[version, kind, payload, signature]``:
 * ``version`` -- ``FORMAT_VERSION``; any other value is refused.
 * ``kind`` -- 1 for a call, 2 for a reply, so one cannot be replayed as the other.
 * ``payload`` -- the msgpack-encoded fields (bin), decoded only after the signature passed:
-  a call is ``[id, name, method, args, kwargs, deadline, max_attempts, time_limit]``, a reply
-  ``[id, value, failure]`` with ``failure`` nil or ``[kind, type_name, message, traceback]``.
+  a call is ``[id, name, method, args, kwargs, deadline, max_attempts, time_limit, queue,
+  reply_to, created]``, a reply ``[id, value, failure]`` with ``failure`` nil or ``[kind,
+  type_name, message, traceback]``.
 * ``signature`` -- HMAC-SHA256 over ``b"remoteexec" + bytes([version, kind]) + payload`` with
   the first secret, or nil. With secrets, a message must carry a signature made with any of
   them (rotation). Without secrets, signatures are neither made nor checked.
+
+A signed call thus covers everything that decides where, whether and how often it runs and
+where its result goes: its id (the one its reply is bound to), queue, reply address,
+deadline, creation time, attempt limit and time limit. The backend's copies of the id,
+queue and reply address are unsigned; the worker runs a call only where they match the
+signed ones (``replay.py``). A reply is signed with the key that verified its call
+(``Call.key``), so a client that knows only an older key of a rotation accepts it.
+
+Numbers in a call are checked on decoding: finite, and within ``MAX_SECONDS`` (time limit),
+``MAX_EPOCH`` (deadline, creation time) and ``MAX_ATTEMPTS``.
 
 Values inside the payload are msgpack's own types plus the extension types of
 ``_exttypes.py`` (tuple, set, datetime, Decimal, UUID, ... and ``register_type``). Nothing
@@ -22,21 +33,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from ._exttypes import pack, register_type, unpack
+from .config import MAX_ATTEMPTS
 from .errors import ConfigurationError, PayloadTooLarge, SerializationError, SignatureError
 
 __all__ = ["FORMAT_VERSION", "Call", "Codec", "Failure", "Reply", "register_type"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _CALL, _REPLY = 1, 2
 _KIND_NAMES = {_CALL: "call", _REPLY: "reply"}
 _NUMBER = (float, int)
+MAX_SECONDS = 366 * 86400.0  # the longest time_limit a call may carry: a year
+MAX_EPOCH = 2.0**33  # deadlines and creation times lie before the year 2242
 
 
 # Call, Failure and Reply are made once per call: read-only by convention, not frozen (see
@@ -54,8 +69,13 @@ class Call:
         args: positional arguments.
         kwargs: keyword arguments.
         deadline: epoch seconds after which a worker drops the call unrun, or None.
-        max_attempts: how many expired leases the call survives.
+        max_attempts: how many times the call may be started (1 to ``MAX_ATTEMPTS``).
         time_limit: seconds the task may run before it is stopped, or None.
+        queue: the queue the client sent it to.
+        reply_to: the client's reply address.
+        created: epoch seconds when the client made it.
+        key: the index of the secret that verified it (set by ``decode_call``, not sent);
+            its reply is signed with the same one.
     """
 
     id: str
@@ -66,6 +86,10 @@ class Call:
     deadline: float | None
     max_attempts: int
     time_limit: float | None
+    queue: str = ""
+    reply_to: str = ""
+    created: float = 0.0
+    key: int = field(default=0, compare=False)
 
 
 @dataclass(slots=True)
@@ -147,6 +171,11 @@ class Codec:
         self._keys = tuple(_Key(s) for s in secrets)
         self._max_size = max_message_size
 
+    @property
+    def signing(self) -> bool:
+        """True when secrets are set: messages are signed and verified."""
+        return bool(self._keys)
+
     def encode_call(self, call: Call) -> bytes:
         """Encode a call for the backend.
 
@@ -156,37 +185,44 @@ class Codec:
         """
         c = call
         fields = [c.id, c.name, c.method, list(c.args), c.kwargs, c.deadline, c.max_attempts]
-        fields.append(c.time_limit)
+        fields += (c.time_limit, c.queue, c.reply_to, c.created)
         return self._seal(_CALL, fields)
 
     def decode_call(self, body: bytes) -> Call:
-        """Decode a call a worker claimed.
+        """Decode a call a worker claimed; ``Call.key`` tells which secret verified it.
 
         Raises:
-            SerializationError: the body is malformed, of another format version, or holds
-                an unknown extension or registered type.
+            SerializationError: the body is malformed, of another format version, holds
+                an unknown extension or registered type, or a number out of range.
             SignatureError: secrets are set and the body is unsigned or forged.
             PayloadTooLarge: the body exceeds ``max_message_size``.
         """
-        fields = self._open(_CALL, body)
+        fields, key = self._open(_CALL, body)
         try:
-            id_, name, method, args, kwargs, deadline, max_attempts, time_limit = fields
+            id_, name, method, args, kwargs, deadline, attempts, limit, *rest = fields
+            queue, reply_to, created = rest
         except (TypeError, ValueError):
             raise SerializationError("malformed call: wrong field count") from None
         if not (
-            type(id_) is type(name) is type(method) is str
+            type(id_) is type(name) is type(method) is type(queue) is type(reply_to) is str
             and type(args) is list
             and type(kwargs) is dict
             and (not kwargs or all(type(k) is str for k in kwargs))
-            and (deadline is None or type(deadline) in _NUMBER)
-            and type(max_attempts) is int
-            and (time_limit is None or type(time_limit) in _NUMBER)
+            and type(attempts) is int
         ):
             raise SerializationError("malformed call: a field has the wrong type")
-        return Call(id_, name, method, tuple(args), kwargs, deadline, max_attempts, time_limit)
+        if not 1 <= attempts <= MAX_ATTEMPTS:
+            raise SerializationError("malformed call: max_attempts out of range")
+        created = _number("created", created, MAX_EPOCH)
+        deadline = None if deadline is None else _number("deadline", deadline, MAX_EPOCH)
+        limit = None if limit is None else _number("time_limit", limit, MAX_SECONDS, zero=False)
+        call = Call(id_, name, method, tuple(args), kwargs, deadline, attempts, limit)
+        call.queue, call.reply_to, call.created, call.key = queue, reply_to, created, key
+        return call
 
-    def encode_reply(self, reply: Reply) -> bytes:
-        """Encode a worker's reply.
+    def encode_reply(self, reply: Reply, *, key: int = 0) -> bytes:
+        """Encode a worker's reply, signed with secret number ``key`` (the one that
+        verified its call: ``Call.key``).
 
         Raises:
             SerializationError: the value's type is not supported (the worker then sends a
@@ -195,7 +231,7 @@ class Codec:
         """
         f = reply.failure
         failure = None if f is None else [f.kind, f.type_name, f.message, f.traceback]
-        return self._seal(_REPLY, [reply.id, reply.value, failure])
+        return self._seal(_REPLY, [reply.id, reply.value, failure], key)
 
     def decode_reply(self, body: bytes) -> Reply:
         """Decode a reply a client received.
@@ -203,7 +239,7 @@ class Codec:
         Raises:
             SerializationError, SignatureError, PayloadTooLarge: as for ``decode_call``.
         """
-        fields = self._open(_REPLY, body)
+        fields, _ = self._open(_REPLY, body)
         if type(fields) is not list or len(fields) != 3 or type(fields[0]) is not str:
             raise SerializationError("malformed reply")
         id_, value, f = fields
@@ -221,8 +257,14 @@ class Codec:
         Returns None if the envelope is malformed. Never raises.
         """
         try:
-            payload = self._verified_payload(_REPLY, body, verify=False)
-            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(payload))
+            payload, _ = self._verified_payload(_REPLY, body, verify=False)
+            unpacker = msgpack.Unpacker(
+                raw=False,
+                max_buffer_size=max(1, len(payload)),
+                max_array_len=0,  # the id is a str: nothing nested is decoded
+                max_map_len=0,
+                max_ext_len=0,
+            )
             unpacker.feed(payload)
             if unpacker.read_array_header() != 3:
                 return None
@@ -233,7 +275,7 @@ class Codec:
 
     # -- envelope --
 
-    def _seal(self, kind: int, fields: list[Any]) -> bytes:
+    def _seal(self, kind: int, fields: list[Any], key: int = 0) -> bytes:
         try:
             payload = pack(fields)
         except SerializationError:
@@ -241,7 +283,7 @@ class Codec:
         except Exception as exc:  # OverflowError, UnicodeEncodeError, ValueError (depth)
             raise SerializationError(f"cannot serialize {_KIND_NAMES[kind]}: {exc}") from exc
         self._check_size(len(payload))  # fail before copying a huge payload once more
-        signature = self._keys[0].sign(_PREFIX[kind], payload) if self._keys else None
+        signature = self._keys[key].sign(_PREFIX[kind], payload) if self._keys else None
         body = pack([FORMAT_VERSION, kind, payload, signature])
         self._check_size(len(body))
         return body
@@ -252,12 +294,18 @@ class Codec:
                 f"message of {size} bytes exceeds max_message_size ({self._max_size} bytes)"
             )
 
-    def _verified_payload(self, kind: int, body: bytes, *, verify: bool = True) -> bytes:
+    def _verified_payload(
+        self, kind: int, body: bytes, *, verify: bool = True
+    ) -> tuple[bytes, int]:
+        """The payload of ``body``, and the index of the secret that verified it (0 when
+        none did: no secrets, or ``verify`` False)."""
+        if type(body) is not bytes:  # a backend hands over what it read: bytes or not
+            raise SerializationError(f"malformed message: a {type(body).__name__}, not bytes")
         self._check_size(len(body))
         try:
-            envelope = msgpack.unpackb(body, raw=False)
+            envelope = _envelope(body)
         except Exception as exc:
-            raise SerializationError(f"malformed message: {exc!r}") from None
+            raise SerializationError(f"malformed message: {exc!r:.200}") from None
         if type(envelope) is not list or not envelope:
             raise SerializationError("malformed message: not an envelope")
         if envelope[0] != FORMAT_VERSION or type(envelope[0]) is not int:
@@ -274,21 +322,56 @@ class Codec:
             raise SerializationError(
                 f"expected a {_KIND_NAMES[kind]} message, got kind {got_kind!r:.40}"
             )
+        index = 0
         if self._keys and verify:
             if signature is None:
                 raise SignatureError(f"unsigned {_KIND_NAMES[kind]} message rejected")
-            for key in self._keys:
+            for index, key in enumerate(self._keys):  # noqa: B007 - index is returned
                 if hmac.compare_digest(key.sign(_PREFIX[kind], payload), signature):
                     break
             else:
                 raise SignatureError(f"{_KIND_NAMES[kind]} message with a bad signature rejected")
-        return payload
+        return payload, index
 
-    def _open(self, kind: int, body: bytes) -> Any:
-        payload = self._verified_payload(kind, body)
+    def _open(self, kind: int, body: bytes) -> tuple[Any, int]:
+        payload, key = self._verified_payload(kind, body)
         try:
-            return unpack(payload)
+            return unpack(payload), key
         except SerializationError:
             raise
         except Exception as exc:  # msgpack's errors, TypeError, ValueError, RecursionError...
             raise SerializationError(f"malformed {_KIND_NAMES[kind]}: {exc!r:.200}") from None
+
+
+def _number(name: str, value: Any, high: float, *, zero: bool = True) -> float:
+    """``value`` as a float if it is a finite number from 0 (or above 0) to ``high``."""
+    if type(value) not in _NUMBER:
+        raise SerializationError(f"malformed call: {name} is not a number")
+    if type(value) is int and not 0 <= value <= high:  # a big int would not fit a float
+        raise SerializationError(f"malformed call: {name} out of range")
+    number = float(value)
+    if not (math.isfinite(number) and 0 <= number <= high and (zero or number > 0)):
+        raise SerializationError(f"malformed call: {name} {number!r:.40} out of range")
+    return number
+
+
+def _flat(items: list[Any]) -> list[Any]:
+    """The envelope's ``list_hook``: an array inside it is refused as soon as it is built."""
+    if list in map(type, items):
+        raise SerializationError("malformed message: nested arrays in the envelope")
+    return items
+
+
+def _envelope(body: bytes) -> Any:
+    """The envelope array of ``body``: no maps or extensions, at most four fields, and (in
+    a body over 16 KiB: a smaller one cannot decode to much) an array nested in it refused
+    once built, so a hostile body decodes to about its own size."""
+    return msgpack.unpackb(
+        body,
+        raw=False,
+        max_array_len=4,
+        max_map_len=0,
+        max_ext_len=0,
+        max_str_len=1024,
+        list_hook=_flat if len(body) > 16 * 1024 else None,
+    )

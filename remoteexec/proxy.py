@@ -5,6 +5,11 @@ attributes, ``isinstance`` and ``__wrapped__`` behave as before, while a public 
 looked up on it becomes a ``RemoteMethod``. Calling one sends the call through the current
 client (``remoteexec.using`` / ``configure``) and blocks for the result; ``submit`` returns
 a ``RemoteFuture``; ``map`` sends batches; ``options`` sets per-call options.
+
+Only a method the class defines is a remote method (``public_method``, which workers use
+too): a private name or one every class has (``mro``) is an ``AttributeError``. Names
+and queues are checked where they are given (``config.check_name``): a bad one is a
+``ConfigurationError`` before anything is sent.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import wrapt
+
+from .config import check_attempts, check_name
 
 if TYPE_CHECKING:
     from .client import Client
@@ -68,9 +75,9 @@ class CallOptions:
         max_attempts: int | None = None,
         time_limit: float | None = None,
     ) -> None:
-        self.queue = queue
+        self.queue = None if queue is None else check_name("queue", queue)
         self.timeout = timeout
-        self.max_attempts = max_attempts
+        self.max_attempts = None if max_attempts is None else check_attempts(max_attempts)
         self.time_limit = time_limit
 
 
@@ -168,9 +175,37 @@ class RemoteMethod(Generic[R]):
         )
 
 
+#: Names every class answers through ``type`` or ``object`` (``mro``, ...): never a task's.
+_MACHINERY = frozenset(dir(type))
+
+
 def _public(name: str) -> None:
+    """Refuse ``name`` unless it can name a remote method.
+
+    Raises:
+        AttributeError: a private name, or one of the class machinery (``mro``).
+        ConfigurationError: a name no method can have (too long, not an identifier).
+    """
     if name.startswith("_"):
         raise AttributeError(f"{name!r} is private: only public methods are called remotely")
+    if name in _MACHINERY:
+        raise AttributeError(f"{name!r} belongs to every class: it is not a remote method")
+    check_name("method", name)
+
+
+def public_method(cls: type[Any], name: str) -> Any | None:
+    """The method ``name`` that ``cls`` defines (in its body, or in that of a base class
+    written in Python), or None: private names, attributes of ``type`` and ``object``
+    (``mro``, ``__init_subclass__``, ...) and non-callable attributes are not methods."""
+    if name.startswith("_") or name in _MACHINERY:
+        return None
+    for klass in cls.__mro__:
+        if klass.__module__ == "builtins":
+            continue
+        if name in vars(klass):
+            attr = getattr(cls, name)
+            return attr if callable(attr) and not isinstance(attr, type) else None
+    return None
 
 
 if TYPE_CHECKING:
@@ -197,11 +232,12 @@ class RemoteClass(_ClassProxy, Generic[T]):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
             return getattr(self.__wrapped__, name)
-        _public(name)
+        if name.startswith("_") or name in _MACHINERY:
+            _public(name)  # raises
         attr = getattr(self.__wrapped__, name)  # AttributeError for unknown names
-        if not callable(attr) or isinstance(attr, type):
+        if public_method(self.__wrapped__, name) is None:
             return attr
-        return RemoteMethod(self._self_name, name, self._self_options)
+        return RemoteMethod(self._self_name, check_name("method", name), self._self_options)
 
     def __instancecheck__(self, instance: Any) -> bool:
         return isinstance(instance, self.__wrapped__)
@@ -217,7 +253,7 @@ class NamedProxy:
     """A task type known only by name (``remoteexec.proxy``): no task code on the client."""
 
     def __init__(self, name: str, **options: Any) -> None:
-        self._name = name
+        self._name = check_name("task", name)
         self._options = CallOptions(**options)
 
     def __getattr__(self, name: str) -> RemoteMethod[Any]:
@@ -239,5 +275,8 @@ def proxy(
 
     Any public method name can be called; a worker that does not know it answers with
     ``UnknownTask``.
+
+    Raises:
+        ConfigurationError: ``name`` or ``queue`` is not a valid name (``config.check_name``).
     """
     return NamedProxy(name, queue=queue, timeout=timeout, max_attempts=max_attempts)

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from .config import check_attempts, check_name
 from .errors import ConfigurationError
-from .proxy import RemoteClass
+from .proxy import RemoteClass, public_method
 
 T = TypeVar("T")
 
@@ -29,11 +30,10 @@ class TaskType:
     time_limit: float | None = None
 
     def method(self, name: str) -> Callable[..., Any] | None:
-        """The public method ``name`` of the class, or None if there is none."""
-        if name.startswith("_"):
-            return None
-        attr = getattr(self.cls, name, None)
-        return attr if callable(attr) and not isinstance(attr, type) else None
+        """The public method ``name`` the class defines, or None if there is none
+        (``proxy.public_method``: never a private name nor one of ``type``'s, such as
+        ``mro``)."""
+        return public_method(self.cls, name)
 
 
 _REGISTRY: dict[str, TaskType] = {}
@@ -112,18 +112,22 @@ def remote(
 
     Raises:
         ConfigurationError: another class is registered under the same name, or an
-            option is invalid.
+            option is invalid (a name or queue: ``config.check_name``).
     """
+    if name is not None:
+        check_name("task", name)
+    if queue is not None:
+        check_name("queue", queue)
     _check("timeout", timeout)
-    _check("max_attempts", max_attempts)
     _check("time_limit", time_limit)
-    if max_attempts is not None and not isinstance(max_attempts, int):
-        raise ConfigurationError(f"max_attempts must be a whole number, got {max_attempts!r}")
+    if max_attempts is not None:
+        check_attempts(max_attempts)
 
     def decorate(target: type[T]) -> RemoteClass[T]:
         if not isinstance(target, type):
             raise ConfigurationError(f"@remote decorates a class, not {target!r}")
-        task = TaskType(name or target.__name__, target, queue, timeout, max_attempts, time_limit)
+        task_name = check_name("task", name or target.__name__)
+        task = TaskType(task_name, target, queue, timeout, max_attempts, time_limit)
         register(task)
         return RemoteClass(target, task.name, task.queue, task.timeout, task.max_attempts)
 

@@ -1,30 +1,58 @@
 """``remoteexec-worker``'s supervisor: N worker processes, each replaced when it dies.
 
-The supervisor imports no task code and opens no connection; it starts each worker as a
-fresh interpreter (``child_main``) in a session of its own, with its settings in the
-environment (never on the command line, where a password would show in ``ps``). A worker
-that dies for any reason (a task called ``os._exit``, a segfault, a time limit) is
-replaced; one that fails to start (a task module that cannot be imported) stops the
-supervisor with ``EXIT_CONFIG``. SIGTERM or SIGINT is passed on to the workers, which
-finish their running tasks and hand back the rest; a second signal kills them at once.
+The supervisor imports no task code; it starts each worker as a fresh interpreter
+(``child_main``) in a session of its own, with its settings in the environment (never on
+the command line, where a password would show in ``ps``), and a file in which the worker
+posts the claims each serving thread holds (``ClaimBoard``).
+
+* **A dead worker's claims are handed back at once.** When a worker process dies (a task
+  called ``os._exit``, a segfault, a kill), the supervisor reads its board and ends the
+  leases it still held, as if they had expired: the attempt counts, and the tasks are
+  claimable again at once. A task that kills its worker on every attempt reaches ``WorkerLost``
+  in seconds, not after ``max_attempts`` leases. This is the only time the supervisor
+  opens a connection to the broker.
+* **Restarts back off.** A worker that died holding claims (a task killed it) is replaced
+  at once; any other is replaced after a pause that doubles from 0.5 s to 30 s, and
+  starts again from 0.5 s once a worker has lived ``_HEALTHY_AFTER`` seconds.
+* **A worker that cannot start stops the supervisor** with its exit status and reason in
+  the log: bad options or a task module that cannot be imported (``EXIT_CONFIG``), and a
+  broker still unreachable after ``--connect-timeout`` before any worker served
+  (``EXIT_UNAVAILABLE``).
+
+SIGTERM or SIGINT is passed on to the workers, which finish their running tasks and hand
+back the rest; a second signal kills them at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import mmap
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .backends import Backend, Claim
 
 log = logging.getLogger("remoteexec.supervisor")
 
-EXIT_CONFIG = 78  # a worker could not start: bad URL, task module not importable
+EXIT_CONFIG = 78  # a worker could not start: bad options, task module not importable
+EXIT_UNAVAILABLE = 69  # the broker stayed unreachable while a worker started
+EXIT_DIED = 70  # a thread a worker needs died of an unexpected exception (logged)
 _ENV = "REMOTEEXEC_WORKER_SETTINGS"
+_FIRST_DELAY, _MAX_DELAY = 0.5, 30.0  # seconds between restarts of a failing worker
+_HEALTHY_AFTER = 30.0  # seconds a worker lives before its slot's pause starts over
+_EXPIRE_NOW = 0.001  # seconds: a lease renewed for this long is claimable again at once
+_SLOT = 2**16  # bytes of a worker's claim board per serving thread
 
 
 @dataclass
@@ -39,6 +67,63 @@ class WorkerSettings:
     lease: float | None = None
     burst: bool = False
     log_level: str = "INFO"
+    allow_empty: bool = False
+    connect_timeout: float = 10.0
+    board_fd: int | None = None
+
+
+class ClaimBoard:
+    """What a worker process holds, in a file its supervisor reads once it has died.
+
+    The file has a header slot (``"ready"`` once the worker reached its broker) and one slot
+    per serving thread, holding that thread's latest batch of claims as the JSON list
+    ``[[id, queue, token], ...]`` behind a 4-byte length. A thread overwrites its slot with
+    each batch it claims: a copy into shared memory, no system call. Claims settled since
+    are harmless there (their leases are no longer held by those tokens); a batch that does
+    not fit its slot is not posted (its claims then wait out their leases).
+    """
+
+    def __init__(self, fd: int, threads: int) -> None:
+        os.ftruncate(fd, (threads + 1) * _SLOT)
+        self._map = mmap.mmap(fd, (threads + 1) * _SLOT)
+
+    def ready(self) -> None:
+        self._put(0, b'"ready"')
+
+    def post(self, thread: int, claims: Sequence[Claim]) -> None:
+        data = json.dumps([[c.id, c.queue, c.token] for c in claims], separators=(",", ":"))
+        self._put(thread + 1, data.encode() if len(data) <= _SLOT - 4 else b"[]")
+
+    def _put(self, slot: int, data: bytes) -> None:
+        at = slot * _SLOT
+        self._map[at + 4 : at + 4 + len(data)] = data
+        self._map[at : at + 4] = len(data).to_bytes(4, "little")  # last: a torn slot is skipped
+
+
+def read_board(fd: int) -> tuple[bool, list[list[str]]]:
+    """Whether the worker behind ``fd`` reached its broker, and the claims it posted."""
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    ready, claims = False, []
+    for at in range(0, len(data) - 4, _SLOT):
+        size = int.from_bytes(data[at : at + 4], "little")
+        try:
+            posted = json.loads(data[at + 4 : at + 4 + size]) if size else None
+        except ValueError:
+            continue
+        if posted == "ready":
+            ready = True
+        elif isinstance(posted, list):
+            claims += [c for c in posted if isinstance(c, list) and len(c) == 3]
+    return ready, claims
+
+
+@dataclass
+class _Child:
+    """A worker process and the file it posts its claims in (``ClaimBoard``)."""
+
+    process: subprocess.Popen[bytes]
+    board: int  # file descriptor
+    started: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -47,8 +132,11 @@ class Supervisor:
     def __init__(self, settings: WorkerSettings, processes: int = 1) -> None:
         self.settings = settings
         self.processes = processes
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.children: dict[int, _Child] = {}
+        self._restart_at: dict[int, float] = {}  # slot: when to start its next worker
+        self._delay: dict[int, float] = dict.fromkeys(range(processes), 0.0)
         self._signals = 0
+        self._backend: Backend | None = None
 
     def run(self) -> int:
         """Run until a signal (exit 0), or until burst workers are done; return the status."""
@@ -57,35 +145,80 @@ class Supervisor:
         for slot in range(self.processes):
             self._start(slot)
         status = 0
-        while self.children:
+        while self.children or (self._restart_at and not (status or self._signals)):
             time.sleep(0.05)
             for slot, child in list(self.children.items()):
-                code = child.poll()
-                if code is None:
-                    continue
-                del self.children[slot]
-                if self._signals or (self.settings.burst and code == 0):
-                    continue
-                if code == EXIT_CONFIG:
-                    log.error("worker process %d could not start: stopping", child.pid)
-                    self._terminate(signal.SIGTERM)
-                    status = EXIT_CONFIG
-                    continue
-                if status == 0:
-                    log.warning("worker process %d exited with %s: replacing it", child.pid, code)
+                code = child.process.poll()
+                if code is not None:
+                    del self.children[slot]
+                    status = self._ended(slot, child, code, status)
+            now = time.monotonic()
+            for slot, at in list(self._restart_at.items()):
+                if now >= at and not (status or self._signals):
+                    del self._restart_at[slot]
                     self._start(slot)
+        if self._backend is not None:
+            self._backend.close()
         log.info("supervisor exiting with status %d", status)
         return status
 
+    def _ended(self, slot: int, child: _Child, code: int, status: int) -> int:
+        """Hand back what ``child`` held; plan its replacement; return the new status."""
+        ready, claims = read_board(child.board)
+        os.close(child.board)
+        held = self._hand_back(child.process.pid, claims) if code != 0 else 0
+        if self._signals or status or (self.settings.burst and code == 0):
+            return status
+        served = ready or any(read_board(c.board)[0] for c in self.children.values())
+        if code == EXIT_CONFIG or (code == EXIT_UNAVAILABLE and not served):
+            pid = child.process.pid
+            log.error("worker process %d could not start (status %d): stopping", pid, code)
+            self._terminate(signal.SIGTERM)
+            return code
+        if time.monotonic() - child.started >= _HEALTHY_AFTER:
+            self._delay[slot] = 0.0
+        if held:  # a task killed it: its attempt is counted, replace it now
+            delay = 0.0
+        else:
+            delay = self._delay[slot] = min(max(2 * self._delay[slot], _FIRST_DELAY), _MAX_DELAY)
+        pid = child.process.pid
+        log.warning("worker process %d exited with %s: replacing it in %.1f s", pid, code, delay)
+        self._restart_at[slot] = time.monotonic() + delay
+        return status
+
+    def _hand_back(self, pid: int, posted: list[list[str]]) -> int:
+        """End the leases still held of the ``posted`` claims, as if expired; count them."""
+        if not posted:
+            return 0
+        from .backends import Claim, open_backend
+        from .config import resolve
+        from .errors import RemoteExecError
+
+        claims = [Claim(i, q, "", b"", 0, t) for i, q, t in posted]
+        try:
+            if self._backend is None:
+                self._backend = open_backend(resolve(self.settings.url).url)
+            held = sum(self._backend.renew(claims, lease=_EXPIRE_NOW))
+        except RemoteExecError as exc:
+            log.warning("handing back the tasks of worker process %d failed: %s", pid, exc)
+            return 0
+        if held:
+            log.info("handed back %d task(s) of worker process %d", held, pid)
+        return held
+
     def _start(self, slot: int) -> None:
-        env = dict(os.environ, **{_ENV: json.dumps(asdict(self.settings))})
-        child = subprocess.Popen(
+        with tempfile.TemporaryFile(prefix="remoteexec-claims-") as board:
+            fd = os.dup(board.fileno())
+        settings = replace(self.settings, board_fd=fd)
+        env = dict(os.environ, **{_ENV: json.dumps(asdict(settings))})
+        process = subprocess.Popen(
             [sys.executable, "-c", "import remoteexec.supervisor as s; s.child_main()"],
             env=env,
+            pass_fds=(fd,),
             start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
         )
-        self.children[slot] = child
-        log.info("started worker process %d", child.pid)
+        self.children[slot] = _Child(process, fd)
+        log.info("started worker process %d", process.pid)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
@@ -99,16 +232,15 @@ class Supervisor:
 
     def _terminate(self, sig: int) -> None:
         for child in self.children.values():
-            try:
-                child.send_signal(sig)
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(sig)
 
 
 def child_main() -> None:
     """Entry point of a worker process started by the supervisor."""
+    from .errors import BackendUnavailable, ConfigurationError
     from .tasks import import_tasks
-    from .worker import Worker
+    from .worker import Worker, WorkerDied
 
     settings = WorkerSettings(**json.loads(os.environ.pop(_ENV)))
     logging.basicConfig(
@@ -116,14 +248,21 @@ def child_main() -> None:
         format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(name)s: %(message)s",
     )
     try:
-        import_tasks(settings.imports, settings.tasks_dir)
+        if not import_tasks(settings.imports, settings.tasks_dir) and not settings.allow_empty:
+            raise ConfigurationError(
+                "no task types: name their modules with --import or --tasks-dir "
+                "(or pass --allow-empty to serve none)"
+            )
         worker = Worker(
             settings.url,
             queues=settings.queues,
             threads=settings.threads,
             lease=settings.lease,
             burst=settings.burst,
-            exit_on_time_limit=True,
+            imports=settings.imports,
+            tasks_dir=settings.tasks_dir,
+            connect_timeout=settings.connect_timeout,
+            board_fd=settings.board_fd,
         )
     except Exception as exc:
         log.error("worker cannot start: %s", exc)
@@ -139,5 +278,12 @@ def child_main() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    worker.run()
+    try:
+        worker.run()
+    except BackendUnavailable as exc:
+        log.error("worker cannot start: %s", exc)
+        sys.exit(EXIT_UNAVAILABLE)
+    except WorkerDied as exc:
+        log.error("worker process exits: %s", exc)
+        sys.exit(EXIT_DIED)
     sys.exit(0)

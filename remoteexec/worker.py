@@ -1,25 +1,31 @@
 """The worker: claim, run, reply, repeat.
 
 ``Worker.run`` starts ``threads`` serving threads and then watches over them from the
-calling thread: it renews the leases of every claim held, sends heartbeats, stops tasks
-past their time limit and sweeps expired replies. Each serving thread loops in ``_serve``:
-claim a batch (one task at first, more while tasks are quick), run each task, send the
-replies in one round trip. A failure inside a task becomes an error reply, never a dead
-worker. ``stop()`` (what SIGTERM calls) ends the loop after the running tasks and hands
-back every claimed task that has not started.
+calling thread: it renews the leases of every claim held, sends heartbeats and sweeps
+expired replies. Each serving thread loops in ``_serve``: claim a batch (one task at first,
+more while tasks are quick), run each task, send the replies in one round trip. A failure
+inside a task becomes an error reply, never a dead worker. ``stop()`` (what SIGTERM calls)
+ends the loop after the running tasks and hands back every claimed task that has not
+started.
+
+A task with a time limit runs in its serving thread's helper process (``sandbox.py``),
+which is killed alone when the task overruns; every other task runs in the serving thread.
+Under the supervisor, each serving thread posts the claims it takes on a board the
+supervisor reads if the process dies, to hand them back at once (``supervisor.py``).
+
+A serving thread or the monitor that dies of an unexpected exception is logged with its
+traceback and ends ``run`` with ``WorkerDied``: the process exits non-zero and the
+supervisor replaces it. Nothing dies silently.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import inspect
 import logging
 import os
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,20 +33,30 @@ from typing import Any
 from .backends import Claim, DeadLetter, Done, WorkerInfo, open_backend
 from .client import Client, using
 from .config import resolve
-from .errors import BackendUnavailable, PayloadTooLarge, RemoteExecError, SignatureError
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    PayloadTooLarge,
+    RemoteExecError,
+    SignatureError,
+)
 from .message import Call, Codec, Failure, Reply
-from .remote import TaskType, lookup
+from .remote import TaskType, lookup, registered
+from .replay import LOST, ReplayGuard
+from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
+from .supervisor import ClaimBoard
 
 log = logging.getLogger("remoteexec.worker")
 
-#: Exit status of a worker process that stopped a task past its time limit.
-EXIT_TIME_LIMIT = 3
 _BATCH_MAX = 64  # tasks claimed at once while tasks are quick
 _BATCH_BUDGET = 0.004  # seconds of work one claimed batch should hold at most
 _FLUSH_AFTER = 0.002  # send finished replies at least this often within a batch
+_MAX_QUEUE_NAME = 128  # characters
+_EXPIRE_NOW = 0.001  # seconds: a lease renewed for this long is claimable again at once
 
 
-_PLAIN = frozenset({int, float, str, bytes, bool, list, dict, tuple, type(None)})  # never awaited
+class WorkerDied(RuntimeError):
+    """A serving thread or the monitor died of an unexpected exception (logged)."""
 
 
 @dataclass(slots=True)
@@ -51,7 +67,7 @@ class _Held:
     started: float | None = None
     time_limit: float | None = None
     label: str = ""
-    abandoned: bool = False  # replied to by the monitor (time limit) or lease lost
+    abandoned: bool = False  # its attempt ended without a reply (its helper died)
     finished: bool = False  # its result is made and about to be sent: leave it alone
 
 
@@ -64,9 +80,15 @@ class Worker:
         threads: tasks run at once in this process.
         lease: seconds a claim is held without renewal before another worker may take it.
         burst: return once the queues are empty.
-        exit_on_time_limit: exit the process (status ``EXIT_TIME_LIMIT``) to stop a task
-            past its time limit; set by the supervisor, which starts a replacement.
+        imports: the task modules a helper process for time-limited tasks imports (default:
+            the modules of the task types registered when it starts).
+        tasks_dir: a folder of task modules the helper imports too.
+        connect_timeout: seconds ``run`` retries an unreachable broker before it raises.
+        board_fd: a file to post the claims each thread holds in, for the supervisor.
         **options: other settings (``secret``, ``result_ttl``, ...).
+
+    Raises:
+        ConfigurationError: a bad URL, option or queue name.
     """
 
     def __init__(
@@ -77,19 +99,27 @@ class Worker:
         threads: int = 1,
         lease: float | None = None,
         burst: bool = False,
-        exit_on_time_limit: bool = False,
+        imports: Sequence[str] | None = None,
+        tasks_dir: str | None = None,
+        connect_timeout: float = 10.0,
+        board_fd: int | None = None,
         **options: Any,
     ) -> None:
+        self.queues = checked_queues(queues)
         self.settings = resolve(url, **options)
         self.backend = open_backend(self.settings.url, result_ttl=self.settings.result_ttl)
         self.codec = Codec(
             secrets=self.settings.secrets, max_message_size=self.settings.max_message_size
         )
-        self.queues = list(queues)
+        max_age = self.settings.max_age
+        self.guard = ReplayGuard(self.backend, max_age=max_age) if self.codec.signing else None
         self.threads = threads
         self.lease = lease or self.settings.lease
         self.burst = burst
-        self.exit_on_time_limit = exit_on_time_limit
+        self.imports = None if imports is None else list(imports)
+        self.tasks_dir = tasks_dir
+        self.connect_timeout = connect_timeout
+        self._board = None if board_fd is None else ClaimBoard(board_fd, threads)
         host, pid = socket.gethostname(), os.getpid()
         self.info = WorkerInfo(
             f"{host}:{pid}:{os.urandom(3).hex()}", host, pid, self.queues, time.time()
@@ -99,6 +129,7 @@ class Worker:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._client: Client | None = None
+        self._died: str | None = None  # why a thread that must stay alive died
 
     def _tasks_client(self) -> Client:
         with self._lock:
@@ -115,7 +146,13 @@ class Worker:
         self._stopping.set()
 
     def run(self) -> None:
-        """Serve until ``stop()`` (or, with ``burst``, until the queues are empty)."""
+        """Serve until ``stop()`` (or, with ``burst``, until the queues are empty).
+
+        Raises:
+            BackendUnavailable: the broker is still unreachable after ``connect_timeout`` s.
+            WorkerDied: a serving thread or the monitor died (logged with its traceback).
+        """
+        self._connect()
         log.info(
             "worker %s serving %s with %d thread(s), lease %g s",
             self.info.id,
@@ -124,13 +161,18 @@ class Worker:
             self.lease,
         )
         servers = [
-            threading.Thread(target=self._serve, name=f"remoteexec-serve-{i}", daemon=True)
+            threading.Thread(
+                target=self._serve, args=(i,), name=f"remoteexec-serve-{i}", daemon=True
+            )
             for i in range(self.threads)
         ]
         for thread in servers:
             thread.start()
         try:
             self._monitor(servers)
+        except Exception:
+            log.critical("the monitor thread died: stopping the worker", exc_info=True)
+            self._died = self._died or "the monitor thread died"
         finally:
             self._stopping.set()
             for thread in servers:
@@ -140,18 +182,49 @@ class Worker:
                 self._client.close()
             self.backend.close()
             log.info("worker %s stopped after %d task(s)", self.info.id, self.info.done)
+        if self._died is not None:
+            raise WorkerDied(self._died)
+
+    def _connect(self) -> None:
+        """Send the first heartbeat, retrying an unreachable broker ``connect_timeout`` s."""
+        deadline, pause = time.monotonic() + self.connect_timeout, 0.1
+        while True:
+            try:
+                self.backend.heartbeat(self.info)
+                break
+            except BackendUnavailable as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.backend.close()
+                    raise BackendUnavailable(
+                        f"the broker is unreachable (tried for {self.connect_timeout:g} s): {exc}"
+                    ) from exc
+                log.warning("the broker is unreachable, retrying for %.0f s: %s", left, exc)
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 2.0)
+        if self._board is not None:
+            self._board.ready()
 
     # The serving threads ---------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _serve(self, index: int) -> None:
         # Calls a task makes go to this worker's backend, through one client per process.
+        self._local.index = index
+        self._local.runner = Runner()
+        self._local.sandbox = None
         try:
             with using(self._tasks_client()):
                 self._serve_loop()
+        except Exception:
+            name = threading.current_thread().name
+            log.critical("serving thread %s died: stopping the worker", name, exc_info=True)
+            with self._lock:
+                self._died = self._died or f"serving thread {name} died"
+            self._stopping.set()
         finally:
-            loop = getattr(self._local, "loop", None)
-            if loop is not None:
-                loop.close()
+            self._local.runner.close()
+            if self._local.sandbox is not None:
+                self._local.sandbox.close()
 
     def _serve_loop(self) -> None:
         batch, backoff = 1, 0.1
@@ -175,6 +248,11 @@ class Worker:
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
+                except Exception:  # a backend's bug, or something it read: keep serving
+                    log.exception("claiming failed unexpectedly, retrying in %.1f s", backoff)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
                 self._settle(finished, accepted)
                 finished, backoff = [], 0.1
                 if not claims:
@@ -190,6 +268,8 @@ class Worker:
                     with self._lock:
                         unfinished = [c for c in claims if (c.id, c.token) in self._held]
                     self._release(unfinished)
+                    self._stopping.wait(backoff)  # not in a tight loop, if it happens again
+                    backoff = min(backoff * 2, 5.0)
                 per_task = (time.perf_counter() - started) / len(claims)
                 batch = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET / max(per_task, 1e-6))))
         finally:
@@ -201,6 +281,8 @@ class Worker:
         with self._lock:
             for claim in claims:
                 self._held[claim.id, claim.token] = _Held(claim)
+        if self._board is not None:
+            self._board.post(self._local.index, claims)
         finished: list[Done] = []
         first_finished = 0.0
         for i, claim in enumerate(claims):
@@ -226,16 +308,20 @@ class Worker:
         held.started = time.monotonic()
         try:
             call = self.codec.decode_call(claim.body)
-        except RemoteExecError as exc:
-            kind = _kind_of(exc)
-            log.warning("rejected task %s from queue %s: %s", claim.id, claim.queue, exc)
-            return self._failure(claim, kind, type(exc).__name__, str(exc))
+        except Exception as exc:  # anything read from the broker may be garbage
+            return self._undecodable(claim, exc)
         held.label = label = f"{call.name}.{call.method}"
+        if self.guard is not None:  # secrets: trust the signed fields, not the broker's
+            verdict = self.guard.admit(claim, call, label)
+            if verdict == LOST:
+                return self._lost(claim, label, call.max_attempts, call.key)
+            if verdict is not None:
+                return Done(claim, None)
+        elif claim.attempt > call.max_attempts:
+            return self._lost(claim, label, call.max_attempts)
         if call.deadline is not None and time.time() > call.deadline:
             log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
             return Done(claim, None)
-        if claim.attempt > call.max_attempts:
-            return self._lost(claim, label, call.max_attempts)
         task = lookup(call.name)
         if task is None or task.method(call.method) is None:
             log.warning("unknown task %s (task %s)", label, claim.id)
@@ -244,44 +330,66 @@ class Worker:
                 "unknown_task",
                 "UnknownTask",
                 f"no worker task {label} on {self.info.host}",
+                call.key,
             )
-        held.time_limit = call.time_limit or task.time_limit
-        reply = self._invoke(task, call)
+        held.time_limit = time_limit_of(task, call)
+        reply = self._invoke(task, call, held)
         if held.abandoned:
             return None
         try:
-            body = self.codec.encode_reply(reply)
+            body = self.codec.encode_reply(reply, key=call.key)
         except RemoteExecError as exc:
-            return self._failure(
-                claim, _kind_of(exc), type(exc).__name__, f"the result of {label}: {exc}"
-            )
+            message = f"the result of {label}: {exc}"
+            return self._failure(claim, _kind_of(exc), type(exc).__name__, message, call.key)
         return Done(claim, body)
 
-    def _invoke(self, task: TaskType, call: Call) -> Reply:
+    def _invoke(self, task: TaskType, call: Call, held: _Held) -> Reply:
+        if held.time_limit is None:
+            runner: Runner = self._local.runner
+            return runner.run(task, call)
+        sandbox: Sandbox | None = self._local.sandbox
+        if sandbox is None:
+            modules = self.imports
+            if modules is None:  # the modules of the task types registered now
+                modules = sorted({t.cls.__module__ for t in map(lookup, registered()) if t})
+            sandbox = self._local.sandbox = Sandbox(self.settings, modules, self.tasks_dir)
         try:
-            instances: dict[str, Any] = self._local.__dict__.setdefault("instances", {})
-            instance = instances.get(task.name)
-            if instance is None:
-                instance = instances[task.name] = task.cls()
-            result = getattr(instance, call.method)(*call.args, **call.kwargs)
-            if type(result) not in _PLAIN and inspect.isawaitable(result):
-                result = self._event_loop().run_until_complete(result)
-            return Reply(call.id, result, None)
-        except BaseException as exc:  # a task may even call sys.exit: still just a failure
-            failure = Failure("remote", type(exc).__name__, str(exc), traceback.format_exc())
-            return Reply(call.id, None, failure)
+            return sandbox.run(call, held.time_limit)
+        except RemoteExecError as exc:  # the call or reply did not cross the pipe
+            return Reply(call.id, None, Failure(_kind_of(exc), type(exc).__name__, str(exc), ""))
+        except SandboxDied as exc:
+            # As if a worker process had died: the attempt counts and the lease ends now.
+            log.error("task %s (%s) killed its helper process: %s", held.claim.id, held.label, exc)
+            held.abandoned = True
+            with self._lock:
+                self._held.pop((held.claim.id, held.claim.token), None)
+            self._quietly(self._expire, [held.claim])
+            return Reply(call.id, None, None)
 
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        loop: asyncio.AbstractEventLoop | None = getattr(self._local, "loop", None)
-        if loop is None:
-            loop = self._local.loop = asyncio.new_event_loop()
-        return loop
+    def _expire(self, claims: list[Claim]) -> None:
+        """End the leases of ``claims`` now, as if they had expired (the attempt counts)."""
+        self.backend.renew(claims, lease=_EXPIRE_NOW)
 
-    def _failure(self, claim: Claim, kind: str, type_name: str, message: str) -> Done:
+    def _failure(self, claim: Claim, kind: str, type_name: str, message: str, key: int = 0) -> Done:
+        """A failure reply, signed with secret number ``key`` (the one that verified the call)."""
         reply = Reply(claim.id, None, Failure(kind, type_name, message, ""))
-        return Done(claim, self.codec.encode_reply(reply))
+        return Done(claim, self.codec.encode_reply(reply, key=key))
 
-    def _lost(self, claim: Claim, label: str, max_attempts: int) -> Done:
+    def _undecodable(self, claim: Claim, exc: Exception) -> Done:
+        """A claim whose body is no call to run ends as a dead letter, acknowledged. With
+        secrets its id and reply address are unverified, so nothing is sent there; without,
+        the caller gets the typed error."""
+        log.warning("rejected task %s from queue %s: %s", claim.id, claim.queue, exc)
+        reason = f"{type(exc).__name__}: {exc}"[:1000]
+        letter = DeadLetter(claim.id, claim.queue, "?", reason, time.time())
+        self._quietly(self.backend.bury, letter)
+        if self.codec.signing:
+            return Done(claim, None)
+        if not isinstance(exc, RemoteExecError):
+            return self._failure(claim, "serialization", "SerializationError", reason)
+        return self._failure(claim, _kind_of(exc), type(exc).__name__, str(exc))
+
+    def _lost(self, claim: Claim, label: str, max_attempts: int, key: int = 0) -> Done:
         reason = (
             f"{label} lost its worker on {claim.attempt - 1} attempt(s) "
             f"(max_attempts={max_attempts})"
@@ -289,7 +397,7 @@ class Worker:
         log.error("giving up on task %s: %s", claim.id, reason)
         letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
         self._quietly(self.backend.bury, letter)
-        return self._failure(claim, "worker_lost", "WorkerLost", reason)
+        return self._failure(claim, "worker_lost", "WorkerLost", reason, key)
 
     def _complete(self, finished: list[Done]) -> None:
         for attempt in range(20):
@@ -313,6 +421,10 @@ class Worker:
                     self.info.done += 1
                 else:
                     log.warning("result of task %s discarded: its lease was lost", done.claim.id)
+        if self.guard is not None:  # a replay of these is refused from now on
+            self.guard.completed(
+                [d.claim.id for d, ok in zip(finished, accepted, strict=False) if ok and d.reply]
+            )
 
     def _release(self, claims: Sequence[Claim]) -> None:
         with self._lock:
@@ -328,7 +440,6 @@ class Worker:
         next_renew = next_beat = next_sweep = 0.0
         while any(t.is_alive() for t in servers):
             now = time.monotonic()
-            self._enforce_time_limits(now)
             if now >= next_beat:
                 next_beat = now + 1.0
                 with self._lock:
@@ -343,7 +454,7 @@ class Worker:
             if now >= next_sweep:
                 next_sweep = now + 60.0
                 self._quietly(self.backend.sweep)
-            if self.exit_on_time_limit and os.getppid() != parent:
+            if self._board is not None and os.getppid() != parent:
                 log.warning("the supervisor is gone")
                 self.stop()
             if self._stopping.is_set():
@@ -370,33 +481,6 @@ class Worker:
         for h in lost:
             log.warning("lease on task %s lost: another worker may run it", h.claim.id)
 
-    def _enforce_time_limits(self, now: float) -> None:
-        with self._lock:
-            late = [
-                h
-                for h in self._held.values()
-                if h.started is not None
-                and h.time_limit is not None
-                and not (h.abandoned or h.finished)
-                and now - h.started > h.time_limit
-            ]
-            for h in late:
-                h.abandoned = True
-        for h in late:
-            message = f"{h.label} ran past its time limit of {h.time_limit:g} s and was stopped"
-            log.error("task %s: %s", h.claim.id, message)
-            done = self._failure(h.claim, "time_limit", "TimeLimitExceeded", message)
-            self._quietly(self.backend.complete, [done])
-        if late and self.exit_on_time_limit:
-            # A thread cannot be interrupted: hand back everything else and let the
-            # supervisor start a fresh process.
-            with self._lock:
-                others = [h.claim for h in self._held.values() if not h.abandoned]
-            self._quietly(self.backend.release, others)
-            self._quietly(self.backend.forget_worker, self.info.id)
-            logging.shutdown()
-            os._exit(EXIT_TIME_LIMIT)
-
     @staticmethod
     def _quietly(fn: Any, *args: Any) -> Any:
         try:
@@ -412,3 +496,19 @@ def _kind_of(exc: RemoteExecError) -> str:
     if isinstance(exc, SignatureError):
         return "signature"
     return "serialization"
+
+
+def checked_queues(queues: Sequence[str]) -> list[str]:
+    """``queues`` as a list, if it is a non-empty list of sane queue names.
+
+    Raises:
+        ConfigurationError: no queue, or a name that is empty or too long.
+    """
+    if isinstance(queues, str) or not queues:
+        raise ConfigurationError(f"no queue name given (queues={queues!r:.80})")
+    for queue in queues:
+        if not isinstance(queue, str) or not queue or len(queue) > _MAX_QUEUE_NAME:
+            raise ConfigurationError(
+                f"a queue name must be 1 to {_MAX_QUEUE_NAME} characters, got {queue!r:.80}"
+            )
+    return list(queues)

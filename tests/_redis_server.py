@@ -26,12 +26,14 @@ START_TIMEOUT = 10.0
 class RedisServer(ServerProcess):
     """One private ``redis-server``; ``url`` names database 0 on it."""
 
-    def __init__(self, folder: Path | str | None = None) -> None:
+    def __init__(self, folder: Path | str | None = None, *, unix_socket: bool = False) -> None:
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory()
         self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
         self.datadir = self.folder / "data"
         self.log_file = self.folder / "redis.log"
         self.port = free_port()
+        #: With ``unix_socket``, the server also listens on this socket (``unix://`` URLs).
+        self.socket = self.folder / "redis.sock" if unix_socket else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,6 +56,8 @@ class RedisServer(ServerProcess):
             "--logfile", str(self.log_file),
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.socket is not None:
+            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -82,7 +82,7 @@ def test_public_names_are_exported() -> None:
         assert hasattr(remoteexec, name), name
     exported = {n for n in dir(remoteexec) if not n.startswith("_")}
     modules = {"backends", "client", "config", "errors", "message", "proxy", "remote",
-               "worker", "tasks", "supervisor"}  # fmt: skip
+               "worker", "tasks", "supervisor", "sandbox", "replay", "liveness"}  # fmt: skip
     assert exported - modules <= set(remoteexec.__all__)
 
 
@@ -203,7 +203,7 @@ def _serve(url: str, **options) -> tuple[Worker, threading.Thread]:
     ("client_secret", "worker_secret", "works"),
     [("k1", "k1", True), ("k1", None, False), (None, "k1", False), ("k2", "k1", False)],
 )
-def test_signed_calls_work_and_a_mismatch_is_a_signature_error(
+def test_signed_calls_work_and_a_mismatch_fails_the_call(
     url: str, client_secret: str | None, worker_secret: str | None, works: bool
 ) -> None:
     worker, thread = _serve(url, secret=worker_secret)
@@ -211,9 +211,14 @@ def test_signed_calls_work_and_a_mismatch_is_a_signature_error(
         with Client(url, secret=client_secret) as client, using(client):
             if works:
                 assert MultiplyPi.execute(2) == math.pi * 2
-            else:
+            elif worker_secret is None:  # the worker runs it; the client refuses the reply
                 with pytest.raises(remoteexec.SignatureError):
                     MultiplyPi.execute.options(timeout=10)(2)
+            else:  # refused unrun and buried; nothing is sent to its unverified address
+                with pytest.raises(remoteexec.CallLost):
+                    MultiplyPi.execute.options(timeout=10)(2)
+                (letter,) = client.backend.stats().dead
+                assert "SignatureError" in letter.reason
     finally:
         worker.stop()
         thread.join(10)

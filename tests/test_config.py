@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,54 @@ def test_settings_repr_hides_secrets_and_passwords() -> None:
     assert "hunter2" not in repr(s)
     assert "topsecret" not in repr(s)
     assert "redis://:***@host/0" in repr(s)
+
+
+@pytest.mark.parametrize(
+    "queue", ["q" * 10_000, "line\nbreak", "bell\x07", "sep\u2028", "nul\x00"], ids=len
+)
+def test_a_bad_queue_name_is_refused_naming_it_cut_short(clean: Path, queue: str) -> None:
+    with pytest.raises(ConfigurationError, match="queue name") as info:
+        resolve(queue=queue)
+    message = str(info.value)
+    assert repr(queue)[:40] in message and len(message) < 300
+    write_yaml(clean, f"queue: {json.dumps(queue)}\n")
+    with pytest.raises(ConfigurationError, match=r"queue name.*config file") as info:
+        resolve()
+    assert len(str(info.value)) < 400
+
+
+def test_queue_names_are_kept_exactly_up_to_the_longest() -> None:
+    assert resolve(queue="iso ").queue == "iso "
+    assert resolve(queue=" é-ü/x:y{z}").queue == " é-ü/x:y{z}"
+    assert resolve(queue="q" * 128).queue == "q" * 128
+    with pytest.raises(ConfigurationError, match="at most 128 characters, not 129"):
+        resolve(queue="q" * 129)
+
+
+def test_check_name_names_the_kind_and_the_value() -> None:
+    from remoteexec.config import check_name
+
+    assert check_name("method", "run_2") == "run_2"
+    with pytest.raises(ConfigurationError, match=r"method name must be a Python identifier.*'a-b'"):
+        check_name("method", "a-b")
+    with pytest.raises(ConfigurationError, match="at most 100 characters"):
+        check_name("method", "m" * 101)
+    with pytest.raises(ConfigurationError, match=r"task name must be a string, not b'x'"):
+        check_name("task", b"x")
+
+
+@pytest.mark.parametrize("value", [0, -1, 1001, 2.5, "3", True])
+def test_max_attempts_out_of_range_is_refused_everywhere_it_is_given(value) -> None:
+    """Workers refuse calls with max_attempts above 1000: the caller is told first."""
+    from remoteexec import proxy, remote
+    from remoteexec.proxy import CallOptions
+
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        resolve("memory://", max_attempts=value)
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        CallOptions(max_attempts=value)
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        proxy("Anything", max_attempts=value)
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        remote(max_attempts=value)
+    assert resolve("memory://", max_attempts=1000).max_attempts == 1000

@@ -281,7 +281,7 @@ def envelope(
     return msgpack.packb([version, kind, raw, sig], use_bin_type=True)
 
 
-VALID: list[Any] = [ID, "T", "m", [1], {}, None, 3, None]
+VALID: list[Any] = [ID, "T", "m", [1], {}, None, 3, None, "q", "r", 1.7e9]
 
 
 @pytest.mark.parametrize(
@@ -328,8 +328,8 @@ def test_malformed_calls_raise_serialization_error(body: bytes) -> None:
 
 
 def test_version_mismatch_is_a_serialization_error_naming_both_versions() -> None:
-    with pytest.raises(SerializationError, match=r"version 2 .*speaks 1"):
-        Codec().decode_call(envelope(VALID, version=2))
+    with pytest.raises(SerializationError, match=r"version 1 .*speaks 2"):
+        Codec().decode_call(envelope(VALID, version=1))  # the layout before queue etc.
     with pytest.raises(SerializationError, match="version"):
         Codec().decode_call(msgpack.packb([99]))
 
@@ -379,7 +379,7 @@ def test_signed_messages_round_trip(signer: Codec) -> None:
     assert signer.decode_call(body) == make_call(42)
     sig = msgpack.unpackb(body)[3]
     payload = msgpack.unpackb(body)[2]
-    expected = hmac.new(b"new-secret", b"remoteexec\x01\x01" + payload, hashlib.sha256).digest()
+    expected = hmac.new(b"new-secret", b"remoteexec\x02\x01" + payload, hashlib.sha256).digest()
     assert sig == expected  # plain HMAC-SHA256 with the first secret
 
 
@@ -460,5 +460,5 @@ def test_codec_is_usable_from_many_threads() -> None:
 
 
 def test_module_constants() -> None:
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2
     assert message.register_type is register_type

@@ -313,18 +313,22 @@ def test_a_queues_leases_are_a_skiplist_from_the_first_claim(make, server, scrip
     assert leases == b"skiplist"
 
 
-def test_claims_and_completions_use_the_scripts_when_allowed(make, server) -> None:
-    backend = make()
-    jobs = [job(reply_to="R") for _ in range(5)]
-    backend.enqueue(jobs)
-    before = _evalsha_calls(server)
-    claims = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
-    claims += backend.claim(["default"], worker="w", limit=10, lease=30, wait=1)
-    assert [c.id for c in claims] == [j.id for j in jobs]
-    assert backend.complete([Done(c, c.id.encode()) for c in claims]) == [True] * 5
-    assert _evalsha_calls(server) - before == 3  # one per claim pass, one for the completion
-    assert backend.replies("R", wait=1) == [j.id.encode() for j in jobs]
-    assert backend.stats().running == 0
+def test_claims_and_completions_use_the_scripts_when_allowed(make, tmp_path) -> None:
+    from tests._redis_server import RedisServer
+
+    with RedisServer(tmp_path) as own:  # a server of its own: its counts are this test's
+        backend = make(url=own.url)
+        jobs = [job(reply_to="R") for _ in range(5)]
+        backend.enqueue(jobs)
+        before = _evalsha_calls(own)
+        claims = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+        claims += backend.claim(["default"], worker="w", limit=10, lease=30, wait=1)
+        assert [c.id for c in claims] == [j.id for j in jobs]
+        assert backend.complete([Done(c, c.id.encode()) for c in claims]) == [True] * 5
+        assert _evalsha_calls(own) - before == 3  # one per claim pass, one for the completion
+        assert backend.replies("R", wait=1) == [j.id.encode() for j in jobs]
+        assert backend.stats().running == 0
+        backend.close()
 
 
 def test_a_script_free_adapter_takes_over_a_scripted_claim(make, server) -> None:

@@ -23,11 +23,21 @@ def open_backend(url: str, *, result_ttl: float = 3600.0) -> Backend:
     """Open the backend that ``url`` names.
 
     Raises:
-        ConfigurationError: the scheme is unknown or the URL is malformed.
+        ConfigurationError: the scheme is unknown, the URL is malformed or it names an
+            option the backend does not take.
     """
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed backend URL: {exc}") from None
+    scheme = parts.scheme.lower()
     if scheme == "memory":
         from .memory import MemoryBackend
+
+        if parts.query:
+            raise ConfigurationError(
+                f"memory:// URLs take no options, not {parts.query.split('=')[0]!r:.60}"
+            )
 
         return MemoryBackend.from_url(url, result_ttl=result_ttl)
     if scheme == "sqlite":

@@ -17,6 +17,8 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
 * **Replies.** Every client process has one reply address (``reply_to``); ``replies``
   returns what has arrived there, waiting up to ``wait`` seconds, and removes it. Replies
   nobody collects expire after ``result_ttl`` seconds.
+* **Starts.** ``note_starts`` and ``note_completed`` keep a small record of the tasks
+  started, with an expiry, for workers that verify signed calls.
 * **Watching.** Workers ``heartbeat`` a ``WorkerInfo``; ``stats`` reports queue depths,
   running tasks, live workers and dead letters.
 * **Pairs.** ``send_and_wait`` (enqueue, then wait for replies: a blocking call) and
@@ -222,22 +224,48 @@ class Backend(ABC):
         """Keep a dead letter for ``status`` (a bounded number of the newest)."""
 
     @abstractmethod
+    def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
+        """Count one more start of each ``(task id, keep_until)``; for each, return the
+        starts counted before this one and whether the task was marked completed.
+
+        The record of an id is kept at least until ``keep_until`` (epoch seconds; the
+        latest one given wins). Workers with secrets use it to refuse replays and to count
+        attempts themselves (see ``replay.py``); nothing else calls it.
+        """
+
+    @abstractmethod
+    def note_completed(self, ids: Sequence[str]) -> None:
+        """Mark the started tasks ``ids`` completed (ids with no record are skipped)."""
+
+    @abstractmethod
     def stats(self) -> Stats:
         """Queue depths, running tasks, live workers and dead letters."""
 
     @abstractmethod
     def purge(self, queue: str | None = None) -> int:
-        """Delete waiting tasks (of one queue, or all); return how many."""
+        """Delete waiting tasks (of one queue, or all); return how many.
 
+        Each deleted id leaves a tombstone for ``result_ttl`` seconds, which ``purged``
+        reports, so that the callers of purged tasks learn why their call ended.
+        """
+
+    @abstractmethod
     def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
         """The ids among ``ids`` of which the backend has no trace at all.
 
-        A task that is neither waiting, claimed, nor answered to ``reply_to`` was lost by
-        the broker (a Redis restart without persistence, a popped reply whose answer never
-        arrived). Clients ask after recovering from an outage so no caller waits forever.
-        Durable backends whose reads delete nothing before they are answered lose no task:
-        the default says so.
+        A task that is neither waiting, claimed, nor answered to ``reply_to`` was purged,
+        or lost by the broker (a restart without persistence, ``FLUSHDB``, a row deleted
+        by hand, a popped reply whose answer never arrived). A task that moves between
+        those states while this looks is found: completing a task stores its reply in the
+        same step, and the reply is looked for after the task. A reply that arrived before
+        this looked and that the client has not read yet is not reported when the backend
+        can see it; the client reads its replies again before it fails a call anyway.
+        Clients ask about calls pending for a while (``client.LIVENESS_AFTER``), in one
+        batch, and after recovering from an outage.
         """
+
+    def purged(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that ``purge`` deleted in the last ``result_ttl`` seconds."""
         return set()
 
     def sweep(self) -> None:  # noqa: B027 - optional hook, nothing to do by default

@@ -33,6 +33,7 @@ _EMPTY: OrderedDict[str, _Entry] = OrderedDict()  # never written to
 
 @dataclass(slots=True)
 class _Reply:
+    id: str
     body: bytes
     at: float
 
@@ -46,6 +47,8 @@ class _Broker:
         self.replies: dict[str, deque[_Reply]] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.dead: deque[DeadLetter] = deque(maxlen=_MAX_DEAD)
+        self.purged: dict[str, float] = {}  # tombstones: id -> when purge deleted it
+        self.starts: dict[str, list[float]] = {}  # id -> [starts, completed, keep_until]
 
 
 _BROKERS: dict[str, _Broker] = {}
@@ -128,7 +131,7 @@ class MemoryBackend(Backend):
                     del self._b.queues[item.claim.queue][item.claim.id]
                     if item.reply is not None:
                         box = self._b.replies.setdefault(item.claim.reply_to, deque())
-                        box.append(_Reply(item.reply, now))
+                        box.append(_Reply(item.claim.id, item.reply, now))
                 accepted.append(entry is not None)
             self._b.cond.notify_all()
         return accepted
@@ -173,6 +176,24 @@ class MemoryBackend(Backend):
         with self._b.cond:
             self._b.dead.appendleft(letter)
 
+    def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
+        now, out = time.time(), []
+        with self._b.cond:
+            record = self._b.starts
+            for task_id in [k for k, r in record.items() if r[2] < now]:
+                del record[task_id]
+            for task_id, keep_until in starts:
+                r = record.setdefault(task_id, [0, 0, keep_until])
+                out.append((int(r[0]), bool(r[1])))
+                r[0], r[2] = r[0] + 1, max(r[2], keep_until)
+        return out
+
+    def note_completed(self, ids: Sequence[str]) -> None:
+        with self._b.cond:
+            for task_id in ids:
+                if task_id in self._b.starts:
+                    self._b.starts[task_id][1] = 1
+
     def stats(self) -> Stats:
         now = time.time()
         with self._b.cond:
@@ -200,8 +221,20 @@ class MemoryBackend(Backend):
                     continue
                 for task_id in [k for k, e in q.items() if e.token is None or e.lease_until <= now]:
                     del q[task_id]
+                    self._b.purged[task_id] = now
                     removed += 1
         return removed
+
+    def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
+        with self._b.cond:
+            held = {i for q in self._b.queues.values() for i in ids if i in q}
+            held.update(r.id for r in self._b.replies.get(reply_to, ()))
+        return set(ids) - held
+
+    def purged(self, ids: Sequence[str]) -> set[str]:
+        cutoff = time.time() - self.result_ttl
+        with self._b.cond:
+            return {i for i in ids if self._b.purged.get(i, 0.0) > cutoff}
 
     def sweep(self) -> None:
         cutoff = time.time() - self.result_ttl
@@ -212,3 +245,5 @@ class MemoryBackend(Backend):
                     box.popleft()
                 if not box:
                     del self._b.replies[reply_to]
+            for task_id in [i for i, at in self._b.purged.items() if at < cutoff]:
+                del self._b.purged[task_id]

@@ -115,7 +115,8 @@ def claim_locked(
         args += [*queues, queue, limit]
     take = (
         "SET t.state = 1, t.token = %s, t.lease_until = @until, "
-        "t.attempt = t.attempt + 1, t.lock_version = t.lock_version + 1"
+        "t.attempt = t.attempt + (t.attempt < 2147483647), "
+        "t.lock_version = (t.lock_version + 1) MOD 4294967296"
     )
     if len(branches) == 1:  # one queue's waiting tasks, in order: a plain UPDATE
         plain, waiting_args = f"UPDATE {TASKS} t {take} WHERE ", (token, queues[0], limit)

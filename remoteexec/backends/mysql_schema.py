@@ -1,6 +1,11 @@
 """The MySQL/MariaDB schema of ``mysql.py``, versioned so later releases can migrate it.
 
 Every table is InnoDB and prefixed ``remoteexec_`` so the schema can share a database.
+Names (queues, task ids, reply addresses, ...) compare byte for byte: their collation is
+binary *without* padding (``NAMES``: ``utf8mb4_nopad_bin`` on MariaDB 10.2+,
+``utf8mb4_0900_bin`` on MySQL 8.0.17+), so queue ``'iso '`` is not queue ``'iso'`` (which
+``utf8mb4_bin``, a PAD SPACE collation, would say it is), and statements still compare
+them through the indexes.
 Times are epoch seconds (``DOUBLE``) taken from the *server's* clock
 (``UNIX_TIMESTAMP(NOW(6))`` with the session time zone at UTC), so leases mean the same
 thing to every machine whatever their clocks say.
@@ -18,7 +23,8 @@ thing to every machine whatever their clocks say.
 ``remoteexec_workers``, ``remoteexec_dead_letters``
     Heartbeats and the newest dead letters, for ``stats``.
 ``remoteexec_schema``
-    One row, ``('schema', version)``. ``MIGRATIONS[n]`` upgrades version ``n - 1`` to ``n``.
+    One row, ``('schema', version)``. ``MIGRATIONS[n]`` upgrades version ``n - 1`` to ``n``
+    (version 2: the names' no-pad collation).
 """
 
 from __future__ import annotations
@@ -32,22 +38,50 @@ from .mysql_conn import Cursor, execute
 
 log = logging.getLogger("remoteexec.mysql")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _VERSION = "SELECT version FROM remoteexec_schema WHERE name = 'schema'"
 
-_TEXT = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-_TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+#: Binary no-pad collations, best first; ``utf8mb4_bin`` (padding) only where none exists
+#: (MariaDB before 10.2, MySQL before 8.0.17).
+NAMES = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
+_PADDED = "utf8mb4_bin"
+_TEXT = "CHARACTER SET utf8mb4 COLLATE {names}"
+_TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={names}"
+#: Each table's text columns, for the migration to version 2.
+_COLUMNS = {
+    "remoteexec_schema": ["name VARCHAR(32) {text} NOT NULL"],
+    "remoteexec_tasks": [
+        "id VARCHAR(191) {text} NOT NULL",
+        "queue VARCHAR(191) {text} NOT NULL",
+        "reply_to VARCHAR(191) {text} NOT NULL",
+    ],
+    "remoteexec_replies": [
+        "reply_to VARCHAR(191) {text} NOT NULL",
+        "task_id VARCHAR(191) {text} NOT NULL",
+    ],
+    "remoteexec_workers": [
+        "id VARCHAR(191) {text} NOT NULL",
+        "host VARCHAR(255) {text} NOT NULL",
+        "queues TEXT {text} NOT NULL",
+    ],
+    "remoteexec_dead_letters": [
+        "id VARCHAR(191) {text} NOT NULL",
+        "queue VARCHAR(191) {text} NOT NULL",
+        "name VARCHAR(255) {text} NOT NULL",
+        "reason TEXT {text} NOT NULL",
+    ],
+}
 
 _CREATE = [
-    f"""CREATE TABLE IF NOT EXISTS remoteexec_schema (
-    name VARCHAR(32) {_TEXT} NOT NULL PRIMARY KEY,
+    """CREATE TABLE IF NOT EXISTS remoteexec_schema (
+    name VARCHAR(32) {text} NOT NULL PRIMARY KEY,
     version INT NOT NULL
-) {_TABLE}""",
-    f"""CREATE TABLE IF NOT EXISTS remoteexec_tasks (
+) {table}""",
+    """CREATE TABLE IF NOT EXISTS remoteexec_tasks (
     seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    id VARCHAR(191) {_TEXT} NOT NULL,
-    queue VARCHAR(191) {_TEXT} NOT NULL,
-    reply_to VARCHAR(191) {_TEXT} NOT NULL,
+    id VARCHAR(191) {text} NOT NULL,
+    queue VARCHAR(191) {text} NOT NULL,
+    reply_to VARCHAR(191) {text} NOT NULL,
     body LONGBLOB NOT NULL,
     state TINYINT NOT NULL DEFAULT 0,
     attempt INT NOT NULL DEFAULT 0,
@@ -58,36 +92,36 @@ _CREATE = [
     UNIQUE KEY uq_tasks_id (id),
     KEY ix_tasks_claim (queue, state, seq),
     KEY ix_tasks_lease (state, lease_until)
-) {_TABLE}""",
-    f"""CREATE TABLE IF NOT EXISTS remoteexec_replies (
+) {table}""",
+    """CREATE TABLE IF NOT EXISTS remoteexec_replies (
     seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    reply_to VARCHAR(191) {_TEXT} NOT NULL,
-    task_id VARCHAR(191) {_TEXT} NOT NULL,
+    reply_to VARCHAR(191) {text} NOT NULL,
+    task_id VARCHAR(191) {text} NOT NULL,
     body LONGBLOB NOT NULL,
     created DOUBLE NOT NULL,
     KEY ix_replies_to (reply_to, seq),
     KEY ix_replies_created (created)
-) {_TABLE}""",
-    f"""CREATE TABLE IF NOT EXISTS remoteexec_workers (
-    id VARCHAR(191) {_TEXT} NOT NULL PRIMARY KEY,
-    host VARCHAR(255) {_TEXT} NOT NULL,
+) {table}""",
+    """CREATE TABLE IF NOT EXISTS remoteexec_workers (
+    id VARCHAR(191) {text} NOT NULL PRIMARY KEY,
+    host VARCHAR(255) {text} NOT NULL,
     pid INT NOT NULL,
-    queues TEXT {_TEXT} NOT NULL,
+    queues TEXT {text} NOT NULL,
     started DOUBLE NOT NULL,
     last_seen DOUBLE NOT NULL,
     done BIGINT NOT NULL,
     running INT NOT NULL,
     seen_at DOUBLE NOT NULL,
     KEY ix_workers_seen (seen_at)
-) {_TABLE}""",
-    f"""CREATE TABLE IF NOT EXISTS remoteexec_dead_letters (
+) {table}""",
+    """CREATE TABLE IF NOT EXISTS remoteexec_dead_letters (
     seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    id VARCHAR(191) {_TEXT} NOT NULL,
-    queue VARCHAR(191) {_TEXT} NOT NULL,
-    name VARCHAR(255) {_TEXT} NOT NULL,
-    reason TEXT {_TEXT} NOT NULL,
+    id VARCHAR(191) {text} NOT NULL,
+    queue VARCHAR(191) {text} NOT NULL,
+    name VARCHAR(255) {text} NOT NULL,
+    reason TEXT {text} NOT NULL,
     at DOUBLE NOT NULL
-) {_TABLE}""",
+) {table}""",
 ]
 
 # The statements the indexes above serve; times are the server's (see the docstring).
@@ -105,7 +139,8 @@ SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 #: Takes rows under a new token and lease; the caller appends the row condition.
 TAKE = (
     f"UPDATE {TASKS} SET state = 1, token = %s, lease_until = {NOW} + %s, "
-    "attempt = attempt + 1, lock_version = lock_version + 1 WHERE "
+    "attempt = attempt + (attempt < 2147483647), lock_version = (lock_version + 1) MOD 4294967296 "
+    "WHERE "
 )
 #: The row is held by this token under a lease that has not expired.
 HELD = f"id = %s AND token = %s AND state = 1 AND lease_until > {NOW}"
@@ -116,16 +151,43 @@ def marks(n: int) -> str:
     return ", ".join(["%s"] * n)
 
 
-#: Statements that upgrade the schema from version ``n - 1`` to ``n`` (none yet).
-MIGRATIONS: dict[int, list[str]] = {}
+#: Statements that upgrade the schema from version ``n - 1`` to ``n``; ``{text}`` and
+#: ``{names}`` stand for the names' character set and collation.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        f"ALTER TABLE {table} "
+        + ", ".join(f"MODIFY {column}" for column in columns)
+        + ", DEFAULT CHARSET=utf8mb4 COLLATE={names}"
+        for table, columns in _COLUMNS.items()
+    ],
+}
 
 
-def schema_sql() -> list[str]:
-    """The statements that create the current schema; each is safe to run again."""
+def schema_sql(names: str = NAMES[0]) -> list[str]:
+    """The statements that create the current schema, names in collation ``names`` (the
+    default is MariaDB's; MySQL 8 takes ``utf8mb4_0900_bin``); each is safe to run again."""
+    text, table = _TEXT.format(names=names), _TABLE.format(names=names)
     return [
-        *_CREATE,
+        *(sql.format(text=text, table=table) for sql in _CREATE),
         f"INSERT IGNORE INTO remoteexec_schema (name, version) VALUES ('schema', {SCHEMA_VERSION})",
     ]
+
+
+def names_collation(cur: Cursor) -> str:
+    """The first of ``NAMES`` the server has; ``utf8mb4_bin`` (with a warning) if none."""
+    sql = "SELECT COLLATION_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN "
+    sql += f"({marks(len(NAMES))})"
+    [(_, rows)] = execute(cur, sql, NAMES)
+    found = {str(row[0]) for row in rows}
+    for name in NAMES:
+        if name in found:
+            return name
+    log.warning(
+        "this server has no binary no-pad collation (%s): queue names that differ only by "
+        "trailing spaces are the same queue here",
+        " or ".join(NAMES),
+    )
+    return _PADDED
 
 
 def schema_version(cur: Cursor) -> int:
@@ -141,11 +203,13 @@ def schema_version(cur: Cursor) -> int:
 
 def apply_schema(cur: Cursor) -> None:
     """Create the tables if missing and run the migrations the database has not had."""
-    for sql in schema_sql():
+    names = names_collation(cur)
+    for sql in schema_sql(names):
         cur.execute(sql)
+    text = _TEXT.format(names=names)
     for version in range(schema_version(cur) + 1, SCHEMA_VERSION + 1):
         for sql in MIGRATIONS.get(version, []):
-            cur.execute(sql)
+            cur.execute(sql.format(text=text, names=names))
         cur.execute("UPDATE remoteexec_schema SET version = %s WHERE name = 'schema'", (version,))
         log.info("migrated the remoteexec schema to version %d", version)
 

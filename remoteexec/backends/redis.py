@@ -41,9 +41,11 @@ Guarantees and limits:
   is seen when that claim's wait ends (<= 1 s), as a lease running out during a wait is.
 * ``lost(ids)`` compares epochs: each enqueue runs ``SET epoch <random> NX GET``, and this
   object remembers the epoch of every id it sent until its reply comes back. A Redis that
-  came back empty (or with another data set) has a different epoch or none: those ids are
-  lost. A partial loss (an older snapshot under the same epoch) is not seen; ids this object
-  did not send are never reported. Redis must run with ``maxmemory-policy noeviction``.
+  came back empty, or was flushed, has a different epoch or none: those ids are lost. The
+  others are looked for in the waiting lists, claim lists and the reply list (``LRANGE``:
+  a check reads every waiting task, so its cost grows with the backlog); ids this object
+  did not send are never reported. ``purge`` leaves a tombstone per id in the ``purged``
+  sorted set for ``result_ttl``. Redis must run with ``maxmemory-policy noeviction``.
 * Nothing is resent automatically (a resent claim would double up a claim list): a driver
   error is ``BackendUnavailable``, and the next call reconnects. ``BLMPOP`` pops replies:
   if Redis dies between popping them and sending them, they are gone.
@@ -57,7 +59,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -69,6 +71,7 @@ from .base import Claim, Done, Job
 from .redis_lua import Scripts, claim_args, complete_calls
 from .redis_watch import RedisWatching
 from .redis_wire import (
+    BadElement,
     Keys,
     Link,
     blocking_wait,
@@ -76,8 +79,10 @@ from .redis_wire import (
     complete_batch,
     connect,
     hand_back,
+    log,
     map_redis_errors,
     pack_task,
+    quarantine,
     raw,
     requeue,
     ring_commands,
@@ -271,7 +276,7 @@ class RedisBackend(RedisWatching):
             if not expired or last:
                 break
             # Expired tasks are older than any waiting one: they go first, then these again.
-            requeue(self._redis(), self._keys, queue, [t.decode() for t in expired], claims)
+            requeue(self._redis(), self._keys, queue, expired, claims)
             block, self._ask[queue] = 0.0, n
         return claims or []
 
@@ -303,7 +308,7 @@ class RedisBackend(RedisWatching):
         expired, due, moved, waiting = reply
         self._note_due(queue, now, due)
         self._idle[queue] = waiting == 0
-        claims = [unpack_task(e, queue, t) for t, e in zip(tokens, moved, strict=False)]
+        claims = self._unpacked(queue, zip(tokens, moved, strict=False))
         return claims, expired, first
 
     def _plain_pass(
@@ -339,11 +344,24 @@ class RedisBackend(RedisWatching):
         self._note_due(queue, now, out[-ask - 1])
         self._idle[queue] = waiting == 0
         moved = list(zip(tokens, out[-ask:], strict=True))
-        claims = [unpack_task(e, queue, t) for t, e in moved if e is not None]
+        claims = self._unpacked(queue, [(t, e) for t, e in moved if e is not None])
         self._forget(queue, [t for t, e in moved if e is None])
         full = len(claims) == ask and waiting > 0  # then ask for more next time
         self._ask[queue] = 2 * len(claims) if full else max(1, len(claims))
         return claims, expired, first
+
+    def _unpacked(self, queue: str, moved: Iterable[tuple[str, bytes]]) -> list[Claim]:
+        """The claims of the task elements moved under each token; malformed elements go
+        to the dead letters (``redis_wire.quarantine``), never to the caller."""
+        claims, bad = [], []
+        for token, elem in moved:
+            try:
+                claims.append(unpack_task(elem, queue, token))
+            except BadElement as exc:
+                bad.append((token, elem, str(exc)))
+        if bad:
+            quarantine(self._redis(), self._keys, queue, bad)
+        return claims
 
     def _note_due(self, queue: str, now: float, due: Any) -> None:
         """Remember when the next lease seen (``[member, score]``) is due, within 1 s."""
@@ -426,7 +444,7 @@ class RedisBackend(RedisWatching):
             else:
                 accepted = _accepted(done, out)
             if expired:  # as in _claim_queue: the expired tasks go first
-                requeue(self._redis(), self._keys, queue, [t.decode() for t in expired], claims)
+                requeue(self._redis(), self._keys, queue, expired, claims)
                 claims = self._claim_queue(queue, limit, lease)
         return accepted, claims
 
@@ -468,7 +486,11 @@ class RedisBackend(RedisWatching):
         bodies = []
         with self._lock:
             for elem in got[1] if got else ():
-                ident, body = unpack_reply(elem)
+                try:
+                    ident, body = unpack_reply(elem)
+                except BadElement as exc:  # written by someone else: no call is waiting on it
+                    log.error("dropped a malformed reply element: %s", exc)
+                    continue
                 self._sent.pop(ident, None)
                 bodies.append(body)
         return bodies

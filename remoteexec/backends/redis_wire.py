@@ -8,7 +8,9 @@ the byte layout of list elements, and the stateless command batches the adapter 
   the URL's password scrubbed from the message.
 * ``Keys`` names every key under the prefix (the layout is drawn in ``redis.py``).
 * A task element is ``>IHH`` (attempt, len(id), len(reply_to)), then id, reply_to and body;
-  a reply element is ``>H`` (len(id)), then id and the reply.
+  a reply element is ``>H`` (len(id)), then id and the reply. Every element read back is
+  untrusted: one not in this layout raises ``BadElement``, and a malformed task element is
+  moved out of its queue into the dead letters (``quarantine``), never claimed.
 * ``claim_pass``, ``complete_batch``, ``requeue``, ``hand_back`` and ``ring`` build (or send)
   the commands of one step, given the keys; why they are safe is in ``redis.py``. The state
   they depend on (tokens, epochs, what was sent) stays in ``RedisBackend``.
@@ -18,22 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 
-from ..errors import BackendUnavailable, ConfigurationError
-from .base import Claim, Done
+from ..errors import BackendUnavailable, ConfigurationError, SerializationError
+from .base import Claim, DeadLetter, Done
 
 _pack_one: Callable[[tuple[Any, ...]], bytes] | None
 try:  # hiredis packs a command in C; redis-py wraps each in a few µs of Python
@@ -50,18 +53,53 @@ log = logging.getLogger("remoteexec.redis")  # the adapter's logger, as in redis
 _HEAD = struct.Struct(">IHH")  # attempt, len(id), len(reply_to); then id, reply_to, body
 _ID = struct.Struct(">H")  # a reply element: len(id), id, reply
 _BELLS = 16  # doorbells kept per queue
+_MAX_ATTEMPT = 2**32 - 1  # what the attempt field holds
+MAX_DEAD = 1000  # dead letters kept
 _IDLE_CHECK = 0.005  # seconds idle after which a connection is checked before use
 
 # URL options ---------------------------------------------------------------------------
 
 
+#: The URL options passed on to redis-py (``?prefix=`` is the adapter's own): only these,
+#: so a misspelt option is a ``ConfigurationError``, not a ``TypeError`` at first use.
+#: Nothing that would let redis-py resend a command or decode replies.
+_OPTIONS = (
+    *("db", "username", "password", "client_name", "health_check_interval"),
+    *("socket_timeout", "socket_connect_timeout"),
+)
+_TCP_OPTIONS = ("socket_keepalive",)  # not on unix://
+_TLS_OPTIONS = (  # rediss:// only
+    *("ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"),
+    *("ssl_password", "ssl_check_hostname", "ssl_min_version", "ssl_ciphers"),
+)
+
+
 def split_prefix(url: str) -> tuple[str, str]:
     """``url`` without its ``?prefix=`` option, and that prefix (``remoteexec:`` if none)."""
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    prefix = dict(pairs).get("prefix", "remoteexec:")
+    rest = urlencode([(k, v) for k, v in pairs if k != "prefix"])
+    # Not urlunsplit: it would make ``unix:///path.sock`` ``unix:/path.sock``.
+    return base + ("?" + rest if rest else ""), prefix
+
+
+def check_options(url: str) -> None:
+    """Refuse a URL option redis-py does not take for this scheme, naming it.
+
+    Raises:
+        ConfigurationError: an unknown option.
+    """
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = dict(query).get("prefix", "remoteexec:")
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
+    scheme = parts.scheme.lower()
+    known = [*_OPTIONS, *(_TCP_OPTIONS if scheme != "unix" else ())]
+    known += _TLS_OPTIONS if scheme == "rediss" else ()
+    for key, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in known:
+            raise ConfigurationError(
+                f"unknown Redis URL option {key!r:.60} for {scheme}://; "
+                f"known options: prefix, {', '.join(known)}"
+            )
 
 
 def secrets_in(url: str) -> list[str]:
@@ -86,6 +124,7 @@ def connect(url: str, *, socket_timeout: float, secrets: Sequence[str]) -> redis
     Raises:
         ConfigurationError: the URL or one of its options is invalid.
     """
+    check_options(url)
     try:
         return redis.Redis.from_url(
             url,
@@ -279,6 +318,10 @@ class Keys:
     def claim(self, queue: str, token: str) -> str:
         return self._of(queue, "c:" + token)
 
+    def claim_raw(self, queue: str, token: bytes) -> bytes:
+        """``claim`` for a token as read from the leases set (any bytes, not ours only)."""
+        return self._of(queue, "c:").encode() + token
+
     def replies(self, reply_to: str) -> str:
         return self._of(reply_to, "r")
 
@@ -302,21 +345,61 @@ class Keys:
 # List elements -------------------------------------------------------------------------
 
 
+class BadElement(SerializationError):
+    """A list element read from Redis that is not in this module's layout."""
+
+
 def pack_task(task_id: str, reply_to: str, attempt: int, body: bytes) -> bytes:
     i, r = task_id.encode(), reply_to.encode()
     return _HEAD.pack(attempt, len(i), len(r)) + i + r + body
 
 
 def unpack_task(elem: bytes, queue: str, token: str) -> Claim:
-    attempt, n, m = _HEAD.unpack_from(elem)
+    """The claim a task element holds.
+
+    Raises:
+        BadElement: it is shorter than its header says, or its id or reply_to is not
+            UTF-8.
+    """
+    attempt, n, m = _task_head(elem)
     i = _HEAD.size
-    ident, reply_to = elem[i : i + n].decode(), elem[i + n : i + n + m].decode()
+    try:
+        ident, reply_to = elem[i : i + n].decode(), elem[i + n : i + n + m].decode()
+    except UnicodeDecodeError:
+        raise BadElement("task element: its id or reply_to is not UTF-8") from None
     return Claim(ident, queue, reply_to, elem[i + n + m :], attempt, token)
 
 
-def next_attempt(elem: bytes) -> tuple[int, bytes]:
-    """A task element's attempt, and the element with its attempt one higher."""
+def _task_head(elem: Any) -> tuple[int, int, int]:
+    if type(elem) is not bytes:
+        raise BadElement(f"task element is a {type(elem).__name__}, not bytes")
+    if len(elem) < _HEAD.size:
+        raise BadElement(f"task element of {len(elem)} bytes: shorter than its header")
     attempt, n, m = _HEAD.unpack_from(elem)
+    if _HEAD.size + n + m > len(elem):
+        raise BadElement(f"task element of {len(elem)} bytes: id and reply_to overrun it")
+    return attempt, n, m
+
+
+def task_id_of(elem: Any) -> str:
+    """Best effort, for a dead letter: the id of a task element, or ``"?"``. Never raises."""
+    try:
+        _, n, _ = _task_head(elem)
+    except BadElement:
+        return "?"
+    return str(elem[_HEAD.size : _HEAD.size + n].decode("utf-8", "replace"))
+
+
+def next_attempt(elem: bytes) -> tuple[int, bytes]:
+    """A task element's attempt, and the element with its attempt one higher.
+
+    Raises:
+        BadElement: as ``unpack_task``, or its attempt cannot be raised.
+    """
+    unpack_task(elem, "", "")
+    attempt, n, m = _HEAD.unpack_from(elem)
+    if attempt >= _MAX_ATTEMPT:
+        raise BadElement(f"task element with attempt {attempt}: cannot count another")
     return attempt, _HEAD.pack(attempt + 1, n, m) + elem[_HEAD.size :]
 
 
@@ -326,9 +409,42 @@ def pack_reply(task_id: str, reply: bytes) -> bytes:
 
 
 def unpack_reply(elem: bytes) -> tuple[str, bytes]:
-    """A reply element's task id and reply."""
+    """A reply element's task id and reply.
+
+    Raises:
+        BadElement: it is shorter than its header says, or its id is not UTF-8.
+    """
+    if type(elem) is not bytes or len(elem) < _ID.size:
+        raise BadElement("reply element shorter than its header")
     start = _ID.size + _ID.unpack_from(elem)[0]
-    return elem[_ID.size : start].decode(), elem[start:]
+    if start > len(elem):
+        raise BadElement(f"reply element of {len(elem)} bytes: its id overruns it")
+    try:
+        return elem[_ID.size : start].decode(), elem[start:]
+    except UnicodeDecodeError:
+        raise BadElement("reply element: its id is not UTF-8") from None
+
+
+def dead_element(p: Pipeline, keys: Keys, queue: str, elem: Any, reason: str) -> None:
+    """Queue on ``p`` the dead letter of a malformed task element of ``queue``, logged."""
+    log.error("malformed task element in queue %r moved to the dead letters: %s", queue, reason)
+    reason = f"malformed task element: {reason}"
+    letter = DeadLetter(task_id_of(elem), queue, "?", reason, time.time())
+    p.lpush(keys.dead, json.dumps(asdict(letter)))
+    p.ltrim(keys.dead, 0, MAX_DEAD - 1)
+
+
+def quarantine(
+    client: redis.Redis, keys: Keys, queue: str, bad: Sequence[tuple[str, bytes, str]]
+) -> None:
+    """Move malformed task elements, each ``(token, element, reason)`` just claimed, out
+    of their claim lists and leases into the dead letters."""
+    with client.pipeline(transaction=True) as p:
+        for token, elem, reason in bad:
+            p.delete(keys.claim(queue, token))
+            p.zrem(keys.leases(queue), token)
+            dead_element(p, keys, queue, elem, reason)
+        p.execute()
 
 
 # Command batches -----------------------------------------------------------------------
@@ -358,15 +474,21 @@ def hand_back(p: Pipeline, keys: Keys, claims: Sequence[Claim]) -> None:
 
 
 def requeue(
-    client: redis.Redis, keys: Keys, queue: str, tokens: list[str], claims: Sequence[Claim] = ()
+    client: redis.Redis,
+    keys: Keys,
+    queue: str,
+    tokens: Sequence[bytes],
+    claims: Sequence[Claim] = (),
 ) -> None:
     """Put the tasks of expired leases back at the head of their queue, attempt + 1.
 
     Each step is conditional on the claim list still existing, so a holder completing
     or releasing meanwhile wins, and a second reaper changes nothing. ``claims`` are
-    handed back first, so they end up behind the requeued tasks.
+    handed back first, so they end up behind the requeued tasks. ``tokens`` are the
+    leases set's members as read (bytes): a malformed element found under one goes to
+    the dead letters instead.
     """
-    claimed = [keys.claim(queue, t) for t in tokens]
+    claimed = [keys.claim_raw(queue, t) for t in tokens]
     with client.pipeline(transaction=False) as p:
         for key in claimed:
             p.lindex(key, 0)
@@ -376,10 +498,15 @@ def requeue(
         for key, elem in zip(claimed, elems, strict=True):
             if elem is None:
                 continue  # completed, released, or a token that never got a task
-            attempt, again = next_attempt(elem)
+            try:
+                attempt, again = next_attempt(elem)
+            except BadElement as exc:
+                dead_element(p, keys, queue, elem, str(exc))
+                p.delete(key)
+                continue
             log.warning("lease expired on attempt %d of a task in %r: requeued", attempt, queue)
             raw(p)("RPUSHX", key, again)
-            p.lmove(key, keys.waiting(queue), "RIGHT", "RIGHT")
+            raw(p)("LMOVE", key, keys.waiting(queue), "RIGHT", "RIGHT")
             p.delete(key)
         p.zrem(keys.leases(queue), *tokens)
         ring(p, keys, queue, len(tokens))

@@ -14,6 +14,8 @@ a commit survives a crashed process (a power cut may lose the last few). Beyond 
   50th of the time since this backend last found work: 0.2 ms while calls flow (a
   blocking call's reply is seen within one), up to 25 ms after 1.25 s of idleness.
 * Re-enqueueing an id that is still held changes nothing: a retried ``enqueue`` is safe.
+* A reply row carries its task's id, so ``lost`` sees an answered task in one snapshot;
+  ``purge`` leaves a tombstone per deleted id (table ``purged``) for ``result_ttl``.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from typing import Any, TypeVar
 
 from ..errors import BackendUnavailable, ConfigurationError
 from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .rows import dead_letter, worker_info
 
 log = logging.getLogger("remoteexec.sqlite")
 
 T = TypeVar("T")
 
 #: The schema this module creates, recorded in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MAX_DEAD = 1000
 _BUSY_TIMEOUT = 1.0  # SQLite's own wait for a lock, per try
 _RETRY_FOR = 30.0  # total time spent retrying a busy database before giving up
@@ -57,8 +60,11 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY) WITHOUT ROWID",
     """CREATE TABLE IF NOT EXISTS replies (
         seq INTEGER PRIMARY KEY, reply_to TEXT NOT NULL, body BLOB NOT NULL,
-        created REAL NOT NULL)""",
+        created REAL NOT NULL, task_id TEXT)""",
     "CREATE INDEX IF NOT EXISTS replies_to ON replies (reply_to)",
+    # Tombstones of purged tasks, kept result_ttl seconds: see purged().
+    "CREATE TABLE IF NOT EXISTS purged (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS purged_at ON purged (at)",
     """CREATE TABLE IF NOT EXISTS workers (
         id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, queues TEXT NOT NULL,
         started REAL NOT NULL, last_seen REAL NOT NULL, done INTEGER NOT NULL,
@@ -74,13 +80,14 @@ _ENQUEUE = (
     "ON CONFLICT (id) DO NOTHING"
 )
 # Oldest first among waiting tasks and expired leases of one queue (?3), up to ?5 of them.
+# A lease_until that is text or a blob (they sort after every number) holds no lease.
 _CLAIM = """UPDATE tasks SET attempt = attempt + 1, token = ?1 || seq, lease_until = ?2
 WHERE seq IN (
     SELECT seq FROM (SELECT seq FROM tasks WHERE queue = ?3 AND token IS NULL
                      ORDER BY seq LIMIT ?5)
     UNION ALL
     SELECT seq FROM (SELECT seq FROM tasks WHERE queue = ?3 AND token IS NOT NULL
-                     AND lease_until <= ?4 ORDER BY seq LIMIT ?5)
+                     AND (lease_until <= ?4 OR lease_until >= '') ORDER BY seq LIMIT ?5)
     ORDER BY seq LIMIT ?5)
 RETURNING seq, id, reply_to, body, attempt, token"""
 _PEEK = (
@@ -96,6 +103,16 @@ _DEPTH = (  # per queue: waiting (or lease expired), running
 
 # Connections a forked child inherited: kept referenced, never closed, because closing
 # them would drop the locks the child's own connections hold on the same file.
+_STARTS = (  # made on first use: only workers with secrets need it
+    """CREATE TABLE IF NOT EXISTS starts (id TEXT PRIMARY KEY, n INTEGER NOT NULL,
+        done INTEGER NOT NULL, keep_until REAL NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS starts_expiry ON starts (keep_until)",
+)
+_NOTE_START = """INSERT INTO starts VALUES (?1, 1, 0, ?2) ON CONFLICT (id) DO UPDATE
+    SET n = n + 1, keep_until = max(keep_until, ?2) RETURNING n - 1, done"""
+_FORGET_STARTS = (
+    "DELETE FROM starts WHERE id IN (SELECT id FROM starts WHERE keep_until < ? LIMIT 100)"
+)
 _ORPHANS: list[sqlite3.Connection] = []
 _LOCK = threading.Lock()
 
@@ -157,6 +174,12 @@ class SQLiteBackend(Backend):
         """
         prefix = "sqlite:///"
         path = url[len(prefix) :] if url[: len(prefix)].lower() == prefix else ""
+        if "?" in path:  # SQLite URLs take no options: name the first one given
+            option = path.partition("?")[2].split("&")[0].split("=")[0]
+            raise ConfigurationError(
+                f"malformed SQLite URL {url!r}: unknown option {option!r:.60} "
+                "(sqlite:/// URLs take no options)"
+            )
         if not path or path.endswith("/") or "?" in path or "#" in path or path == ":memory:":
             raise ConfigurationError(
                 f"malformed SQLite URL {url!r}: use sqlite:///relative/path.db or "
@@ -177,6 +200,7 @@ class SQLiteBackend(Backend):
             conn = sqlite3.connect(
                 self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
+            conn.text_factory = _text
             self._conns.append(conn)
         try:
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
@@ -277,10 +301,12 @@ class SQLiteBackend(Backend):
             if len(claims) >= limit:
                 break
             rows = conn.execute(_CLAIM, (token, now + lease, queue, now, limit - len(claims)))
-            claims += (
-                Claim(task_id, queue, reply_to, body, attempt, tok)
-                for _, task_id, reply_to, body, attempt, tok in sorted(rows.fetchall())
-            )
+            for seq, task_id, reply_to, body, attempt, tok in sorted(rows.fetchall()):
+                if type(task_id) is type(reply_to) is str and type(body) is bytes:
+                    if type(attempt) is int:
+                        claims.append(Claim(task_id, queue, reply_to, body, attempt, tok))
+                        continue
+                _quarantine(conn, seq, queue, task_id, (task_id, reply_to, body, attempt))
         return claims
 
     def _next_due(self, conn: sqlite3.Connection, queues: Sequence[str]) -> float:
@@ -289,8 +315,8 @@ class SQLiteBackend(Backend):
             waiting, lease_until = conn.execute(_PEEK, (queue,)).fetchone()
             if waiting:
                 return 0.0
-            if lease_until is not None:
-                due = min(due, lease_until)
+            if lease_until is not None:  # not a number: a claim takes that row now
+                due = min(due, lease_until if type(lease_until) in (int, float) else 0.0)
         return due
 
     def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
@@ -311,9 +337,9 @@ class SQLiteBackend(Backend):
                 conn.execute(sql, (d.claim.id, d.claim.token, now)).rowcount == 1 for d in done
             ]
             conn.executemany(
-                "INSERT INTO replies (reply_to, body, created) VALUES (?, ?, ?)",
+                "INSERT INTO replies (reply_to, body, created, task_id) VALUES (?, ?, ?, ?)",
                 [
-                    (d.claim.reply_to, d.reply, now)
+                    (d.claim.reply_to, d.reply, now, d.claim.id)
                     for d, ok in zip(done, accepted, strict=True)
                     if ok and d.reply is not None
                 ],
@@ -349,7 +375,7 @@ class SQLiteBackend(Backend):
             rows = conn.execute(
                 "DELETE FROM replies WHERE reply_to = ? RETURNING seq, body", (reply_to,)
             ).fetchall()
-            return [body for _, body in sorted(rows)]
+            return [body for _, body in sorted(rows) if _is_bytes(body, "reply body")]
 
         while True:
             # Look before taking the write lock: most polls find nothing.
@@ -378,12 +404,30 @@ class SQLiteBackend(Backend):
 
         self._run(tx)
 
+    def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
+        def tx(conn: sqlite3.Connection) -> list[tuple[int, bool]]:
+            for sql in _STARTS:
+                conn.execute(sql)
+            conn.execute(_FORGET_STARTS, (time.time(),))
+            rows = [conn.execute(_NOTE_START, s).fetchone() for s in starts]
+            return [(_count(n), bool(done)) for n, done in rows]
+
+        return self._run(tx)
+
+    def note_completed(self, ids: Sequence[str]) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(_STARTS[0])
+            conn.executemany("UPDATE starts SET done = 1 WHERE id = ?", [(i,) for i in ids])
+
+        self._run(tx)
+
     def stats(self) -> Stats:
         def tx(conn: sqlite3.Connection) -> Stats:
             now = time.time()
-            depth = {name: 0 for (name,) in conn.execute("SELECT name FROM queues")}
+            names = conn.execute("SELECT name FROM queues")
+            depth = {name: 0 for (name,) in names if type(name) is str}
             rows = conn.execute(_DEPTH, (now,)).fetchall()
-            depth.update((queue, int(waiting)) for queue, waiting, _ in rows)
+            depth.update((queue, int(waiting)) for queue, waiting, _ in rows if type(queue) is str)
             workers = conn.execute(
                 "SELECT * FROM workers WHERE last_seen > ? ORDER BY started, id",
                 (now - self.worker_ttl,),
@@ -392,18 +436,56 @@ class SQLiteBackend(Backend):
             return Stats(
                 depth,
                 int(sum(held for _, _, held in rows)),
-                [_worker(*w) for w in workers],
-                [DeadLetter(*d) for d in dead],
+                [w for w in map(worker_info, workers) if w is not None],
+                [d for d in map(dead_letter, dead) if d is not None],
             )
 
         return self._run(tx, "DEFERRED")
 
     def purge(self, queue: str | None = None) -> int:
-        sql = "DELETE FROM tasks WHERE (token IS NULL OR lease_until <= ?)"
-        args: tuple[Any, ...] = (time.time(),)
+        """Delete waiting tasks and expired leases, leaving a tombstone for each."""
+        sql = "DELETE FROM tasks WHERE (token IS NULL OR lease_until <= ?1)"
         if queue is not None:
-            sql, args = sql + " AND queue = ?", (*args, queue)
-        return self._run(lambda conn: conn.execute(sql, args).rowcount)
+            sql += " AND queue = ?2"
+
+        def tx(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            args = (now,) if queue is None else (now, queue)
+            ids = [(i, now) for (i,) in conn.execute(sql + " RETURNING id", args).fetchall()]
+            conn.executemany("INSERT OR REPLACE INTO purged (id, at) VALUES (?, ?)", ids)
+            return len(ids)
+
+        return self._run(tx)
+
+    def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
+        """One snapshot: the ids with neither a task row nor a reply to ``reply_to``."""
+
+        def tx(conn: sqlite3.Connection) -> set[str]:
+            found: set[Any] = set()
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk)
+                found.update(i for (i,) in rows)
+                rows = conn.execute(
+                    f"SELECT task_id FROM replies WHERE reply_to = ? AND task_id IN ({marks})",
+                    (reply_to, *chunk),
+                )
+                found.update(i for (i,) in rows)
+            return set(ids) - found
+
+        return self._run(tx, "DEFERRED") if ids else set()
+
+    def purged(self, ids: Sequence[str]) -> set[str]:
+        def tx(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            cutoff = time.time() - self.result_ttl
+            for chunk in _chunks(ids):
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT id FROM purged WHERE at > ? AND id IN ({marks})"
+                found.update(i for (i,) in conn.execute(sql, (cutoff, *chunk)))
+            return found
+
+        return self._run(tx, "DEFERRED") if ids else set()
 
     def sweep(self) -> None:
         """Delete replies older than ``result_ttl`` and workers silent for ``worker_ttl``."""
@@ -411,6 +493,7 @@ class SQLiteBackend(Backend):
         def tx(conn: sqlite3.Connection) -> None:
             now = time.time()
             conn.execute("DELETE FROM replies WHERE created < ?", (now - self.result_ttl,))
+            conn.execute("DELETE FROM purged WHERE at < ?", (now - self.result_ttl,))
             conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - self.worker_ttl,))
 
         self._run(tx)
@@ -444,10 +527,58 @@ def _create_schema(conn: sqlite3.Connection, path: str) -> None:
             f"version {SCHEMA_VERSION} (upgrade remoteexec)"
         )
     if version < SCHEMA_VERSION:
-        _transaction(conn, "IMMEDIATE", lambda c: [c.execute(sql) for sql in _SCHEMA])
+        _transaction(conn, "IMMEDIATE", _migrate)
 
 
-def _worker(
-    wid: str, host: str, pid: int, queues: str, started: float, seen: float, done: int, run: int
-) -> WorkerInfo:
-    return WorkerInfo(wid, host, pid, json.loads(queues), started, seen, done, run)
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring version 1 (replies without task ids) up to date."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()  # under the write lock
+    if version == 1:
+        conn.execute("ALTER TABLE replies ADD COLUMN task_id TEXT")
+    if version < SCHEMA_VERSION:
+        for sql in _SCHEMA:
+            conn.execute(sql)
+
+
+def _chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """``ids`` in slices that stay below SQLite's limit on bound parameters."""
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _count(n: object) -> int:
+    """A start count read back; anything but an int (a row written by someone else) counts
+    as many starts, so the task is not run."""
+    return n if type(n) is int else 2**31
+
+
+def _text(raw: bytes) -> str | bytes:
+    """Every connection's ``text_factory``: text that is not UTF-8 (written by someone
+    else) reads as bytes, which the readers' type checks refuse, instead of failing the
+    whole statement."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def _is_bytes(value: object, what: str) -> bool:
+    if type(value) is bytes:
+        return True
+    log.error("dropped a %s that is a %s, not a blob", what, type(value).__name__)
+    return False
+
+
+def _quarantine(
+    conn: sqlite3.Connection, seq: int, queue: str, task_id: object, row: tuple[Any, ...]
+) -> None:
+    """Move a claimed task row with type-confused columns to the dead letters."""
+    kinds = ", ".join(type(v).__name__ for v in row)
+    reason = f"malformed task row: (id, reply_to, body, attempt) are ({kinds})"
+    log.error("task row %d in queue %r moved to the dead letters: %s", seq, queue, reason)
+    ident = task_id if type(task_id) is str else repr(task_id)[:200]
+    conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))
+    last = conn.execute(
+        "INSERT INTO dead (id, queue, name, reason, at) VALUES (?, ?, ?, ?, ?)",
+        (ident, queue, "?", reason, time.time()),
+    ).lastrowid
+    conn.execute("DELETE FROM dead WHERE seq <= ?", ((last or 0) - _MAX_DEAD,))

@@ -92,3 +92,19 @@ class Ledgered:
         _note(ledger, "start", i, pid, time.time())
         _note(ledger, "end", i, pid, time.time())
         return i
+
+
+@remote(time_limit=30)
+class LimitedPoison:
+    """Kills the process it runs in (a time-limited task's helper) on every attempt."""
+
+    def execute(self):
+        os._exit(9)
+
+
+@remote(time_limit=30)
+class LimitedNested:
+    """A time-limited task (run in a helper process) that calls another task."""
+
+    def execute(self, n):
+        return [os.getpid(), CalculateMultipleOfPi.execute.options(timeout=20)(n)]

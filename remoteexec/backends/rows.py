@@ -1,0 +1,87 @@
+"""Registry and dead-letter rows read back from a broker, parsed as untrusted input.
+
+Anyone with write access to the broker may have written them, so every field is checked
+for type: a row that is not what a backend writes gives None, for the caller to skip (and,
+for a worker's registry row, to remove). Nothing here raises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from .base import DeadLetter, WorkerInfo
+
+__all__ = ["dead_letter", "dead_letter_json", "worker_info", "worker_json"]
+
+_WORKER_FIELDS = tuple(f.name for f in fields(WorkerInfo))
+_DEAD_FIELDS = tuple(f.name for f in fields(DeadLetter))
+
+
+def _time(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
+def worker_info(row: Sequence[Any]) -> WorkerInfo | None:
+    """A ``WorkerInfo`` from its fields in order (``queues`` a list of str, or that list
+    as JSON text); None if a field has the wrong type."""
+    if len(row) != len(_WORKER_FIELDS):
+        return None
+    wid, host, pid, queues, started, last_seen, done, running = row
+    if type(queues) is str:
+        queues = _json(queues)
+    if not (
+        type(wid) is str
+        and type(host) is str
+        and _count(pid)
+        and type(queues) is list
+        and all(type(q) is str for q in queues)
+        and _time(started)
+        and _time(last_seen)
+        and _count(done)
+        and _count(running)
+    ):
+        return None
+    return WorkerInfo(wid, host, pid, queues, float(started), float(last_seen), done, running)
+
+
+def worker_json(text: Any) -> WorkerInfo | None:
+    """A ``WorkerInfo`` from the JSON object a backend stored; None if it is not one."""
+    data = _json(text)
+    if type(data) is not dict or tuple(sorted(data)) != tuple(sorted(_WORKER_FIELDS)):
+        return None
+    return worker_info([data[name] for name in _WORKER_FIELDS])
+
+
+def dead_letter(row: Sequence[Any]) -> DeadLetter | None:
+    """A ``DeadLetter`` from its fields in order; None if a field has the wrong type."""
+    if len(row) != len(_DEAD_FIELDS):
+        return None
+    task_id, queue, name, reason, at = row
+    if not (type(task_id) is type(queue) is type(name) is type(reason) is str and _time(at)):
+        return None
+    return DeadLetter(task_id, queue, name, reason, float(at))
+
+
+def dead_letter_json(text: Any) -> DeadLetter | None:
+    """A ``DeadLetter`` from the JSON object a backend stored; None if it is not one."""
+    data = _json(text)
+    if type(data) is not dict or tuple(sorted(data)) != tuple(sorted(_DEAD_FIELDS)):
+        return None
+    return dead_letter([data[name] for name in _DEAD_FIELDS])
+
+
+def _json(text: Any) -> Any:
+    if not isinstance(text, (str, bytes)):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
