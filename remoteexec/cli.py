@@ -176,7 +176,7 @@ def _watch(args: argparse.Namespace) -> None:
 
 def _call(args: argparse.Namespace) -> None:
     from .client import Client
-    from .proxy import CallOptions
+    from .future import CallOptions
 
     try:
         values: list[Any] = [json.loads(a) for a in args.args]

@@ -31,13 +31,14 @@ from .errors import (
     BackendUnavailable,
     CallLost,
     CallTimeout,
+    ConfigurationError,
     RemoteExecError,
     SignatureError,
     remote_error,
 )
+from .future import CallOptions, RemoteFuture
 from .liveness import Liveness
 from .message import Call, Codec, Failure
-from .proxy import CallOptions, RemoteFuture
 
 log = logging.getLogger("remoteexec.client")
 
@@ -85,6 +86,7 @@ class Client:
         self._liveness = Liveness(self._backend, self.reply_to)
         self._warned_queues: set[str] = set()
         self._rejected: dict[str, RemoteExecError] = {}  # forged-looking replies, by id
+        self.duplicate_replies = 0  # replies read for a call already settled or unknown
 
     def __enter__(self) -> Client:
         return self
@@ -177,6 +179,12 @@ class Client:
     def _prepare(
         self, task: str, method: str, calls: Calls, options: CallOptions | None
     ) -> tuple[list[Job], list[RemoteFuture[Any]]]:
+        module = importing_tasks.get()
+        if module is not None:
+            raise ConfigurationError(
+                f"remote call made while the worker imports task module {module!r}: "
+                "put the call under `if __name__ == '__main__':`"
+            )
         self._ensure()
         opts = options or CallOptions()
         settings = self.settings
@@ -230,10 +238,12 @@ class Client:
                     self._pending.pop(future.task_id, None)
             raise
 
-    def _withdraw(self, future: RemoteFuture[Any]) -> bool:
-        if future._client is not self or self._pid != os.getpid():
+    def withdraw(self, future: RemoteFuture[Any]) -> bool:
+        """Withdraw ``future``'s task if no worker has claimed it; True if it was (what
+        ``RemoteFuture.cancel`` asks)."""
+        if not future.made_by(self) or self._pid != os.getpid():
             return False
-        if not self._backend.cancel(future._job):
+        if not self._backend.cancel(future.job):
             return False
         with self._lock:
             self._pending.pop(future.task_id, None)
@@ -246,7 +256,7 @@ class Client:
 
         def withdraw() -> None:
             try:
-                if self._backend.cancel(future._job):
+                if self._backend.cancel(future.job):
                     log.info("withdrew task %s: its caller stopped waiting", future.task_id)
             except Exception as exc:
                 log.warning("could not withdraw task %s: %s", future.task_id, exc)
@@ -383,6 +393,7 @@ class Client:
         with self._lock:
             future = self._pending.pop(reply.id, None)
         if future is None or future.done():
+            self.duplicate_replies += 1
             log.debug("dropped a late or duplicate reply for %s", reply.id)
         elif reply.failure is None:
             future.set_result(reply.value)
@@ -409,7 +420,7 @@ class Client:
             return
         self._next_worker_check = now + 5.0
         with self._lock:
-            waiting = {f._job.queue for f in self._pending.values() if now - f.submitted > 10.0}
+            waiting = {f.job.queue for f in self._pending.values() if now - f.submitted > 10.0}
         waiting -= self._warned_queues
         if not waiting:
             return
@@ -455,6 +466,9 @@ def failure_error(failure: Failure) -> RemoteExecError:
 
 
 _current: ContextVar[Client | None] = ContextVar("remoteexec_client", default=None)
+# The task module a worker is importing (set by ``tasks.import_tasks``). A call made then
+# would never be answered: the worker serves nothing until its imports are done.
+importing_tasks: ContextVar[str | None] = ContextVar("remoteexec_importing", default=None)
 _default: Client | None = None
 _default_lock = threading.Lock()
 

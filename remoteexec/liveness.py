@@ -31,7 +31,7 @@ from typing import Any
 
 from .backends import Backend
 from .errors import BackendUnavailable, CallLost, CallPurged, RemoteExecError
-from .proxy import RemoteFuture
+from .future import RemoteFuture
 
 log = logging.getLogger("remoteexec.client")
 
@@ -64,7 +64,7 @@ class Liveness:
         now = time.time()
         age = 0.0 if after_outage else LIVENESS_AFTER
         futures = list(futures)
-        queues = {f.task_id: f._job.queue for f in futures if now - f.submitted > age}
+        queues = {f.task_id: f.job.queue for f in futures if now - f.submitted > age}
         if not queues:
             # None is old enough: no need to look before the oldest one is.
             oldest = min((f.submitted for f in futures), default=math.inf)

@@ -1,4 +1,4 @@
-"""What a caller holds: the class proxy, its remote methods, and ``RemoteFuture``.
+"""What a caller holds: the class proxy and its remote methods.
 
 ``@remote`` returns a ``RemoteClass``, a ``wrapt.ObjectProxy`` around the real class: class
 attributes, ``isinstance`` and ``__wrapped__`` behave as before, while a public method
@@ -14,71 +14,26 @@ and queues are checked where they are given (``config.check_name``): a bad one i
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import itertools
-import time
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import wrapt
 
-from .config import check_attempts, check_name
+from .config import check_name
+from .future import CallOptions, RemoteFuture
 
 if TYPE_CHECKING:
     from .client import Client
+
+__all__ = ["CallOptions", "NamedProxy", "RemoteClass", "RemoteFuture", "RemoteMethod", "proxy"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class RemoteFuture(concurrent.futures.Future[R]):
-    """The pending result of a remote call: a ``concurrent.futures.Future`` you can await.
-
-    ``cancel()`` withdraws the task if no worker has claimed it yet.
-    """
-
-    def __init__(self, client: Client, task_id: str, job: Any) -> None:
-        super().__init__()
-        self.task_id = task_id
-        self.submitted = time.time()
-        self._client = client
-        self._job = job
-        self.expiry: tuple[float, str, str] | None = None  # (deadline, id, timeout message)
-
-    def cancel(self) -> bool:
-        """Withdraw the task if no worker has started it; True if it was withdrawn."""
-        if self.done():
-            return super().cancel()
-        if not self._client._withdraw(self):
-            return False
-        return super().cancel()
-
-    def __await__(self) -> Generator[Any, None, R]:
-        return asyncio.wrap_future(self).__await__()
-
-
 _UNSET: Any = object()
-
-
-class CallOptions:
-    """Per-call options; ``None`` means "the task's or the client's default"."""
-
-    __slots__ = ("max_attempts", "queue", "time_limit", "timeout")
-
-    def __init__(
-        self,
-        *,
-        queue: str | None = None,
-        timeout: float | None = None,
-        max_attempts: int | None = None,
-        time_limit: float | None = None,
-    ) -> None:
-        self.queue = None if queue is None else check_name("queue", queue)
-        self.timeout = timeout
-        self.max_attempts = None if max_attempts is None else check_attempts(max_attempts)
-        self.time_limit = time_limit
 
 
 def _client() -> Client:
@@ -118,10 +73,6 @@ class RemoteMethod(Generic[R]):
             BackendUnavailable: the backend cannot be reached.
         """
         return _client().submit(self.task, self.method, args, kwargs, self._opts)
-
-    async def call_async(self, *args: Any, **kwargs: Any) -> R:
-        """``await`` the call from asyncio code."""
-        return await self.submit(*args, **kwargs)
 
     def map(self, *iterables: Iterable[Any], chunksize: int = 500) -> Iterator[R]:
         """Call the method once per item (several iterables: zipped as positional arguments).

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Claim, DeadLetter, Done, WorkerInfo, open_backend
+from .board import ClaimBoard
 from .client import Client, using
 from .config import resolve
 from .errors import (
@@ -44,7 +45,6 @@ from .message import Call, Codec, Failure, Reply
 from .remote import TaskType, lookup, registered
 from .replay import LOST, ReplayGuard
 from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
-from .supervisor import ClaimBoard
 
 log = logging.getLogger("remoteexec.worker")
 

@@ -1,0 +1,87 @@
+"""What one call is to its caller: the options it is sent with, and ``RemoteFuture``.
+
+Both sit below the client and the proxy: a proxy makes ``CallOptions`` and hands them to a
+client, and the client makes the ``RemoteFuture`` it later resolves. A future knows its
+call's ``Job`` and asks the client that made it (any ``Withdrawer``) to withdraw it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from .config import check_attempts, check_name
+
+if TYPE_CHECKING:
+    from .backends import Job
+
+R = TypeVar("R")
+
+
+class Withdrawer(Protocol):
+    """What a future needs of the client that made it."""
+
+    def withdraw(self, future: RemoteFuture[Any]) -> bool:
+        """Withdraw the future's task if no worker has claimed it; True if it was."""
+
+
+class RemoteFuture(concurrent.futures.Future[R]):
+    """The pending result of a remote call: a ``concurrent.futures.Future`` you can await.
+
+    ``cancel()`` withdraws the task if no worker has claimed it yet.
+
+    Attributes:
+        task_id: the call's id.
+        job: what was enqueued for it (its queue, reply address and body).
+        submitted: when it was sent (``time.time()``).
+        expiry: ``(deadline, task_id, message)`` when the call has a timeout, else None.
+    """
+
+    def __init__(self, client: Withdrawer, task_id: str, job: Job) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self.job = job
+        self.submitted = time.time()
+        self.expiry: tuple[float, str, str] | None = None
+        self._client = client
+
+    def cancel(self) -> bool:
+        """Withdraw the task if no worker has started it; True if it was withdrawn."""
+        if self.done():
+            return super().cancel()
+        if not self._client.withdraw(self):
+            return False
+        return super().cancel()
+
+    def made_by(self, client: Withdrawer) -> bool:
+        """Whether ``client`` made (and so resolves) this future."""
+        return self._client is client
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return asyncio.wrap_future(self).__await__()
+
+
+class CallOptions:
+    """Per-call options; ``None`` means "the task's or the client's default".
+
+    Raises:
+        ConfigurationError: a bad queue name or ``max_attempts``.
+    """
+
+    __slots__ = ("max_attempts", "queue", "time_limit", "timeout")
+
+    def __init__(
+        self,
+        *,
+        queue: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        time_limit: float | None = None,
+    ) -> None:
+        self.queue = None if queue is None else check_name("queue", queue)
+        self.timeout = timeout
+        self.max_attempts = None if max_attempts is None else check_attempts(max_attempts)
+        self.time_limit = time_limit
