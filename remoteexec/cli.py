@@ -72,7 +72,7 @@ def worker_parser() -> argparse.ArgumentParser:
 
 
 def worker_main(argv: Sequence[str] | None = None) -> None:
-    """``remoteexec-worker``: supervise worker processes (see SPEC section 4)."""
+    """``remoteexec-worker``: supervise worker processes (see ``supervisor.py``)."""
     from .errors import ConfigurationError
     from .supervisor import Supervisor, WorkerSettings
     from .worker import checked_queues
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="remoteexec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="the seed's demo: workers and a client asking for pi")
+    demo = sub.add_parser("demo", help="a demo: workers and a client asking for pi")
     demo.add_argument("--url", help="backend URL (default: an embedded SQLite file)")
     demo.add_argument("--workers", type=_positive_int, default=2, metavar="N")
     demo.add_argument("--seconds", type=_positive_float, default=10.0, metavar="S")

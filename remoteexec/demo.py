@@ -1,7 +1,7 @@
-"""``remoteexec demo``: the seed's demo, on the embedded SQLite default unless told otherwise.
+"""``remoteexec demo``: workers and a client, on the embedded SQLite file unless told otherwise.
 
 It starts ``remoteexec-worker`` with the task types below, then a client that keeps asking
-for random multiples of pi and prints the seed's ``Submitted:`` / ``Received:`` lines, then
+for random multiples of pi and prints ``Submitted:`` / ``Received:`` lines, then
 the tasks per second it reached, one call at a time and batched through ``map``.
 """
 
@@ -26,7 +26,7 @@ QUEUE = "demo"
 
 @remote(queue=QUEUE)
 class CalculateMultipleOfPi:
-    """The seed's task: what is pi times n?"""
+    """What is pi times n?"""
 
     def execute(self, n: float) -> float:
         return math.pi * n
@@ -34,7 +34,7 @@ class CalculateMultipleOfPi:
 
 @remote(queue=QUEUE)
 class WhatMachineIsThis:
-    """The seed's other task: which machine ran me?"""
+    """Which machine ran me?"""
 
     def execute(self) -> str:
         return socket.gethostname()

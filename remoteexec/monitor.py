@@ -1,4 +1,4 @@
-"""``remoteexec status`` and ``remoteexec watch`` (the seed's ``watch_performance.rb``).
+"""``remoteexec status`` and ``remoteexec watch``: a farm's queues, workers and throughput.
 
 Both read ``Backend.stats()``. Throughput comes from the workers' own ``done`` counters in
 their heartbeats, so measuring costs the broker nothing per task.

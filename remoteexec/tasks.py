@@ -1,6 +1,9 @@
 """Worker-side task discovery: ``--import MODULE`` and ``--tasks-dir DIR``.
 
-Only modules the worker's operator names are imported; a message never names one.
+Only modules the worker's operator names are imported; a message never names one. While a
+module is imported, a remote call made by it fails at once with ``ConfigurationError``
+(``client.importing_tasks``): this worker serves nothing until its imports are done, so the
+call could never be answered.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .client import importing_tasks
 from .errors import ConfigurationError
 from .remote import registered
 
@@ -24,7 +28,8 @@ def import_tasks(modules: Sequence[str] = (), tasks_dir: str | None = None) -> l
     next to the command, or a file ``DIR/pi.py``, imports as ``pi``.
 
     Raises:
-        ConfigurationError: a module cannot be imported or the folder does not exist.
+        ConfigurationError: a module cannot be imported (it raised, or it made a remote
+            call while being imported), or the folder does not exist.
     """
     names = list(modules)
     if "" not in sys.path:
@@ -36,10 +41,15 @@ def import_tasks(modules: Sequence[str] = (), tasks_dir: str | None = None) -> l
         sys.path.insert(0, str(folder))
         names += [p.stem for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")]
     for name in names:
+        token = importing_tasks.set(name)
         try:
             importlib.import_module(name)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"cannot import task module {name!r}: {exc}") from exc
         except Exception as exc:
             raise ConfigurationError(f"cannot import task module {name!r}: {exc!r}") from exc
+        finally:
+            importing_tasks.reset(token)
     tasks = registered()
     log.info("task types: %s", ", ".join(tasks) or "(none)")
     return tasks

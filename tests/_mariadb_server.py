@@ -13,22 +13,27 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pymysql
 
-from tests._server import ServerProcess, free_port
+from tests._server import ServerProcess, free_port, server_binary
 
-MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
+#: ``mariadbd`` as found on PATH (a bare name, which exists nowhere, when it is not there).
+MARIADBD = shutil.which("mariadbd") or "mariadbd"
 START_TIMEOUT = 30.0
 
 
 class MariaDBServer(ServerProcess):
     """One private ``mariadbd``; ``url`` names its test database."""
 
-    def __init__(self, folder: Path | str, *, database: str = "remoteexec_test") -> None:
+    def __init__(
+        self, folder: Path | str, *, database: str = "remoteexec_test", options: Sequence[str] = ()
+    ) -> None:
         self.folder = Path(folder)
+        #: More ``mariadbd`` options, e.g. ``["--max-allowed-packet=1M"]``.
+        self.options = list(options)
         self.datadir = self.folder / "data"
         self.tmpdir = self.folder / "tmp"
         self.socket = self.folder / "mysqld.sock"
@@ -53,7 +58,7 @@ class MariaDBServer(ServerProcess):
         for _attempt in (1, 2):
             done = subprocess.run(
                 [
-                    INSTALL_DB,
+                    server_binary("mariadb-install-db"),
                     "--no-defaults",
                     f"--datadir={self.datadir}",
                     f"--tmpdir={self.tmpdir}",
@@ -78,7 +83,7 @@ class MariaDBServer(ServerProcess):
         if not (self.datadir / "mysql").is_dir():
             self._install()
         args = [
-            MARIADBD,
+            server_binary("mariadbd"),
             "--no-defaults",
             *self._as_root(),
             f"--datadir={self.datadir}",
@@ -94,6 +99,7 @@ class MariaDBServer(ServerProcess):
             "--innodb-buffer-pool-size=64M",
             "--innodb-doublewrite=0",
             "--max-connections=500",
+            *self.options,
         ]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

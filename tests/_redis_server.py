@@ -17,9 +17,8 @@ from pathlib import Path
 
 import redis
 
-from tests._server import ServerProcess, free_port
+from tests._server import ServerProcess, free_port, server_binary
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 10.0
 
 
@@ -46,7 +45,7 @@ class RedisServer(ServerProcess):
             return
         self.datadir.mkdir(parents=True, exist_ok=True)
         args = [
-            REDIS_SERVER,
+            server_binary("redis-server"),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.datadir),

@@ -4,6 +4,7 @@ stop, kill, freeze and thaw, and a log to quote when it fails."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,18 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+
+def server_binary(name: str) -> str:
+    """The path of ``name`` found on PATH, and only there: hiding a server from PATH hides it.
+
+    Raises:
+        RuntimeError: ``name`` is not on PATH.
+    """
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is not on PATH; scripts/test installs it")
+    return found
 
 
 def free_port() -> int:

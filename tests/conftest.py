@@ -20,6 +20,28 @@ import pytest
 from remoteexec.backends import Backend, open_backend
 
 ALL_BACKENDS = ["memory", "sqlite", "redis", "mysql", "mysql_optimistic"]
+#: Every mode a user can run, for the contract suite: Redis with its Lua scripts and as a
+#: user whose ACL denies ``@scripting``, MySQL's two claim modes with either way of waiting.
+EVERY_MODE = [
+    "memory",
+    "sqlite",
+    "redis_scripts",
+    "redis_noscript",
+    "mysql_skip_locked_server",
+    "mysql_skip_locked_client",
+    "mysql_optimistic_server",
+    "mysql_optimistic_client",
+]
+#: One mode per backend: for the client-level tests.
+ONE_PER_BACKEND = ["memory", "sqlite", "redis", "mysql"]
+_MYSQL_QUERY = {
+    "mysql": "",
+    "mysql_optimistic": "?claim=optimistic",
+    "mysql_skip_locked_server": "?claim=skip_locked&wait=server",
+    "mysql_skip_locked_client": "?claim=skip_locked&wait=client",
+    "mysql_optimistic_server": "?claim=optimistic&wait=server",
+    "mysql_optimistic_client": "?claim=optimistic&wait=client",
+}
 #: Backends that worker processes on one host can share.
 FARM_BACKENDS = ["sqlite", "redis", "mysql", "mysql_optimistic"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -36,7 +58,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _need(binary: str) -> None:
-    if shutil.which(binary) is None and not Path(binary).exists():
+    # PATH only: a server hidden from PATH must count as missing, wherever it is installed.
+    if shutil.which(binary) is None:
         if IN_CI:
             pytest.fail(f"{binary} is not installed; scripts/test installs it")
         pytest.skip(f"{binary} is not installed")
@@ -53,7 +76,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    _need("mariadbd" if shutil.which("mariadbd") else "/usr/sbin/mariadbd")
+    _need("mariadbd")
     from tests._mariadb_server import MariaDBServer
 
     with MariaDBServer(tmp_path_factory.mktemp("mariadb")) as server:
@@ -66,11 +89,19 @@ def fresh_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"memory://{uuid.uuid4().hex}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'remoteexec.db'}"
-    if kind == "redis":
+    if kind in ("redis", "redis_scripts"):
         server = request.getfixturevalue("redis_server")
         server.client().flushall()
         return str(server.url)
-    if kind in ("mysql", "mysql_optimistic"):
+    if kind == "redis_noscript":  # the adapter finds scripts denied and runs without them
+        server = request.getfixturevalue("redis_server")
+        server.client().flushall()
+        server.client().acl_setuser(
+            "noscript", enabled=True, passwords=["+pw"], keys=["*"],
+            commands=["+@all", "-@scripting"],
+        )  # fmt: skip
+        return f"redis://noscript:pw@127.0.0.1:{server.port}/0"
+    if kind in _MYSQL_QUERY:
         server = request.getfixturevalue("mariadb_server")
         db = f"t_{uuid.uuid4().hex[:12]}"
         conn = server.connect()
@@ -80,7 +111,7 @@ def fresh_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         finally:
             conn.close()
         base = str(server.url).rsplit("/", 1)[0]
-        return f"{base}/{db}" + ("?claim=optimistic" if kind == "mysql_optimistic" else "")
+        return f"{base}/{db}{_MYSQL_QUERY[kind]}"
     raise ValueError(kind)
 
 

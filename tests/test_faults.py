@@ -7,16 +7,19 @@ import itertools
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from collections import defaultdict
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from remoteexec import BackendUnavailable, Client, WorkerLost, using
+from remoteexec import BackendUnavailable, CallTimeout, Client, using
+from remoteexec.backends.redis_wire import Keys
 from tests.conftest import fresh_url
 from tests.farm import Farm, ledger, tasks
 
@@ -45,13 +48,35 @@ def test_a_frozen_worker_loses_its_task_and_its_late_result_is_discarded(
         while len([x for x in ledger(book) if x[0] == "end"]) < 2:
             assert time.monotonic() < deadline, ledger(book)
             time.sleep(0.05)
-        time.sleep(0.5)  # let the thawed worker try to deliver
+        # The thawed worker tried to deliver its result and was told its lease was lost.
+        while "discarded" not in farm.logs():
+            assert time.monotonic() < deadline, farm.logs()[-3000:]
+            time.sleep(0.05)
         assert client.backend.replies(client.reply_to, wait=0.5) == []  # no second result
-    assert "discarded" in farm.logs()
+        assert client.duplicate_replies == 0
+
+
+def _reply_rows(url: str, request: pytest.FixtureRequest) -> int:
+    """Replies stored in the broker at ``url``, read or not, counted in its own storage."""
+    if url.startswith("sqlite"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0])
+    if url.startswith("redis"):
+        redis = request.getfixturevalue("redis_server").client()
+        pattern = Keys("remoteexec:").replies("*")
+        return sum(int(redis.llen(key)) for key in redis.scan_iter(match=pattern))
+    database = url.split("?")[0].rsplit("/", 1)[1]
+    conn = request.getfixturevalue("mariadb_server").connect(database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM remoteexec_replies")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
 
 
 def test_large_arguments_and_results_round_trip_and_leave_no_rows(
-    farm: Farm, farm_url: str
+    farm: Farm, farm_url: str, request: pytest.FixtureRequest
 ) -> None:
     farm.start()
     blob = os.urandom(10 * 2**20)
@@ -59,6 +84,10 @@ def test_large_arguments_and_results_round_trip_and_leave_no_rows(
         assert tasks.Echo.value(blob) == blob
         stats = client.backend.stats()
         assert sum(stats.queues.values()) == 0 and stats.running == 0
+        # The reply is taken, not only read. MySQL deletes the replies a read returned at
+        # the reader's next read (a read whose answer is lost loses nothing): read once more.
+        assert client.backend.replies(client.reply_to, wait=0) == []  # and no second one
+        assert _reply_rows(farm_url, request) == 0
 
 
 @pytest.mark.parametrize("mode", ["skip_locked", "optimistic"])
@@ -129,7 +158,10 @@ def test_redis_results_of_killed_clients_expire(
             while sum(watcher.backend.stats().queues.values()) or watcher.backend.stats().running:
                 assert time.monotonic() < deadline, "the workers did not finish the calls"
                 time.sleep(0.2)
-        time.sleep(3.5)  # result_ttl (2 s) and a margin
+        # The unread results expire after result_ttl (2 s): wait for it, with a margin.
+        deadline = time.monotonic() + 2 + 10
+        while redis_server.client().dbsize() > keys_before and time.monotonic() < deadline:
+            time.sleep(0.1)
         redis_server.client().execute_command("MEMORY PURGE")
         keys_after, memory_after = _redis_keys_and_memory(redis_server)
     finally:
@@ -155,25 +187,34 @@ def test_redis_restart_workers_and_clients_carry_on(
     try:
         with Client(url) as client, using(client):
             futures = [tasks.Slow.execute.submit(0.002) for _ in range(in_flight)]
-            time.sleep(0.3)
+            deadline = time.monotonic() + 30
+            while in_flight and sum(f.done() for f in futures) < 20:  # the farm is serving
+                assert time.monotonic() < deadline, farm.logs()[-3000:]
+                time.sleep(0.01)
             redis_server.restart()
-            outcomes: dict[str, int] = defaultdict(int)
+            failed: list[Exception] = []
             for f in futures:
                 try:
                     f.result(timeout=60)
-                    outcomes["ok"] += 1
-                except (BackendUnavailable, WorkerLost) as exc:
-                    outcomes[type(exc).__name__] += 1
-            assert sum(outcomes.values()) == in_flight
+                except Exception as exc:  # shown below: only the documented loss may fail
+                    failed.append(exc)
+            # appendfsync always: the restart keeps every task and reply. Only the replies
+            # that the read the kill cut had popped are gone (redis.py): a bounded few calls,
+            # failed as lost while the broker was unavailable, never by a timeout or hang.
+            assert len(failed) <= 50, failed[:3]
+            assert all(
+                isinstance(exc, BackendUnavailable) and "while it was unavailable" in str(exc)
+                for exc in failed
+            ), failed[:3]
             # Without restarting anything, the farm serves again within 10 s.
             deadline = time.monotonic() + 10
             while True:
                 try:
-                    assert tasks.CalculateMultipleOfPi.execute.options(timeout=2)(3) == (
-                        math.pi * 3
-                    )
-                    break
-                except Exception:
+                    value = tasks.CalculateMultipleOfPi.execute.options(timeout=2)(3)
+                except (BackendUnavailable, CallTimeout):  # not yet back: only these
                     assert time.monotonic() < deadline, farm.logs()[-3000:]
+                    continue
+                assert value == math.pi * 3
+                break
     finally:
         farm.stop()

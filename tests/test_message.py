@@ -16,7 +16,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from remoteexec import message
 from remoteexec.errors import (
     ConfigurationError,
     PayloadTooLarge,
@@ -459,6 +458,25 @@ def test_codec_is_usable_from_many_threads() -> None:
         assert all(pool.map(work, range(2000)))
 
 
+class Celsius:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Celsius) and self.degrees == other.degrees
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def test_module_constants() -> None:
     assert FORMAT_VERSION == 2
-    assert message.register_type is register_type
+
+
+def test_the_public_register_type_teaches_the_codec() -> None:
+    import remoteexec
+
+    remoteexec.register_type(Celsius, lambda c: c.degrees, Celsius)
+    body = Codec().encode_reply(Reply(ID, [Celsius(21.5)], None))
+    assert b"Celsius" in body  # sent as the registered type, by its name
+    got = Codec().decode_reply(body).value
+    assert got == [Celsius(21.5)] and type(got[0]) is Celsius

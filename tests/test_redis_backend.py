@@ -116,32 +116,6 @@ def test_a_late_reply_from_a_lost_lease_is_dropped_and_keeps_the_task_traced(mak
     assert first.replies("caller", wait=0) == []
 
 
-def test_expired_tasks_go_back_to_the_head_of_the_queue(make) -> None:
-    backend = make()
-    old, new = job(), job()
-    backend.enqueue([old])
-    claim_one(backend, lease=0.2)
-    backend.enqueue([new])
-    time.sleep(0.4)
-    got = backend.claim(["default"], worker="w", limit=2, lease=30, wait=1)
-    assert [(c.id, c.attempt) for c in got] == [(old.id, 2), (new.id, 1)]
-    assert backend.cancel(old) is False  # it was claimed once
-
-
-def test_release_restores_the_order_and_the_attempt(make) -> None:
-    backend = make()
-    jobs = [job() for _ in range(3)]
-    backend.enqueue(jobs)
-    claims = backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)
-    backend.release(claims)
-    again = backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)
-    assert [(c.id, c.attempt) for c in again] == [(j.id, 1) for j in jobs]
-    assert backend.cancel(jobs[0]) is False
-    backend.release(again[:1])
-    assert backend.cancel(jobs[0]) is True
-    assert backend.claim(["default"], worker="w", limit=3, lease=30, wait=0.1) == []
-
-
 def test_unused_claim_tokens_never_count_as_running(make) -> None:
     backend = make()
     backend.enqueue([job()])
@@ -153,14 +127,30 @@ def test_unused_claim_tokens_never_count_as_running(make) -> None:
     assert backend.stats().running == 0
 
 
-def test_a_worker_on_several_queues_wakes_for_any_of_them(make) -> None:
-    worker, producer = make(), make()
+def test_a_worker_on_several_queues_wakes_for_any_of_them(make, server) -> None:
+    worker, producer, admin = make(), make(), server.client()
     j = job("second")
-    timer = threading.Timer(0.3, producer.enqueue, args=([j],))
-    timer.start()
-    got = worker.claim(["first", "second"], worker="w", limit=3, lease=30, wait=5)
-    timer.join()
+    enqueued_at: list[float] = []
+
+    def enqueue_once_the_claim_waits() -> None:
+        deadline = time.monotonic() + 3
+        # The claim is waiting once its connection is blocked in the server (flag "b");
+        # a claim that never blocks gets the work after 3 s, well inside its wait.
+        while not any("b" in c["flags"] for c in admin.client_list()):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        enqueued_at.append(time.monotonic())
+        producer.enqueue([j])
+
+    thread = threading.Thread(target=enqueue_once_the_claim_waits)
+    thread.start()
+    got = worker.claim(["first", "second"], worker="w", limit=3, lease=30, wait=10)
+    woke = time.monotonic()
+    thread.join()
+    admin.close()
     assert [c.id for c in got] == [j.id]
+    assert woke - enqueued_at[0] < 2.0  # woken by the work, not at the end of the wait
 
 
 def test_blocking_stays_below_a_short_socket_timeout(make) -> None:

@@ -322,25 +322,16 @@ def test_a_lock_that_never_ends_becomes_backend_unavailable(
 # -- claims and waiting ---------------------------------------------------------------------
 
 
-def test_an_expired_lease_keeps_its_place_before_newer_tasks(backend: SQLiteBackend) -> None:
-    old, new = job(), job()
-    backend.enqueue([old])
-    [first] = backend.claim(["default"], worker="w", limit=1, lease=0.2, wait=1)
-    backend.enqueue([new])
-    time.sleep(0.4)
-    claims = backend.claim(["default"], worker="w", limit=5, lease=30, wait=1)
-    assert [(c.id, c.attempt) for c in claims] == [(old.id, 2), (new.id, 1)]
-    assert first.token != claims[0].token
-
-
 def test_a_waiting_claim_wakes_when_a_lease_expires_without_any_write(
     backend: SQLiteBackend,
 ) -> None:
     j = job()
     backend.enqueue([j])
     [first] = backend.claim(["default"], worker="w", limit=1, lease=0.3, wait=1)
+    expires = time.monotonic() + 0.3
     # Nothing is committed while this waits: only the lease's expiry can wake it.
     [second] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=10)
+    assert time.monotonic() - expires < 2.0  # woken by the expiry, not at the end of the wait
     assert (second.id, second.attempt) == (j.id, 2)
     assert backend.complete([Done(first, b"late")]) == [False]
 
@@ -348,40 +339,32 @@ def test_a_waiting_claim_wakes_when_a_lease_expires_without_any_write(
 def test_waiting_calls_wake_for_writes_from_another_process(backend: SQLiteBackend) -> None:
     ctx = multiprocessing.get_context("spawn")
     j = job(reply_to="R")
-    producer = ctx.Process(target=_enqueue_later, args=(f"sqlite:///{backend.path}", j))
+    ready, go, enqueued_at = ctx.Event(), ctx.Event(), ctx.Value("d", 0.0)
+    producer = ctx.Process(
+        target=_enqueue_when_told,
+        args=(f"sqlite:///{backend.path}", j, ready, go, enqueued_at),
+    )
     producer.start()
+    assert ready.wait(60)  # the producer is up and has opened the file
+    go.set()  # it writes only after this, so the write comes while the claim below waits
     [c] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=30)
+    woke = time.time()
     producer.join(30)
     assert c.id == j.id and producer.exitcode == 0
+    assert woke - enqueued_at.value < 2.0  # woken by the write, not at the end of the wait
 
 
-def _enqueue_later(url: str, j: Job) -> None:
+def _enqueue_when_told(url: str, j: Job, ready: Any, go: Any, enqueued_at: Any) -> None:
     backend = SQLiteBackend.from_url(url)
-    time.sleep(0.3)
+    ready.set()
+    go.wait(60)
+    time.sleep(0.3)  # well into the claim's wait (what is tested is a wake mid-wait)
+    enqueued_at.value = time.time()
     backend.enqueue([j])
     backend.close()
 
 
 # -- bookkeeping ---------------------------------------------------------------------------
-
-
-def test_re_enqueueing_a_held_task_changes_nothing(backend: SQLiteBackend) -> None:
-    j = job()
-    backend.enqueue([j])
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
-    backend.enqueue([j])
-    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=0) == []
-    assert backend.complete([Done(c, b"once")]) == [True]
-
-
-def test_dead_letters_keep_only_the_newest(backend: SQLiteBackend) -> None:
-    from remoteexec.backends import DeadLetter
-
-    for i in range(sqlite_mod._MAX_DEAD + 5):
-        backend.bury(DeadLetter(f"t{i}", "q", "Task.execute", "lost", float(i)))
-    dead = backend.stats().dead
-    assert len(dead) == sqlite_mod._MAX_DEAD
-    assert dead[0].id == f"t{sqlite_mod._MAX_DEAD + 4}" and dead[-1].id == "t5"
 
 
 def test_sweep_removes_stale_workers_and_stats_keep_drained_queues(

@@ -5,7 +5,13 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
 ``worker.py``. What a backend owns is delivery:
 
 * **Queues.** ``enqueue`` appends jobs to named queues; ``claim`` takes up to ``limit`` of
-  them, trying the queues in the order given, oldest first within a queue.
+  them, trying the queues in the order given, oldest first within a queue. A task whose
+  lease expired, or that was released, keeps its place before newer work.
+* **Ids.** ``Job.id`` is unique; the client never sends one twice. Enqueueing an id the
+  backend holds (waiting or claimed) raises nothing and leaves the held task as it is: a
+  claimed task stays claimed under its token and its reply is delivered. Memory, SQLite
+  and MySQL drop the repeat; Redis keeps no index of ids (a lookup per task would cost
+  its hot path a round trip or a script), so a repeat is queued and runs once more.
 * **Leases.** A claim holds a task for ``lease`` seconds under a fresh ``token``. ``renew``
   extends it. A lease that runs out makes the task claimable again, by any worker, with
   ``attempt`` raised by one: that is how a dead, frozen or cut-off worker's task runs
@@ -30,6 +36,26 @@ Every method that takes a list does its work in as few round trips as the broker
 retries transient contention (SQLite's "database is locked", MySQL deadlocks) itself.
 A backend object is safe to share between threads, and re-creates its connections in a
 child process after a fork.
+
+``tests/test_contract.py`` checks all of the above in every mode a user can run. What
+differs between backends, and why:
+
+* **A reply read whose answer is lost.** MySQL deletes only replies already delivered,
+  on the next read, so a read cut off on the way back is read again. Redis pops replies
+  (``BLMPOP``: one round trip per read), so a cut-off read loses them and ``lost``
+  reports those ids; the client then fails the call. SQLite and memory read in-process:
+  no answer travels a wire.
+* **Released tasks on MySQL with ``claim=skip_locked``.** A claimer looks above the
+  highest row it took last first (scanning from a queue's start steps over every row
+  InnoDB has not purged yet), so newer work can go before a released task for up to
+  ``mysql._EXPIRED_EVERY`` seconds, until the full look that comes with each look for
+  expired leases.
+* **What ``lost`` can see.** Redis reports only ids its own object enqueued (it also
+  tells a server that came back empty by an epoch key); the others look up any id.
+* **How long a silent worker's record stays.** ``stats`` omits a worker silent for
+  ``worker_ttl`` everywhere; ``sweep`` deletes the record after ``worker_ttl`` (SQLite),
+  ten of them (Redis), ``max(60 s, 4 worker_ttl)`` by the server's clock (MySQL), or
+  never (memory, which lives as long as its process).
 """
 
 from __future__ import annotations
@@ -221,7 +247,7 @@ class Backend(ABC):
 
     @abstractmethod
     def bury(self, letter: DeadLetter) -> None:
-        """Keep a dead letter for ``status`` (a bounded number of the newest)."""
+        """Keep a dead letter for ``status``: the newest 1,000 are kept."""
 
     @abstractmethod
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:

@@ -70,8 +70,10 @@ class MemoryBackend(Backend):
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
         with self._b.cond:
+            queues = self._b.queues
             for job in jobs:
-                self._b.queues.setdefault(job.queue, OrderedDict())[job.id] = _Entry(job)
+                if not any(job.id in q for q in queues.values()):  # a repeat is dropped
+                    queues.setdefault(job.queue, OrderedDict())[job.id] = _Entry(job)
             self._b.cond.notify_all()
 
     def claim(

@@ -65,6 +65,8 @@ __all__ = ["MySQLBackend", "map_mysql_errors", "schema_sql"]
 log = logging.getLogger("remoteexec.mysql")
 
 _PROBE_AFTER = 0.02  # idle seconds after which a polled claim is preceded by a cheap read
+#: An id already held keeps its row as it is: enqueueing it again does nothing.
+_KEEP_HELD = b" ON DUPLICATE KEY UPDATE id = id"
 _EXPIRED_EVERY = 0.25  # seconds between SKIP LOCKED claims' looks for expired leases
 _MODES = ("skip_locked", "optimistic")
 _WAITS = ("server", "client")
@@ -175,7 +177,7 @@ class MySQLBackend(MySQLWatching):
         for i, values in enumerate(rows):
             used += len(values) + 2
             if i + 1 == len(rows) or used + len(rows[i + 1]) > self.max_packet // 2:
-                queries.append(head + b", ".join(rows[start : i + 1]))
+                queries.append(head + b", ".join(rows[start : i + 1]) + _KEEP_HELD)
                 start, used = i + 1, 0
         return queries
 

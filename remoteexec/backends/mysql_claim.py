@@ -15,7 +15,7 @@ Claims run in one of two modes, picked from the server's version unless the URL 
   about 280 against 480 µs each (MariaDB 10.11, with the deleted rows purge had not yet
   removed piling up in both). It first looks above the highest ``seq`` the last claim
   took, so as not to step over those rows (``claim_locked``).
-* ``optimistic`` (older servers): the seed's optimistic locking. Candidates are read
+* ``optimistic`` (older servers): optimistic locking. Candidates are read
   without locks; each is taken by ``UPDATE ... WHERE seq = ? AND lock_version = ?``, and
   counts only if that changed the row. Losing a race costs a claim, never a duplicate.
 

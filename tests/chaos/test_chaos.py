@@ -74,7 +74,9 @@ def test_kill_churn_loses_nothing(farm: Farm, client: Client, tmp_path: Path) ->
     failed = [(i, f.exception()) for i, f in enumerate(futures) if f.exception() is not None]
     lines = ledger(book)
     assert not failed, failed[:3]
-    assert all(isinstance(f.result(), int) for f in futures)  # exactly one result each
+    assert all(isinstance(f.result(), int) for f in futures)
+    # Exactly one result each: the client counts the replies it drops as late or duplicate.
+    assert client.duplicate_replies == 0
     starts = Counter(line[1] for line in lines if line[0] == "start")
     assert set(starts) == {f"t{i}" for i in range(3000)}
     duplicates = sum(n - 1 for n in starts.values())
@@ -165,21 +167,32 @@ def test_broker_restart_under_load_loses_no_call(
     farm.start(processes=2, lease=2.0)
     farm.worker_pids(2)
     futures = [tasks.Slow.execute.submit(0.01) for _ in range(1000)]
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while sum(f.done() for f in futures) < 50:  # under load: the farm is serving the calls
+        assert time.monotonic() < deadline, farm.logs()[-3000:]
+        time.sleep(0.02)
+    assert not all(f.done() for f in futures)
     if broker.server is None:  # sqlite: the file's worker processes all killed and restarted
         for pid in farm.worker_pids(2):
             os.kill(pid, signal.SIGKILL)
     else:
         broker.server.restart()
-    outcomes = Counter()
+    outcomes: Counter[str] = Counter()
+    reasons: list[str] = []
     for f in futures:
         try:
             f.result(timeout=90)
             outcomes["ok"] += 1
-        except Exception as exc:  # a typed error is allowed, a hang is not
+        except Exception as exc:  # counted, and shown below: a hang would fail the test too
             outcomes[type(exc).__name__] += 1
-    assert sum(outcomes.values()) == 1000
-    assert set(outcomes) <= {"ok", "BackendUnavailable", "WorkerLost"}, outcomes
-    assert outcomes["ok"] >= 1
+            reasons.append(repr(exc))
+    # The restart keeps every task and reply (Redis appendfsync always, InnoDB, the SQLite
+    # file), so every call gets its result. The one loss there is: a Redis read pops the
+    # replies it returns, so those the read cut by the kill had popped are gone (redis.py);
+    # their calls, a bounded few, fail as lost while the broker was unavailable.
+    allowed = 50 if broker.kind == "redis" else 0
+    assert outcomes["ok"] >= 1000 - allowed, (outcomes, reasons[:3])
+    assert set(outcomes) <= {"ok", "BackendUnavailable"}, (outcomes, reasons[:3])
+    assert all("while it was unavailable" in reason for reason in reasons), reasons[:3]
     # The workers resumed by themselves (none was restarted by the test).
     assert tasks.CalculateMultipleOfPi.execute.options(timeout=30)(2) == math.pi * 2

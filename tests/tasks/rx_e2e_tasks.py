@@ -108,3 +108,43 @@ class LimitedNested:
 
     def execute(self, n):
         return [os.getpid(), CalculateMultipleOfPi.execute.options(timeout=20)(n)]
+
+
+@remote(max_attempts=1)
+class OnlyOnce:
+    """Fails with WorkerLost if it is ever delivered a second time (a lease expired)."""
+
+    def execute(self, seconds, ledger=None, tag=""):
+        _note(ledger, "start", tag, os.getpid(), time.time())
+        time.sleep(seconds)
+        _note(ledger, "end", tag, os.getpid(), time.time())
+        return os.getpid()
+
+
+@remote
+class FailsOn:
+    """Raises for the items in ``bad``; the items in ``slow`` take half a second."""
+
+    def execute(self, i, bad, slow=()):
+        if i in slow:
+            time.sleep(0.5)
+        if i in bad:
+            raise ValueError(f"bad item {i}")
+        return i
+
+
+@remote
+class TakesTimeout:
+    """A task with its own ``timeout`` keyword argument."""
+
+    def execute(self, seconds, timeout=None):
+        time.sleep(seconds)
+        return timeout
+
+
+@remote
+class Sized:
+    """Returns ``n`` bytes: a result as large as a test needs."""
+
+    def execute(self, n):
+        return b"x" * n
