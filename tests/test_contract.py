@@ -17,7 +17,7 @@ def job(queue: str = "default", reply_to: str = "client-1", body: bytes = b"x") 
 def claim_all(backend: Backend, queues: list[str], n: int, lease: float = 30.0) -> list:
     got: list = []
     for _ in range(20):
-        got += backend.claim(queues, worker="w", limit=n - len(got), lease=lease, wait=0.2)
+        got += backend.claim(queues, limit=n - len(got), lease=lease, wait=0.2)
         if len(got) >= n:
             break
     return got
@@ -36,7 +36,7 @@ def test_claims_oldest_first_within_queue_and_queues_in_given_order(backend: Bac
 
 def test_claim_respects_limit_and_leaves_the_rest(backend: Backend) -> None:
     backend.enqueue([job() for _ in range(5)])
-    first = backend.claim(["default"], worker="w", limit=2, lease=30, wait=1)
+    first = backend.claim(["default"], limit=2, lease=30, wait=1)
     assert len(first) == 2
     rest = claim_all(backend, ["default"], 3)
     assert len(rest) == 3
@@ -45,7 +45,7 @@ def test_claim_respects_limit_and_leaves_the_rest(backend: Backend) -> None:
 
 def test_claim_on_empty_queue_returns_nothing_after_waiting(backend: Backend) -> None:
     started = time.monotonic()
-    assert backend.claim(["default"], worker="w", limit=5, lease=30, wait=0.3) == []
+    assert backend.claim(["default"], limit=5, lease=30, wait=0.3) == []
     assert 0.2 <= time.monotonic() - started < 3
 
 
@@ -53,7 +53,7 @@ def test_a_waiting_claim_wakes_for_new_work(backend: Backend) -> None:
     j = job()
     timer = threading.Timer(0.3, backend.enqueue, args=([j],))
     timer.start()
-    claims = backend.claim(["default"], worker="w", limit=1, lease=30, wait=5)
+    claims = backend.claim(["default"], limit=1, lease=30, wait=5)
     timer.join()
     assert [c.id for c in claims] == [j.id]
 
@@ -76,7 +76,7 @@ def test_complete_without_reply_only_acknowledges(backend: Backend) -> None:
     [c] = claim_all(backend, ["default"], 1)
     assert backend.complete([Done(c, None)]) == [True]
     assert backend.replies(c.reply_to, wait=0.1) == []
-    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=0.1) == []
+    assert backend.claim(["default"], limit=1, lease=30, wait=0.1) == []
 
 
 def test_an_expired_lease_makes_the_task_claimable_with_attempt_raised(backend: Backend) -> None:
@@ -100,7 +100,7 @@ def test_renew_keeps_the_lease(backend: Backend) -> None:
     for _ in range(3):
         time.sleep(1.0)  # past half the lease each time: only the renewals keep it
         assert backend.renew([c], lease=2) == [True]
-    assert backend.claim(["default"], worker="other", limit=1, lease=30, wait=0.1) == []
+    assert backend.claim(["default"], limit=1, lease=30, wait=0.1) == []
     assert backend.complete([Done(c, b"ok")]) == [True]
 
 
@@ -129,7 +129,7 @@ def test_cancel_withdraws_only_unclaimed_tasks(backend: Backend) -> None:
     backend.enqueue([waiting])
     assert backend.cancel(waiting) is True
     assert backend.cancel(taken) is False
-    assert backend.claim(["default"], worker="w", limit=5, lease=30, wait=0.1) == []
+    assert backend.claim(["default"], limit=5, lease=30, wait=0.1) == []
 
 
 def test_replies_wait_and_wake_when_a_reply_arrives(backend: Backend) -> None:
@@ -164,13 +164,13 @@ def test_complete_and_claim_completes_then_claims(backend: Backend) -> None:
     backend.enqueue(jobs)
     [c] = claim_all(backend, ["default"], 1)
     accepted, claims = backend.complete_and_claim(
-        [Done(c, b"one")], ["default"], worker="w", limit=5, lease=30, wait=1
+        [Done(c, b"one")], ["default"], limit=5, lease=30, wait=1
     )
     assert accepted == [True]
     assert [x.id for x in claims] == [j.id for j in jobs[1:]]
     assert backend.replies("R", wait=1) == [b"one"]
     accepted, claims = backend.complete_and_claim(
-        [Done(c, b"again")], ["default"], worker="w", limit=5, lease=30, wait=0
+        [Done(c, b"again")], ["default"], limit=5, lease=30, wait=0
     )
     assert accepted == [False] and claims == []
 
@@ -209,7 +209,7 @@ def test_concurrent_claimers_never_share_a_task(make_backend: Callable[..., Back
     def consume() -> None:
         backend = make_backend()
         while True:
-            claims = backend.claim(["default"], worker="w", limit=7, lease=30, wait=0.3)
+            claims = backend.claim(["default"], limit=7, lease=30, wait=0.3)
             if not claims:
                 return
             assert all(backend.complete([Done(c, None) for c in claims]))
@@ -246,7 +246,7 @@ def test_purge_deletes_waiting_tasks(backend: Backend) -> None:
     backend.enqueue([job("a"), job("a"), job("b")])
     assert backend.purge("a") == 2
     assert backend.purge() == 1
-    assert backend.claim(["a", "b"], worker="w", limit=5, lease=30, wait=0.1) == []
+    assert backend.claim(["a", "b"], limit=5, lease=30, wait=0.1) == []
 
 
 def test_uncollected_replies_expire_after_result_ttl(make_backend: Callable[..., Backend]) -> None:

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from remoteexec.backends import Done, Job, WorkerInfo, open_backend
-from remoteexec.backends import sqlite as sqlite_mod
+from remoteexec.backends.base import MAX_DEAD_LETTERS
 from remoteexec.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
+from remoteexec.backends.sqlite import connection as sqlite_mod
 from remoteexec.errors import BackendUnavailable, ConfigurationError
 
 
@@ -64,7 +65,7 @@ def _consume(url: str, limit: int, ready: Any, all_enqueued: Any, out: Any) -> N
         backend.stats()
         ready.release()
         while True:
-            claims = backend.claim(["default"], worker="w", limit=limit, lease=60, wait=0.2)
+            claims = backend.claim(["default"], limit=limit, lease=60, wait=0.2)
             if not claims:
                 if all_enqueued.is_set():
                     break
@@ -121,7 +122,7 @@ def test_a_forked_child_opens_its_own_connection(backend: SQLiteBackend) -> None
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
     backend.enqueue([job()])
-    parent_conn = backend._connection()
+    parent_conn = backend._db.connection()
     from_child = job(queue="child")
     with warnings.catch_warnings():  # Python 3.12+ warns about fork with threads running
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -129,9 +130,9 @@ def test_a_forked_child_opens_its_own_connection(backend: SQLiteBackend) -> None
     if pid == 0:  # the child: report through the exit code, never return into pytest
         code = 1
         try:
-            mine = backend._connection()
+            mine = backend._db.connection()
             backend.enqueue([from_child])
-            [c] = backend.claim(["default"], worker="child", limit=1, lease=30, wait=1)
+            [c] = backend.claim(["default"], limit=1, lease=30, wait=1)
             backend.complete([Done(c, b"from the child")])
             backend.close()  # closes the child's connection, never the parent's
             code = 0 if mine is not parent_conn else 2
@@ -140,9 +141,9 @@ def test_a_forked_child_opens_its_own_connection(backend: SQLiteBackend) -> None
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's connection survived the child and sees what the child did.
-    assert backend._connection() is parent_conn
+    assert backend._db.connection() is parent_conn
     assert backend.replies("client-1", wait=1) == [b"from the child"]
-    [c] = backend.claim(["child"], worker="parent", limit=1, lease=30, wait=1)
+    [c] = backend.claim(["child"], limit=1, lease=30, wait=1)
     assert c.id == from_child.id
 
 
@@ -151,7 +152,7 @@ def test_each_thread_has_its_own_connection(backend: SQLiteBackend) -> None:
 
     def use() -> None:
         backend.enqueue([job()])  # opens this thread's connection (with retries)
-        conns.append(backend._connection())
+        conns.append(backend._db.connection())
 
     threads = [threading.Thread(target=use) for _ in "ab"]
     for t in threads:
@@ -325,10 +326,10 @@ def test_a_lock_that_never_ends_becomes_backend_unavailable(
 def test_an_expired_lease_keeps_its_place_before_newer_tasks(backend: SQLiteBackend) -> None:
     old, new = job(), job()
     backend.enqueue([old])
-    [first] = backend.claim(["default"], worker="w", limit=1, lease=0.2, wait=1)
+    [first] = backend.claim(["default"], limit=1, lease=0.2, wait=1)
     backend.enqueue([new])
     time.sleep(0.4)
-    claims = backend.claim(["default"], worker="w", limit=5, lease=30, wait=1)
+    claims = backend.claim(["default"], limit=5, lease=30, wait=1)
     assert [(c.id, c.attempt) for c in claims] == [(old.id, 2), (new.id, 1)]
     assert first.token != claims[0].token
 
@@ -338,9 +339,9 @@ def test_a_waiting_claim_wakes_when_a_lease_expires_without_any_write(
 ) -> None:
     j = job()
     backend.enqueue([j])
-    [first] = backend.claim(["default"], worker="w", limit=1, lease=0.3, wait=1)
+    [first] = backend.claim(["default"], limit=1, lease=0.3, wait=1)
     # Nothing is committed while this waits: only the lease's expiry can wake it.
-    [second] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=10)
+    [second] = backend.claim(["default"], limit=1, lease=30, wait=10)
     assert (second.id, second.attempt) == (j.id, 2)
     assert backend.complete([Done(first, b"late")]) == [False]
 
@@ -350,7 +351,7 @@ def test_waiting_calls_wake_for_writes_from_another_process(backend: SQLiteBacke
     j = job(reply_to="R")
     producer = ctx.Process(target=_enqueue_later, args=(f"sqlite:///{backend.path}", j))
     producer.start()
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=30)
+    [c] = backend.claim(["default"], limit=1, lease=30, wait=30)
     producer.join(30)
     assert c.id == j.id and producer.exitcode == 0
 
@@ -368,20 +369,20 @@ def _enqueue_later(url: str, j: Job) -> None:
 def test_re_enqueueing_a_held_task_changes_nothing(backend: SQLiteBackend) -> None:
     j = job()
     backend.enqueue([j])
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    [c] = backend.claim(["default"], limit=1, lease=30, wait=1)
     backend.enqueue([j])
-    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=0) == []
+    assert backend.claim(["default"], limit=1, lease=30, wait=0) == []
     assert backend.complete([Done(c, b"once")]) == [True]
 
 
 def test_dead_letters_keep_only_the_newest(backend: SQLiteBackend) -> None:
     from remoteexec.backends import DeadLetter
 
-    for i in range(sqlite_mod._MAX_DEAD + 5):
+    for i in range(MAX_DEAD_LETTERS + 5):
         backend.bury(DeadLetter(f"t{i}", "q", "Task.execute", "lost", float(i)))
     dead = backend.stats().dead
-    assert len(dead) == sqlite_mod._MAX_DEAD
-    assert dead[0].id == f"t{sqlite_mod._MAX_DEAD + 4}" and dead[-1].id == "t5"
+    assert len(dead) == MAX_DEAD_LETTERS
+    assert dead[0].id == f"t{MAX_DEAD_LETTERS + 4}" and dead[-1].id == "t5"
 
 
 def test_sweep_removes_stale_workers_and_stats_keep_drained_queues(
@@ -390,7 +391,7 @@ def test_sweep_removes_stale_workers_and_stats_keep_drained_queues(
     backend.heartbeat(WorkerInfo("old", "h", 1, ["a"], 0.0, last_seen=1.0))
     backend.heartbeat(WorkerInfo("new", "h", 2, ["a", "b"], 0.0))
     backend.enqueue([job("a")])
-    [c] = backend.claim(["a"], worker="new", limit=1, lease=30, wait=1)
+    [c] = backend.claim(["a"], limit=1, lease=30, wait=1)
     backend.complete([Done(c, None)])
     backend.sweep()
     stats = backend.stats()
@@ -404,14 +405,14 @@ def test_sweep_removes_stale_workers_and_stats_keep_drained_queues(
 def _looks_while_waiting(backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch) -> int:
     """How many times an empty 0.2 s reply wait looks at the file's data version."""
     looks = 0
-    data_version = backend._data_version
+    data_version = backend._db.data_version
 
     def counted() -> int:
         nonlocal looks
         looks += 1
         return data_version()
 
-    monkeypatch.setattr(backend, "_data_version", counted)
+    monkeypatch.setattr(backend._db, "data_version", counted)
     assert backend.replies("nobody", wait=0.2) == []
     monkeypatch.undo()
     return looks
@@ -424,7 +425,7 @@ def test_a_wait_looks_often_while_calls_flow_and_seldom_when_idle(
     blocking call's reply is seen within a fraction of a millisecond, and an idle
     waiter costs little. (Pauses backing off from 1 ms made calls take 2-3 ms.)"""
     backend.enqueue([job()])
-    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)  # work found
+    assert backend.claim(["default"], limit=1, lease=30, wait=1)  # work found
     assert _looks_while_waiting(backend, monkeypatch) > 50  # about 200; 12 backing off
-    backend._found_at -= 10  # idle for 10 s: 25 ms pauses
+    backend._idle._last["work"] -= 10  # idle for 10 s: 25 ms pauses
     assert _looks_while_waiting(backend, monkeypatch) <= 10
