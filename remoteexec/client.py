@@ -1,20 +1,16 @@
-"""``Client``: sends calls, and one listener thread per process resolves their futures.
+"""``Client``: sends calls; the default client and ``using``.
 
-Every client process has one reply address. Calls are registered as pending before they
-are enqueued; the listener drains the replies addressed to this process and resolves the
-matching futures, so no call holds a connection of its own while it waits. The listener
-also fails calls whose timeout has passed (``CallTimeout``) and those whose task the
-broker no longer has (``CallLost``, ``CallPurged``: see ``liveness``). Nothing it reads
-stops it: a reply that cannot be read is logged and fails at most its own call. A caller
-interrupted while it waits (Ctrl-C) withdraws its task if no worker has started it.
+Every client process has one reply address. A call is registered as pending with the
+process's ``Replies`` before it is enqueued; ``Replies`` reads the replies addressed to the
+process and resolves the matching futures (``replies.py``), so no call holds a connection
+of its own while it waits. A caller interrupted while it waits (Ctrl-C) withdraws its task
+if no worker has started it.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
-import math
 import os
 import socket
 import threading
@@ -26,23 +22,12 @@ from typing import Any
 
 from .backends import Backend, Job, open_backend
 from .config import Settings, redact_url, resolve
-from .errors import (
-    ERROR_KINDS,
-    BackendUnavailable,
-    CallLost,
-    CallTimeout,
-    ConfigurationError,
-    RemoteExecError,
-    SignatureError,
-    remote_error,
-)
+from .errors import ConfigurationError, RemoteExecError
 from .future import CallOptions, RemoteFuture
-from .liveness import Liveness
-from .message import Call, Codec, Failure
+from .message import Call, Codec
+from .replies import Replies
 
 log = logging.getLogger("remoteexec.client")
-
-_MAX_REJECTED = 10_000  # rejected replies remembered until their call ends
 
 Calls = Sequence[tuple[Sequence[Any], dict[str, Any]]]
 
@@ -71,22 +56,11 @@ class Client:
         # Also run in a forked child: fresh connections and a reply address of its own;
         # the parent's pending calls stay the parent's.
         self._pid = os.getpid()
-        self._lock = threading.Lock()
         self._backend = open_backend(self.settings.url, result_ttl=self.settings.result_ttl)
         self.reply_to = f"{socket.gethostname()}:{self._pid}:{os.urandom(4).hex()}"
         # Task ids: 16 random bytes per client (and per forked child), then a counter.
         self._id_prefix, self._ids = os.urandom(16).hex(), itertools.count()
-        self._pending: dict[str, RemoteFuture[Any]] = {}
-        self._deadlines: list[tuple[float, str, str]] = []
-        self._wake = threading.Event()
-        self._listener: threading.Thread | None = None
-        self._reader = threading.Lock()  # held by the one thread reading replies
-        self._outage_since: float | None = None
-        self._next_worker_check = 0.0
-        self._liveness = Liveness(self._backend, self.reply_to)
-        self._warned_queues: set[str] = set()
-        self._rejected: dict[str, RemoteExecError] = {}  # forged-looking replies, by id
-        self.duplicate_replies = 0  # replies read for a call already settled or unknown
+        self._replies = Replies(self._backend, self._codec, self.reply_to)
 
     def __enter__(self) -> Client:
         return self
@@ -102,6 +76,17 @@ class Client:
         """The backend adapter (for ``status``, ``watch`` and tests)."""
         self._ensure()
         return self._backend
+
+    @property
+    def replies(self) -> Replies:
+        """The pending calls and the reading of their replies (for diagnostics and tests)."""
+        self._ensure()
+        return self._replies
+
+    @property
+    def duplicate_replies(self) -> int:
+        """Replies read for a call already settled or unknown."""
+        return self._replies.duplicate_replies
 
     def _ensure(self) -> None:
         if self._closed:
@@ -135,7 +120,7 @@ class Client:
         """
         jobs, futures = self._prepare(task, method, calls, options)
         self._send(jobs, futures)
-        self._ensure_listening()
+        self._replies.ensure_listening()
         return futures
 
     def call(
@@ -154,24 +139,10 @@ class Client:
         """
         jobs, (future,) = self._prepare(task, method, [(args, kwargs)], options)
         try:
-            if self._reader.acquire(blocking=False):
-                try:
-                    for body in self._send(jobs, [future], wait=self._read_wait()):
-                        self._resolve(body)
-                    while not future.done() and not self._closed:
-                        self._read()
-                        if self._listener is not None and self._pending:
-                            break  # let the listener read for everyone
-                finally:
-                    self._reader.release()
-            else:
-                self._send(jobs, [future])
-            if not future.done() or self._pending:
-                self._ensure_listening()
+            self._replies.read_for(future, lambda wait: self._send(jobs, [future], wait=wait))
             return future.result()
         except BaseException as exc:
-            with self._lock:
-                self._pending.pop(future.task_id, None)
+            self._replies.forget([future])
             if not isinstance(exc, Exception):  # Ctrl-C: the task must not run for nobody
                 self._withdraw_now(future)
             raise
@@ -215,13 +186,8 @@ class Client:
         self, jobs: list[Job], futures: list[RemoteFuture[Any]], *, wait: float | None = None
     ) -> list[bytes]:
         """Register ``futures`` as pending and enqueue ``jobs``; with ``wait``, also read
-        the replies that come within it (the caller holds ``_reader``)."""
-        with self._lock:
-            for future in futures:
-                future.submitted = math.inf  # not asked about (liveness) before it is sent
-                self._pending[future.task_id] = future
-                if future.expiry is not None:
-                    heapq.heappush(self._deadlines, future.expiry)
+        the replies that come within it (the caller is the one reading replies)."""
+        self._replies.add(futures)
         try:
             if wait is None:
                 self._backend.enqueue(jobs)
@@ -233,9 +199,7 @@ class Client:
                 future.submitted = sent
             return got
         except BaseException:
-            with self._lock:
-                for future in futures:
-                    self._pending.pop(future.task_id, None)
+            self._replies.forget(futures)
             raise
 
     def withdraw(self, future: RemoteFuture[Any]) -> bool:
@@ -245,8 +209,7 @@ class Client:
             return False
         if not self._backend.cancel(future.job):
             return False
-        with self._lock:
-            self._pending.pop(future.task_id, None)
+        self._replies.forget([future])
         return True
 
     def _withdraw_now(self, future: RemoteFuture[Any]) -> None:
@@ -270,199 +233,9 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        self._wake.set()
-        if self._listener is not None and self._listener is not threading.current_thread():
-            self._listener.join(5)
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(BackendUnavailable("the client was closed"))
+        self._replies.close()
         if self._pid == os.getpid():
             self._backend.close()
-
-    # The listener ------------------------------------------------------------------------
-
-    def _ensure_listening(self) -> None:
-        if self._listener is None or not self._listener.is_alive():
-            with self._lock:
-                if self._listener is None or not self._listener.is_alive():
-                    self._listener = threading.Thread(
-                        target=self._listen, name="remoteexec-replies", daemon=True
-                    )
-                    self._listener.start()
-        else:
-            self._wake.set()
-
-    def _listen(self) -> None:
-        pid = self._pid
-        try:
-            while not self._closed and os.getpid() == pid:
-                self._wake.clear()
-                with self._lock:
-                    waiting = bool(self._pending)
-                if not waiting:
-                    self._wake.wait(1.0)  # nothing to read for: leave the reading to callers
-                    continue
-                if not self._reader.acquire(timeout=0.25):
-                    continue  # a calling thread is reading for everyone
-                try:
-                    self._read()
-                except Exception:  # whatever it was, the calls still need a reader
-                    log.exception("the reply listener failed; it reads on")
-                    time.sleep(0.2)
-                finally:
-                    self._reader.release()
-        finally:
-            if not self._closed and os.getpid() == pid:
-                self._listener_died()
-
-    def _listener_died(self) -> None:
-        """Fail the pending calls (nobody reads their replies); the next call restarts it."""
-        log.critical("the reply listener stopped: failing the pending calls")
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            self._listener = None
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(CallLost("the client's reply listener stopped"))
-
-    def _read(self) -> None:
-        """Read the replies that arrive within 0.25 s (or until the next deadline), resolve
-        their futures, fail expired calls. Only the holder of ``_reader`` calls this."""
-        try:
-            bodies = self._backend.replies(self.reply_to, wait=self._read_wait())
-        except BackendUnavailable as exc:
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
-                log.warning("waiting for replies failed, retrying: %s", exc)
-            self._expire()
-            time.sleep(0.2)
-            return
-        except Exception:  # e.g. a malformed reply: its call ends by the liveness check
-            log.exception("reading replies failed")
-            bodies = []
-            time.sleep(0.2)
-        for body in bodies:
-            self._resolve(body)
-        if self._outage_since is not None:
-            down = time.monotonic() - self._outage_since
-            log.warning("backend reachable again after %.1f s", down)
-            self._outage_since = None
-            self._check_liveness(after_outage=True)
-        self._expire()
-        self._check_liveness()
-        self._warn_if_unserved()
-
-    def _read_wait(self) -> float:
-        """How long one read may wait: 0.25 s (to see a newer call's deadline in time), or
-        until the next deadline."""
-        with self._lock:
-            next_deadline = self._deadlines[0][0] if self._deadlines else None
-        if next_deadline is None:
-            return 0.25
-        return max(0.0, min(0.25, next_deadline - time.time()))
-
-    def _resolve(self, body: bytes) -> None:
-        try:
-            self._settle(body)
-        except Exception:  # a reply must never stop the reader
-            log.exception("could not resolve a reply")
-
-    def _settle(self, body: bytes) -> None:
-        try:
-            reply = self._codec.decode_reply(body)
-        except RemoteExecError as exc:
-            task_id = self._codec.peek_id(body)
-            log.error("rejected a reply for %s: %s", task_id or "an unknown call", exc)
-            if task_id is None:
-                return
-            if isinstance(exc, SignatureError):
-                # Its id is unverified: anyone who can write to the broker could have sent
-                # it. The call goes on waiting for a genuine reply; if none can come any
-                # more, the liveness check ends it with this error.
-                with self._lock:
-                    if task_id in self._pending and len(self._rejected) < _MAX_REJECTED:
-                        self._rejected[task_id] = exc
-                return
-            with self._lock:
-                future = self._pending.pop(task_id, None)
-            if future is not None and not future.done():
-                future.set_exception(exc)
-            return
-        with self._lock:
-            future = self._pending.pop(reply.id, None)
-        if future is None or future.done():
-            self.duplicate_replies += 1
-            log.debug("dropped a late or duplicate reply for %s", reply.id)
-        elif reply.failure is None:
-            future.set_result(reply.value)
-        else:
-            future.set_exception(failure_error(reply.failure))
-
-    def _expire(self) -> None:
-        now = time.time()
-        expired: list[tuple[RemoteFuture[Any], str]] = []
-        with self._lock:
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, task_id, label = heapq.heappop(self._deadlines)
-                future = self._pending.pop(task_id, None)
-                if future is not None:
-                    expired.append((future, label))
-        for future, label in expired:
-            if not future.done():
-                future.set_exception(CallTimeout(label))
-
-    def _warn_if_unserved(self) -> None:
-        """Log once per queue when a call has waited 10 s on a queue no live worker serves."""
-        now = time.time()
-        if now < self._next_worker_check:
-            return
-        self._next_worker_check = now + 5.0
-        with self._lock:
-            waiting = {f.job.queue for f in self._pending.values() if now - f.submitted > 10.0}
-        waiting -= self._warned_queues
-        if not waiting:
-            return
-        try:
-            served = {q for w in self._backend.stats().workers for q in w.queues}
-        except BackendUnavailable:
-            return
-        for queue in sorted(waiting - served):
-            self._warned_queues.add(queue)
-            log.warning(
-                "calls have waited more than 10 s on queue %r, which no live worker serves; "
-                "they keep waiting (start a worker with --queues %s)",
-                queue,
-                queue,
-            )
-
-    def _check_liveness(self, *, after_outage: bool = False) -> None:
-        """Fail the calls whose task the broker no longer has (see ``liveness``). Only the
-        holder of ``_reader`` calls this, after reading."""
-        if not (after_outage or self._liveness.due()):
-            return
-        with self._lock:
-            futures = list(self._pending.values())
-        bodies, errors = self._liveness.check(futures, after_outage=after_outage)
-        for body in bodies:
-            self._resolve(body)
-        for task_id, error in errors.items():
-            with self._lock:
-                future = self._pending.pop(task_id, None)
-                error = self._rejected.pop(task_id, error)
-            if future is not None and not future.done():
-                future.set_exception(error)
-        with self._lock:  # forget rejections of calls that ended otherwise
-            for task_id in [t for t in self._rejected if t not in self._pending]:
-                del self._rejected[task_id]
-
-
-def failure_error(failure: Failure) -> RemoteExecError:
-    """The exception a caller gets for a failure reported by a worker."""
-    if failure.kind == "remote":
-        return remote_error(failure.type_name, failure.message, failure.traceback)
-    return ERROR_KINDS.get(failure.kind, RemoteExecError)(failure.message)
 
 
 _current: ContextVar[Client | None] = ContextVar("remoteexec_client", default=None)

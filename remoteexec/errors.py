@@ -162,3 +162,14 @@ ERROR_KINDS: dict[str, type[RemoteExecError]] = {
     "timeout": CallTimeout,
     "unavailable": BackendUnavailable,
 }
+_KINDS = {cls: kind for kind, cls in ERROR_KINDS.items()}
+
+
+def error_kind(exc: RemoteExecError) -> str:
+    """The reply error kind for ``exc`` (the inverse of ``ERROR_KINDS``): that of its most
+    specific class in the table, ``"serialization"`` if none is."""
+    for cls in type(exc).__mro__:
+        kind = _KINDS.get(cls)
+        if kind is not None:
+            return kind
+    return "serialization"

@@ -1,8 +1,9 @@
 """Liveness: every call ends, even one whose task the broker no longer has.
 
 A call ends with its reply, with its timeout (``CallTimeout``), or, when its task has
-vanished from the broker, with a typed error. The client's reader (its listener thread, or
-a thread blocked in ``Client.call``) runs ``Liveness.check`` after each read:
+vanished from the broker, with a typed error. The client's reply reader (``replies.py``:
+its listener thread, or a thread blocked in ``Client.call``) runs ``Liveness.check`` after
+each read:
 
 * every ``LIVENESS_EVERY`` seconds, it asks the backend about the calls pending for more
   than ``LIVENESS_AFTER`` seconds, in one batch (``Backend.lost``); after a broker outage,

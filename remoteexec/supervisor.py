@@ -51,7 +51,6 @@ EXIT_DIED = 70  # a thread a worker needs died of an unexpected exception (logge
 _ENV = "REMOTEEXEC_WORKER_SETTINGS"
 _FIRST_DELAY, _MAX_DELAY = 0.5, 30.0  # seconds between restarts of a failing worker
 _HEALTHY_AFTER = 30.0  # seconds a worker lives before its slot's pause starts over
-_EXPIRE_NOW = 0.001  # seconds: a lease renewed for this long is claimable again at once
 
 
 @dataclass
@@ -147,12 +146,13 @@ class Supervisor:
         from .backends import Claim, open_backend
         from .config import resolve
         from .errors import RemoteExecError
+        from .leases import EXPIRE_NOW
 
         claims = [Claim(i, q, "", b"", 0, t) for i, q, t in posted]
         try:
             if self._backend is None:
                 self._backend = open_backend(resolve(self.settings.url).url)
-            held = sum(self._backend.renew(claims, lease=_EXPIRE_NOW))
+            held = sum(self._backend.renew(claims, lease=EXPIRE_NOW))
         except RemoteExecError as exc:
             log.warning("handing back the tasks of worker process %d failed: %s", pid, exc)
             return 0

@@ -1,10 +1,11 @@
 """The worker: claim, run, reply, repeat.
 
 ``Worker.run`` starts ``threads`` serving threads and then watches over them from the
-calling thread: it renews the leases of every claim held, sends heartbeats and sweeps
-expired replies. Each serving thread loops in ``_serve``: claim a batch (one task at first,
-more while tasks are quick), run each task, send the replies in one round trip. A failure
-inside a task becomes an error reply, never a dead worker. ``stop()`` (what SIGTERM calls)
+calling thread, the monitor: it renews the leases of every claim held, sends heartbeats and
+sweeps expired replies (``leases.py``, which also keeps the table of claims held). Each
+serving thread loops in ``_serve_loop``: claim a batch (one task at first, more while tasks
+are quick), run each task, send the replies in one round trip. A failure inside a task
+becomes an error reply, never a dead worker. ``stop()`` (what SIGTERM calls)
 ends the loop after the running tasks and hands back every claimed task that has not
 started.
 
@@ -27,20 +28,14 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .backends import Claim, DeadLetter, Done, WorkerInfo, open_backend
 from .board import ClaimBoard
 from .client import Client, using
 from .config import resolve
-from .errors import (
-    BackendUnavailable,
-    ConfigurationError,
-    PayloadTooLarge,
-    RemoteExecError,
-    SignatureError,
-)
+from .errors import BackendUnavailable, ConfigurationError, RemoteExecError, error_kind
+from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
 from .remote import TaskType, lookup, registered
 from .replay import LOST, ReplayGuard
@@ -52,23 +47,10 @@ _BATCH_MAX = 64  # tasks claimed at once while tasks are quick
 _BATCH_BUDGET = 0.004  # seconds of work one claimed batch should hold at most
 _FLUSH_AFTER = 0.002  # send finished replies at least this often within a batch
 _MAX_QUEUE_NAME = 128  # characters
-_EXPIRE_NOW = 0.001  # seconds: a lease renewed for this long is claimable again at once
 
 
 class WorkerDied(RuntimeError):
     """A serving thread or the monitor died of an unexpected exception (logged)."""
-
-
-@dataclass(slots=True)
-class _Held:
-    """A claim this worker holds, and what it knows about the task."""
-
-    claim: Claim
-    started: float | None = None
-    time_limit: float | None = None
-    label: str = ""
-    abandoned: bool = False  # its attempt ended without a reply (its helper died)
-    finished: bool = False  # its result is made and about to be sent: leave it alone
 
 
 class Worker:
@@ -124,8 +106,8 @@ class Worker:
         self.info = WorkerInfo(
             f"{host}:{pid}:{os.urandom(3).hex()}", host, pid, self.queues, time.time()
         )
+        self._leases = Leases(self.backend, self.info, self.lease)
         self._stopping = threading.Event()
-        self._held: dict[tuple[str, str], _Held] = {}  # by (task id, lease token)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._client: Client | None = None
@@ -168,8 +150,10 @@ class Worker:
         ]
         for thread in servers:
             thread.start()
-        try:
-            self._monitor(servers)
+        try:  # this thread is the monitor
+            self._leases.monitor(
+                servers, self._stopping, stop=self.stop, supervised=self._board is not None
+            )
         except Exception:
             log.critical("the monitor thread died: stopping the worker", exc_info=True)
             self._died = self._died or "the monitor thread died"
@@ -177,7 +161,7 @@ class Worker:
             self._stopping.set()
             for thread in servers:
                 thread.join()
-            self._quietly(self.backend.forget_worker, self.info.id)
+            quietly(self.backend.forget_worker, self.info.id)
             if self._client is not None:
                 self._client.close()
             self.backend.close()
@@ -186,22 +170,11 @@ class Worker:
             raise WorkerDied(self._died)
 
     def _connect(self) -> None:
-        """Send the first heartbeat, retrying an unreachable broker ``connect_timeout`` s."""
-        deadline, pause = time.monotonic() + self.connect_timeout, 0.1
-        while True:
-            try:
-                self.backend.heartbeat(self.info)
-                break
-            except BackendUnavailable as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.backend.close()
-                    raise BackendUnavailable(
-                        f"the broker is unreachable (tried for {self.connect_timeout:g} s): {exc}"
-                    ) from exc
-                log.warning("the broker is unreachable, retrying for %.0f s: %s", left, exc)
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, 2.0)
+        try:
+            self._leases.connect(self.connect_timeout)
+        except BackendUnavailable:
+            self.backend.close()
+            raise
         if self._board is not None:
             self._board.ready()
 
@@ -235,7 +208,6 @@ class Worker:
                     accepted, claims = self.backend.complete_and_claim(
                         finished,
                         self.queues,
-                        worker=self.info.id,
                         limit=batch,
                         lease=self.lease,
                         wait=0.5,
@@ -265,9 +237,7 @@ class Worker:
                     finished = self._run_batch(claims)
                 except Exception:  # a bug of ours: log it, hand the batch back, keep serving
                     log.exception("internal error while running %d task(s)", len(claims))
-                    with self._lock:
-                        unfinished = [c for c in claims if (c.id, c.token) in self._held]
-                    self._release(unfinished)
+                    self._leases.release(self._leases.still_held(claims))
                     self._stopping.wait(backoff)  # not in a tight loop, if it happens again
                     backoff = min(backoff * 2, 5.0)
                 per_task = (time.perf_counter() - started) / len(claims)
@@ -278,23 +248,19 @@ class Worker:
 
     def _run_batch(self, claims: list[Claim]) -> list[Done]:
         """Run ``claims``; results are sent every ``_FLUSH_AFTER`` s, the rest returned."""
-        with self._lock:
-            for claim in claims:
-                self._held[claim.id, claim.token] = _Held(claim)
+        self._leases.take(claims)
         if self._board is not None:
             self._board.post(self._local.index, claims)
         finished: list[Done] = []
         first_finished = 0.0
         for i, claim in enumerate(claims):
             if self._stopping.is_set():
-                self._release(claims[i:])
+                self._leases.release(claims[i:])
                 break
             done = self._execute(claim)
             if done is None:
                 continue
-            held = self._held.get((claim.id, claim.token))
-            if held is not None:
-                held.finished = True
+            self._leases.finish(claim)
             if not finished:
                 first_finished = time.perf_counter()
             finished.append(done)
@@ -304,7 +270,7 @@ class Worker:
         return finished
 
     def _execute(self, claim: Claim) -> Done | None:
-        held = self._held[claim.id, claim.token]
+        held = self._leases.held(claim)
         held.started = time.monotonic()
         try:
             call = self.codec.decode_call(claim.body)
@@ -340,10 +306,10 @@ class Worker:
             body = self.codec.encode_reply(reply, key=call.key)
         except RemoteExecError as exc:
             message = f"the result of {label}: {exc}"
-            return self._failure(claim, _kind_of(exc), type(exc).__name__, message, call.key)
+            return self._failure(claim, error_kind(exc), type(exc).__name__, message, call.key)
         return Done(claim, body)
 
-    def _invoke(self, task: TaskType, call: Call, held: _Held) -> Reply:
+    def _invoke(self, task: TaskType, call: Call, held: Held) -> Reply:
         if held.time_limit is None:
             runner: Runner = self._local.runner
             return runner.run(task, call)
@@ -356,19 +322,12 @@ class Worker:
         try:
             return sandbox.run(call, held.time_limit)
         except RemoteExecError as exc:  # the call or reply did not cross the pipe
-            return Reply(call.id, None, Failure(_kind_of(exc), type(exc).__name__, str(exc), ""))
+            return Reply(call.id, None, Failure(error_kind(exc), type(exc).__name__, str(exc), ""))
         except SandboxDied as exc:
             # As if a worker process had died: the attempt counts and the lease ends now.
             log.error("task %s (%s) killed its helper process: %s", held.claim.id, held.label, exc)
-            held.abandoned = True
-            with self._lock:
-                self._held.pop((held.claim.id, held.claim.token), None)
-            self._quietly(self._expire, [held.claim])
+            self._leases.abandon(held)
             return Reply(call.id, None, None)
-
-    def _expire(self, claims: list[Claim]) -> None:
-        """End the leases of ``claims`` now, as if they had expired (the attempt counts)."""
-        self.backend.renew(claims, lease=_EXPIRE_NOW)
 
     def _failure(self, claim: Claim, kind: str, type_name: str, message: str, key: int = 0) -> Done:
         """A failure reply, signed with secret number ``key`` (the one that verified the call)."""
@@ -382,12 +341,12 @@ class Worker:
         log.warning("rejected task %s from queue %s: %s", claim.id, claim.queue, exc)
         reason = f"{type(exc).__name__}: {exc}"[:1000]
         letter = DeadLetter(claim.id, claim.queue, "?", reason, time.time())
-        self._quietly(self.backend.bury, letter)
+        quietly(self.backend.bury, letter)
         if self.codec.signing:
             return Done(claim, None)
         if not isinstance(exc, RemoteExecError):
             return self._failure(claim, "serialization", "SerializationError", reason)
-        return self._failure(claim, _kind_of(exc), type(exc).__name__, str(exc))
+        return self._failure(claim, error_kind(exc), type(exc).__name__, str(exc))
 
     def _lost(self, claim: Claim, label: str, max_attempts: int, key: int = 0) -> Done:
         reason = (
@@ -396,7 +355,7 @@ class Worker:
         )
         log.error("giving up on task %s: %s", claim.id, reason)
         letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
-        self._quietly(self.backend.bury, letter)
+        quietly(self.backend.bury, letter)
         return self._failure(claim, "worker_lost", "WorkerLost", reason, key)
 
     def _complete(self, finished: list[Done]) -> None:
@@ -413,89 +372,12 @@ class Worker:
         self._settle(finished, accepted)
 
     def _settle(self, finished: list[Done], accepted: list[bool]) -> None:
-        """Forget the claims of sent results; count those whose lease still held."""
-        with self._lock:
-            for done, ok in zip(finished, accepted, strict=False):
-                self._held.pop((done.claim.id, done.claim.token), None)
-                if ok:
-                    self.info.done += 1
-                else:
-                    log.warning("result of task %s discarded: its lease was lost", done.claim.id)
+        """Let go of the claims of sent results; refuse replays of those accepted."""
+        self._leases.settle(finished, accepted)
         if self.guard is not None:  # a replay of these is refused from now on
             self.guard.completed(
                 [d.claim.id for d, ok in zip(finished, accepted, strict=False) if ok and d.reply]
             )
-
-    def _release(self, claims: Sequence[Claim]) -> None:
-        with self._lock:
-            for claim in claims:
-                self._held.pop((claim.id, claim.token), None)
-        self._quietly(self.backend.release, claims)
-        log.info("handed back %d unstarted task(s)", len(claims))
-
-    # The monitor (the thread that called run) -------------------------------------------
-
-    def _monitor(self, servers: list[threading.Thread]) -> None:
-        parent = os.getppid()
-        next_renew = next_beat = next_sweep = 0.0
-        while any(t.is_alive() for t in servers):
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + 1.0
-                with self._lock:
-                    self.info.running = sum(
-                        h.started is not None and not h.finished for h in self._held.values()
-                    )
-                self.info.last_seen = time.time()
-                self._quietly(self.backend.heartbeat, self.info)
-            if now >= next_renew:
-                next_renew = now + self.lease / 3
-                self._renew()
-            if now >= next_sweep:
-                next_sweep = now + 60.0
-                self._quietly(self.backend.sweep)
-            if self._board is not None and os.getppid() != parent:
-                log.warning("the supervisor is gone")
-                self.stop()
-            if self._stopping.is_set():
-                time.sleep(0.05)  # the serving threads are finishing their tasks
-            else:
-                self._stopping.wait(0.1)
-
-    def _renew(self) -> None:
-        with self._lock:
-            held = [h for h in self._held.values() if not (h.abandoned or h.finished)]
-        if not held:
-            return
-        try:
-            kept = self.backend.renew([h.claim for h in held], lease=self.lease)
-        except BackendUnavailable as exc:
-            log.warning("renewing %d lease(s) failed: %s", len(held), exc)
-            return
-        with self._lock:  # a claim completed meanwhile was not lost, just finished
-            lost = [
-                h
-                for h, ok in zip(held, kept, strict=True)
-                if not ok and self._held.get((h.claim.id, h.claim.token)) is h
-            ]
-        for h in lost:
-            log.warning("lease on task %s lost: another worker may run it", h.claim.id)
-
-    @staticmethod
-    def _quietly(fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except BackendUnavailable as exc:
-            log.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
-            return None
-
-
-def _kind_of(exc: RemoteExecError) -> str:
-    if isinstance(exc, PayloadTooLarge):
-        return "too_large"
-    if isinstance(exc, SignatureError):
-        return "signature"
-    return "serialization"
 
 
 def checked_queues(queues: Sequence[str]) -> list[str]:

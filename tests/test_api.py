@@ -263,8 +263,8 @@ def test_a_call_waiting_on_an_unserved_queue_logs_one_warning(
     future.submitted -= 11  # as if it had waited 11 s
     deadline = time.monotonic() + 10
     for _ in range(3):  # three check periods, each started now and seen to have run
-        client._next_worker_check = 0
-        while client._next_worker_check == 0:
+        client.replies.next_worker_check = 0
+        while client.replies.next_worker_check == 0:
             assert time.monotonic() < deadline, "the client did not check for workers"
             time.sleep(0.02)
     assert caplog.text.count("no live worker serves") == 1

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from remoteexec.backends import Backend, DeadLetter, Done, Job, WorkerInfo, mysql
+from remoteexec.backends import Backend, DeadLetter, Done, Job, WorkerInfo
+from remoteexec.backends.mysql import claim as mysql_claim
 from tests.conftest import EVERY_MODE, fresh_url
 
 #: Seconds a waiting call may take to return once what it waits for has arrived: far
@@ -43,7 +44,7 @@ def job(queue: str = "default", reply_to: str = "client-1", body: bytes = b"x") 
 def claim_all(backend: Backend, queues: list[str], n: int, lease: float = 30.0) -> list:
     got: list = []
     for _ in range(20):
-        got += backend.claim(queues, worker="w", limit=n - len(got), lease=lease, wait=0.2)
+        got += backend.claim(queues, limit=n - len(got), lease=lease, wait=0.2)
         if len(got) >= n:
             break
     return got
@@ -62,7 +63,7 @@ def test_claims_oldest_first_within_queue_and_queues_in_given_order(backend: Bac
 
 def test_claim_respects_limit_and_leaves_the_rest(backend: Backend) -> None:
     backend.enqueue([job() for _ in range(5)])
-    first = backend.claim(["default"], worker="w", limit=2, lease=30, wait=1)
+    first = backend.claim(["default"], limit=2, lease=30, wait=1)
     assert len(first) == 2
     rest = claim_all(backend, ["default"], 3)
     assert len(rest) == 3
@@ -71,7 +72,7 @@ def test_claim_respects_limit_and_leaves_the_rest(backend: Backend) -> None:
 
 def test_claim_on_empty_queue_returns_nothing_after_waiting(backend: Backend) -> None:
     started = time.monotonic()
-    assert backend.claim(["default"], worker="w", limit=5, lease=30, wait=0.3) == []
+    assert backend.claim(["default"], limit=5, lease=30, wait=0.3) == []
     assert 0.2 <= time.monotonic() - started < 3
 
 
@@ -112,7 +113,7 @@ def test_the_mode_runs_as_named(backend: Backend, request: pytest.FixtureRequest
 def test_a_waiting_claim_wakes_for_new_work(backend: Backend) -> None:
     j = job()
     later = _Later(0.3, lambda: backend.enqueue([j]))
-    claims = backend.claim(["default"], worker="w", limit=1, lease=30, wait=15)
+    claims = backend.claim(["default"], limit=1, lease=30, wait=15)
     assert later.woke_within(WAKE_BOUND)
     assert [c.id for c in claims] == [j.id]
 
@@ -123,7 +124,7 @@ def test_a_claim_on_several_queues_wakes_for_any_of_them(
     worker, producer = make_backend(), make_backend()
     j = job("second")
     later = _Later(0.3, lambda: producer.enqueue([j]))
-    claims = worker.claim(["first", "second"], worker="w", limit=3, lease=30, wait=15)
+    claims = worker.claim(["first", "second"], limit=3, lease=30, wait=15)
     assert later.woke_within(WAKE_BOUND)
     assert [c.id for c in claims] == [j.id]
 
@@ -146,7 +147,7 @@ def test_complete_without_reply_only_acknowledges(backend: Backend) -> None:
     [c] = claim_all(backend, ["default"], 1)
     assert backend.complete([Done(c, None)]) == [True]
     assert backend.replies(c.reply_to, wait=0.1) == []
-    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=0.1) == []
+    assert backend.claim(["default"], limit=1, lease=30, wait=0.1) == []
 
 
 def test_an_expired_lease_makes_the_task_claimable_with_attempt_raised(backend: Backend) -> None:
@@ -170,7 +171,7 @@ def test_renew_keeps_the_lease(backend: Backend) -> None:
     for _ in range(3):
         time.sleep(1.0)  # past half the lease each time: only the renewals keep it
         assert backend.renew([c], lease=2) == [True]
-    assert backend.claim(["default"], worker="other", limit=1, lease=30, wait=0.1) == []
+    assert backend.claim(["default"], limit=1, lease=30, wait=0.1) == []
     assert backend.complete([Done(c, b"ok")]) == [True]
 
 
@@ -199,7 +200,7 @@ def test_cancel_withdraws_only_unclaimed_tasks(backend: Backend) -> None:
     backend.enqueue([waiting])
     assert backend.cancel(waiting) is True
     assert backend.cancel(taken) is False
-    assert backend.claim(["default"], worker="w", limit=5, lease=30, wait=0.1) == []
+    assert backend.claim(["default"], limit=5, lease=30, wait=0.1) == []
 
 
 def test_replies_wait_and_wake_when_a_reply_arrives(backend: Backend) -> None:
@@ -234,13 +235,13 @@ def test_complete_and_claim_completes_then_claims(backend: Backend) -> None:
     backend.enqueue(jobs)
     [c] = claim_all(backend, ["default"], 1)
     accepted, claims = backend.complete_and_claim(
-        [Done(c, b"one")], ["default"], worker="w", limit=5, lease=30, wait=1
+        [Done(c, b"one")], ["default"], limit=5, lease=30, wait=1
     )
     assert accepted == [True]
     assert [x.id for x in claims] == [j.id for j in jobs[1:]]
     assert backend.replies("R", wait=1) == [b"one"]
     accepted, claims = backend.complete_and_claim(
-        [Done(c, b"again")], ["default"], worker="w", limit=5, lease=30, wait=0
+        [Done(c, b"again")], ["default"], limit=5, lease=30, wait=0
     )
     assert accepted == [False] and claims == []
 
@@ -279,7 +280,7 @@ def test_concurrent_claimers_never_share_a_task(make_backend: Callable[..., Back
     def consume() -> None:
         backend = make_backend()
         while True:
-            claims = backend.claim(["default"], worker="w", limit=7, lease=30, wait=0.3)
+            claims = backend.claim(["default"], limit=7, lease=30, wait=0.3)
             if not claims:
                 return
             assert all(backend.complete([Done(c, None) for c in claims]))
@@ -316,7 +317,7 @@ def test_purge_deletes_waiting_tasks(backend: Backend) -> None:
     backend.enqueue([job("a"), job("a"), job("b")])
     assert backend.purge("a") == 2
     assert backend.purge() == 1
-    assert backend.claim(["a", "b"], worker="w", limit=5, lease=30, wait=0.1) == []
+    assert backend.claim(["a", "b"], limit=5, lease=30, wait=0.1) == []
 
 
 def test_uncollected_replies_expire_after_result_ttl(make_backend: Callable[..., Backend]) -> None:
@@ -354,7 +355,7 @@ def test_release_restores_the_order_and_the_attempt(
     backend.enqueue([job()])  # newer work does not overtake released tasks...
     backend.release(claims)
     if _mode(request).startswith("mysql_skip_locked"):  # ...there, after the next full look
-        time.sleep(mysql._EXPIRED_EVERY + 0.05)
+        time.sleep(mysql_claim._EXPIRED_EVERY + 0.05)
     again = claim_all(backend, ["default"], 3)
     assert [(c.id, c.attempt) for c in again] == [(j.id, 1) for j in jobs]
     assert backend.cancel(jobs[0]) is False  # claimed again
@@ -400,7 +401,7 @@ def test_enqueueing_an_id_again_leaves_the_held_task_as_it_is(
     assert backend.complete([Done(c, b"once")]) == [True]
     assert backend.replies("R", wait=1) == [b"once"]
     rest: list = []
-    while more := backend.claim(["default"], worker="w", limit=5, lease=30, wait=0.5):
+    while more := backend.claim(["default"], limit=5, lease=30, wait=0.5):
         rest += more
     if _mode(request).startswith("redis"):  # keeps no index of ids: a repeat is queued
         repeated = [claimed.id, waiting.id, waiting.id, fresh.id, fresh.id]

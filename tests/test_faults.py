@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from remoteexec import BackendUnavailable, CallTimeout, Client, using
-from remoteexec.backends.redis_wire import Keys
+from remoteexec.backends.redis.keys import Keys
 from tests.conftest import fresh_url
 from tests.farm import Farm, ledger, tasks
 

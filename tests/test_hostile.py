@@ -36,14 +36,14 @@ import pytest
 from remoteexec import Client
 from remoteexec._exttypes import AMPLIFICATION, MAX_DEPTH, pack, unpack
 from remoteexec.backends import open_backend
-from remoteexec.backends.redis_wire import (
+from remoteexec.backends.redis.elements import (
     BadElement,
-    Keys,
     next_attempt,
     pack_task,
     unpack_reply,
     unpack_task,
 )
+from remoteexec.backends.redis.keys import Keys
 from remoteexec.backends.rows import dead_letter_json, worker_json
 from remoteexec.errors import SerializationError
 from remoteexec.message import Call, Codec, Reply

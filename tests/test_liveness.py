@@ -249,7 +249,7 @@ def test_a_malformed_reply_stops_neither_the_listener_nor_other_calls(
     assert [f.result(timeout=BOUND + SLACK + 30) for f in futures] == [1, 2, 3, 4, 5, 6]
     write_malformed_reply(url, client.reply_to)
     assert tasks.Echo.value(7) == 7  # a blocking call reads the junk itself
-    listener = client._listener
+    listener = client.replies.listener
     assert listener is not None and listener.is_alive()
 
 
@@ -261,7 +261,7 @@ def test_lost_and_purged_name_the_tasks_purge_deleted(backend: Any) -> None:
 
     kept, purged, answered = (Job(f"id-{n}", "q", "client", b"x") for n in "abc")
     backend.enqueue([answered])
-    [claim] = backend.claim(["q"], worker="w", limit=1, lease=30, wait=1)
+    [claim] = backend.claim(["q"], limit=1, lease=30, wait=1)
     backend.complete([Done(claim, b"reply")])
     backend.enqueue([purged])
     assert backend.purge("q") == 1
@@ -287,7 +287,7 @@ def test_sqlite_schema_version_1_is_migrated(tmp_path: Path) -> None:
     try:
         job = Job("t1", "q", "client", b"x")
         backend.enqueue([job])
-        [claim] = backend.claim(["q"], worker="w", limit=1, lease=30, wait=1)
+        [claim] = backend.claim(["q"], limit=1, lease=30, wait=1)
         backend.complete([Done(claim, b"reply")])
         assert backend.lost([job.id], "client") == set()
         assert backend.purge() == 0
@@ -335,14 +335,14 @@ def test_a_listener_that_dies_fails_its_calls_and_the_next_call_restarts_it() ->
         with Client(url) as client, using(client):
             slow = Results.value.submit("late", delay=1.0)
             Results.deadly.submit()
-            listener = client._listener
+            listener = client.replies.listener
             assert listener is not None
             listener.join(30)
             assert not listener.is_alive()  # killed by the hook, as nothing else could
             with pytest.raises(CallLost, match="listener"):
                 slow.result(timeout=10)
             assert Results.value.submit("again").result(timeout=30) == "again"
-            assert client._listener is not None and client._listener.is_alive()
+            assert client.replies.listener is not None and client.replies.listener.is_alive()
     finally:
         worker.stop()
         serving.join(10)

@@ -22,8 +22,8 @@ import pytest
 
 from remoteexec.backends import Done, Job, open_backend
 from remoteexec.backends.mysql import MySQLBackend, schema_sql
-from remoteexec.backends.mysql_conn import execute, parse_url
-from remoteexec.backends.mysql_schema import SCHEMA_VERSION
+from remoteexec.backends.mysql.connection import execute, parse_url
+from remoteexec.backends.mysql.schema import SCHEMA_VERSION
 from remoteexec.errors import BackendUnavailable, ConfigurationError
 from tests._mariadb_server import MARIADBD, MariaDBServer
 
@@ -150,7 +150,7 @@ def test_concurrent_claimers_never_hold_the_same_task(make, mode: str, shared: b
         backend = common if shared else make(f"?claim={mode}")
         try:
             while True:
-                claims = backend.claim(["a", "b"], worker="w", limit=7, lease=60, wait=0.5)
+                claims = backend.claim(["a", "b"], limit=7, lease=60, wait=0.5)
                 if not claims:
                     return
                 with lock:
@@ -175,9 +175,9 @@ def test_a_late_complete_after_takeover_changes_nothing(server, db_url, make, mo
     backend = make(f"?claim={mode}")
     j = job(reply_to="late")
     backend.enqueue([j])
-    [first] = backend.claim(["default"], worker="w1", limit=1, lease=0.3, wait=1)
+    [first] = backend.claim(["default"], limit=1, lease=0.3, wait=1)
     time.sleep(0.6)
-    [second] = backend.claim(["default"], worker="w2", limit=1, lease=60, wait=1)
+    [second] = backend.claim(["default"], limit=1, lease=60, wait=1)
     assert (second.id, second.attempt) == (j.id, 2)
     assert backend.complete([Done(first, b"late")]) == [False]
     assert backend.renew([first], lease=60) == [False]
@@ -198,7 +198,7 @@ def test_ten_mib_body_and_reply_round_trip(make, mode: str) -> None:
     body = os.urandom(10 * 1024 * 1024)
     j = job(reply_to="big", body=body)
     backend.enqueue([j, job(reply_to="big", body=b"\x00'\\\"" * 1000)])
-    claims = backend.claim(["default"], worker="w", limit=2, lease=60, wait=1)
+    claims = backend.claim(["default"], limit=2, lease=60, wait=1)
     assert [c.body for c in claims] == [body, b"\x00'\\\"" * 1000]
     assert backend.complete([Done(c, c.body[::-1]) for c in claims]) == [True, True]
     assert backend.replies("big", wait=1) == [body[::-1], (b"\x00'\\\"" * 1000)[::-1]]
@@ -208,7 +208,7 @@ def test_ten_mib_body_and_reply_round_trip(make, mode: str) -> None:
 def test_no_rows_are_left_once_replies_are_collected(server, db_url, make, wait) -> None:
     backend = make(f"?wait={wait}")
     backend.enqueue([job(reply_to="c") for _ in range(50)])
-    claims = backend.claim(["default"], worker="w", limit=50, lease=60, wait=1)
+    claims = backend.claim(["default"], limit=50, lease=60, wait=1)
     assert all(backend.complete([Done(c, c.id.encode()) for c in claims]))
     got = backend.replies("c", wait=1)
     assert got == [c.id.encode() for c in claims]
@@ -224,7 +224,7 @@ def test_a_reply_read_whose_answer_is_lost_is_read_again(make, wait) -> None:
     reply. (A ``DELETE ... RETURNING`` read would have lost it for good.)"""
     backend = make(f"?wait={wait}")
     backend.enqueue([job(reply_to="lossy")])
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    [c] = backend.claim(["default"], limit=1, lease=60, wait=1)
     assert backend.complete([Done(c, b"answer")]) == [True]
     read, _ = backend._read_replies("lossy", 0.1 if wait == "server" else None)
     backend._db.run(lambda cur: execute(cur, *read))  # ran; its rows are dropped here
@@ -236,7 +236,7 @@ def test_replies_come_back_oldest_first(make) -> None:
     backend = make()
     backend.enqueue([job(reply_to="o") for _ in range(5)])
     for n in range(5):
-        [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+        [c] = backend.claim(["default"], limit=1, lease=60, wait=1)
         backend.complete([Done(c, str(n).encode())])
     assert backend.replies("o", wait=1) == [b"0", b"1", b"2", b"3", b"4"]
 
@@ -244,7 +244,7 @@ def test_replies_come_back_oldest_first(make) -> None:
 def test_sweep_removes_stale_workers_and_expired_replies(server, db_url, make) -> None:
     backend = make(result_ttl=0.2)
     backend.enqueue([job(reply_to="gone")])
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    [c] = backend.claim(["default"], limit=1, lease=60, wait=1)
     backend.complete([Done(c, b"never read")])
     from remoteexec.backends import WorkerInfo
 
@@ -286,7 +286,7 @@ def test_reconnects_after_the_server_restarts(server, make, mode: str) -> None:
     stats_before = backend.stats()
     server.restart()
     # The dead connection is noticed before use: no call fails after a restart.
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    [c] = backend.claim(["default"], limit=1, lease=60, wait=1)
     assert backend.complete([Done(c, b"ok")]) == [True]
     assert backend.replies("r", wait=1) == [b"ok"]
     assert stats_before.queues == {"default": 1}
@@ -311,12 +311,12 @@ def test_a_frozen_server_times_out_as_backend_unavailable(server, make) -> None:
     server.freeze()
     try:
         with pytest.raises(BackendUnavailable):
-            backend.claim(["default"], worker="w", limit=1, lease=1, wait=0)
+            backend.claim(["default"], limit=1, lease=1, wait=0)
     finally:
         server.thaw()
     # The server may still have run the claim it had received: then the task waits for
     # that lease to expire, and is claimed again with its attempt raised.
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=10)
+    [c] = backend.claim(["default"], limit=1, lease=60, wait=10)
     assert c.id == j.id and c.attempt in (1, 2)
 
 
@@ -327,7 +327,7 @@ def test_each_thread_and_each_forked_child_has_its_own_connection(make) -> None:
 
     def note() -> None:
         backend.stats()
-        conns.append(backend._db._local.conn)  # kept alive, so ids stay distinct
+        conns.append(backend._db.connection())  # kept alive, so ids stay distinct
 
     threads = [threading.Thread(target=note) for _ in range(3)]
     for t in threads:
@@ -338,7 +338,7 @@ def test_each_thread_and_each_forked_child_has_its_own_connection(make) -> None:
     pid = os.fork()
     if pid == 0:  # the child claims through a new connection of its own
         try:
-            claims = backend.claim(["fork"], worker="child", limit=1, lease=60, wait=2)
+            claims = backend.claim(["fork"], limit=1, lease=60, wait=2)
             ok = len(claims) == 1 and backend.complete([Done(claims[0], None)]) == [True]
             os._exit(0 if ok else 1)
         finally:
@@ -353,7 +353,7 @@ def test_lock_wait_timeouts_are_retried_inside_the_adapter(server, db_url, make)
     backend = make()
     j = job()
     backend.enqueue([j])
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=60, wait=1)
+    [c] = backend.claim(["default"], limit=1, lease=60, wait=1)
     holder = server.connect(database=db_url.rsplit("/", 1)[1])
     cur = holder.cursor()
     cur.execute("START TRANSACTION")
@@ -409,15 +409,15 @@ def test_tls_verifies_certificate_and_host_name(server) -> None:
 @pytest.mark.parametrize("wait", ["server", "client"])
 def test_an_idle_worker_probes_before_claiming_and_still_finds_work(make, mode, wait) -> None:
     client, worker = make(), make(f"?claim={mode}&wait={wait}")
-    assert worker.claim(["default"], worker="w", limit=1, lease=0.3, wait=0) == []
+    assert worker.claim(["default"], limit=1, lease=0.3, wait=0) == []
     time.sleep(0.05)  # idle past _PROBE_AFTER: the next claims start with a cheap read
     first = job()
     client.enqueue([first])
-    [c] = worker.claim(["default"], worker="w", limit=1, lease=0.3, wait=1)
+    [c] = worker.claim(["default"], limit=1, lease=0.3, wait=1)
     assert c.id == first.id
-    assert worker.claim(["default"], worker="w", limit=1, lease=0.3, wait=0) == []
+    assert worker.claim(["default"], limit=1, lease=0.3, wait=0) == []
     time.sleep(0.4)  # idle again, and the lease has expired: the probe must see it too
-    [again] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    [again] = worker.claim(["default"], limit=1, lease=30, wait=1)
     assert (again.id, again.attempt) == (first.id, 2)
 
 
@@ -449,7 +449,7 @@ def test_an_empty_claim_waits_in_the_server_in_one_statement(make, mode) -> None
     sent = []
     for backend in (server_side, polling):
         before = questions(backend)
-        assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=0.5) == []
+        assert backend.claim(["default"], limit=1, lease=30, wait=0.5) == []
         sent.append(questions(backend) - before - 1)  # not counting the SHOW
     # One wait (then the optimistic reads), however long it lasts; the polls are at least
     # two claims (a 0.5 s wait outlasts the first pause, 40 ms at most), often dozens.
@@ -464,7 +464,7 @@ def test_a_claim_waiting_in_the_server_takes_new_work_before_its_wait_ends(make,
     timer = threading.Timer(0.3, client.enqueue, ([new],))
     timer.start()
     started = time.monotonic()
-    claims = worker.claim(["default"], worker="w", limit=5, lease=30, wait=5)
+    claims = worker.claim(["default"], limit=5, lease=30, wait=5)
     waited = time.monotonic() - started
     timer.join()
     assert [c.id for c in claims] == [new.id]
@@ -479,7 +479,7 @@ def test_a_wait_longer_than_the_read_timeout_is_cut_into_holds(make) -> None:
     new = job(reply_to="slow")
     timer = threading.Timer(1.5, client.enqueue, ([new],))
     timer.start()
-    [claim] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=5)
+    [claim] = worker.claim(["default"], limit=1, lease=30, wait=5)
     timer.join()
     assert claim.id == new.id
     answer = threading.Timer(1.5, worker.complete, ([Done(claim, b"late")],))
@@ -488,7 +488,7 @@ def test_a_wait_longer_than_the_read_timeout_is_cut_into_holds(make) -> None:
     answer.join()
 
     def serve() -> None:
-        [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+        [c] = worker.claim(["default"], limit=1, lease=30, wait=1)
         worker.complete([Done(c, b"later")])
 
     answer = threading.Timer(1.5, serve)
@@ -502,7 +502,7 @@ def test_send_and_wait_inserts_and_waits_for_the_reply_in_one_query(make) -> Non
     sent = job(reply_to="me")
 
     def serve() -> None:
-        [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=5)
+        [c] = worker.claim(["default"], limit=1, lease=30, wait=5)
         worker.complete([Done(c, b"answer")])
 
     thread = threading.Thread(target=serve)
@@ -521,7 +521,7 @@ def test_send_and_wait_looks_for_its_reply_often_on_a_new_channel(make) -> None:
     client.stats()  # connected: the wait runs in the server
 
     def serve() -> None:
-        [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=5)
+        [c] = worker.claim(["default"], limit=1, lease=30, wait=5)
         time.sleep(0.3)
         worker.complete([Done(c, b"answer")])
 
@@ -567,23 +567,21 @@ def test_send_and_wait_cut_off_after_the_insert_reports_it_sent(server, db_url, 
 def test_complete_and_claim_cut_off_in_its_wait_keeps_the_results(server, db_url, make) -> None:
     worker, client = make(), make()
     client.enqueue([job(reply_to="me")])
-    [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    [c] = worker.claim(["default"], limit=1, lease=30, wait=1)
     [(conn_id,)] = worker._db.run(
         lambda cur: (cur.execute("SELECT CONNECTION_ID()"), cur.fetchall())[1]
     )
     killer = threading.Timer(0.5, query, (server, db_url, f"KILL CONNECTION {conn_id}"))
     killer.start()
     # The completion goes through, then the claim's wait in the server is cut off.
-    done = worker.complete_and_claim(
-        [Done(c, b"answer")], ["default"], worker="w", limit=1, lease=30, wait=5
-    )
+    done = worker.complete_and_claim([Done(c, b"answer")], ["default"], limit=1, lease=30, wait=5)
     killer.join()
     assert done == ([True], [])  # completed; the claim cut off claims nothing
     assert client.replies("me", wait=1) == [b"answer"]
     assert query(server, db_url, "SELECT COUNT(*) FROM remoteexec_tasks") == ((0,),)
 
 
-# -- a claim's floor (mysql_claim.claim_locked) -------------------------------------------
+# -- a claim's floor (mysql.claim.claim_locked) -------------------------------------------
 
 _TASK_AT = (
     "INSERT INTO remoteexec_tasks (seq, id, queue, reply_to, body, created) "
@@ -600,16 +598,16 @@ def test_a_task_committed_below_a_claims_floor_is_still_claimed(server, db_url, 
     worker.init_db()
     for seq in (100, 200):
         query(server, db_url, _TASK_AT.format(seq, f"t{seq}"))
-    claims = worker.claim(["default"], worker="w", limit=5, lease=30, wait=1)
+    claims = worker.claim(["default"], limit=5, lease=30, wait=1)
     assert [c.id for c in claims] == ["t100", "t200"]
     assert worker.complete([Done(c, None) for c in claims]) == [True, True]
     query(server, db_url, _TASK_AT.format(150, "t150"))
-    claims = worker.claim(["default"], worker="w", limit=5, lease=30, wait=1)
+    claims = worker.claim(["default"], limit=5, lease=30, wait=1)
     assert [c.id for c in claims] == ["t150"]
     timer = threading.Timer(0.3, query, (server, db_url, _TASK_AT.format(120, "t120")))
     timer.start()
     started = time.monotonic()
-    claims = worker.claim(["default"], worker="w", limit=5, lease=30, wait=5)
+    claims = worker.claim(["default"], limit=5, lease=30, wait=5)
     waited = time.monotonic() - started
     timer.join()
     assert [c.id for c in claims] == ["t120"]
@@ -669,20 +667,20 @@ def test_a_claim_does_not_step_over_the_rows_it_took(
     Only a backend's first claim looks for expired leases here (a look scans the queue
     from its start, whatever the floor), so the claims measured do not depend on how long
     the set-up took."""
-    monkeypatch.setattr("remoteexec.backends.mysql._EXPIRED_EVERY", 3600.0)
+    monkeypatch.setattr("remoteexec.backends.mysql.claim._EXPIRED_EVERY", 3600.0)
     snapshot = server.connect(database=db_url.rsplit("/", 1)[1])
     worker, client, fresh = make(f"?wait={wait}"), make(), make(f"?wait={wait}")
     try:
         snapshot.cursor().execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
         for _ in range(4):
             client.enqueue([job() for _ in range(100)])
-            claims = worker.claim(["default"], worker="w", limit=100, lease=30, wait=1)
+            claims = worker.claim(["default"], limit=100, lease=30, wait=1)
             assert worker.complete([Done(c, None) for c in claims]) == [True] * 100
         fresh.stats()  # connected
         pages, taken = [], []
         for backend in (worker, fresh):  # the fresh backend has no floor: it scans them all
             client.enqueue([job()])
-            claim = functools.partial(backend.claim, worker="w", limit=1, lease=30, wait=1)
+            claim = functools.partial(backend.claim, limit=1, lease=30, wait=1)
             run = lambda: taken.extend(claim(["default"]))  # noqa: B023, E731
             pages.append(_pages_accessed(server, backend, run))
         assert len(taken) == 2

@@ -57,12 +57,12 @@ def test_a_queue_name_padded_with_spaces_is_another_queue(
     backend = make_backend()
     padded, plain = job("iso ", reply_to="me "), job("iso", reply_to="me")
     backend.enqueue([padded])
-    assert backend.claim(["iso"], worker="w", limit=5, lease=30, wait=0) == []
-    assert backend.claim(["ISO "], worker="w", limit=5, lease=30, wait=0) == []
+    assert backend.claim(["iso"], limit=5, lease=30, wait=0) == []
+    assert backend.claim(["ISO "], limit=5, lease=30, wait=0) == []
     backend.enqueue([plain])
-    [got] = backend.claim(["iso"], worker="w", limit=5, lease=30, wait=1)
+    [got] = backend.claim(["iso"], limit=5, lease=30, wait=1)
     assert (got.id, got.queue) == (plain.id, "iso")
-    [got_padded] = backend.claim(["iso "], worker="w", limit=5, lease=30, wait=1)
+    [got_padded] = backend.claim(["iso "], limit=5, lease=30, wait=1)
     assert (got_padded.id, got_padded.queue) == (padded.id, "iso ")
     assert backend.complete([Done(got_padded, b"to me-space")]) == [True]
     assert backend.complete([Done(got, b"to me")]) == [True]
@@ -84,7 +84,7 @@ def test_a_mysql_database_of_the_padded_schema_is_migrated(
     """A database made by the schema whose names were ``utf8mb4_bin`` (PAD SPACE) is
     migrated on first use: its tasks are kept, and its queue names compare exactly."""
     from remoteexec.backends.mysql import schema_sql
-    from remoteexec.backends.mysql_schema import SCHEMA_VERSION
+    from remoteexec.backends.mysql.schema import SCHEMA_VERSION
 
     url = fresh_url("mysql", request, tmp_path)
     server = request.getfixturevalue("mariadb_server")
@@ -101,8 +101,8 @@ def test_a_mysql_database_of_the_padded_schema_is_migrated(
         assert _column_collations(conn, "remoteexec_tasks")["queue"] == "utf8mb4_bin"
         backend = open_backend(url)
         try:
-            assert backend.claim(["iso"], worker="w", limit=5, lease=30, wait=0) == []
-            [claim] = backend.claim(["iso "], worker="w", limit=5, lease=30, wait=1)
+            assert backend.claim(["iso"], limit=5, lease=30, wait=0) == []
+            [claim] = backend.claim(["iso "], limit=5, lease=30, wait=1)
             assert claim.id == "old-task"
         finally:
             backend.close()
@@ -235,7 +235,7 @@ def test_a_unix_socket_redis_url_works() -> None:
         try:
             sent = job("default", reply_to="me")
             backend.enqueue([sent])
-            [claim] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+            [claim] = backend.claim(["default"], limit=1, lease=30, wait=1)
             assert claim.id == sent.id
             assert backend.complete([Done(claim, b"over the socket")]) == [True]
             assert backend.replies("me", wait=1) == [b"over the socket"]

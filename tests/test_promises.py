@@ -171,7 +171,7 @@ def test_a_redis_that_comes_back_empty_fails_pending_calls_with_backend_unavaila
         blocked = Blocked(client)
         wait_for(lambda: waiting(server.url) == 2, what="both calls to be queued")
         server.kill()
-        wait_for(lambda: client._outage_since is not None, what="the client to see the outage")
+        wait_for(lambda: client.replies.in_outage, what="the client to see the outage")
         server.restart(keep_data=False)  # back on the same port, empty
         bound = LIVENESS_AFTER + LIVENESS_EVERY + SLACK
         error = future.exception(timeout=bound)

@@ -62,14 +62,14 @@ def job(queue: str = "default", reply_to: str = "client-1", body: bytes = b"x") 
 
 
 def claim_one(backend: RedisBackend, queue: str = "default", lease: float = 30) -> Claim:
-    [c] = backend.claim([queue], worker="w", limit=1, lease=lease, wait=2)
+    [c] = backend.claim([queue], limit=1, lease=lease, wait=2)
     return c
 
 
 def test_every_key_is_under_the_prefix_with_the_queue_as_hash_tag(make, server) -> None:
     backend = make("?prefix=app7:")
     backend.enqueue([job("gpu"), job("gpu", reply_to="me")])
-    claims = backend.claim(["gpu"], worker="w", limit=1, lease=30, wait=1)
+    claims = backend.claim(["gpu"], limit=1, lease=30, wait=1)
     backend.complete([Done(claims[0], b"r")])
     keys = sorted(k.decode() for k in server.client().keys("*"))
     assert keys and all(k.startswith("app7:") for k in keys)
@@ -92,7 +92,7 @@ def test_a_reply_list_expires_after_result_ttl_and_the_keys_return_to_baseline(
     box = b"remoteexec:{gone}:r"
     assert 0 < server.client().pttl(box) <= 1000
     assert set(server.client().keys("*")) > baseline
-    backend.claim(["default"], worker="w", limit=5, lease=30, wait=0)  # tokens with no task
+    backend.claim(["default"], limit=5, lease=30, wait=0)  # tokens with no task
     backend.sweep()
     deadline = time.monotonic() + 10
     while not set(server.client().keys("*")) <= baseline and time.monotonic() < deadline:
@@ -119,9 +119,9 @@ def test_a_late_reply_from_a_lost_lease_is_dropped_and_keeps_the_task_traced(mak
 def test_unused_claim_tokens_never_count_as_running(make) -> None:
     backend = make()
     backend.enqueue([job()])
-    [c] = backend.claim(["default"], worker="w", limit=10, lease=30, wait=1)
+    [c] = backend.claim(["default"], limit=10, lease=30, wait=1)
     assert backend.stats().running == 1
-    assert backend.claim(["default"], worker="w", limit=10, lease=30, wait=0.1) == []
+    assert backend.claim(["default"], limit=10, lease=30, wait=0.1) == []
     assert backend.stats().running == 1
     assert backend.complete([Done(c, None)]) == [True]
     assert backend.stats().running == 0
@@ -145,7 +145,7 @@ def test_a_worker_on_several_queues_wakes_for_any_of_them(make, server) -> None:
 
     thread = threading.Thread(target=enqueue_once_the_claim_waits)
     thread.start()
-    got = worker.claim(["first", "second"], worker="w", limit=3, lease=30, wait=10)
+    got = worker.claim(["first", "second"], limit=3, lease=30, wait=10)
     woke = time.monotonic()
     thread.join()
     admin.close()
@@ -155,7 +155,7 @@ def test_a_worker_on_several_queues_wakes_for_any_of_them(make, server) -> None:
 
 def test_blocking_stays_below_a_short_socket_timeout(make) -> None:
     backend = make("?socket_timeout=1.0")  # blocking reads wait 0.25 s at a time
-    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=1.5) == []
+    assert backend.claim(["default"], limit=1, lease=30, wait=1.5) == []
     assert backend.replies("nobody", wait=1.5) == []
 
 
@@ -214,7 +214,7 @@ def test_a_dead_server_raises_backend_unavailable_without_the_password(make, ser
     server.kill()
     for call in (
         lambda: backend.enqueue([job()]),
-        lambda: backend.claim(["default"], worker="w", limit=1, lease=30, wait=0.5),
+        lambda: backend.claim(["default"], limit=1, lease=30, wait=0.5),
         lambda: backend.replies("x", wait=0.5),
         backend.stats,
     ):
@@ -277,7 +277,7 @@ def test_a_forked_child_gets_its_own_connections(make) -> None:
     assert backend._cmd("CLIENT", "ID") == parent_id
 
 
-# The Lua fast path (redis_lua) -----------------------------------------------------------
+# The Lua scripts (redis/lua.py) -----------------------------------------------------------
 
 
 def _noscript_url(server, user: str = "noscript") -> str:
@@ -298,7 +298,7 @@ def test_a_queues_leases_are_a_skiplist_from_the_first_claim(make, server, scrip
     a member longer than a listpack's may be keeps the leases a skiplist."""
     backend = make() if scripts else make(url=_noscript_url(server))
     backend.enqueue([job() for _ in range(3)])
-    assert len(backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)) == 3
+    assert len(backend.claim(["default"], limit=3, lease=30, wait=1)) == 3
     leases = server.client().object("encoding", backend._keys.leases("default"))
     assert leases == b"skiplist"
 
@@ -311,8 +311,8 @@ def test_claims_and_completions_use_the_scripts_when_allowed(make, tmp_path) -> 
         jobs = [job(reply_to="R") for _ in range(5)]
         backend.enqueue(jobs)
         before = _evalsha_calls(own)
-        claims = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
-        claims += backend.claim(["default"], worker="w", limit=10, lease=30, wait=1)
+        claims = backend.claim(["default"], limit=1, lease=30, wait=1)
+        claims += backend.claim(["default"], limit=10, lease=30, wait=1)
         assert [c.id for c in claims] == [j.id for j in jobs]
         assert backend.complete([Done(c, c.id.encode()) for c in claims]) == [True] * 5
         assert _evalsha_calls(own) - before == 3  # one per claim pass, one for the completion
@@ -325,10 +325,10 @@ def test_a_script_free_adapter_takes_over_a_scripted_claim(make, server) -> None
     scripted, plain = make(), make(url=_noscript_url(server))
     jobs = [job(reply_to="R") for _ in range(3)]
     scripted.enqueue(jobs)
-    first = scripted.claim(["default"], worker="a", limit=1, lease=30, wait=1)
-    held = first + scripted.claim(["default"], worker="a", limit=5, lease=0.3, wait=1)
+    first = scripted.claim(["default"], limit=1, lease=30, wait=1)
+    held = first + scripted.claim(["default"], limit=5, lease=0.3, wait=1)
     time.sleep(0.4)  # the last two leases expire; the plain adapter requeues and claims them
-    taken = plain.claim(["default"], worker="b", limit=5, lease=30, wait=1)
+    taken = plain.claim(["default"], limit=5, lease=30, wait=1)
     assert sorted((c.id, c.attempt) for c in taken) == sorted((j.id, 2) for j in jobs[1:])
     assert scripted.complete([Done(c, b"late") for c in held]) == [True, False, False]
     assert plain.complete([Done(c, b"ok") for c in taken]) == [True, True]
@@ -340,8 +340,8 @@ def test_a_script_free_adapter_takes_over_a_scripted_claim(make, server) -> None
 def test_scripts_forgotten_by_the_server_are_loaded_again(make, server) -> None:
     backend = make()
     backend.enqueue([job(reply_to="R") for _ in range(4)])
-    c1 = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
-    c2 = backend.claim(["default"], worker="w", limit=3, lease=30, wait=1)
+    c1 = backend.claim(["default"], limit=1, lease=30, wait=1)
+    c2 = backend.claim(["default"], limit=3, lease=30, wait=1)
     server.client().script_flush()  # as a restarted Redis would have
     before = _evalsha_calls(server)
     assert backend.complete([Done(c, b"ok") for c in c1 + c2]) == [True] * 4
@@ -355,8 +355,8 @@ def test_scripting_denied_after_start_falls_back_without_losing_a_result(make, s
     )
     backend = make(url=f"redis://later:pw@127.0.0.1:{server.port}/0")
     backend.enqueue([job(reply_to="R") for _ in range(3)])
-    c = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
-    c += backend.claim(["default"], worker="w", limit=5, lease=30, wait=1)  # scripted
+    c = backend.claim(["default"], limit=1, lease=30, wait=1)
+    c += backend.claim(["default"], limit=5, lease=30, wait=1)  # scripted
     server.client().acl_setuser("later", commands=["-@scripting"])
     assert backend.complete([Done(x, b"ok") for x in c]) == [True] * 3
     assert backend._scripts.off
@@ -367,21 +367,44 @@ def test_complete_and_claim_delivers_first_then_claims_in_one_round_trip(make, s
     backend = make()
     jobs = [job(reply_to="R") for _ in range(6)]
     backend.enqueue(jobs)
-    [first] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)
+    [first] = backend.claim(["default"], limit=1, lease=30, wait=1)
     accepted, claims = backend.complete_and_claim(
-        [Done(first, b"1")], ["default"], worker="w", limit=5, lease=30, wait=1
+        [Done(first, b"1")], ["default"], limit=5, lease=30, wait=1
     )  # a MULTI completion, then a scripted pass (work was waiting)
     assert accepted == [True] and [c.id for c in claims] == [j.id for j in jobs[1:]]
     assert backend.replies("R", wait=1) == [b"1"]
     server.client().script_flush()  # the scripted completion is refused once, then sent
     started = time.monotonic()
     accepted, more = backend.complete_and_claim(
-        [Done(c, b"n") for c in claims], ["default"], worker="w", limit=5, lease=30, wait=0.3
+        [Done(c, b"n") for c in claims], ["default"], limit=5, lease=30, wait=0.3
     )  # nothing waiting: the pass waits 0.3 s after the results went out
     assert accepted == [True] * 5 and more == []
     assert time.monotonic() - started >= 0.25
     assert backend.replies("R", wait=1) == [b"n"] * 5
     assert backend.stats().running == 0
+
+
+@pytest.mark.parametrize("results", [1, 3])
+def test_complete_and_claim_is_one_round_trip_without_scripts_too(
+    make, server, monkeypatch, results
+) -> None:
+    from remoteexec.backends.redis import wire
+
+    backend = make(url=_noscript_url(server))
+    jobs = [job(reply_to="R") for _ in range(results + 3)]
+    backend.enqueue(jobs)
+    held = backend.claim(["default"], limit=results, lease=30, wait=1)
+    held += backend.claim(["default"], limit=results - len(held), lease=30, wait=1)
+    assert backend._scripts.off and len(held) == results
+    trips: list[int] = []
+    checkout = wire.Link.held
+    monkeypatch.setattr(wire.Link, "held", lambda link: trips.append(1) or checkout(link))
+    accepted, claims = backend.complete_and_claim(
+        [Done(c, b"r") for c in held], ["default"], limit=5, lease=30, wait=1
+    )
+    assert accepted == [True] * results and trips == [1]  # the MULTI, then the pass
+    assert claims and [c.id for c in claims] == [j.id for j in jobs[results:]][: len(claims)]
+    assert backend.replies("R", wait=1) == [b"r"] * results
 
 
 def test_send_and_wait_cut_off_after_the_enqueue_reports_it_sent(make, server) -> None:
@@ -402,13 +425,13 @@ def test_the_hot_path_runs_on_redis_py_alone_without_hiredis(make, monkeypatch) 
     """hiredis is optional: commands packed and replies read by redis-py's own parser."""
     from redis._parsers import _RESP2Parser
 
-    from remoteexec.backends import redis_wire
+    from remoteexec.backends.redis import wire
 
-    monkeypatch.setattr(redis_wire, "_pack_one", None)
+    monkeypatch.setattr(wire, "_pack_one", None)
     # A pure-Python parser (redis-py takes its RESP3 twin when the protocol is 3).
-    from_url = redis_wire.redis.Redis.from_url
+    from_url = wire.redis.Redis.from_url
     monkeypatch.setattr(
-        redis_wire.redis.Redis,
+        wire.redis.Redis,
         "from_url",
         lambda url, **kw: from_url(url, parser_class=_RESP2Parser, **kw),
     )
@@ -416,7 +439,7 @@ def test_the_hot_path_runs_on_redis_py_alone_without_hiredis(make, monkeypatch) 
     sent = job(reply_to="plain")
 
     def serve() -> None:
-        [c] = worker.claim(["default"], worker="w", limit=1, lease=30, wait=5)
+        [c] = worker.claim(["default"], limit=1, lease=30, wait=5)
         assert worker.complete([Done(c, b"answer")]) == [True]
 
     thread = threading.Thread(target=serve)

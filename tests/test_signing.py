@@ -22,7 +22,7 @@ import pytest
 
 from remoteexec import Client, Worker, remote, using
 from remoteexec.backends import Backend, Done, Job, open_backend
-from remoteexec.backends.redis_wire import pack_task, unpack_task
+from remoteexec.backends.redis.elements import pack_task, unpack_task
 from remoteexec.errors import SerializationError
 from remoteexec.message import Call, Codec, Reply
 from tests.conftest import fresh_url
@@ -386,7 +386,7 @@ def test_a_forged_reply_does_not_end_a_pending_call(
         try:
             decoy = Job(uuid.uuid4().hex, "decoy", client.reply_to, b"decoy")
             forger.enqueue([decoy])
-            (claim,) = forger.claim(["decoy"], worker="w", limit=1, lease=30, wait=5)
+            (claim,) = forger.claim(["decoy"], limit=1, lease=30, wait=5)
             forged = Codec(secrets=["not-the-key"]).encode_reply(
                 Reply(future.task_id, "forged", None)
             )

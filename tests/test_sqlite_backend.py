@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from remoteexec.backends import Done, Job, WorkerInfo, open_backend
-from remoteexec.backends import sqlite as sqlite_mod
 from remoteexec.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
+from remoteexec.backends.sqlite import connection as sqlite_mod
 from remoteexec.errors import BackendUnavailable, ConfigurationError
 
 
@@ -64,7 +64,7 @@ def _consume(url: str, limit: int, ready: Any, all_enqueued: Any, out: Any) -> N
         backend.stats()
         ready.release()
         while True:
-            claims = backend.claim(["default"], worker="w", limit=limit, lease=60, wait=0.2)
+            claims = backend.claim(["default"], limit=limit, lease=60, wait=0.2)
             if not claims:
                 if all_enqueued.is_set():
                     break
@@ -121,7 +121,7 @@ def test_a_forked_child_opens_its_own_connection(backend: SQLiteBackend) -> None
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
     backend.enqueue([job()])
-    parent_conn = backend._connection()
+    parent_conn = backend._db.connection()
     from_child = job(queue="child")
     with warnings.catch_warnings():  # Python 3.12+ warns about fork with threads running
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -129,9 +129,9 @@ def test_a_forked_child_opens_its_own_connection(backend: SQLiteBackend) -> None
     if pid == 0:  # the child: report through the exit code, never return into pytest
         code = 1
         try:
-            mine = backend._connection()
+            mine = backend._db.connection()
             backend.enqueue([from_child])
-            [c] = backend.claim(["default"], worker="child", limit=1, lease=30, wait=1)
+            [c] = backend.claim(["default"], limit=1, lease=30, wait=1)
             backend.complete([Done(c, b"from the child")])
             backend.close()  # closes the child's connection, never the parent's
             code = 0 if mine is not parent_conn else 2
@@ -140,9 +140,9 @@ def test_a_forked_child_opens_its_own_connection(backend: SQLiteBackend) -> None
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's connection survived the child and sees what the child did.
-    assert backend._connection() is parent_conn
+    assert backend._db.connection() is parent_conn
     assert backend.replies("client-1", wait=1) == [b"from the child"]
-    [c] = backend.claim(["child"], worker="parent", limit=1, lease=30, wait=1)
+    [c] = backend.claim(["child"], limit=1, lease=30, wait=1)
     assert c.id == from_child.id
 
 
@@ -151,7 +151,7 @@ def test_each_thread_has_its_own_connection(backend: SQLiteBackend) -> None:
 
     def use() -> None:
         backend.enqueue([job()])  # opens this thread's connection (with retries)
-        conns.append(backend._connection())
+        conns.append(backend._db.connection())
 
     threads = [threading.Thread(target=use) for _ in "ab"]
     for t in threads:
@@ -327,10 +327,10 @@ def test_a_waiting_claim_wakes_when_a_lease_expires_without_any_write(
 ) -> None:
     j = job()
     backend.enqueue([j])
-    [first] = backend.claim(["default"], worker="w", limit=1, lease=0.3, wait=1)
+    [first] = backend.claim(["default"], limit=1, lease=0.3, wait=1)
     expires = time.monotonic() + 0.3
     # Nothing is committed while this waits: only the lease's expiry can wake it.
-    [second] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=10)
+    [second] = backend.claim(["default"], limit=1, lease=30, wait=10)
     assert time.monotonic() - expires < 2.0  # woken by the expiry, not at the end of the wait
     assert (second.id, second.attempt) == (j.id, 2)
     assert backend.complete([Done(first, b"late")]) == [False]
@@ -347,7 +347,7 @@ def test_waiting_calls_wake_for_writes_from_another_process(backend: SQLiteBacke
     producer.start()
     assert ready.wait(60)  # the producer is up and has opened the file
     go.set()  # it writes only after this, so the write comes while the claim below waits
-    [c] = backend.claim(["default"], worker="w", limit=1, lease=30, wait=30)
+    [c] = backend.claim(["default"], limit=1, lease=30, wait=30)
     woke = time.time()
     producer.join(30)
     assert c.id == j.id and producer.exitcode == 0
@@ -373,7 +373,7 @@ def test_sweep_removes_stale_workers_and_stats_keep_drained_queues(
     backend.heartbeat(WorkerInfo("old", "h", 1, ["a"], 0.0, last_seen=1.0))
     backend.heartbeat(WorkerInfo("new", "h", 2, ["a", "b"], 0.0))
     backend.enqueue([job("a")])
-    [c] = backend.claim(["a"], worker="new", limit=1, lease=30, wait=1)
+    [c] = backend.claim(["a"], limit=1, lease=30, wait=1)
     backend.complete([Done(c, None)])
     backend.sweep()
     stats = backend.stats()
@@ -387,14 +387,14 @@ def test_sweep_removes_stale_workers_and_stats_keep_drained_queues(
 def _looks_while_waiting(backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch) -> int:
     """How many times an empty 0.2 s reply wait looks at the file's data version."""
     looks = 0
-    data_version = backend._data_version
+    data_version = backend._db.data_version
 
     def counted() -> int:
         nonlocal looks
         looks += 1
         return data_version()
 
-    monkeypatch.setattr(backend, "_data_version", counted)
+    monkeypatch.setattr(backend._db, "data_version", counted)
     assert backend.replies("nobody", wait=0.2) == []
     monkeypatch.undo()
     return looks
@@ -407,7 +407,7 @@ def test_a_wait_looks_often_while_calls_flow_and_seldom_when_idle(
     blocking call's reply is seen within a fraction of a millisecond, and an idle
     waiter costs little. (Pauses backing off from 1 ms made calls take 2-3 ms.)"""
     backend.enqueue([job()])
-    assert backend.claim(["default"], worker="w", limit=1, lease=30, wait=1)  # work found
+    assert backend.claim(["default"], limit=1, lease=30, wait=1)  # work found
     assert _looks_while_waiting(backend, monkeypatch) > 50  # about 200; 12 backing off
-    backend._found_at -= 10  # idle for 10 s: 25 ms pauses
+    backend._idle._last["work"] -= 10  # idle for 10 s: 25 ms pauses
     assert _looks_while_waiting(backend, monkeypatch) <= 10

@@ -67,6 +67,9 @@ from dataclasses import dataclass, field
 
 from ..errors import BackendUnavailable
 
+#: The dead letters a backend keeps (the newest); ``bury`` drops the oldest beyond it.
+MAX_DEAD_LETTERS = 1000
+
 # Job, Claim and Done are made once per task on the hot path: read-only by convention, not
 # frozen (a frozen dataclass's __init__ sets each field through object.__setattr__, six
 # times slower).
@@ -160,9 +163,7 @@ class Backend(ABC):
         """Append ``jobs`` to their queues, durably before returning."""
 
     @abstractmethod
-    def claim(
-        self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
-    ) -> list[Claim]:
+    def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
         """Take up to ``limit`` tasks, each under a new lease of ``lease`` seconds.
 
         Waiting tasks and tasks whose lease has expired are both claimable; the queues are
@@ -175,7 +176,6 @@ class Backend(ABC):
         done: Sequence[Done],
         queues: Sequence[str],
         *,
-        worker: str,
         limit: int,
         lease: float,
         wait: float,
@@ -189,7 +189,7 @@ class Backend(ABC):
         """
         accepted = self.complete(done)
         try:
-            claims = self.claim(queues, worker=worker, limit=limit, lease=lease, wait=wait)
+            claims = self.claim(queues, limit=limit, lease=lease, wait=wait)
         except BackendUnavailable:
             if not done:
                 raise
@@ -247,7 +247,7 @@ class Backend(ABC):
 
     @abstractmethod
     def bury(self, letter: DeadLetter) -> None:
-        """Keep a dead letter for ``status``: the newest 1,000 are kept."""
+        """Keep a dead letter for ``status`` (the newest ``MAX_DEAD_LETTERS``)."""
 
     @abstractmethod
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:

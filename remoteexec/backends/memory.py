@@ -15,9 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from .base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
-
-_MAX_DEAD = 1000
+from .base import MAX_DEAD_LETTERS, Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 
 
 @dataclass(slots=True)
@@ -46,7 +44,7 @@ class _Broker:
         self.queues: dict[str, OrderedDict[str, _Entry]] = {}
         self.replies: dict[str, deque[_Reply]] = {}
         self.workers: dict[str, WorkerInfo] = {}
-        self.dead: deque[DeadLetter] = deque(maxlen=_MAX_DEAD)
+        self.dead: deque[DeadLetter] = deque(maxlen=MAX_DEAD_LETTERS)
         self.purged: dict[str, float] = {}  # tombstones: id -> when purge deleted it
         self.starts: dict[str, list[float]] = {}  # id -> [starts, completed, keep_until]
 
@@ -76,9 +74,7 @@ class MemoryBackend(Backend):
                     queues.setdefault(job.queue, OrderedDict())[job.id] = _Entry(job)
             self._b.cond.notify_all()
 
-    def claim(
-        self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
-    ) -> list[Claim]:
+    def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
         deadline = time.monotonic() + wait
         with self._b.cond:
             while True:

@@ -1,8 +1,10 @@
-"""PyMySQL plumbing for ``mysql.py``: URL options, TLS, connections, error mapping, retries.
+"""PyMySQL plumbing for the MySQL adapter: URL options, TLS, connections, error mapping,
+retries, and statements sent in as few round trips as the packet size allows.
 
 * One connection per thread, re-created in a child after ``fork`` (the child never touches
-  its parent's socket) and after the server closed it (a restart): an idle connection
-  with something to read was closed by the server, so it is replaced before use.
+  its parent's socket: ``sql.PerThread``) and after the server closed it (a restart): an
+  idle connection with something to read was closed by the server, so it is replaced
+  before use.
 * Sessions run in autocommit mode at READ COMMITTED, with the time zone at UTC (so
   ``UNIX_TIMESTAMP(NOW(6))`` is exact) and a 5 s lock wait timeout.
 * ``MULTI_STATEMENTS`` lets one round trip carry a whole batch; ``FOUND_ROWS`` makes an
@@ -16,13 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import select
 import ssl
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -30,7 +29,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pymysql
 from pymysql.constants import CLIENT, SERVER_STATUS
 
-from ..errors import BackendUnavailable, ConfigurationError, PayloadTooLarge
+from ...errors import BackendUnavailable, ConfigurationError, PayloadTooLarge
+from ..sql import PerThread
 
 log = logging.getLogger("remoteexec.mysql")
 
@@ -44,7 +44,7 @@ _SESSION = (
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; "
     "SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = 5"
 )
-_ADAPTER = ("claim", "wait")  # options for mysql.py, not for PyMySQL
+_ADAPTER = ("claim", "wait")  # options for the adapter, not for PyMySQL
 _OPTIONS = (*_ADAPTER, "ssl", "ssl_ca", "ssl_cert", "ssl_key", "unix_socket")
 _TIMEOUTS = {"connect_timeout": 10.0, "read_timeout": 30.0, "write_timeout": 30.0}
 _TRUE, _FALSE = ("1", "true", "yes", "required"), ("0", "false", "no", "disabled")
@@ -207,12 +207,6 @@ def _stale(conn: Conn) -> bool:
     return bool(poller.poll(0))
 
 
-class _PerThread(threading.local):
-    def __init__(self) -> None:
-        self.conn: Conn | None = None
-        self.pid = 0
-
-
 class Connections:
     """A PyMySQL connection per thread and process; ``run`` is the adapter boundary.
 
@@ -232,19 +226,16 @@ class Connections:
         }
         self.read_timeout = float(self._args["read_timeout"])
         self._on_connect = on_connect
-        self._local = _PerThread()
-        self._all: weakref.WeakKeyDictionary[Conn, int] = weakref.WeakKeyDictionary()
+        self._conns = PerThread(self._open, usable=lambda conn: not _stale(conn))
 
-    def _conn(self) -> Conn:
-        local, pid = self._local, os.getpid()
-        if local.conn is not None and (local.pid != pid or _stale(local.conn)):
-            local.conn = None  # dropped, not closed: a child must not QUIT its parent's
-        if local.conn is None:
-            conn = pymysql.connect(**self._args)
-            self._on_connect(conn)
-            local.conn, local.pid = conn, pid
-            self._all[conn] = pid
-        return local.conn
+    def connection(self) -> Conn:
+        """This thread's connection (opened now, or again if the server closed it)."""
+        return self._conns.get()
+
+    def _open(self) -> Conn:
+        conn = pymysql.connect(**self._args)
+        self._on_connect(conn)
+        return conn
 
     def run(self, op: Callable[[Cursor], T], *, retry_lost: bool = False) -> T:
         """Run ``op`` on this thread's connection; driver errors leave as BackendUnavailable.
@@ -255,7 +246,7 @@ class Connections:
         """
         with map_mysql_errors(self.where):
             for attempt in range(_RETRIES + 1):
-                conn = self._conn()
+                conn = self.connection()
                 try:
                     return op(conn.cursor())
                 except pymysql.err.OperationalError as exc:
@@ -265,12 +256,12 @@ class Connections:
                         self._rollback(conn)
                         time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
                         continue
-                    self._local.conn = None
+                    self._conns.discard()
                     if code in _GONE_ERRORS and retry_lost and attempt == 0:
                         continue
                     raise
                 except BaseException:
-                    self._local.conn = None  # never reuse a connection in an unknown state
+                    self._conns.discard()  # never reuse a connection in an unknown state
                     raise
             raise AssertionError("unreachable")
 
@@ -278,14 +269,14 @@ class Connections:
         try:
             conn.rollback()
         except (pymysql.err.Error, OSError):
-            self._local.conn = None
+            self._conns.discard()
 
     def close(self) -> None:
         """Close this process's connections (those of every thread)."""
-        pid = os.getpid()
-        for conn, owner in list(self._all.items()):
-            if owner == pid and conn.open:
-                with contextlib.suppress(pymysql.err.Error, OSError):
-                    conn.close()
-        self._all.clear()
-        self._local.conn = None
+        self._conns.close(_close)
+
+
+def _close(conn: Conn) -> None:
+    if conn.open:
+        with contextlib.suppress(pymysql.err.Error, OSError):
+            conn.close()

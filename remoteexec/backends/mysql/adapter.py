@@ -1,26 +1,9 @@
-"""``mysql://user:pass@host:port/db``: MySQL 5.7+, 8.x and MariaDB, through PyMySQL.
+"""The MySQL adapter: ``MySQLBackend``, the contract over the modules beside it.
 
-Tables are described in ``mysql_schema.py``; they are created on first use (or ahead of
-time by ``remoteexec init-db``). All times come from the server's clock, so machines with
-skewed clocks agree on leases.
-
-Claims run in one of two modes, ``skip_locked`` or ``optimistic`` (``mysql_claim.py``), picked
-from the server's version unless the URL says (``?claim=...``).
-
-Guarantees: a task is held by at most one live token; a completion stores the replies and
-deletes the tasks its tokens still hold, in one transaction (``mysql_complete.py``);
-reads always see committed data (autocommit, READ COMMITTED); a reply is deleted by the
-read after the one that returned it, so a read cut off on its way back loses nothing
-(``_read_replies``). Statements are
-batched into multi-statement round trips (one, where packet size allows). Every PyMySQL
-error becomes ``BackendUnavailable``; deadlocks and lock-wait timeouts are retried here.
-A claim or reply read that finds nothing waits in the server where it can (MariaDB), else
-polls (``mysql_wait.py``).
-
-URL options: ``claim``, ``wait`` (``server`` or ``client``: where an empty claim or reply
-read waits; ``server`` needs MariaDB, and is its default with ``skip_locked`` claims),
-``ssl`` (``true`` verifies the certificate and host name), ``ssl_ca``, ``ssl_cert``,
-``ssl_key``, ``connect_timeout``, ``read_timeout``, ``write_timeout``, ``unix_socket``.
+It decides the claim and wait modes once connected (``_prepare``), batches statements
+into as few round trips as packet size allows, and reads replies so that a read cut off on
+its way back loses nothing (``_read_replies``). A claim is in ``claim.py``, a completion in
+``complete.py``, every statement in ``statements.py``.
 """
 
 from __future__ import annotations
@@ -31,48 +14,48 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import BackendUnavailable, ConfigurationError
-from .base import Claim, Done, Job
-from .mysql_claim import Waiting, claim_locked, claim_optimistic, claimable
-from .mysql_complete import completion
-from .mysql_conn import (
+from ...errors import BackendUnavailable, ConfigurationError
+from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .claim import Claims
+from .complete import completion
+from .connection import (
     Conn,
     Connections,
     Cursor,
     Part,
     execute,
-    map_mysql_errors,
     parse_url,
     read_rest,
     render,
     run_many,
     script,
 )
-from .mysql_schema import (
-    HELD,
-    NOW,
-    TASKS,
-    apply_schema,
-    ensure_schema,
+from .schema import apply_schema, ensure_schema
+from .statements import (
+    ANY_REPLY,
+    CANCEL,
+    DELIVERED,
+    INSERT_HEAD,
+    INSERT_ROW,
+    RELEASE,
+    RENEW,
+    REPLIES,
     marks,
-    schema_sql,
 )
-from .mysql_wait import Waiter, in_server
-from .mysql_watch import MySQLWatching
+from .wait import Waiter, in_server
+from .watch import Watch
 
-__all__ = ["MySQLBackend", "map_mysql_errors", "schema_sql"]
+__all__ = ["MySQLBackend"]
 
 log = logging.getLogger("remoteexec.mysql")
 
-_PROBE_AFTER = 0.02  # idle seconds after which a polled claim is preceded by a cheap read
 #: An id already held keeps its row as it is: enqueueing it again does nothing.
 _KEEP_HELD = b" ON DUPLICATE KEY UPDATE id = id"
-_EXPIRED_EVERY = 0.25  # seconds between SKIP LOCKED claims' looks for expired leases
 _MODES = ("skip_locked", "optimistic")
 _WAITS = ("server", "client")
 
 
-class MySQLBackend(MySQLWatching):
+class MySQLBackend(Backend):
     """MySQL/MariaDB adapter. See the module docstring and ``base.Backend``.
 
     Args:
@@ -96,7 +79,6 @@ class MySQLBackend(MySQLWatching):
             )
         if wait not in (None, *_WAITS):
             raise ConfigurationError(f"bad MySQL URL option wait={wait!r}: use server or client")
-        self.claim_mode = claim
         self.wait_mode = wait
         # Replies delivered but not yet deleted, per reply_to: the next read deletes them
         # first, so a read cut off on its way back loses nothing. One reader per reply_to.
@@ -107,9 +89,14 @@ class MySQLBackend(MySQLWatching):
         self._lock = threading.Lock()
         self._db = Connections(connect, self._prepare)
         self._waiter = Waiter(max_hold=self._db.read_timeout / 2)
-        self._found_none: set[Any] = set()  # claim keys whose last claim found nothing
-        self._expiry_due: dict[tuple[str, ...], float] = {}  # next look for expired leases
-        self._floor: dict[Any, int] = {}  # per claim key: the highest seq the last claim took
+        self._claims = Claims(self._db, self._waiter)
+        self._claims.mode = claim
+        self._watch = Watch(self._db)
+
+    @property
+    def claim_mode(self) -> str | None:
+        """``"skip_locked"`` or ``"optimistic"`` (None until connected, unless given)."""
+        return self._claims.mode
 
     @classmethod
     def from_url(cls, url: str, *, result_ttl: float = 3600.0) -> MySQLBackend:
@@ -132,7 +119,7 @@ class MySQLBackend(MySQLWatching):
             version = tuple(int(n) for n in numbers if n.isdigit())
             if self.claim_mode is None:
                 modern = version >= ((10, 6) if mariadb else (8, 0, 1))
-                self.claim_mode = "skip_locked" if modern else "optimistic"
+                self._claims.mode = "skip_locked" if modern else "optimistic"
             blocks = mariadb and version >= (10, 1, 1)  # compound statements outside programs
             if self.wait_mode is None:  # optimistic claims measured faster when polled
                 modern = blocks and self.claim_mode == "skip_locked"
@@ -169,9 +156,10 @@ class MySQLBackend(MySQLWatching):
 
     def _inserts(self, cur: Cursor, jobs: Sequence[Job]) -> list[bytes]:
         """The INSERTs that add ``jobs``: as few as half ``max_allowed_packet`` allows."""
-        head = f"INSERT INTO {TASKS} (id, queue, reply_to, body, created) VALUES ".encode()
-        row = f"(%s, %s, %s, %s, {NOW})"
-        rows = [render(cur.connection, row, (j.id, j.queue, j.reply_to, j.body)) for j in jobs]
+        head = INSERT_HEAD.encode()
+        rows = [
+            render(cur.connection, INSERT_ROW, (j.id, j.queue, j.reply_to, j.body)) for j in jobs
+        ]
         queries: list[bytes] = []
         start = used = 0
         for i, values in enumerate(rows):
@@ -222,61 +210,21 @@ class MySQLBackend(MySQLWatching):
         except BackendUnavailable:
             return []  # sent: the replies are read later
 
-    def claim(
-        self, queues: Sequence[str], *, worker: str, limit: int, lease: float, wait: float
-    ) -> list[Claim]:
-        if not queues or limit <= 0:
-            return []
-        queues = list(queues)
-        key = ("claim", *queues)
-
-        def take(cur: Cursor, hold: float) -> list[Claim]:  # the mode is known once connected
-            expired = self.claim_mode == "optimistic" or self._expired_due(queues)
-            ready = claimable(queues, expired)
-            idle = self._waiter.idle(key)
-            waiting: Waiting | None = None
-            if self._waiter.in_server:
-                waiting = (ready, hold, idle)
-            elif idle > _PROBE_AFTER and key in self._found_none:
-                [(_, [(found,)])] = execute(cur, f"SELECT {ready[0]}", ready[1])
-                if not found:
-                    return []
-            if self.claim_mode == "skip_locked":
-                floor = self._floor.get(key, 0)
-                claims, top = claim_locked(cur, queues, limit, lease, expired, waiting, floor)
-                if claims:
-                    self._floor[key] = top
-            else:
-                claims = claim_optimistic(cur, queues, limit, lease, waiting)
-            if claims:
-                self._found_none.discard(key)
-            else:
-                self._found_none.add(key)
-            return claims
-
-        return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
-
-    def _expired_due(self, queues: list[str]) -> bool:
-        """Whether this SKIP LOCKED claim looks for expired leases (every ``_EXPIRED_EVERY``
-        seconds per set of queues: on one queue, the claims between need no UNION)."""
-        now, due = time.monotonic(), tuple(queues)
-        if now < self._expiry_due.get(due, 0.0):
-            return False
-        self._expiry_due[due] = now + _EXPIRED_EVERY
-        return True
+    def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
+        """See ``claim.py``."""
+        return self._claims.claim(queues, limit, lease, wait)
 
     def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
         if not claims:
             return []
-        sql = f"UPDATE {TASKS} SET lease_until = {NOW} + %s, lock_version = lock_version + 1"
-        parts = [(f"{sql} WHERE {HELD}", (lease, c.id, c.token)) for c in claims]
+        parts = [(RENEW, (lease, c.id, c.token)) for c in claims]
         done = self._db.run(
             lambda cur: script(cur, parts, txn=False, max_packet=self.max_packet), retry_lost=True
         )
         return [count == 1 for count, _ in done]
 
     def complete(self, done: Sequence[Done]) -> list[bool]:
-        """One transaction (``mysql_complete.py``), one round trip unless large."""
+        """One transaction (``complete.py``), one round trip unless large."""
         if not done:
             return []
         parts, read = completion(done, self.max_packet)
@@ -285,11 +233,7 @@ class MySQLBackend(MySQLWatching):
         return read(result)
 
     def release(self, claims: Sequence[Claim]) -> None:
-        sql = (
-            f"UPDATE {TASKS} SET state = 0, token = NULL, lease_until = 0, "
-            f"attempt = attempt - 1, lock_version = lock_version + 1 WHERE {HELD}"
-        )
-        parts = [(sql, (c.id, c.token)) for c in claims]
+        parts = [(RELEASE, (c.id, c.token)) for c in claims]
         if parts:
             self._db.run(
                 lambda cur: script(cur, parts, txn=False, max_packet=self.max_packet),
@@ -298,8 +242,7 @@ class MySQLBackend(MySQLWatching):
             self._waiter.kick()
 
     def cancel(self, job: Job) -> bool:
-        sql = f"DELETE FROM {TASKS} WHERE id = %s AND state = 0 AND attempt = 0"
-        return self._db.run(lambda cur: execute(cur, sql, (job.id,)))[0][0] == 1
+        return self._db.run(lambda cur: execute(cur, CANCEL, (job.id,)))[0][0] == 1
 
     def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
         """Read ``reply_to``'s new replies, deleting those read before: one round trip
@@ -318,7 +261,7 @@ class MySQLBackend(MySQLWatching):
     ) -> tuple[Part, int]:
         """One query: delete the replies delivered by the last read, then read the new ones
         (with ``hold``, waiting up to that long in the server for one; ``idle`` sets the
-        pause between its tests, ``mysql_wait``: by default, the time since replies last
+        pause between its tests, ``wait.py``: by default, the time since replies last
         came). Returns the query and the index of the result holding (seq, body) rows.
 
         A reply stays in the table until the read after the one that returned it, so a
@@ -329,13 +272,12 @@ class MySQLBackend(MySQLWatching):
         parts: list[Part] = []
         delivered = self._delivered.get(reply_to)
         if delivered:
-            sql = f"DELETE FROM remoteexec_replies WHERE seq IN ({marks(len(delivered))})"
-            parts.append((sql, tuple(delivered)))
-        read = ("SELECT seq, body FROM remoteexec_replies WHERE reply_to = %s", (reply_to,))
+            parts.append((DELIVERED.format(marks(len(delivered))), tuple(delivered)))
+        read: Part = (REPLIES, (reply_to,))
         if hold is None:
             parts.append(read)
         else:
-            ready = ("EXISTS(SELECT 1 FROM remoteexec_replies WHERE reply_to = %s)", (reply_to,))
+            ready: Part = (ANY_REPLY, (reply_to,))
             if idle is None:
                 idle = self._waiter.idle(("replies", reply_to))
             parts.append(in_server(ready, [read], hold, idle))
@@ -351,6 +293,38 @@ class MySQLBackend(MySQLWatching):
     def _reader(self, reply_to: str) -> threading.Lock:
         """The lock a read of ``reply_to`` holds (two at once would return the same rows)."""
         return self._reading.setdefault(reply_to, threading.Lock())
+
+    # -- watching (``watch.py``) -----------------------------------------------------------
+
+    def heartbeat(self, info: WorkerInfo) -> None:
+        self._watch.heartbeat(info)
+
+    def forget_worker(self, worker: str) -> None:
+        self._watch.forget_worker(worker)
+
+    def bury(self, letter: DeadLetter) -> None:
+        self._watch.bury(letter)
+
+    def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
+        return self._watch.note_starts(starts)
+
+    def note_completed(self, ids: Sequence[str]) -> None:
+        self._watch.note_completed(ids)
+
+    def stats(self) -> Stats:
+        return self._watch.stats(self.worker_ttl)
+
+    def purge(self, queue: str | None = None) -> int:
+        return self._watch.purge(queue)
+
+    def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
+        return self._watch.lost(ids, reply_to)
+
+    def purged(self, ids: Sequence[str]) -> set[str]:
+        return self._watch.purged(ids, self.result_ttl)
+
+    def sweep(self) -> None:
+        self._watch.sweep(self.result_ttl, self.worker_ttl)
 
     def close(self) -> None:
         self._db.close()

@@ -1,4 +1,4 @@
-"""Completions for ``mysql.py``: acknowledge tasks and store their replies, atomically.
+"""Completions: acknowledge tasks and store their replies, atomically.
 
 A completion is one transaction (the caller adds START TRANSACTION and COMMIT): a task's
 reply is stored, and the task deleted, only while the token that claimed it still holds an
@@ -18,12 +18,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import Done
-from .mysql_conn import Part, Result
-from .mysql_schema import HELD, NOW, TASKS, marks
+from ..base import Done
+from .connection import Part, Result
+from .statements import (
+    BY_ID,
+    DELETE_HELD,
+    NOW,
+    REPLY_IF_DELETED,
+    REPLY_INSERT,
+    TASKS,
+    marks,
+)
 
-BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"
-_REPLY = "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
 Read = Callable[[Result], list[bool]]  # the transaction's results -> accepted, per Done
 
 
@@ -72,10 +78,9 @@ def completion(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]
 
 def _one(done: Done) -> tuple[list[Part], Read]:
     claim = done.claim
-    parts: list[Part] = [(f"DELETE {TASKS} FROM {BY_ID} WHERE {HELD}", (claim.id, claim.token))]
+    parts: list[Part] = [(DELETE_HELD, (claim.id, claim.token))]
     if done.reply is not None:
-        sql = f"{_REPLY}SELECT %s, %s, %s, {NOW} FROM DUAL WHERE ROW_COUNT() = 1"
-        parts.append((sql, (claim.reply_to, claim.id, done.reply)))
+        parts.append((REPLY_IF_DELETED, (claim.reply_to, claim.id, done.reply)))
     return parts, lambda result: [result[1][0] == 1]  # 0 is START TRANSACTION
 
 
@@ -85,7 +90,7 @@ def _replies_sql(
     """INSERT ... SELECT of the replies to ``ids`` whose tasks are ``held``."""
     cases = " ".join(["WHEN %s THEN %s"] * len(ids))
     sql = (
-        f"{_REPLY}SELECT reply_to, id, CASE id {cases} END, @now FROM {BY_ID} "
+        f"{REPLY_INSERT}SELECT reply_to, id, CASE id {cases} END, @now FROM {BY_ID} "
         f"WHERE {held} AND id IN ({marks(len(ids))}) ORDER BY FIELD(id, {marks(len(ids))})"
     )
     return sql, (*(a for i in ids for a in (i, bodies[i])), *held_args, *ids, *ids)

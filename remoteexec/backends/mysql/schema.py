@@ -1,4 +1,4 @@
-"""The MySQL/MariaDB schema of ``mysql.py``, versioned so later releases can migrate it.
+"""The MySQL/MariaDB schema, versioned so later releases can migrate it.
 
 Every table is InnoDB and prefixed ``remoteexec_`` so the schema can share a database.
 Names (queues, task ids, reply addresses, ...) compare byte for byte: their collation is
@@ -33,8 +33,9 @@ import logging
 
 import pymysql
 
-from ..errors import ConfigurationError
-from .mysql_conn import Cursor, execute
+from ..sql import schema_is_current
+from .connection import Cursor, execute
+from .statements import marks
 
 log = logging.getLogger("remoteexec.mysql")
 
@@ -124,33 +125,6 @@ _CREATE = [
 ) {table}""",
 ]
 
-# The statements the indexes above serve; times are the server's (see the docstring).
-NOW = "UNIX_TIMESTAMP(NOW(6))"
-TASKS = "remoteexec_tasks"
-#: Expired leases, in the queues given: a range scan of ix_tasks_lease.
-EXPIRED_WHERE = (
-    f"state = 1 AND lease_until <= {NOW} AND queue IN ({{}}) ORDER BY lease_until LIMIT %s"
-)
-EXPIRED = f"SELECT seq, lock_version, queue FROM {TASKS} WHERE {EXPIRED_WHERE}"
-#: Waiting tasks of one queue, oldest first: a range scan of ix_tasks_claim, no sort.
-WAITING_WHERE = "queue = %s AND state = 0 ORDER BY seq LIMIT %s"
-WAITING = f"SELECT seq, lock_version, queue FROM {TASKS} WHERE {WAITING_WHERE}"
-SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
-#: Takes rows under a new token and lease; the caller appends the row condition.
-TAKE = (
-    f"UPDATE {TASKS} SET state = 1, token = %s, lease_until = {NOW} + %s, "
-    "attempt = attempt + (attempt < 2147483647), lock_version = (lock_version + 1) MOD 4294967296 "
-    "WHERE "
-)
-#: The row is held by this token under a lease that has not expired.
-HELD = f"id = %s AND token = %s AND state = 1 AND lease_until > {NOW}"
-
-
-def marks(n: int) -> str:
-    """``n`` comma-separated placeholders."""
-    return ", ".join(["%s"] * n)
-
-
 #: Statements that upgrade the schema from version ``n - 1`` to ``n``; ``{text}`` and
 #: ``{names}`` stand for the names' character set and collation.
 MIGRATIONS: dict[int, list[str]] = {
@@ -220,12 +194,6 @@ def ensure_schema(cur: Cursor, where: str) -> None:
     Raises:
         ConfigurationError: the database's schema is newer than this remoteexec.
     """
-    version = schema_version(cur)
-    if version > SCHEMA_VERSION:
-        raise ConfigurationError(
-            f"the database at {where} has remoteexec schema version {version}; this "
-            f"remoteexec knows versions up to {SCHEMA_VERSION}: upgrade remoteexec"
-        )
-    if version < SCHEMA_VERSION:
+    if not schema_is_current(schema_version(cur), SCHEMA_VERSION, f"the database at {where}"):
         apply_schema(cur)
         log.info("remoteexec schema version %d ready in %s", SCHEMA_VERSION, where)

@@ -1,0 +1,338 @@
+"""``RedisBackend``: what each call of the contract sends, and what the adapter remembers.
+
+The design, the key layout and the round trips of each call are in the package's
+docstring. The adapter holds one connection set per process (a forked child opens its
+own): the client, a ``wire.Link`` for the hot paths, the ``lua.Scripts``, a
+``claiming.Claimer`` and a ``watch.Watch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import NoPermissionError
+
+from ...errors import BackendUnavailable
+from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .claiming import Claimer
+from .commands import complete_batch, complete_calls, completed, hand_back, ring_commands
+from .connection import blocking_wait, connect, map_redis_errors, secrets_in, split_prefix
+from .elements import BadElement, pack_task, unpack_reply
+from .keys import Keys
+from .lua import Scripts
+from .watch import Watch
+from .wire import Link, raw, run
+
+log = logging.getLogger("remoteexec.redis")
+
+_MAX_SENT = 200_000  # ids remembered for lost(), newest kept
+_DRAIN = 1000  # replies taken per round trip
+_SCRIPT_MIN = 3  # results completed by the COMPLETE script (fewer: by MULTI, cheaper then)
+
+
+class RedisBackend(Backend):
+    """A Redis broker. See ``base.Backend`` for the contract and the package for the design."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "remoteexec:",
+        result_ttl: float = 3600.0,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(result_ttl=result_ttl)
+        self._secrets = secrets_in(url)
+        self._mapper = map_redis_errors(self._secrets)
+        self._url, self._keys, self._socket_timeout = url, Keys(prefix), socket_timeout
+        self._lock = threading.Lock()
+        self._sent: dict[str, bytes] = {}  # id -> epoch, until its reply is returned
+        self._epoch: bytes | None = None
+        self._known: set[str] = set()  # queues registered under self._epoch
+        self._pid = -1
+        self._r = self._connect()
+
+    @classmethod
+    def from_url(cls, url: str, *, result_ttl: float = 3600.0) -> RedisBackend:
+        """Open ``url``; ``?prefix=`` sets the key prefix, other options go to redis-py.
+
+        Raises:
+            ConfigurationError: the URL or one of its options is invalid.
+        """
+        rest, prefix = split_prefix(url)
+        return cls(rest, prefix=prefix, result_ttl=result_ttl)
+
+    def _connect(self) -> redis.Redis:
+        client = connect(self._url, socket_timeout=self._socket_timeout, secrets=self._secrets)
+        self._wait = blocking_wait(client)
+        self._link = Link(client)  # connections for the hot paths, one per thread
+        self._scripts = Scripts()  # loaded on first use
+        self._pid, self._mine = os.getpid(), os.urandom(8).hex()  # the epoch this one sets
+        self._claimer = Claimer(
+            self._keys, client, self._link, self._scripts, mine=self._mine, wait=self._wait
+        )
+        self._watch = Watch(self._keys, client, mine=self._mine)
+        return client
+
+    def _redis(self) -> redis.Redis:
+        if self._pid != os.getpid():  # a forked child never shares its parent's sockets
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._r, self._sent = self._connect(), {}
+        return self._r
+
+    def _linked(self) -> Link:
+        self._redis()  # after a fork: new connections
+        return self._link
+
+    def _claiming(self) -> Claimer:
+        self._redis()
+        return self._claimer
+
+    def _watching(self) -> Watch:
+        self._redis()
+        return self._watch
+
+    def _cmd(self, *args: Any) -> Any:
+        return raw(self._redis())(*args)
+
+    def _run(self, commands: list[tuple[Any, ...]], *, multi: bool = False) -> list[Any]:
+        return run(self._linked(), commands, multi=multi)
+
+    # Tasks ---------------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        self._send(jobs, [])
+
+    def send_and_wait(self, jobs: Sequence[Job], reply_to: str, *, wait: float) -> list[bytes]:
+        """One round trip: the enqueue's commands, then ``BLMPOP`` on the reply list."""
+        box, seconds = self._keys.replies(reply_to), round(min(wait, self._wait), 3)
+        pop = ("BLMPOP", seconds, 1) if seconds >= 0.01 else ("LMPOP", 1)
+        got = self._send(jobs, [(*pop, box, "LEFT", "COUNT", _DRAIN)])
+        return self._taken(got[0])
+
+    def _send(self, jobs: Sequence[Job], then: list[tuple[Any, ...]]) -> list[Any]:
+        """Enqueue ``jobs``, then run ``then`` in the same round trip; ``then``'s replies."""
+        by_queue: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job)
+        if not by_queue:
+            with self._mapper:
+                return self._run(then) if then else []
+        new = [q for q in by_queue if q not in self._known]
+        commands: list[tuple[Any, ...]] = [("SET", self._keys.epoch, self._mine, "NX", "GET")]
+        for queue, group in by_queue.items():
+            tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group]
+            commands.append(("LPUSH", self._keys.waiting(queue), *tasks))
+            commands += ring_commands(self._keys, queue, len(group))
+        if new:
+            commands.append(("SADD", self._keys.queues, *new))
+        # No MULTI needed: nothing is lost if only the first commands run.
+        with self._mapper:
+            try:
+                out, cut_off = self._run(commands + then), False
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                read = getattr(exc, "replies", [])
+                if not then or len(read) < len(commands):
+                    raise  # whether the jobs got through is unknown
+                # They did; only the wait after them was cut off: their replies come later.
+                out, cut_off = [*read[: len(commands)], *[None] * len(then)], True
+            epoch = out[0] or self._mine.encode()
+            if cut_off:
+                self._epoch, self._known = None, set()  # register queues on the next enqueue
+            elif epoch != self._epoch:  # a new data set: register every queue again
+                if new != list(by_queue):
+                    self._cmd("SADD", self._keys.queues, *by_queue)
+                self._epoch, self._known = epoch, set()
+        if not cut_off:
+            self._known.update(by_queue)
+        with self._lock:
+            self._sent.update(dict.fromkeys((j.id for j in jobs), epoch))
+            while len(self._sent) > _MAX_SENT:
+                del self._sent[next(iter(self._sent))]
+        return out[len(out) - len(then) :]
+
+    def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
+        with self._mapper:
+            return self._claiming().claim(queues, limit=limit, lease=lease, wait=wait)
+
+    def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
+        if not claims:
+            return []
+        with self._mapper, self._redis().pipeline(transaction=True) as p:
+            for c in claims:
+                p.exists(self._keys.claim(c.queue, c.token))
+                p.zadd(self._keys.leases(c.queue), {c.token: time.time() + lease}, xx=True)
+            return [bool(held) for held in p.execute()[::2]]
+
+    def complete(self, done: Sequence[Done]) -> list[bool]:
+        if not done:
+            return []
+        with self._mapper:
+            if len(done) >= _SCRIPT_MIN and self._scripts.shas(self._linked()) is not None:
+                with contextlib.suppress(NoPermissionError):  # then scripts are off
+                    calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
+                    return completed(done, self._scripts.run(self._link, calls))
+            cmds, marks = complete_batch(self._keys, done, ttl=self._ttl_ms())
+            out = self._run(cmds, multi=True)
+        return [i >= 0 and out[i] > 0 for i in marks]
+
+    def complete_and_claim(
+        self,
+        done: Sequence[Done],
+        queues: Sequence[str],
+        *,
+        limit: int,
+        lease: float,
+        wait: float,
+    ) -> tuple[list[bool], list[Claim]]:
+        """On one queue with no lease due, with or without scripts: the completion, then
+        the next claim pass, in one round trip (the results are delivered before the pass
+        waits). ``COMPLETE`` calls for three results or more where scripts are allowed, a
+        ``MULTI`` otherwise (the script's fixed cost outweighs what it saves for fewer)."""
+        claimer = self._claiming()
+        if not done or len(queues) != 1 or wait < 0.01 or not claimer.calm(queues[0]):
+            return super().complete_and_claim(done, queues, limit=limit, lease=lease, wait=wait)
+        with self._mapper:
+            shas = self._scripts.shas(self._link) if len(done) >= _SCRIPT_MIN else None
+            marks: list[int] = []
+            if shas is None:
+                cmds, marks = complete_batch(self._keys, done, ttl=self._ttl_ms())
+                before = [("MULTI",), *cmds, ("EXEC",)]
+            else:
+                calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
+                before = [("EVALSHA", shas[name], *rest) for name, rest in calls]
+            claims, out = claimer.after(before, queues[0], limit=limit, lease=lease, wait=wait)
+            if shas is None:
+                applied = out[-1]
+                if not isinstance(applied, list):  # EXECABORT: nothing ran
+                    raise redis.ResponseError(f"transaction aborted: {applied}")
+                accepted = [i >= 0 and applied[i] > 0 for i in marks]
+            elif any(isinstance(reply, redis.ResponseError) for reply in out):
+                accepted = self.complete(done)  # NOSCRIPT or NOPERM: nothing ran; again
+            else:
+                accepted = completed(done, out)
+        return accepted, claims
+
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.result_ttl * 1000))
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        if not claims:
+            return
+        with self._mapper, self._redis().pipeline(transaction=True) as p:
+            hand_back(p, self._keys, claims)
+            p.execute()
+
+    def cancel(self, job: Job) -> bool:
+        elem = pack_task(job.id, job.reply_to, 1, job.body)  # as enqueued: never claimed
+        with self._mapper:
+            removed = bool(self._cmd("LREM", self._keys.waiting(job.queue), 1, elem))
+        if removed:
+            with self._lock:
+                self._sent.pop(job.id, None)
+        return removed
+
+    def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
+        box, deadline = self._keys.replies(reply_to), time.monotonic() + wait
+        with self._mapper:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining < 0.01:
+                    got = self._run([("LMPOP", 1, box, "LEFT", "COUNT", _DRAIN)])[0]
+                    break
+                seconds = round(min(remaining, self._wait), 3)
+                got = self._run([("BLMPOP", seconds, 1, box, "LEFT", "COUNT", _DRAIN)])[0]
+                if got:
+                    break
+        return self._taken(got)
+
+    def _taken(self, got: Any) -> list[bytes]:
+        """The replies in an ``LMPOP`` answer; their ids are no longer in flight."""
+        bodies = []
+        with self._lock:
+            for elem in got[1] if got else ():
+                try:
+                    ident, body = unpack_reply(elem)
+                except BadElement as exc:  # written by someone else: no call is waiting on it
+                    log.error("dropped a malformed reply element: %s", exc)
+                    continue
+                self._sent.pop(ident, None)
+                bodies.append(body)
+        return bodies
+
+    # Watching ------------------------------------------------------------------------
+
+    def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
+        """Ids sent under an epoch the server no longer has, or found nowhere (see the
+        package).
+
+        The second test catches a reply lost on the wire: ``BLMPOP`` pops replies, and a
+        connection cut before its answer arrives loses them. A task that moved between
+        two lists while they were read is found by a second look.
+        """
+        with self._mapper:
+            epoch = self._cmd("GET", self._keys.epoch)
+            with self._lock:
+                mine = {i: self._sent[i] for i in ids if i in self._sent}
+            gone = {i for i, sent_under in mine.items() if sent_under != epoch}
+            missing = set(mine) - gone
+            for _ in range(2):
+                if missing:
+                    missing -= self._watching().traceable(reply_to)
+        with self._lock:
+            for i in gone | missing:
+                self._sent.pop(i, None)
+        return gone | missing
+
+    def purged(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        with self._mapper:
+            return self._watching().purged(ids, result_ttl=self.result_ttl)
+
+    def heartbeat(self, info: WorkerInfo) -> None:
+        with self._mapper:
+            self._watching().heartbeat(info)
+
+    def forget_worker(self, worker: str) -> None:
+        with self._mapper:
+            self._watching().forget_worker(worker)
+
+    def bury(self, letter: DeadLetter) -> None:
+        with self._mapper:
+            self._watching().bury(letter)
+
+    def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
+        with self._mapper:
+            return self._watching().note_starts(starts)
+
+    def note_completed(self, ids: Sequence[str]) -> None:
+        with self._mapper:
+            self._watching().note_completed(ids)
+
+    def stats(self) -> Stats:
+        with self._mapper:
+            return self._watching().stats(worker_ttl=self.worker_ttl)
+
+    def purge(self, queue: str | None = None) -> int:
+        with self._mapper:
+            return self._watching().purge(queue, result_ttl=self.result_ttl)
+
+    def sweep(self) -> None:
+        """Forget workers silent for ten heartbeat TTLs; drop unused reserved tokens."""
+        with self._mapper:
+            self._watching().forget_silent_workers(cutoff=time.time() - 10 * self.worker_ttl)
+            self._claimer.drop_stale()
+
+    def close(self) -> None:
+        with contextlib.suppress(BackendUnavailable), self._mapper:
+            self._claiming().drop_stale()
+        self._r.close()

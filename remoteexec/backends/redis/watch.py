@@ -1,0 +1,203 @@
+"""What the Redis adapter reads and tidies off the hot path: where sent tasks are (for
+``lost``), ``stats``, ``purge``, heartbeats, start records and dead letters.
+
+None of it is on the hot path, so it uses redis-py's ``Pipeline`` freely. ``RedisBackend``
+holds one ``Watch`` per connection set and maps its errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence, Set
+from dataclasses import asdict
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from ..base import MAX_DEAD_LETTERS, DeadLetter, Stats, WorkerInfo
+from ..rows import dead_letter_json, worker_json
+from .commands import requeue
+from .elements import unpack_reply, unpack_task
+from .keys import Keys
+from .wire import raw
+
+log = logging.getLogger("remoteexec.redis")
+
+
+class Watch:
+    """Reads and housekeeping over the keys under ``keys``, on ``client``."""
+
+    def __init__(self, keys: Keys, client: redis.Redis, *, mine: str) -> None:
+        self._keys, self._client, self._mine = keys, client, mine
+
+    def _pipe(self, *, transaction: bool = True) -> Pipeline:
+        return self._client.pipeline(transaction=transaction)
+
+    def _cmd(self, *args: Any) -> Any:
+        return raw(self._client)(*args)
+
+    def traceable(self, reply_to: str) -> set[str | None]:
+        """Ids waiting, claimed, or answered to ``reply_to``: one snapshot, then claim lists."""
+        queues = _names(self._cmd("SMEMBERS", self._keys.queues))
+        with self._pipe(transaction=True) as p:
+            p.lrange(self._keys.replies(reply_to), 0, -1)
+            for q in queues:
+                p.lrange(self._keys.waiting(q), 0, -1)
+                p.zrange(self._keys.leases(q), 0, -1)
+            replies, *out = p.execute()
+        found = {_reply_id(e) for e in replies}
+        found.update(_task_id(e) for ts in out[::2] for e in ts)
+        claims = [(q, t) for q, ts in zip(queues, out[1::2], strict=True) for t in ts]
+        with self._pipe(transaction=False) as p:
+            for q, t in claims:
+                p.lrange(self._keys.claim_raw(q, t), 0, -1)
+            for elems in p.execute():
+                found.update(_task_id(e) for e in elems[:1])
+        return found
+
+    def purged(self, ids: Sequence[str], *, result_ttl: float) -> set[str]:
+        """Ids with a tombstone younger than ``result_ttl`` in the ``purged`` sorted set."""
+        scores = self._cmd("ZMSCORE", self._keys.purged, *ids)
+        cutoff = time.time() - result_ttl
+        return {i for i, at in zip(ids, scores, strict=True) if at and float(at) > cutoff}
+
+    def _bury_ids(
+        self, elems: Sequence[bytes], result_ttl: float, skip: Set[str] = frozenset()
+    ) -> set[str]:
+        """Leave a tombstone for each task element's id (except ``skip``); the ids."""
+        ids = {i for i in map(_task_id, elems) if i is not None} - skip
+        if ids:
+            now, key = time.time(), self._keys.purged
+            with self._pipe() as p:
+                p.zadd(key, dict.fromkeys(ids, now))
+                p.zremrangebyscore(key, "-inf", now - result_ttl)
+                p.pexpire(key, max(1, int(result_ttl * 1000)))
+                p.execute()
+        return ids
+
+    def heartbeat(self, info: WorkerInfo) -> None:
+        with self._pipe(transaction=False) as p:
+            p.hset(self._keys.workers, info.id, json.dumps(asdict(info)))
+            p.set(self._keys.epoch, self._mine, nx=True)
+            if info.queues:
+                p.sadd(self._keys.queues, *info.queues)
+            p.execute()
+
+    def forget_worker(self, worker: str) -> None:
+        self._cmd("HDEL", self._keys.workers, worker)
+
+    def bury(self, letter: DeadLetter) -> None:
+        with self._pipe() as p:
+            p.lpush(self._keys.dead, json.dumps(asdict(letter)))
+            p.ltrim(self._keys.dead, 0, MAX_DEAD_LETTERS - 1)
+            p.execute()
+
+    def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
+        """One hash per id (``starts:<id>``: ``n``, ``done``), expiring at its keep_until."""
+        with self._pipe(transaction=False) as p:
+            for task_id, keep_until in starts:
+                key = self._keys.starts(task_id)
+                p.hincrby(key, "n", 1)
+                p.hget(key, "done")
+                p.expireat(key, int(keep_until) + 1, gt=True)
+                p.expireat(key, int(keep_until) + 1, nx=True)
+            out = p.execute(raise_on_error=False)
+        if any(isinstance(x, Exception) for x in out):  # e.g. "n" is not an integer
+            return [(2**31, True)] * len(starts)
+        return [(int(n) - 1, done is not None) for n, done in zip(out[::4], out[1::4], strict=True)]
+
+    def note_completed(self, ids: Sequence[str]) -> None:
+        with self._pipe(transaction=False) as p:
+            for task_id in ids:
+                key = self._keys.starts(task_id)
+                p.hset(key, "done", 1)
+                p.expire(key, 86400, nx=True)  # a record deleted meanwhile: still expires
+            p.execute()
+
+    def stats(self, *, worker_ttl: float) -> Stats:
+        """Depths count waiting tasks plus those whose lease expired but was not requeued."""
+        with self._pipe(transaction=False) as p:
+            p.smembers(self._keys.queues)
+            p.hgetall(self._keys.workers)
+            p.lrange(self._keys.dead, 0, -1)
+            names, workers, dead = p.execute()
+        queues = _names(names)
+        with self._pipe(transaction=False) as p:
+            for q in queues:
+                p.llen(self._keys.waiting(q))
+                p.zrange(self._keys.leases(q), 0, -1, withscores=True)
+            out = p.execute()
+        leases = [(q, t, s) for q, ts in zip(queues, out[1::2], strict=True) for t, s in ts]
+        with self._pipe(transaction=False) as p:
+            for q, t, _ in leases:
+                p.exists(self._keys.claim_raw(q, t))
+            held = p.execute()
+        now, depth, running = time.time(), dict(zip(queues, out[::2], strict=True)), 0
+        for (q, _, deadline), exists in zip(leases, held, strict=True):
+            running += bool(exists and deadline > now)
+            depth[q] += bool(exists and deadline <= now)
+        infos = [w for w in map(worker_json, workers.values()) if w is not None]
+        live = [w for w in infos if now - w.last_seen < worker_ttl]
+        letters = [d for d in map(dead_letter_json, dead) if d is not None]
+        return Stats(depth, running, live, letters)
+
+    def purge(self, queue: str | None, *, result_ttl: float) -> int:
+        """Delete waiting tasks, and those whose lease expired, of one queue or all.
+
+        The tombstones go in first, so ``lost`` never sees a purged task with none; one
+        left for a task claimed meanwhile is harmless (``lost`` finds that task).
+        """
+        removed = 0
+        members = [] if queue is not None else self._cmd("SMEMBERS", self._keys.queues)
+        for q in [queue] if queue is not None else _names(members):
+            expired = self._cmd("ZRANGEBYSCORE", self._keys.leases(q), "-inf", time.time())
+            if expired:
+                requeue(self._client, self._keys, q, expired)
+            waiting = self._cmd("LRANGE", self._keys.waiting(q), 0, -1)
+            buried = self._bury_ids(waiting, result_ttl)
+            with self._pipe() as p:
+                p.lrange(self._keys.waiting(q), 0, -1)
+                p.delete(self._keys.waiting(q), self._keys.bells(q))
+                deleted = p.execute()[0]
+            self._bury_ids(deleted, result_ttl, skip=buried)  # enqueued between the looks
+            removed += len(deleted)
+        return removed
+
+    def forget_silent_workers(self, *, cutoff: float) -> None:
+        """Remove the records of workers last seen before ``cutoff``, and of rows that are
+        not a worker's record (written by someone else)."""
+        workers = self._cmd("HGETALL", self._keys.workers)
+        infos = {k: worker_json(v) for k, v in workers.items()}
+        gone = [k for k, w in infos.items() if w is None or w.last_seen < cutoff]
+        if gone:
+            self._cmd("HDEL", self._keys.workers, *gone)
+
+
+def _names(members: Any) -> list[str]:
+    """Queue names from the ``queues`` set, sorted; a member that is not UTF-8 is skipped."""
+    names = []
+    for member in members:
+        try:
+            names.append(member.decode())
+        except UnicodeDecodeError:
+            log.warning("skipped a queue name that is not UTF-8: %r", member[:100])
+    return sorted(names)
+
+
+def _task_id(elem: bytes) -> str | None:
+    """A task element's id; None for an element too malformed to have one."""
+    try:
+        return unpack_task(elem, "", "").id
+    except Exception:  # anything written into the broker may be garbage
+        return None
+
+
+def _reply_id(elem: bytes) -> str | None:
+    """A reply element's task id; None for an element too malformed to have one."""
+    try:
+        return unpack_reply(elem)[0]
+    except Exception:
+        return None
