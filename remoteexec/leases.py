@@ -41,6 +41,7 @@ class Held:
     started: float | None = None
     time_limit: float | None = None
     label: str = ""
+    key: int = 0  # the secret that verified the call: its replies are signed with it
     abandoned: bool = False  # its attempt ended without a reply (its helper died)
     finished: bool = False  # its result is made and about to be sent: leave it alone
 

@@ -34,7 +34,13 @@ from .backends import Claim, DeadLetter, Done, WorkerInfo, open_backend
 from .board import ClaimBoard
 from .client import Client, using
 from .config import resolve
-from .errors import BackendUnavailable, ConfigurationError, RemoteExecError, error_kind
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    PayloadTooLarge,
+    RemoteExecError,
+    error_kind,
+)
 from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
 from .remote import TaskType, lookup, registered
@@ -220,6 +226,10 @@ class Worker:
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
+                except PayloadTooLarge:  # a result the broker refuses: answered below
+                    self._complete(finished)
+                    finished = []
+                    continue
                 except Exception:  # a backend's bug, or something it read: keep serving
                     log.exception("claiming failed unexpectedly, retrying in %.1f s", backoff)
                     self._stopping.wait(backoff)
@@ -276,7 +286,7 @@ class Worker:
             call = self.codec.decode_call(claim.body)
         except Exception as exc:  # anything read from the broker may be garbage
             return self._undecodable(claim, exc)
-        held.label = label = f"{call.name}.{call.method}"
+        held.label, held.key = (label := f"{call.name}.{call.method}"), call.key
         if self.guard is not None:  # secrets: trust the signed fields, not the broker's
             verdict = self.guard.admit(claim, call, label)
             if verdict == LOST:
@@ -359,17 +369,34 @@ class Worker:
         return self._failure(claim, "worker_lost", "WorkerLost", reason, key)
 
     def _complete(self, finished: list[Done]) -> None:
+        """Send results; one the broker refuses as too large is answered with that error."""
+        try:
+            accepted = self._send(finished)
+        except PayloadTooLarge as exc:  # the broker takes less than max_message_size
+            if len(finished) > 1:
+                for done in finished:
+                    self._complete([done])
+                return
+            claim = finished[0].claim
+            log.warning("the result of task %s is too large for the broker: %s", claim.id, exc)
+            try:
+                key = self._leases.held(claim).key
+            except KeyError:
+                key = 0
+            reason = f"the result is too large for the broker: {exc}"
+            finished = [self._failure(claim, "too_large", "PayloadTooLarge", reason, key)]
+            accepted = self._send(finished)
+        self._settle(finished, accepted)
+
+    def _send(self, finished: list[Done]) -> list[bool]:
         for attempt in range(20):
             try:
-                accepted = self.backend.complete(finished)
-                break
+                return self.backend.complete(finished)
             except BackendUnavailable as exc:
                 log.warning("sending %d result(s) failed, retrying: %s", len(finished), exc)
                 time.sleep(min(0.1 * 2**attempt, 3.0))
-        else:
-            log.error("gave up sending %d result(s): their leases will expire", len(finished))
-            accepted = [False] * len(finished)
-        self._settle(finished, accepted)
+        log.error("gave up sending %d result(s): their leases will expire", len(finished))
+        return [False] * len(finished)
 
     def _settle(self, finished: list[Done], accepted: list[bool]) -> None:
         """Let go of the claims of sent results; refuse replays of those accepted."""

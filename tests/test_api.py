@@ -222,12 +222,7 @@ def test_signed_calls_work_and_a_mismatch_fails_the_call(
     client_secret: str | None,
     worker_secret: str | None,
     works: bool,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if url.startswith("redis") and client_secret and worker_secret is None:
-        # Redis forgets an id once its reply is read (``RedisBackend._taken``), so ``lost``
-        # never reports a call whose only reply the client rejected: it ends at its timeout.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="Redis: rejected reply"))
     worker, thread = _serve(url, secret=worker_secret)
     try:
         with Client(url, secret=client_secret) as client, using(client):

@@ -219,13 +219,6 @@ def test_mysql_refuses_a_message_above_max_allowed_packet_with_payload_too_large
         assert waiting(small_packet_url) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reply above max_allowed_packet makes the worker retry its completion forever "
-    "(worker._serve_loop: PayloadTooLarge from complete_and_claim is 'claiming failed "
-    "unexpectedly', with the same results): the caller waits out its timeout and the "
-    "worker serves nothing else",
-)
 def test_mysql_answers_a_result_above_max_allowed_packet_with_payload_too_large(
     small_packet_url: str, tmp_path: Path
 ) -> None:

@@ -50,8 +50,9 @@ differs between backends, and why:
   InnoDB has not purged yet), so newer work can go before a released task for up to
   ``mysql._EXPIRED_EVERY`` seconds, until the full look that comes with each look for
   expired leases.
-* **What ``lost`` can see.** Redis reports only ids its own object enqueued (it also
-  tells a server that came back empty by an epoch key); the others look up any id.
+* **What ``lost`` can see.** Every backend looks the ids up where tasks and replies
+  live; Redis also tells a server that came back empty by an epoch key, for the ids its
+  own object enqueued.
 * **How long a silent worker's record stays.** ``stats`` omits a worker silent for
   ``worker_ttl`` everywhere; ``sweep`` deletes the record after ``worker_ttl`` (SQLite),
   ten of them (Redis), ``max(60 s, 4 worker_ttl)`` by the server's clock (MySQL), or

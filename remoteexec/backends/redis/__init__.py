@@ -52,10 +52,11 @@ Guarantees and limits:
 * ``lost(ids)`` compares epochs: each enqueue runs ``SET epoch <random> NX GET``, and this
   object remembers the epoch of every id it sent until its reply comes back. A Redis that
   came back empty, or was flushed, has a different epoch or none: those ids are lost. The
-  others are looked for in the waiting lists, claim lists and the reply list (``LRANGE``:
-  a check reads every waiting task, so its cost grows with the backlog); ids this object
-  did not send are never reported. ``purge`` leaves a tombstone per id in the ``purged``
-  sorted set for ``result_ttl``. Redis must run with ``maxmemory-policy noeviction``.
+  others (and ids whose reply came back, which a client may have rejected) are looked for
+  in the waiting lists, claim lists and the reply list (``LRANGE``: a check reads every
+  waiting task, so its cost grows with the backlog). ``purge`` leaves a tombstone per id
+  in the ``purged`` sorted set for ``result_ttl``. Redis must run with
+  ``maxmemory-policy noeviction``.
 * Nothing is resent automatically (a resent claim would double up a claim list): a driver
   error is ``BackendUnavailable``, and the next call reconnects. ``BLMPOP`` pops replies:
   if Redis dies between popping them and sending them, they are gone.

@@ -283,7 +283,7 @@ class RedisBackend(Backend):
             with self._lock:
                 mine = {i: self._sent[i] for i in ids if i in self._sent}
             gone = {i for i, sent_under in mine.items() if sent_under != epoch}
-            missing = set(mine) - gone
+            missing = set(ids) - gone  # ids whose reply came back are looked for too
             for _ in range(2):
                 if missing:
                     missing -= self._watching().traceable(reply_to)
