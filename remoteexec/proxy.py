@@ -14,6 +14,7 @@ and queues are checked where they are given (``config.check_name``): a bad one i
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -148,6 +149,12 @@ def public_method(cls: type[Any], name: str) -> Any | None:
     """The method ``name`` that ``cls`` defines (in its body, or in that of a base class
     written in Python), or None: private names, attributes of ``type`` and ``object``
     (``mro``, ``__init_subclass__``, ...) and non-callable attributes are not methods."""
+    key: Any = cls  # classes hash by identity
+    return _public_method(key, name)
+
+
+@functools.lru_cache(maxsize=4096)  # asked once per call on both sides: remembered
+def _public_method(cls: Any, name: str) -> Any | None:
     if name.startswith("_") or name in _MACHINERY:
         return None
     for klass in cls.__mro__:
@@ -179,16 +186,22 @@ class RemoteClass(_ClassProxy, Generic[T]):
         super().__init__(cls)
         self._self_name = name
         self._self_options = CallOptions(queue=queue, timeout=timeout, max_attempts=max_attempts)
+        self._self_methods: dict[str, RemoteMethod[Any]] = {}  # made once per name
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
             return getattr(self.__wrapped__, name)
         if name.startswith("_") or name in _MACHINERY:
             _public(name)  # raises
+        method = self._self_methods.get(name)
+        if method is not None:
+            return method
         attr = getattr(self.__wrapped__, name)  # AttributeError for unknown names
         if public_method(self.__wrapped__, name) is None:
             return attr
-        return RemoteMethod(self._self_name, check_name("method", name), self._self_options)
+        method = RemoteMethod(self._self_name, check_name("method", name), self._self_options)
+        self._self_methods[name] = method
+        return method
 
     def __instancecheck__(self, instance: Any) -> bool:
         return isinstance(instance, self.__wrapped__)
