@@ -11,13 +11,15 @@ each read:
 * a call whose task is neither waiting, running nor answered ends with ``CallPurged`` if
   ``remoteexec purge`` deleted it (``Backend.purged``: purge leaves a tombstone for
   ``result_ttl``), with ``BackendUnavailable`` if it vanished during an outage, and with
-  ``CallLost`` otherwise (a flushed or emptied broker, a task deleted by hand);
+  ``CallLost`` otherwise (a flushed or emptied broker, a task deleted by hand) once two
+  checks in a row have found no trace of it;
 * before any call is failed, the replies are read once more: a task that is gone because
   it was answered ends its call with its result (a completion stores the reply in the
   same step as it removes the task).
 
-So a call ends at most about ``LIVENESS_AFTER + LIVENESS_EVERY`` seconds (4 s) plus one
-read and the check's round trips after its task vanished: 5 s on a healthy broker. A call
+So a purged call ends at most about ``LIVENESS_AFTER + LIVENESS_EVERY`` seconds (4 s) plus
+one read and the check's round trips after its task vanished (5 s on a healthy broker), a
+lost one a check later (7 s). A call
 waiting for a worker or running, however long, is never failed by this; only its own
 timeout ends it. Calls answered within ``LIVENESS_AFTER`` cost no check at all.
 """
@@ -49,6 +51,7 @@ class Liveness:
         self._backend = backend
         self._reply_to = reply_to
         self._next = 0.0  # time.time() of the next check
+        self._suspects: set[str] = set()  # ids the last check found no trace of
 
     def due(self) -> bool:
         return time.time() >= self._next
@@ -74,6 +77,9 @@ class Liveness:
         self._next = now + LIVENESS_EVERY
         try:
             lost = self._backend.lost(list(queues), self._reply_to)
+            # Without a tombstone or an outage, a call fails only when two checks in a row
+            # find no trace of it: a task caught between two places is never taken for lost.
+            suspects, self._suspects = self._suspects, set(lost)
             if not lost:
                 return [], {}
             purged = self._backend.purged(sorted(lost))
@@ -90,8 +96,9 @@ class Liveness:
                 errors[task_id] = BackendUnavailable(
                     f"the broker lost {where} while it was unavailable"
                 )
-            else:
+            elif task_id in suspects:
                 errors[task_id] = CallLost(
                     f"the broker has no trace of {where}: neither waiting, running nor answered"
                 )
+        self._suspects -= errors.keys()
         return bodies, errors
