@@ -71,6 +71,24 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def unknown_task_message(task: TaskType | None, name: str, method: str, host: str) -> str:
+    """Why ``name.method`` cannot run on ``host``: what this process knows instead (at most
+    20 names), and how to teach it."""
+    if task is not None:
+        methods = sorted(m for m in vars(task.cls) if public_method(task.cls, m) is not None)
+        return f"{name} on {host} has no remote method {method!r} (it has: {_some(methods)})"
+    known = _some(registered()) if _REGISTRY else "none"
+    return (
+        f"no worker task {name}.{method} on {host}: the task types it knows are {known}; "
+        f"start the worker with --import for the module that defines {name}"
+    )
+
+
+def _some(names: list[str], most: int = 20) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def _check(name: str, value: float | None) -> None:
     if value is not None and (not isinstance(value, (int, float)) or value <= 0):
         raise ConfigurationError(f"{name} must be a positive number, got {value!r}")

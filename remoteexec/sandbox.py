@@ -40,7 +40,7 @@ from typing import Any
 from .config import Settings
 from .errors import RemoteExecError
 from .message import Call, Codec, Failure, Reply
-from .remote import TaskType, lookup
+from .remote import TaskType, lookup, unknown_task_message
 
 log = logging.getLogger("remoteexec.sandbox")
 
@@ -227,9 +227,8 @@ def _run_one(codec: Codec, runner: Runner, body: bytes) -> bytes:
         call = codec.decode_call(body)
         task = lookup(call.name)
         if task is None or task.method(call.method) is None:
-            reply = Reply(call.id, None, Failure(
-                "unknown_task", "UnknownTask", f"{call.name}.{call.method} is not registered "
-                "in the helper process: is its module imported with --import?", ""))  # fmt: skip
+            message = unknown_task_message(task, call.name, call.method, "its helper process")
+            reply = Reply(call.id, None, Failure("unknown_task", "UnknownTask", message, ""))
         else:
             reply = runner.run(task, call)
         try:

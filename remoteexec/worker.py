@@ -43,7 +43,7 @@ from .errors import (
 )
 from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
-from .remote import TaskType, lookup, registered
+from .remote import TaskType, lookup, registered, unknown_task_message
 from .replay import LOST, ReplayGuard
 from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
 
@@ -301,13 +301,8 @@ class Worker:
         task = lookup(call.name)
         if task is None or task.method(call.method) is None:
             log.warning("unknown task %s (task %s)", label, claim.id)
-            return self._failure(
-                claim,
-                "unknown_task",
-                "UnknownTask",
-                f"no worker task {label} on {self.info.host}",
-                call.key,
-            )
+            message = unknown_task_message(task, call.name, call.method, self.info.host)
+            return self._failure(claim, "unknown_task", "UnknownTask", message, call.key)
         held.time_limit = time_limit_of(task, call)
         reply = self._invoke(task, call, held)
         if held.abandoned:

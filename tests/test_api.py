@@ -186,9 +186,10 @@ def test_cancel_fails_once_a_worker_has_the_task(worker: Worker) -> None:
 
 
 def test_unknown_task_and_unserializable_arguments(worker: Worker) -> None:
-    with pytest.raises(UnknownTask):
+    # The error names what the answering worker knows, and how to teach it more.
+    with pytest.raises(UnknownTask, match=r"knows are .*MultiplyPi.*--import"):
         remoteexec.proxy("Nope").execute()
-    with pytest.raises(UnknownTask):
+    with pytest.raises(UnknownTask, match=r"no remote method 'not_a_method' \(it has: .*execute"):
         remoteexec.proxy("MultiplyPi").not_a_method()
     with pytest.raises(SerializationError):
         MultiplyPi.execute.submit(object())
