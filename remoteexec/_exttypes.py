@@ -43,6 +43,7 @@ from uuid import UUID
 import msgpack
 from msgpack import ExtType
 
+from ._records import derived
 from .errors import ConfigurationError, SerializationError
 
 __all__ = ["pack", "register_type", "unpack"]
@@ -311,12 +312,19 @@ _REGISTRY: dict[str, tuple[type, Callable[[Any], Any], Callable[[Any], Any]]] = 
 _REGISTRY_LOCK = threading.Lock()
 
 
-def register_type(cls: type[T], encode: Callable[[T], Any], decode: Callable[[Any], T]) -> None:
+def register_type(
+    cls: type[T],
+    encode: Callable[[T], Any] | None = None,
+    decode: Callable[[Any], T] | None = None,
+) -> None:
     """Teach the codec a new type.
 
     On the wire the type is named ``f"{cls.__module__}.{cls.__qualname__}"``; a receiver
     finds it in its own registry only, so both sides must register it. Registering the
     same class again replaces its functions.
+
+    A dataclass or an Enum needs no functions: ``register_type(Point)`` sends a dataclass
+    as its fields by name and an Enum member as its value (``_records.py``).
 
     Args:
         cls: the type; only instances of exactly this class use it (not subclasses).
@@ -325,10 +333,13 @@ def register_type(cls: type[T], encode: Callable[[T], Any], decode: Callable[[An
 
     Raises:
         ConfigurationError: ``cls`` is not a class, is a type the codec already handles,
-            or another class is registered under the same name.
+            another class is registered under the same name, or the functions are missing
+            for a class that is neither a dataclass nor an Enum.
     """
     if not isinstance(cls, type):
         raise ConfigurationError(f"register_type() needs a class, not {cls!r}")
+    if encode is None and decode is None:
+        encode, decode = derived(cls)
     if not (callable(encode) and callable(decode)):
         raise ConfigurationError(f"register_type({cls.__qualname__}): encode/decode not callable")
     if cls in _BUILTIN_TYPES:
