@@ -238,6 +238,23 @@ def test_a_require_secure_transport_mariadb_is_reached_with_verification(
     assert cipher
 
 
+def test_mysql_with_a_client_certificate_for_a_user_that_requires_one(tls_mariadb, certs) -> None:
+    conn = tls_mariadb.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE USER IF NOT EXISTS 'x509'@'127.0.0.1' REQUIRE X509")
+            cur.execute(f"GRANT ALL ON `{tls_mariadb.database}`.* TO 'x509'@'127.0.0.1'")
+    finally:
+        conn.close()
+    url = mysql_url(tls_mariadb, f"ssl_ca={certs.ca.cert}").replace("root@", "x509@")
+    assert "Access denied for user 'x509'" in refused(url)  # TLS, but no certificate
+    backend = open_backend(f"{url}&ssl_cert={certs.client.cert}&ssl_key={certs.client.key}")
+    try:
+        assert backend.stats().queues is not None
+    finally:
+        backend.close()
+
+
 def test_mysql_with_the_wrong_ca_is_refused_as_a_verification_failure(tls_mariadb, certs) -> None:
     where = f"MySQL at 127.0.0.1:{tls_mariadb.port}/{tls_mariadb.database}"
     for query in (f"ssl_ca={certs.wrong_ca.cert}", "ssl=true"):  # ssl=true: the system's CAs
