@@ -315,14 +315,17 @@ def _schemes() -> list[str]:
     return [f"{s}:///" if s == "sqlite" else f"{s}://" for s in SCHEMES]
 
 
-_SECRET_PARAM = re.compile(r"([?&;](?:password|passwd|pwd|secret|token)=)[^&;#]*", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:ssl_|ssl_key_)?(?:password|passwd|pwd|secret|token)=)[^&;#]*", re.IGNORECASE
+)
 
 
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, safe to log or show.
 
     Both ``scheme://user:password@host`` and ``?password=...`` (also ``passwd``, ``pwd``,
-    ``secret``, ``token``) query parameters are redacted. In doubt (an ``@`` in an odd
+    ``secret``, ``token``, and the TLS key passwords ``ssl_password``, ``ssl_key_password``)
+    query parameters are redacted. In doubt (an ``@`` in an odd
     place) more is hidden rather than less.
 
     Args:

@@ -5,6 +5,9 @@ and runs ``mariadbd --no-defaults`` on a free 127.0.0.1 port with settings tuned
 (no binary log, relaxed flushing, a small buffer pool). The root user has no password.
 Tests can ``kill()`` it (SIGKILL), ``restart()`` it on the same port and data, or
 ``freeze()``/``thaw()`` it (SIGSTOP/SIGCONT) to simulate a hung broker.
+
+With ``tls=`` it presents and trusts the given files and runs with
+``require_secure_transport=ON``: TCP clients must use TLS (the Unix socket stays open).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import pymysql
 
 from tests._server import ServerProcess, free_port, server_binary
+from tests._tls import ServerTLS
 
 #: ``mariadbd`` as found on PATH (a bare name, which exists nowhere, when it is not there).
 MARIADBD = shutil.which("mariadbd") or "mariadbd"
@@ -29,11 +33,24 @@ class MariaDBServer(ServerProcess):
     """One private ``mariadbd``; ``url`` names its test database."""
 
     def __init__(
-        self, folder: Path | str, *, database: str = "remoteexec_test", options: Sequence[str] = ()
+        self,
+        folder: Path | str,
+        *,
+        database: str = "remoteexec_test",
+        options: Sequence[str] = (),
+        tls: ServerTLS | None = None,
     ) -> None:
         self.folder = Path(folder)
         #: More ``mariadbd`` options, e.g. ``["--max-allowed-packet=1M"]``.
         self.options = list(options)
+        self.tls = tls
+        if tls is not None:
+            self.options += [
+                f"--ssl-cert={tls.cert}",
+                f"--ssl-key={tls.key}",
+                f"--ssl-ca={tls.ca}",
+                "--require-secure-transport=ON",
+            ]
         self.datadir = self.folder / "data"
         self.tmpdir = self.folder / "tmp"
         self.socket = self.folder / "mysqld.sock"
@@ -46,7 +63,8 @@ class MariaDBServer(ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"mysql://root@127.0.0.1:{self.port}/{self.database}"
+        query = f"?ssl_ca={self.tls.ca}" if self.tls is not None else ""
+        return f"mysql://root@127.0.0.1:{self.port}/{self.database}{query}"
 
     def _as_root(self) -> list[str]:
         return ["--user=root"] if os.geteuid() == 0 else []
@@ -138,7 +156,9 @@ class MariaDBServer(ServerProcess):
     def connect(
         self, database: str | None = "", *, timeout: float = 10
     ) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
-        """An autocommit PyMySQL connection as root, to the test database by default."""
+        """An autocommit PyMySQL connection as root, to the test database by default (over
+        TLS with ``tls``, with the probe's client certificate and no host-name check)."""
+        tls = {"ssl": self.tls.context()} if self.tls is not None else {}
         return pymysql.connect(
             host="127.0.0.1",
             port=self.port,
@@ -149,4 +169,5 @@ class MariaDBServer(ServerProcess):
             read_timeout=30,
             write_timeout=30,
             max_allowed_packet=64 * 1024 * 1024,
+            **tls,
         )

@@ -5,6 +5,10 @@
 Tests can ``kill()`` it, ``restart()`` it on the same port (with its data, or empty, as a
 Redis without persistence would come back), or ``freeze()``/``thaw()`` it (SIGSTOP/SIGCONT)
 to simulate a hung broker.
+
+With ``tls=`` it listens only for TLS (``--port 0 --tls-port``), presenting and trusting the
+given files; ``tls_auth_clients`` is redis-server's ``--tls-auth-clients`` (``optional``:
+a client certificate is checked if sent, ``yes``: one is required).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import redis
 
 from tests._server import ServerProcess, free_port, server_binary
+from tests._tls import ServerTLS
 
 START_TIMEOUT = 10.0
 
@@ -25,7 +30,14 @@ START_TIMEOUT = 10.0
 class RedisServer(ServerProcess):
     """One private ``redis-server``; ``url`` names database 0 on it."""
 
-    def __init__(self, folder: Path | str | None = None, *, unix_socket: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path | str | None = None,
+        *,
+        unix_socket: bool = False,
+        tls: ServerTLS | None = None,
+        tls_auth_clients: str = "optional",
+    ) -> None:
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory()
         self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
         self.datadir = self.folder / "data"
@@ -33,10 +45,14 @@ class RedisServer(ServerProcess):
         self.port = free_port()
         #: With ``unix_socket``, the server also listens on this socket (``unix://`` URLs).
         self.socket = self.folder / "redis.sock" if unix_socket else None
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
@@ -46,7 +62,7 @@ class RedisServer(ServerProcess):
         self.datadir.mkdir(parents=True, exist_ok=True)
         args = [
             server_binary("redis-server"),
-            "--port", str(self.port),
+            *self._listen(),
             "--bind", "127.0.0.1",
             "--dir", str(self.datadir),
             "--save", "",
@@ -62,10 +78,19 @@ class RedisServer(ServerProcess):
         )
         self._wait_ready()
 
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", self.tls_auth_clients,
+        ]  # fmt: skip
+
     def _wait_ready(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
-        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        probe = self.client(timeout=1)
         try:
             while True:
                 if self.proc.poll() is not None:
@@ -97,9 +122,21 @@ class RedisServer(ServerProcess):
             shutil.rmtree(self.datadir, ignore_errors=True)
         self.start()
 
-    def client(self) -> redis.Redis:
-        """A plain redis-py client (bytes responses) for assertions."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
+    def client(self, *, timeout: float = 10) -> redis.Redis:
+        """A plain redis-py client (bytes responses) for assertions (over TLS with ``tls``,
+        with the probe's client certificate and no host-name check)."""
+        if self.tls is None:
+            return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=timeout,
+            ssl=True,
+            ssl_ca_certs=str(self.tls.ca),
+            ssl_certfile=str(self.tls.probe.cert),
+            ssl_keyfile=str(self.tls.probe.key),
+            ssl_check_hostname=False,
+        )
 
     def _cleanup(self) -> None:
         if self._tmp is not None:

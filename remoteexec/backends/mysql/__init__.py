@@ -25,7 +25,8 @@ read that finds nothing waits in the server where it can (MariaDB), else polls.
 URL options: ``claim``, ``wait`` (``server`` or ``client``: where an empty claim or reply
 read waits; ``server`` needs MariaDB, and is its default with ``skip_locked`` claims),
 ``ssl`` (``true`` verifies the certificate and host name), ``ssl_ca``, ``ssl_cert``,
-``ssl_key``, ``connect_timeout``, ``read_timeout``, ``write_timeout``, ``unix_socket``.
+``ssl_key``, ``ssl_key_password``, ``ssl_verify_mode``, ``ssl_check_hostname`` (see
+``connection``), ``connect_timeout``, ``read_timeout``, ``write_timeout``, ``unix_socket``.
 """
 
 from __future__ import annotations

@@ -9,9 +9,15 @@ retries, and statements sent in as few round trips as the packet size allows.
   ``UNIX_TIMESTAMP(NOW(6))`` is exact) and a 5 s lock wait timeout.
 * ``MULTI_STATEMENTS`` lets one round trip carry a whole batch; ``FOUND_ROWS`` makes an
   ``UPDATE``'s row count the rows it matched.
+* TLS: any ``ssl*`` URL option asks for it, and then the server's certificate must chain to
+  a trusted CA (``ssl_ca``, else the system's) and name the URL's host, unless
+  ``ssl_verify_mode=none`` or ``ssl_check_hostname=false`` say not to (with a warning).
+  ``ssl=false`` is plain text. With no ``ssl*`` option PyMySQL decides (1.2: TLS if the
+  server offers it, verifying nothing).
 * Every PyMySQL or socket error leaves through ``map_mysql_errors`` as
-  ``BackendUnavailable``, which names the server but never the password. Deadlocks (1213)
-  and lock wait timeouts (1205) are retried first, a few times.
+  ``BackendUnavailable``, which names the server but never the password, and says so first
+  when a TLS connection failed. Deadlocks (1213) and lock wait timeouts (1205) are retried
+  first, a few times.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pymysql.constants import CLIENT, SERVER_STATUS
 
 from ...errors import BackendUnavailable, ConfigurationError, PayloadTooLarge
 from ..sql import PerThread
+from ..tls import check_files, failure_hint, flag, tls_failure, verify_mode, warn_unverified
 
 log = logging.getLogger("remoteexec.mysql")
 
@@ -45,9 +52,12 @@ _SESSION = (
     "SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = 5"
 )
 _ADAPTER = ("claim", "wait")  # options for the adapter, not for PyMySQL
-_OPTIONS = (*_ADAPTER, "ssl", "ssl_ca", "ssl_cert", "ssl_key", "unix_socket")
+_TLS = (
+    *("ssl", "ssl_ca", "ssl_cert", "ssl_key", "ssl_key_password"),
+    *("ssl_verify_mode", "ssl_check_hostname"),
+)
+_OPTIONS = (*_ADAPTER, *_TLS, "unix_socket")
 _TIMEOUTS = {"connect_timeout": 10.0, "read_timeout": 30.0, "write_timeout": 30.0}
-_TRUE, _FALSE = ("1", "true", "yes", "required"), ("0", "false", "no", "disabled")
 _LOCK_ERRORS = (1205, 1213)  # lock wait timeout, deadlock
 _GONE_ERRORS = (2006, 2013, 2055)  # server has gone away, lost connection
 _RETRIES = 5
@@ -55,10 +65,15 @@ _RETRIES = 5
 
 @contextlib.contextmanager
 def map_mysql_errors(where: str) -> Iterator[None]:
-    """Raise every PyMySQL (or socket) error inside the block as ``BackendUnavailable``."""
+    """Raise every PyMySQL (or socket) error inside the block as ``BackendUnavailable``
+    (``where``: ``host:port/database``)."""
     try:
         yield
     except (pymysql.err.Error, OSError) as exc:
+        failure = tls_failure(exc)
+        if failure is not None:
+            hint = failure_hint(failure, where.rpartition(":")[0], ca="ssl_ca", client_cert=None)
+            raise BackendUnavailable(f"MySQL at {where}: {failure}{hint}") from exc
         code, msg = exc.args[:2] if len(exc.args) > 1 else (None, exc)
         detail = f"{msg} (error {code})" if code else str(msg) or type(exc).__name__
         raise BackendUnavailable(f"MySQL at {where}: {detail}") from exc
@@ -145,22 +160,43 @@ def script(cur: Cursor, parts: Sequence[Part], *, txn: bool, max_packet: int) ->
     return run_many(cur, queries, txn=txn, max_packet=max_packet)
 
 
-def _tls(options: dict[str, str]) -> dict[str, Any]:
-    """PyMySQL's TLS arguments: a verifying context when the URL asks for TLS."""
-    flag = options.get("ssl", "").lower()
-    if flag and flag not in _TRUE + _FALSE:
-        raise ConfigurationError(f"bad MySQL URL option ssl={flag!r}: use true or false")
-    files = [options.get(k) for k in ("ssl_ca", "ssl_cert", "ssl_key")]
-    if flag in _FALSE and "ssl" in options:
+def _tls(options: dict[str, str], host: str) -> dict[str, Any]:
+    """PyMySQL's TLS arguments: a verifying context when the URL asks for TLS.
+
+    Raises:
+        ConfigurationError: a bad or contradictory value, or a file that cannot be used.
+    """
+    given = {k: options[k] for k in _TLS if k in options}
+    if not given:
+        return {}  # PyMySQL decides
+    if "ssl" in given and not flag(
+        "ssl", given["ssl"], also_true=("required",), also_false=("disabled",)
+    ):
+        if len(given) > 1:
+            others = ", ".join(k for k in given if k != "ssl")
+            raise ConfigurationError(f"MySQL URL option ssl=false contradicts {others}")
         return {"ssl_disabled": True}
-    if not (flag or any(files)):
-        return {}  # PyMySQL's default: TLS if the server offers it
+    mode = verify_mode("ssl_verify_mode", given.get("ssl_verify_mode", "required"))
+    check = flag("ssl_check_hostname", given.get("ssl_check_hostname", "true"))
+    if mode == ssl.CERT_NONE and "ssl_check_hostname" in given and check:
+        raise ConfigurationError("ssl_check_hostname=true needs a verified certificate")
+    if "ssl_key" in given and "ssl_cert" not in given:
+        raise ConfigurationError("ssl_key needs ssl_cert (the client certificate)")
+    check_files(given, ("ssl_ca", "ssl_cert", "ssl_key"))
     try:
-        ctx = ssl.create_default_context(cafile=files[0])  # checks certificate and host name
-        if files[1]:
-            ctx.load_cert_chain(files[1], files[2])
+        ctx = ssl.create_default_context(cafile=given.get("ssl_ca"))
+        ctx.check_hostname = check and mode != ssl.CERT_NONE
+        ctx.verify_mode = mode
+        if "ssl_cert" in given:
+            key, password = given.get("ssl_key"), given.get("ssl_key_password")
+            ctx.load_cert_chain(given["ssl_cert"], key, password)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"bad MySQL TLS file: {exc}") from exc
+        # The message names no file's content and no password.
+        raise ConfigurationError(f"unusable MySQL TLS file: {exc}") from None
+    if mode == ssl.CERT_NONE:
+        warn_unverified("MySQL", host, "certificate", "ssl_verify_mode=none")
+    elif not check:
+        warn_unverified("MySQL", host, "host name", "ssl_check_hostname=false")
     return {"ssl": ctx}
 
 
@@ -184,15 +220,16 @@ def parse_url(url: str) -> tuple[dict[str, Any], dict[str, str]]:
     database = unquote(parts.path.lstrip("/"))
     if not database or "/" in database:
         raise ConfigurationError("a mysql:// URL must name a database: mysql://host:port/db")
+    host = parts.hostname or "127.0.0.1"
     args = {
-        "host": parts.hostname or "127.0.0.1",
+        "host": host,
         "port": port,
         "user": unquote(parts.username or "root"),
         "password": unquote(parts.password or ""),
         "database": database,
         "unix_socket": options.get("unix_socket") or None,
         **timeouts,
-        **_tls(options),
+        **_tls(options, host),
     }
     return args, {k: options[k] for k in _ADAPTER if options.get(k)}
 
@@ -233,7 +270,19 @@ class Connections:
         return self._conns.get()
 
     def _open(self) -> Conn:
-        conn = pymysql.connect(**self._args)
+        conn = pymysql.connect(**self._args, defer_connect=True)
+        try:
+            conn.connect()
+        except pymysql.err.OperationalError as exc:
+            offered = (getattr(conn, "server_capabilities", 0) or 0) & CLIENT.SSL
+            if exc.args[0] == 1045 and offered and self._args.get("ssl_disabled"):
+                # MariaDB's require_secure_transport refuses plain text as "access denied".
+                raise BackendUnavailable(
+                    f"MySQL at {self.where}: {exc.args[1]} (error 1045); the URL says "
+                    "ssl=false and the server offers TLS: a server that requires TLS "
+                    "refuses plain-text logins this way"
+                ) from exc
+            raise
         self._on_connect(conn)
         return conn
 

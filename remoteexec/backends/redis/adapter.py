@@ -50,7 +50,7 @@ class RedisBackend(Backend):
     ) -> None:
         super().__init__(result_ttl=result_ttl)
         self._secrets = secrets_in(url)
-        self._mapper = map_redis_errors(self._secrets)
+        self._mapper = map_redis_errors(self._secrets, url=url)
         self._url, self._keys, self._socket_timeout = url, Keys(prefix), socket_timeout
         self._lock = threading.Lock()
         self._sent: dict[str, bytes] = {}  # id -> epoch, until its reply is returned
