@@ -16,6 +16,9 @@ Each setting is taken from the first of these that gives it:
 
 4. the defaults below (``url`` = ``sqlite:///remoteexec.db`` in the working directory).
 
+A password kept apart from the URL, ``REMOTEEXEC_PASSWORD`` or ``REMOTEEXEC_PASSWORD_FILE``,
+is then filled into the resolved URL (see ``remoteexec.credentials``).
+
 Anything invalid raises ``ConfigurationError`` naming the value and where it came from;
 secrets never appear in messages, and URLs only through ``redact_url``.
 """
@@ -32,6 +35,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .credentials import env_password, with_password
 from .errors import ConfigurationError
 
 __all__ = [
@@ -110,7 +114,8 @@ def resolve(url: str | None = None, **options: Any) -> Settings:
     Raises:
         ConfigurationError: an unknown option; a value of the wrong type or range; a
             non-numeric ``REMOTEEXEC_TIMEOUT``; a config file that cannot be read, is not
-            valid YAML or is not a mapping; a URL without a scheme or with an unknown one.
+            valid YAML or is not a mapping; a URL without a scheme or with an unknown one;
+            a password setting that cannot be read, or that the URL cannot take.
     """
     for name in options:
         if name not in _OPTIONS:
@@ -124,6 +129,10 @@ def resolve(url: str | None = None, **options: Any) -> Settings:
     for source, values in (*_file_layer(), _env_layer(), ("argument", explicit)):
         merged.update(_normalize(values, source))
     merged.setdefault("url", DEFAULT_URL)
+    password = env_password()
+    if password is not None:
+        url = merged["url"]
+        merged["url"] = with_password(url, password[0], source=password[1], shown=redact_url(url))
     return Settings(**merged)
 
 

@@ -4,7 +4,8 @@
 ``--appendonly yes --appendfsync always`` and no RDB snapshots, so a SIGKILL loses nothing.
 Tests can ``kill()`` it, ``restart()`` it on the same port (with its data, or empty, as a
 Redis without persistence would come back), or ``freeze()``/``thaw()`` it (SIGSTOP/SIGCONT)
-to simulate a hung broker.
+to simulate a hung broker. With ``password``, the server requires it (``requirepass``) and
+``url`` holds none: clients give it themselves.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ START_TIMEOUT = 10.0
 class RedisServer(ServerProcess):
     """One private ``redis-server``; ``url`` names database 0 on it."""
 
-    def __init__(self, folder: Path | str | None = None, *, unix_socket: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path | str | None = None,
+        *,
+        unix_socket: bool = False,
+        password: str | None = None,
+    ) -> None:
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory()
         self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
         self.datadir = self.folder / "data"
@@ -34,6 +41,8 @@ class RedisServer(ServerProcess):
         #: With ``unix_socket``, the server also listens on this socket (``unix://`` URLs).
         self.socket = self.folder / "redis.sock" if unix_socket else None
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The password the default user needs (``requirepass``), or None.
+        self.password = password
 
     @property
     def url(self) -> str:
@@ -55,6 +64,8 @@ class RedisServer(ServerProcess):
             "--logfile", str(self.log_file),
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         if self.socket is not None:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(
@@ -65,7 +76,9 @@ class RedisServer(ServerProcess):
     def _wait_ready(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
-        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        probe = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1
+        )
         try:
             while True:
                 if self.proc.poll() is not None:
@@ -99,7 +112,9 @@ class RedisServer(ServerProcess):
 
     def client(self) -> redis.Redis:
         """A plain redis-py client (bytes responses) for assertions."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=10
+        )
 
     def _cleanup(self) -> None:
         if self._tmp is not None:
