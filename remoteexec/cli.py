@@ -275,7 +275,7 @@ def _init_db(args: argparse.Namespace) -> None:
     from .config import resolve
     from .errors import ConfigurationError
 
-    url = resolve(args.url).url
+    url = resolve(args.url).backend_url
     if urlsplit(url).scheme != "mysql":
         raise ConfigurationError(
             "init-db takes a mysql:// URL (--url, --url-file or REMOTEEXEC_URL)"

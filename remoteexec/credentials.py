@@ -5,12 +5,13 @@ A password on a command line shows in ``ps`` to every user of the machine; a fil
 by its owner only, or the environment (``/proc/<pid>/environ`` is readable by the process's
 owner only), does not. ``remoteexec.config`` fills the password in:
 
-* ``REMOTEEXEC_PASSWORD``, or ``REMOTEEXEC_PASSWORD_FILE`` naming a file that holds it,
-  goes into the resolved URL's user part: ``redis://host/0`` becomes ``redis://:pw@host/0``
+* The ``password`` argument, ``REMOTEEXEC_PASSWORD``, or ``REMOTEEXEC_PASSWORD_FILE``
+  naming a file that holds it, goes into the resolved URL's user part: ``redis://host/0`` becomes ``redis://:pw@host/0``
   (Redis ``AUTH pw``), ``mysql://app@host/db`` becomes ``mysql://app:pw@host/db``.
-* A URL that holds a password already plus a different password setting is ambiguous: a
-  ``ConfigurationError``. The same password is accepted, so a resolved URL resolves again
-  to itself (a worker hands its URL to the clients its tasks call through).
+* A URL that holds a password already plus a password setting is ambiguous: a
+  ``ConfigurationError``. The password stays apart (``Settings.password``) until the
+  backend connects (``Settings.backend_url``), so resolving settings again (a worker
+  hands its own to the clients its tasks call through) finds no password in the URL.
 
 Files are read as UTF-8 text with one trailing line break removed. A file that is missing,
 unreadable or empty is a ``ConfigurationError`` naming its path, never its content.
@@ -18,9 +19,8 @@ unreadable or empty is a ``ConfigurationError`` naming its path, never its conte
 
 from __future__ import annotations
 
-import hmac
 import os
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
 
@@ -53,8 +53,8 @@ def read_secret_file(path: str, what: str) -> str:
     return text
 
 
-def env_password() -> tuple[str, str] | None:
-    """The password the environment sets, and where it came from; None if it sets none.
+def env_password() -> str | None:
+    """The password the environment sets; None if it sets none.
 
     Raises:
         ConfigurationError: both ``REMOTEEXEC_PASSWORD`` and ``REMOTEEXEC_PASSWORD_FILE``
@@ -66,10 +66,8 @@ def env_password() -> tuple[str, str] | None:
             "both REMOTEEXEC_PASSWORD and REMOTEEXEC_PASSWORD_FILE are set: give one"
         )
     if path:
-        return read_secret_file(path, "password"), f"REMOTEEXEC_PASSWORD_FILE={path!r}"
-    if given:
-        return given, "REMOTEEXEC_PASSWORD"
-    return None
+        return read_secret_file(path, "password")
+    return given or None
 
 
 def with_password(url: str, password: str, *, source: str, shown: str) -> str:
@@ -82,7 +80,7 @@ def with_password(url: str, password: str, *, source: str, shown: str) -> str:
         shown: ``url`` with any password hidden, for messages.
 
     Raises:
-        ConfigurationError: the scheme takes no password, or the URL holds a different one.
+        ConfigurationError: the scheme takes no password, or the URL holds one already.
     """
     parts = urlsplit(url)
     if parts.scheme.lower() not in PASSWORD_SCHEMES:
@@ -91,12 +89,9 @@ def with_password(url: str, password: str, *, source: str, shown: str) -> str:
             f"only {', '.join(s + '://' for s in PASSWORD_SCHEMES)} URLs do"
         )
     given = (parts.password, dict(parse_qsl(parts.query)).get("password"))
-    held = [unquote(p) for p in given if p]
-    if held:
-        if all(hmac.compare_digest(p.encode(), password.encode()) for p in held):
-            return url
+    if any(given):
         raise ConfigurationError(
-            f"the URL {shown!r} holds a password and another is set ({source}): "
+            f"the URL {shown!r} holds a password, and a password is set too ({source}): "
             f"give the password in one place only"
         )
     userinfo, _, host = parts.netloc.rpartition("@")

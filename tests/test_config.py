@@ -367,10 +367,13 @@ def test_a_password_setting_is_filled_into_the_url(
     monkeypatch: pytest.MonkeyPatch, url: str, filled: str
 ) -> None:
     monkeypatch.setenv("REMOTEEXEC_PASSWORD", "p@ss:w/rd")
-    assert resolve(url).url == filled
+    assert resolve(url).backend_url == filled
     monkeypatch.setenv("REMOTEEXEC_URL", url)
-    assert resolve().url == filled
-    assert "p@ss" not in repr(resolve()) and "p%40ss" not in repr(resolve())
+    settings = resolve()
+    assert (settings.url, settings.password, settings.backend_url) == (url, "p@ss:w/rd", filled)
+    assert "p@ss" not in repr(settings) and "password=<hidden>" in repr(settings)
+    # An argument wins over the environment, as for every setting.
+    assert resolve(url, password="arg").backend_url == filled.replace("p%40ss%3Aw%2Frd", "arg")
 
 
 def test_a_password_file_is_read_without_its_trailing_line_break(
@@ -378,7 +381,7 @@ def test_a_password_file_is_read_without_its_trailing_line_break(
 ) -> None:
     (clean / "pw").write_text("s3cret \n")
     monkeypatch.setenv("REMOTEEXEC_PASSWORD_FILE", str(clean / "pw"))
-    assert resolve("redis://h/0").url == "redis://:s3cret%20@h/0"
+    assert resolve("redis://h/0").backend_url == "redis://:s3cret%20@h/0"
 
 
 @pytest.mark.parametrize(
@@ -409,17 +412,23 @@ def test_an_unreadable_password_file_names_its_path_never_its_content(
         assert "hunter2" not in str(info.value)
 
 
-def test_a_url_with_a_password_plus_a_different_password_setting_is_ambiguous(
+def test_a_url_with_a_password_plus_a_password_setting_is_ambiguous(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("REMOTEEXEC_PASSWORD", "other-pw")
-    for url in ("redis://:in-url@h/0", "redis://h/0?password=in-url", "mysql://u:in-url@h/db"):
+    urls = ("redis://:in-url@h/0", "redis://h/0?password=in-url", "mysql://u:in-url@h/db")
+    for url in urls:
         with pytest.raises(ConfigurationError, match="one place only") as info:
+            resolve(url, password="in-url")  # even the same one
+        assert "in-url" not in str(info.value)
+    monkeypatch.setenv("REMOTEEXEC_PASSWORD", "other-pw")
+    for url in urls:
+        with pytest.raises(ConfigurationError, match=r"is set too \(environment\)") as info:
             resolve(url)
         assert "in-url" not in str(info.value) and "other-pw" not in str(info.value)
-    # The same password: a resolved URL resolves again to itself.
-    filled = resolve("redis://h/0").url
-    assert resolve(filled).url == filled == "redis://:other-pw@h/0"
+    # Resolving resolved settings again (a worker's, for its tasks' client) changes nothing.
+    settings = resolve("redis://h/0")
+    again = resolve(settings.url, password=settings.password)
+    assert again == settings and again.backend_url == "redis://:other-pw@h/0"
 
 
 def test_both_password_variables_or_a_url_that_takes_none_are_errors(
@@ -429,6 +438,9 @@ def test_both_password_variables_or_a_url_that_takes_none_are_errors(
     for url in ("sqlite:///x.db", "memory://m"):
         with pytest.raises(ConfigurationError, match="takes none"):
             resolve(url)
+    with pytest.raises(ConfigurationError, match="non-empty string, not a int") as info:
+        resolve("redis://h/0", password=1234)
+    assert "1234" not in str(info.value)
     (clean / "pw").write_text("pw")
     monkeypatch.setenv("REMOTEEXEC_PASSWORD_FILE", str(clean / "pw"))
     with pytest.raises(ConfigurationError, match="give one"):
