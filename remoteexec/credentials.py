@@ -6,8 +6,9 @@ by its owner only, or the environment (``/proc/<pid>/environ`` is readable by th
 owner only), does not. ``remoteexec.config`` fills the password in:
 
 * The ``password`` argument, ``REMOTEEXEC_PASSWORD``, or ``REMOTEEXEC_PASSWORD_FILE``
-  naming a file that holds it, goes into the resolved URL's user part: ``redis://host/0`` becomes ``redis://:pw@host/0``
-  (Redis ``AUTH pw``), ``mysql://app@host/db`` becomes ``mysql://app:pw@host/db``.
+  naming a file that holds it, goes into the resolved URL's user part: ``redis://host/0``
+  becomes ``redis://:pw@host/0`` (Redis ``AUTH pw``), ``mysql://app@host/db`` becomes
+  ``mysql://app:pw@host/db``.
 * A URL that holds a password already plus a password setting is ambiguous: a
   ``ConfigurationError``. The password stays apart (``Settings.password``) until the
   backend connects (``Settings.backend_url``), so resolving settings again (a worker
