@@ -1,13 +1,20 @@
-"""The ``remoteexec`` and ``remoteexec-worker`` commands."""
+"""The ``remoteexec`` and ``remoteexec-worker`` commands.
+
+Every command that takes ``--url`` also takes ``--url-file PATH`` (the URL read from a
+file) and ``--password-file PATH`` (the password kept apart from the URL, as
+``REMOTEEXEC_PASSWORD_FILE``): a password given in ``--url`` shows in ``ps``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import RemoteError, RemoteExecError
@@ -29,11 +36,58 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _url_options(
+    p: argparse.ArgumentParser, default: str = "REMOTEEXEC_URL, config, sqlite"
+) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url", help=f"backend URL (default: {default}); a password here shows in ps"
+    )
+    where.add_argument("--url-file", metavar="PATH", help="read the backend URL from PATH")
+    p.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="the broker password, read from PATH and filled into the URL "
+        "(as REMOTEEXEC_PASSWORD_FILE)",
+    )
+
+
+_PASSWORD_VARS = ("REMOTEEXEC_PASSWORD", "REMOTEEXEC_PASSWORD_FILE")
+
+
+@contextlib.contextmanager
+def _credentials(args: argparse.Namespace) -> Iterator[str | None]:
+    """The URL the options give (``--url``, or ``--url-file``'s content; None: resolved
+    as usual), with ``--password-file`` set as ``REMOTEEXEC_PASSWORD_FILE`` meanwhile, so
+    that this process and those it starts all read the password from there.
+
+    Raises:
+        ConfigurationError: a file that is missing, unreadable or empty.
+    """
+    from .credentials import read_secret_file
+
+    url = args.url if args.url_file is None else read_secret_file(args.url_file, "URL")
+    if args.password_file is None:
+        yield url
+        return
+    path = os.path.abspath(args.password_file)  # worker processes may change directory
+    read_secret_file(path, "password")  # fail here, before anything starts
+    saved = {name: os.environ.pop(name, None) for name in _PASSWORD_VARS}
+    os.environ["REMOTEEXEC_PASSWORD_FILE"] = path
+    try:
+        yield url
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
 def worker_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="remoteexec-worker", description="Run remoteexec worker processes."
     )
-    p.add_argument("--url", help="backend URL (default: REMOTEEXEC_URL, config, sqlite)")
+    _url_options(p)
     p.add_argument(
         "--import",
         dest="imports",
@@ -74,7 +128,7 @@ def worker_parser() -> argparse.ArgumentParser:
 def worker_main(argv: Sequence[str] | None = None) -> None:
     """``remoteexec-worker``: supervise worker processes (see ``supervisor.py``)."""
     from .errors import ConfigurationError
-    from .supervisor import Supervisor, WorkerSettings
+    from .supervisor import EXIT_CONFIG, Supervisor, WorkerSettings
     from .worker import checked_queues
 
     parser = worker_parser()
@@ -87,19 +141,26 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",
     )
-    settings = WorkerSettings(
-        url=args.url,
-        imports=args.imports,
-        tasks_dir=args.tasks_dir,
-        queues=queues,
-        threads=args.threads,
-        lease=args.lease,
-        burst=args.burst,
-        log_level=args.log_level.upper(),
-        allow_empty=args.allow_empty,
-        connect_timeout=args.connect_timeout,
-    )
-    sys.exit(Supervisor(settings, args.processes).run())
+    try:
+        with _credentials(args) as url:
+            # The URL reaches the worker processes in their environment, never in argv.
+            settings = WorkerSettings(
+                url=url,
+                imports=args.imports,
+                tasks_dir=args.tasks_dir,
+                queues=queues,
+                threads=args.threads,
+                lease=args.lease,
+                burst=args.burst,
+                log_level=args.log_level.upper(),
+                allow_empty=args.allow_empty,
+                connect_timeout=args.connect_timeout,
+            )
+            status = Supervisor(settings, args.processes).run()
+    except ConfigurationError as exc:
+        log.error("remoteexec-worker cannot start: %s", exc)
+        status = EXIT_CONFIG
+    sys.exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -108,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a demo: workers and a client asking for pi")
-    demo.add_argument("--url", help="backend URL (default: an embedded SQLite file)")
+    _url_options(demo, "REMOTEEXEC_URL, config, an embedded SQLite file")
     demo.add_argument("--workers", type=_positive_int, default=2, metavar="N")
     demo.add_argument("--seconds", type=_positive_float, default=10.0, metavar="S")
     demo.add_argument("--verbose", action="store_true", help="print every call, not a sample")
@@ -118,22 +179,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("watch", "tasks completed per second, live"),
     ):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--url")
+        _url_options(cmd)
     sub.choices["watch"].add_argument("--count", type=_positive_int, help="stop after N lines")
 
     call = sub.add_parser("call", help="call a task from the shell (JSON arguments)")
-    call.add_argument("--url")
+    _url_options(call)
     call.add_argument("name")
     call.add_argument("--method", default="execute")
     call.add_argument("--timeout", type=_positive_float)
     call.add_argument("args", nargs="*", help="JSON values, e.g. 42 '\"text\"' '[1,2]'")
 
     purge = sub.add_parser("purge", help="delete waiting tasks")
-    purge.add_argument("--url")
+    _url_options(purge)
     purge.add_argument("--queue")
 
     init = sub.add_parser("init-db", help="create the MySQL schema")
-    init.add_argument("--url", required=True)
+    _url_options(init, "REMOTEEXEC_URL, config")
     init.add_argument("--print", action="store_true", help="print the SQL, change nothing")
 
     # Options may come between a call's JSON arguments: collect what follows them too.
@@ -144,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.args += extra
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        _COMMANDS[args.command](args)
+        with _credentials(args) as args.url:
+            _COMMANDS[args.command](args)
     except RemoteError as exc:
         print(f"{exc.remote_traceback}remoteexec {args.command}: the task raised {exc}",
               file=sys.stderr)  # fmt: skip
@@ -203,18 +265,22 @@ def _purge(args: argparse.Namespace) -> None:
 
 
 def _init_db(args: argparse.Namespace) -> None:
-    from urllib.parse import urlsplit
-
-    from .errors import ConfigurationError
-
-    if urlsplit(args.url).scheme != "mysql":
-        raise ConfigurationError("init-db takes a mysql:// URL")
     from .backends.mysql import MySQLBackend, schema_sql
 
     if args.print:
         print(";\n\n".join(schema_sql()) + ";")
         return
-    backend = MySQLBackend.from_url(args.url, result_ttl=3600)
+    from urllib.parse import urlsplit
+
+    from .config import resolve
+    from .errors import ConfigurationError
+
+    url = resolve(args.url).backend_url
+    if urlsplit(url).scheme != "mysql":
+        raise ConfigurationError(
+            "init-db takes a mysql:// URL (--url, --url-file or REMOTEEXEC_URL)"
+        )
+    backend = MySQLBackend.from_url(url, result_ttl=3600)
     backend.init_db()
     backend.close()
     print("schema ready")

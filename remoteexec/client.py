@@ -56,7 +56,7 @@ class Client:
         # Also run in a forked child: fresh connections and a reply address of its own;
         # the parent's pending calls stay the parent's.
         self._pid = os.getpid()
-        self._backend = open_backend(self.settings.url, result_ttl=self.settings.result_ttl)
+        self._backend = open_backend(self.settings.backend_url, result_ttl=self.settings.result_ttl)
         self.reply_to = f"{socket.gethostname()}:{self._pid}:{os.urandom(4).hex()}"
         # Task ids: 16 random bytes per client (and per forked child), then a counter.
         self._id_prefix, self._ids = os.urandom(16).hex(), itertools.count()

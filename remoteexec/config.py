@@ -16,6 +16,11 @@ Each setting is taken from the first of these that gives it:
 
 4. the defaults below (``url`` = ``sqlite:///remoteexec.db`` in the working directory).
 
+A password kept apart from the URL (the ``password`` argument, ``REMOTEEXEC_PASSWORD`` or
+``REMOTEEXEC_PASSWORD_FILE``) is resolved like the other settings and kept apart in
+``Settings.password``; ``Settings.backend_url`` fills it into the URL (see
+``remoteexec.credentials``).
+
 Anything invalid raises ``ConfigurationError`` naming the value and where it came from;
 secrets never appear in messages, and URLs only through ``redact_url``.
 """
@@ -32,6 +37,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .credentials import env_password, with_password
 from .errors import ConfigurationError
 
 __all__ = [
@@ -65,6 +71,8 @@ class Settings:
         queue: the default queue.
         max_age: seconds after its creation that a worker with secrets still runs a signed
             call without a deadline (a replay of an older one is refused).
+        password: the broker password kept apart from ``url`` (None: the URL's own, if
+            any); ``backend_url`` holds both.
     """
 
     url: str = DEFAULT_URL
@@ -76,6 +84,14 @@ class Settings:
     max_attempts: int = 3
     queue: str = "default"
     max_age: float = 86400.0
+    password: str | None = None
+
+    @property
+    def backend_url(self) -> str:
+        """``url`` with ``password`` filled in: what the backend connects with."""
+        if self.password is None:
+            return self.url
+        return with_password(self.url, self.password, source="", shown="")
 
     def __repr__(self) -> str:
         # Never show the secrets or a password, even in a debugger or a log line.
@@ -84,13 +100,13 @@ class Settings:
             f"timeout={self.timeout!r}, result_ttl={self.result_ttl!r}, "
             f"max_message_size={self.max_message_size!r}, lease={self.lease!r}, "
             f"max_attempts={self.max_attempts!r}, queue={self.queue!r}, "
-            f"max_age={self.max_age!r})"
+            f"max_age={self.max_age!r}, password={'<hidden>' if self.password else None})"
         )
 
 
 _OPTIONS = (
     *("secret", "secrets", "timeout", "result_ttl", "max_message_size", "lease"),
-    *("max_attempts", "queue", "max_age"),
+    *("max_attempts", "queue", "max_age", "password"),
 )
 _FILE_KEYS = ("url", *_OPTIONS)
 
@@ -102,7 +118,7 @@ def resolve(url: str | None = None, **options: Any) -> Settings:
         url: the backend URL, e.g. ``redis://localhost:6379/0``.
         **options: ``secret`` (a string or a list of strings) or ``secrets``, ``timeout``,
             ``result_ttl``, ``max_message_size``, ``lease``, ``max_attempts``, ``queue``,
-            ``max_age``.
+            ``max_age``, ``password`` (filled into a URL that holds none).
 
     Returns:
         The resolved ``Settings``.
@@ -110,7 +126,8 @@ def resolve(url: str | None = None, **options: Any) -> Settings:
     Raises:
         ConfigurationError: an unknown option; a value of the wrong type or range; a
             non-numeric ``REMOTEEXEC_TIMEOUT``; a config file that cannot be read, is not
-            valid YAML or is not a mapping; a URL without a scheme or with an unknown one.
+            valid YAML or is not a mapping; a URL without a scheme or with an unknown one;
+            a password setting that cannot be read, or that the URL cannot take.
     """
     for name in options:
         if name not in _OPTIONS:
@@ -121,9 +138,14 @@ def resolve(url: str | None = None, **options: Any) -> Settings:
     if url is not None:
         explicit["url"] = url
     merged: dict[str, Any] = {}
+    password_from = ""
     for source, values in (*_file_layer(), _env_layer(), ("argument", explicit)):
         merged.update(_normalize(values, source))
+        password_from = source if "password" in values else password_from
     merged.setdefault("url", DEFAULT_URL)
+    if "password" in merged:  # checked now: the URL takes one, and holds none of its own
+        url = merged["url"]
+        with_password(url, merged["password"], source=password_from, shown=redact_url(url))
     return Settings(**merged)
 
 
@@ -137,6 +159,9 @@ def _env_layer() -> tuple[str, dict[str, Any]]:
         if not secrets:
             raise ConfigurationError("REMOTEEXEC_SECRET holds no secret (only commas/spaces)")
         values["secrets"] = secrets
+    password = env_password()
+    if password is not None:
+        values["password"] = password
     raw = env.get("REMOTEEXEC_TIMEOUT", "").strip()
     if raw:
         try:
@@ -206,6 +231,13 @@ def _normalize(values: dict[str, Any], source: str) -> dict[str, Any]:
             out[name] = check_attempts(value, source)
         elif name == "queue":
             out[name] = check_name("queue", value, source)
+        elif name == "password":
+            if not isinstance(value, str) or not value:
+                # The value itself is never shown: it is, or may be, a password.
+                raise ConfigurationError(
+                    f"password must be a non-empty string, not a {type(value).__name__} ({source})"
+                )
+            out[name] = value
     return out
 
 

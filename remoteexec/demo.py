@@ -8,6 +8,7 @@ the tasks per second it reached, one call at a time and batched through ``map``.
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import socket
@@ -59,9 +60,10 @@ def run_demo(
     supervisor = subprocess.Popen(
         [
             sys.executable, "-c", "from remoteexec.cli import worker_main; worker_main()",
-            "--url", url, "--queues", QUEUE, "--import", __name__,
+            "--queues", QUEUE, "--import", __name__,
             "--processes", str(workers), "--log-level", "WARNING",
-        ]
+        ],
+        env=dict(os.environ, REMOTEEXEC_URL=url),  # not in argv, where ps shows a password
     )  # fmt: skip
     try:
         with Client(url) as client, using(client):

@@ -151,7 +151,7 @@ class Supervisor:
         claims = [Claim(i, q, "", b"", 0, t) for i, q, t in posted]
         try:
             if self._backend is None:
-                self._backend = open_backend(resolve(self.settings.url).url)
+                self._backend = open_backend(resolve(self.settings.url).backend_url)
             held = sum(self._backend.renew(claims, lease=EXPIRE_NOW))
         except RemoteExecError as exc:
             log.warning("handing back the tasks of worker process %d failed: %s", pid, exc)

@@ -95,7 +95,7 @@ class Worker:
     ) -> None:
         self.queues = checked_queues(queues)
         self.settings = resolve(url, **options)
-        self.backend = open_backend(self.settings.url, result_ttl=self.settings.result_ttl)
+        self.backend = open_backend(self.settings.backend_url, result_ttl=self.settings.result_ttl)
         self.codec = Codec(
             secrets=self.settings.secrets, max_message_size=self.settings.max_message_size
         )

@@ -9,6 +9,9 @@ to simulate a hung broker.
 With ``tls=`` it listens only for TLS (``--port 0 --tls-port``), presenting and trusting the
 given files; ``tls_auth_clients`` is redis-server's ``--tls-auth-clients`` (``optional``:
 a client certificate is checked if sent, ``yes``: one is required).
+
+With ``password``, the server requires it (``requirepass``) and ``url`` holds none:
+clients give it themselves.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class RedisServer(ServerProcess):
         unix_socket: bool = False,
         tls: ServerTLS | None = None,
         tls_auth_clients: str = "optional",
+        password: str | None = None,
     ) -> None:
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory()
         self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
@@ -48,6 +52,8 @@ class RedisServer(ServerProcess):
         self.tls = tls
         self.tls_auth_clients = tls_auth_clients
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The password the default user needs (``requirepass``), or None.
+        self.password = password
 
     @property
     def url(self) -> str:
@@ -71,6 +77,8 @@ class RedisServer(ServerProcess):
             "--logfile", str(self.log_file),
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         if self.socket is not None:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(
@@ -126,11 +134,14 @@ class RedisServer(ServerProcess):
         """A plain redis-py client (bytes responses) for assertions (over TLS with ``tls``,
         with the probe's client certificate and no host-name check)."""
         if self.tls is None:
-            return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout)
+            return redis.Redis(
+                host="127.0.0.1", port=self.port, password=self.password, socket_timeout=timeout
+            )
         return redis.Redis(
             host="127.0.0.1",
             port=self.port,
             socket_timeout=timeout,
+            password=self.password,
             ssl=True,
             ssl_ca_certs=str(self.tls.ca),
             ssl_certfile=str(self.tls.probe.cert),

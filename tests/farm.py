@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +54,25 @@ class Farm:
         shutil.copy(TASKS_SOURCE, folder / TASKS_SOURCE.name)
         self.commands: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *extra: str, processes: int = 1, lease: float = 2.0) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        *extra: str,
+        processes: int = 1,
+        lease: float = 2.0,
+        url_args: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start a ``remoteexec-worker`` command; ``url_args`` replace ``--url URL`` (e.g.
+        ``["--url-file", path]``, or ``[]`` for ``REMOTEEXEC_URL`` in ``env``), and ``env``
+        adds to its environment."""
+        url = ["--url", self.url] if url_args is None else list(url_args)
         cmd = [
             *worker_command(),
-            "--url", self.url, "--import", "rx_e2e_tasks", "--processes", str(processes),
+            *url, "--import", "rx_e2e_tasks", "--processes", str(processes),
             "--lease", str(lease), "--log-level", "INFO", *extra,
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(self.folder), *sys.path]))
+        path = os.pathsep.join([str(self.folder), *sys.path])
+        env = dict(os.environ, **(env or {}), PYTHONPATH=path)
         with open(self.folder / f"worker-{len(self.commands)}.log", "ab") as log:
             proc = subprocess.Popen(cmd, cwd=self.folder, env=env, stdout=log, stderr=log)
         self.commands.append(proc)
@@ -78,6 +91,27 @@ class Farm:
         finally:
             backend.close()
         raise AssertionError(f"fewer than {expected} workers came up\n{self.logs()}")
+
+    def command_lines(self) -> dict[int, str]:
+        """The command line of every live process the commands started, and of theirs
+        (worker processes, helper processes), by pid, as ``ps`` shows them."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # gone meanwhile
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found: dict[int, str] = {}
+        todo = [p.pid for p in self.commands if p.poll() is None]
+        while todo:
+            pid = todo.pop()
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            todo += children.get(pid, [])
+        return found
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("*.log")))

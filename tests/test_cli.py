@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -10,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.farm import Farm
+from tests.farm import Farm, worker_command
 
 
-def remoteexec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def remoteexec(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "remoteexec", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=60,
+        cwd=cwd, capture_output=True, text=True, timeout=60, env=dict(os.environ, **(env or {})),
     )  # fmt: skip
 
 
@@ -85,3 +88,81 @@ def test_worker_imports_a_tasks_dir_and_serves_the_queues_given(tmp_path: Path) 
         done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert [f.result(timeout=10) for f in futures] == [socket.gethostname()] * 2
+
+
+# Credentials kept off the command line ---------------------------------------------------
+
+PASSWORD = "pw-Only-In-A-File-7"
+
+
+def credential_options(tmp_path: Path, url: str, how: str) -> tuple[list[str], dict[str, str]]:
+    """The options and environment that give ``url`` (holding no password) and PASSWORD."""
+    if how == "environment":
+        return [], {"REMOTEEXEC_URL": url, "REMOTEEXEC_PASSWORD": PASSWORD}
+    (tmp_path / "url.txt").write_text(url + "\n")
+    (tmp_path / "password.txt").write_text(PASSWORD + "\n")
+    (tmp_path / "password.txt").chmod(0o600)
+    return ["--url-file", str(tmp_path / "url.txt"), "--password-file", "password.txt"], {}
+
+
+@pytest.mark.parametrize("how", ["files", "environment"])
+def test_a_password_protected_broker_never_shows_its_password_in_a_command_line(
+    tmp_path: Path, how: str
+) -> None:
+    from remoteexec import Client, using
+    from tests._redis_server import RedisServer
+    from tests.farm import tasks
+
+    with RedisServer(tmp_path / "redis", password=PASSWORD) as server:
+        options, env = credential_options(tmp_path, server.url, how)
+        farm = Farm(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0", tmp_path)
+        try:
+            farm.start("--threads", "2", processes=2, url_args=options, env=env)
+            farm.worker_pids(2)
+            with Client(farm.url) as client, using(client):
+                assert tasks.Sleepy.execute(0.1) == 0.1  # in a helper process, which stays
+                helper, _ = tasks.LimitedNested.execute(1)  # the helper's own client
+            lines = farm.command_lines()
+            assert helper in lines and len(lines) >= 4, lines  # supervisor, 2 workers, helper
+            assert not [line for line in lines.values() if PASSWORD in line]
+            for command in (["call", "Echo", "--method", "value", "7"], ["status"], ["purge"]):
+                out = remoteexec(*command, *options, cwd=tmp_path, env=env)
+                assert out.returncode == 0, out.stderr
+                assert PASSWORD not in out.stdout + out.stderr
+            assert out.stdout.startswith("purged 0")
+        finally:
+            farm.stop()
+        assert "started worker process" in farm.logs() and PASSWORD not in farm.logs()
+    # Without the password the broker refuses, and says so without any password.
+    out = remoteexec("status", "--url", server.url, cwd=tmp_path)
+    assert out.returncode == 1 and "BackendUnavailable" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "worker"])
+def test_url_and_password_files_that_cannot_be_read_name_the_path_never_the_content(
+    tmp_path: Path, command: str
+) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        if command == "status":
+            return remoteexec("status", *args, cwd=tmp_path)
+        cmd = [*worker_command(), "--allow-empty", "--burst", *args]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    code = 1 if command == "status" else 78
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "ftp").write_text("ftp://user:hunter2@host/x\n")
+    (tmp_path / "redis").write_text("redis://:hunter2@127.0.0.1:1/0")
+    (tmp_path / "pw").write_text("other-hunter3")
+    for args, named in [
+        (["--url-file", "missing"], "cannot read the URL file 'missing': No such file"),
+        (["--url-file", "empty"], "the URL file 'empty' is empty"),
+        (["--url", "redis://h/0", "--password-file", "empty"], "password file"),
+        (["--url-file", "ftp"], "unknown URL scheme 'ftp'"),
+        (["--url-file", "redis", "--password-file", "pw"], "give the password in one place"),
+    ]:
+        out = run(*args)
+        assert out.returncode == code and named in out.stderr, out.stderr
+        assert "ConfigurationError" in out.stderr or command == "worker"
+        assert "hunter2" not in out.stderr and "hunter3" not in out.stderr
+    out = run("--url", "redis://h/0", "--url-file", "redis")
+    assert out.returncode == 2 and "not allowed with" in out.stderr

@@ -10,7 +10,10 @@ import pytest
 from remoteexec.config import DEFAULT_URL, Settings, redact_url, resolve
 from remoteexec.errors import ConfigurationError
 
-ENV = ("REMOTEEXEC_URL", "REMOTEEXEC_SECRET", "REMOTEEXEC_TIMEOUT", "REMOTEEXEC_CONFIG")
+ENV = (
+    *("REMOTEEXEC_URL", "REMOTEEXEC_SECRET", "REMOTEEXEC_TIMEOUT", "REMOTEEXEC_CONFIG"),
+    *("REMOTEEXEC_PASSWORD", "REMOTEEXEC_PASSWORD_FILE"),
+)
 
 
 @pytest.fixture(autouse=True)
@@ -345,3 +348,100 @@ def test_max_attempts_out_of_range_is_refused_everywhere_it_is_given(value) -> N
     with pytest.raises(ConfigurationError, match="max_attempts"):
         remote(max_attempts=value)
     assert resolve("memory://", max_attempts=1000).max_attempts == 1000
+
+
+# A password kept apart from the URL (remoteexec/credentials.py) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "filled"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://:p%40ss%3Aw%2Frd@127.0.0.1:6379/0"),
+        ("rediss://app@broker/1", "rediss://app:p%40ss%3Aw%2Frd@broker/1"),
+        ("mysql://app@db.local:3307/jobs", "mysql://app:p%40ss%3Aw%2Frd@db.local:3307/jobs"),
+        ("mysql://app:@db.local/jobs", "mysql://app:p%40ss%3Aw%2Frd@db.local/jobs"),
+        ("unix:///run/redis.sock?db=2", "unix://:p%40ss%3Aw%2Frd@/run/redis.sock?db=2"),
+    ],
+)
+def test_a_password_setting_is_filled_into_the_url(
+    monkeypatch: pytest.MonkeyPatch, url: str, filled: str
+) -> None:
+    monkeypatch.setenv("REMOTEEXEC_PASSWORD", "p@ss:w/rd")
+    assert resolve(url).backend_url == filled
+    monkeypatch.setenv("REMOTEEXEC_URL", url)
+    settings = resolve()
+    assert (settings.url, settings.password, settings.backend_url) == (url, "p@ss:w/rd", filled)
+    assert "p@ss" not in repr(settings) and "password=<hidden>" in repr(settings)
+    # An argument wins over the environment, as for every setting.
+    assert resolve(url, password="arg").backend_url == filled.replace("p%40ss%3Aw%2Frd", "arg")
+
+
+def test_a_password_file_is_read_without_its_trailing_line_break(
+    clean: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean / "pw").write_text("s3cret \n")
+    monkeypatch.setenv("REMOTEEXEC_PASSWORD_FILE", str(clean / "pw"))
+    assert resolve("redis://h/0").backend_url == "redis://:s3cret%20@h/0"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"), [(None, "No such file"), ("", "is empty"), ("\n", "is empty")]
+)
+def test_a_missing_or_empty_password_file_names_its_path(
+    clean: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, reason: str
+) -> None:
+    path = clean / "pw"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("REMOTEEXEC_PASSWORD_FILE", str(path))
+    with pytest.raises(ConfigurationError, match=reason) as info:
+        resolve("redis://h/0")
+    assert str(path) in str(info.value)
+
+
+def test_an_unreadable_password_file_names_its_path_never_its_content(
+    clean: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean / "folder").mkdir()
+    (clean / "latin1").write_bytes(b"hunter2\xe9")
+    for path, reason in ((clean / "folder", "Is a directory"), (clean / "latin1", "not UTF-8")):
+        monkeypatch.setenv("REMOTEEXEC_PASSWORD_FILE", str(path))
+        with pytest.raises(ConfigurationError, match="cannot read the password file") as info:
+            resolve("redis://h/0")
+        assert str(path) in str(info.value) and reason in str(info.value)
+        assert "hunter2" not in str(info.value)
+
+
+def test_a_url_with_a_password_plus_a_password_setting_is_ambiguous(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    urls = ("redis://:in-url@h/0", "redis://h/0?password=in-url", "mysql://u:in-url@h/db")
+    for url in urls:
+        with pytest.raises(ConfigurationError, match="one place only") as info:
+            resolve(url, password="in-url")  # even the same one
+        assert "in-url" not in str(info.value)
+    monkeypatch.setenv("REMOTEEXEC_PASSWORD", "other-pw")
+    for url in urls:
+        with pytest.raises(ConfigurationError, match=r"is set too \(environment\)") as info:
+            resolve(url)
+        assert "in-url" not in str(info.value) and "other-pw" not in str(info.value)
+    # Resolving resolved settings again (a worker's, for its tasks' client) changes nothing.
+    settings = resolve("redis://h/0")
+    again = resolve(settings.url, password=settings.password)
+    assert again == settings and again.backend_url == "redis://:other-pw@h/0"
+
+
+def test_both_password_variables_or_a_url_that_takes_none_are_errors(
+    clean: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REMOTEEXEC_PASSWORD", "pw")
+    for url in ("sqlite:///x.db", "memory://m"):
+        with pytest.raises(ConfigurationError, match="takes none"):
+            resolve(url)
+    with pytest.raises(ConfigurationError, match="non-empty string, not a int") as info:
+        resolve("redis://h/0", password=1234)
+    assert "1234" not in str(info.value)
+    (clean / "pw").write_text("pw")
+    monkeypatch.setenv("REMOTEEXEC_PASSWORD_FILE", str(clean / "pw"))
+    with pytest.raises(ConfigurationError, match="give one"):
+        resolve("redis://h/0")
