@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._exttypes import pack, unpack
 from .blobstores import BlobStore, Chunk, check_id, new_id
-from .errors import ConfigurationError, PayloadTooLarge, RemoteExecError, SerializationError
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    PayloadTooLarge,
+    RemoteExecError,
+    SerializationError,
+)
 from .message import Call, Codec, Reply, register_type
 
 if TYPE_CHECKING:
@@ -261,8 +267,10 @@ class Payloads:
 
         try:
             store.write(blob_id, counted(), ttl)
-        except BaseException:
+        except BaseException as exc:
             self._delete_ids(store, [blob_id])
+            if isinstance(exc, OSError):  # a folder's: full, read-only, gone...
+                raise BackendUnavailable(f"cannot store a blob: {exc}") from exc
             raise
         return BlobRef(store.kind, blob_id, size, digest.digest(), encoding)
 
@@ -294,7 +302,12 @@ class Payloads:
             raise PayloadTooLarge(
                 f"blob {ref.id} of {ref.size} bytes exceeds max_blob_size ({self.max_size} bytes)"
             )
-        data = store.read(ref.id, ref.size)
+        try:
+            data = store.read(ref.id, ref.size)
+        except RemoteExecError:
+            raise
+        except Exception as exc:  # a folder's OSError, MemoryError...
+            raise SerializationError(f"blob {ref.id} cannot be read: {exc!r:.200}") from exc
         if data is None:
             raise SerializationError(
                 f"blob {ref.id} of {ref.size} bytes is missing: it expired (result_ttl) "
@@ -321,7 +334,7 @@ class Payloads:
     def _delete_ids(self, store: BlobStore, ids: list[str]) -> None:
         try:
             store.delete(ids)
-        except RemoteExecError as exc:
+        except Exception as exc:  # BackendUnavailable, a folder's OSError
             log.warning("could not delete %d blob(s), they will expire: %s", len(ids), exc)
 
     def sweep(self) -> None:

@@ -268,7 +268,7 @@ class Replies:
         blob is deleted once read)."""
         try:
             result = self._payloads.resolve_value(value)
-        except RemoteExecError as exc:
+        except Exception as exc:  # typed (blobs.py), or MemoryError: the call ends anyway
             future.set_exception(exc)
             return
         finally:

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from remoteexec import (
+    BackendUnavailable,
     Client,
     ConfigurationError,
     PayloadTooLarge,
@@ -322,6 +323,19 @@ def test_a_file_store_needs_an_existing_folder(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'q.db'}"
     with Client(url, blob_url=f"file://{tmp_path}/missing") as client, using(client):
         with pytest.raises(ConfigurationError, match="does not exist"):
+            tasks.Echo.value.submit(b"a" * MiB)
+
+
+def test_a_blob_folder_that_fails_gives_backend_unavailable(tmp_path: Path) -> None:
+    folder = tmp_path / "blobs"
+    folder.mkdir()
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    with Client(url, blob_url=f"file://{folder}") as client, using(client):
+        tasks.Echo.value.submit(b"a" * MiB)
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+        with pytest.raises(BackendUnavailable, match="cannot store a blob"):
             tasks.Echo.value.submit(b"a" * MiB)
 
 
