@@ -1,7 +1,7 @@
 """``python -m bench --payloads``: large arguments and results, in band and out of band.
 
 For each backend (and a shared folder, ``file://``, with a SQLite broker), 1 MiB and
-100 MiB payloads: ``Echo.value(data)`` called one after another (20 calls of 1 MiB, 3 of
+100 MiB payloads: ``Echo.value(data)`` called one after another (10 calls of 1 MiB, 2 of
 100 MiB, after a warm-up call), so every call moves its payload twice (argument and
 result). Reported: calls/s and MB/s (argument + result bytes, 10^6 per MB), median over
 ``--reps``. *In band* sets ``blob_threshold`` above the payload (and ``max_message_size``
@@ -22,7 +22,7 @@ from .measure import progress
 from .servers import CLEANUP, RemoteexecWorkers, Servers, drop_database, new_database
 
 MiB = 2**20
-SIZES = {"1 MiB": (MiB, 20), "100 MiB": (100 * MiB, 3)}
+SIZES = {"1 MiB": (MiB, 10), "100 MiB": (100 * MiB, 2)}
 MODES = ("in band", "out of band")
 
 
