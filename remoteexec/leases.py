@@ -62,8 +62,8 @@ class Leases:
         self._lease = lease
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], Held] = {}
-        #: What the monitor runs every ``_SWEEP_EVERY`` seconds.
-        self.sweeps: list[Callable[[], None]] = [backend.sweep]
+        #: What the monitor runs every ``_SWEEP_EVERY`` seconds, after the backend's sweep.
+        self.sweeps: list[Callable[[], None]] = []
 
     # What the serving threads do ---------------------------------------------------------
 
@@ -168,7 +168,7 @@ class Leases:
                 self.renew()
             if now >= next_sweep:
                 next_sweep = now + _SWEEP_EVERY
-                for sweep in self.sweeps:
+                for sweep in (self._backend.sweep, *self.sweeps):
                     quietly(sweep)
             if supervised and os.getppid() != parent:
                 log.warning("the supervisor is gone")

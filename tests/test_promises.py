@@ -247,8 +247,8 @@ def test_mysql_carries_arguments_and_results_above_max_allowed_packet_out_of_ban
         with Client(small_packet_url) as client, using(client):
             farm.start()
             value = os.urandom(3 * 2**20)  # three times the server's max_allowed_packet
-            assert tasks.Echo.value.options(timeout=30)(value) == value
-            assert tasks.Sized.execute.options(timeout=30)(3 * 2**20) == b"x" * 3 * 2**20
+            assert tasks.Echo.value.options(timeout=120)(value) == value
+            assert tasks.Sized.execute.options(timeout=120)(3 * 2**20) == b"x" * 3 * 2**20
     finally:
         farm.stop()
 
