@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
                     if got:
                         rate = statistics.median(r[0] for r in got)
                         mbs = statistics.median(r[1] for r in got)
-                        outcome = f"{rate:8.2f} calls/s {mbs:8.1f} MB/s"
+                        outcome = f"{rate:8.3f} calls/s {mbs:8.1f} MB/s"
                     progress(f"bench payloads: {backend} {label} {mode}: {outcome}")
                     rows.append((backend, label, mode, outcome))
     finally:
