@@ -52,6 +52,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="stop starting new measurements after this long (default 1200)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    p.add_argument(
+        "--payloads",
+        action="store_true",
+        help="measure 1 MiB and 100 MiB payloads in band and out of band instead",
+    )
     args = p.parse_args(argv)  # fmt: skip
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(args.backends) - set(BACKENDS)
@@ -139,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+    if args.payloads:
+        from .payloads import main as payloads
+
+        return payloads(args)
     sizes = Sizes()
     if args.quick:
         sizes = Sizes(latency_calls=300, latency_warmup=50, batch_calls=2000, batch_warmup=200,

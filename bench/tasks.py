@@ -11,3 +11,9 @@ from remoteexec import remote
 class CalculateMultipleOfPi:
     def execute(self, n):
         return math.pi * n
+
+
+@remote
+class Echo:
+    def value(self, x):
+        return x

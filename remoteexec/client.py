@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .backends import Backend, Job, open_backend
+from .blobs import Payloads
 from .config import Settings, redact_url, resolve
 from .errors import ConfigurationError, RemoteExecError
 from .future import CallOptions, RemoteFuture
@@ -38,7 +39,8 @@ class Client:
     Args:
         url: the backend URL (see ``remoteexec.config`` for the resolution order).
         **options: ``secret``, ``timeout``, ``result_ttl``, ``max_message_size``, ``queue``,
-            ``max_attempts`` (see ``Settings``).
+            ``max_attempts``, ``blob_threshold``, ``max_blob_size``, ``blob_url`` (see
+            ``Settings``).
 
     Raises:
         ConfigurationError: a bad URL or option.
@@ -60,7 +62,8 @@ class Client:
         self.reply_to = f"{socket.gethostname()}:{self._pid}:{os.urandom(4).hex()}"
         # Task ids: 16 random bytes per client (and per forked child), then a counter.
         self._id_prefix, self._ids = os.urandom(16).hex(), itertools.count()
-        self._replies = Replies(self._backend, self._codec, self.reply_to)
+        self._payloads = Payloads(self.settings, self._backend)
+        self._replies = Replies(self._backend, self._codec, self.reply_to, self._payloads)
 
     def __enter__(self) -> Client:
         return self
@@ -167,13 +170,13 @@ class Client:
         where = (queue, self.reply_to, now)  # signed with the call: see message.py
         jobs: list[Job] = []
         futures: list[RemoteFuture[Any]] = []
-        encode = self._codec.encode_call
+        encode, codec = self._payloads.encode_call, self._codec  # large values: blobs.py
         for args, kwargs in calls:
             task_id = f"{self._id_prefix}{next(self._ids):x}"
             call = Call(
                 task_id, task, method, tuple(args), kwargs, deadline, attempts, None, *where
             )
-            job = Job(task_id, queue, self.reply_to, encode(call))
+            job = Job(task_id, queue, self.reply_to, encode(codec, call)[0])
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))
         if deadline is not None:

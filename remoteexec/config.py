@@ -5,7 +5,9 @@ Each setting is taken from the first of these that gives it:
 1. explicit arguments: ``Client(url, timeout=5)``, ``configure(...)``, ``Worker(...)``;
    an argument given as ``None`` counts as not given;
 2. the environment: ``REMOTEEXEC_URL``, ``REMOTEEXEC_SECRET`` (comma-separated for
-   rotation, the first signs), ``REMOTEEXEC_TIMEOUT``; an empty variable counts as unset;
+   rotation, the first signs), ``REMOTEEXEC_TIMEOUT``, ``REMOTEEXEC_BLOB_URL``,
+   ``REMOTEEXEC_BLOB_THRESHOLD``, ``REMOTEEXEC_MAX_BLOB_SIZE``; an empty variable counts
+   as unset;
 3. a YAML file: ``REMOTEEXEC_CONFIG`` if set, else ``./remoteexec.yaml`` if it exists, with
    the ``Settings`` field names as keys (plus ``secret`` for a single one), e.g.::
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,10 @@ class Settings:
         queue: the default queue.
         max_age: seconds after its creation that a worker with secrets still runs a signed
             call without a deadline (a replay of an older one is refused).
+        blob_threshold: bytes above which an argument or result travels out of band.
+        max_blob_size: the largest argument or result, in bytes, that travels out of band.
+        blob_url: where out-of-band payloads are kept: ``file:///path`` (a shared
+            folder), or None for the backend's own blob storage.
         password: the broker password kept apart from ``url`` (None: the URL's own, if
             any); ``backend_url`` holds both.
     """
@@ -84,6 +91,9 @@ class Settings:
     max_attempts: int = 3
     queue: str = "default"
     max_age: float = 86400.0
+    blob_threshold: int = 256 * 2**10
+    max_blob_size: int = 2 * 2**30
+    blob_url: str | None = None
     password: str | None = None
 
     @property
@@ -100,14 +110,19 @@ class Settings:
             f"timeout={self.timeout!r}, result_ttl={self.result_ttl!r}, "
             f"max_message_size={self.max_message_size!r}, lease={self.lease!r}, "
             f"max_attempts={self.max_attempts!r}, queue={self.queue!r}, "
-            f"max_age={self.max_age!r}, password={'<hidden>' if self.password else None})"
+            f"max_age={self.max_age!r}, blob_threshold={self.blob_threshold!r}, "
+            f"max_blob_size={self.max_blob_size!r}, blob_url={self.blob_url!r}, "
+            f"password={'<hidden>' if self.password else None})"
         )
 
 
 _OPTIONS = (
     *("secret", "secrets", "timeout", "result_ttl", "max_message_size", "lease"),
-    *("max_attempts", "queue", "max_age", "password"),
+    *("max_attempts", "queue", "max_age", "password", "blob_threshold", "max_blob_size"),
+    "blob_url",
 )
+#: Settings also read from ``REMOTEEXEC_<NAME>`` (upper case), and whether they are sizes.
+_ENV_SETTINGS = {"blob_url": False, "blob_threshold": True, "max_blob_size": True}
 _FILE_KEYS = ("url", *_OPTIONS)
 
 
@@ -118,7 +133,8 @@ def resolve(url: str | None = None, **options: Any) -> Settings:
         url: the backend URL, e.g. ``redis://localhost:6379/0``.
         **options: ``secret`` (a string or a list of strings) or ``secrets``, ``timeout``,
             ``result_ttl``, ``max_message_size``, ``lease``, ``max_attempts``, ``queue``,
-            ``max_age``, ``password`` (filled into a URL that holds none).
+            ``max_age``, ``password`` (filled into a URL that holds none),
+            ``blob_threshold``, ``max_blob_size``, ``blob_url``.
 
     Returns:
         The resolved ``Settings``.
@@ -170,7 +186,20 @@ def _env_layer() -> tuple[str, dict[str, Any]]:
             raise ConfigurationError(
                 f"REMOTEEXEC_TIMEOUT={raw[:100]!r} is not a number of seconds"
             ) from None
+    for name, size in _ENV_SETTINGS.items():
+        raw = env.get(f"REMOTEEXEC_{name.upper()}", "").strip()
+        if raw:
+            values[name] = _env_size(name, raw) if size else raw
     return "environment", values
+
+
+def _env_size(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"REMOTEEXEC_{name.upper()}={raw[:100]!r} is not a number of bytes"
+        ) from None
 
 
 def _file_layer() -> tuple[tuple[str, dict[str, Any]], ...]:
@@ -215,30 +244,36 @@ def _normalize(values: dict[str, Any], source: str) -> dict[str, Any]:
         raise ConfigurationError(f"give either secret or secrets, not both ({source})")
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if name == "url":
-            out["url"] = _check_url(value, source)
-        elif name in ("secret", "secrets"):
+        if name in ("secret", "secrets"):
             out["secrets"] = _check_secrets(value, name, source)
-        elif name in ("timeout", "result_ttl", "lease", "max_age"):
-            out[name] = _check_seconds(name, value, source)
-        elif name == "max_message_size":
-            if type(value) is not int or value < 1:
-                raise ConfigurationError(
-                    f"{name} must be a positive integer, not {value!r:.100} ({source})"
-                )
-            out[name] = value
-        elif name == "max_attempts":
-            out[name] = check_attempts(value, source)
-        elif name == "queue":
-            out[name] = check_name("queue", value, source)
-        elif name == "password":
-            if not isinstance(value, str) or not value:
-                # The value itself is never shown: it is, or may be, a password.
-                raise ConfigurationError(
-                    f"password must be a non-empty string, not a {type(value).__name__} ({source})"
-                )
-            out[name] = value
+        elif name in _CHECKS:
+            out[name] = _CHECKS[name](name, value, source)
     return out
+
+
+def _check_size(name: str, value: Any, source: str) -> int:
+    if type(value) is not int or value < 1:
+        raise ConfigurationError(
+            f"{name} must be a positive integer, not {value!r:.100} ({source})"
+        )
+    return value
+
+
+def _check_password(name: str, value: Any, source: str) -> str:
+    if not isinstance(value, str) or not value:
+        # The value itself is never shown: it is, or may be, a password.
+        raise ConfigurationError(
+            f"password must be a non-empty string, not a {type(value).__name__} ({source})"
+        )
+    return value
+
+
+def _check_blob_url(url: Any, source: str) -> str:
+    if not isinstance(url, str) or not url.lower().startswith("file:///"):
+        raise ConfigurationError(
+            f"blob_url must be a file:///absolute/path URL, not {url!r:.100} ({source})"
+        )
+    return url
 
 
 #: The largest ``max_attempts`` a call may carry (workers refuse calls above it).
@@ -375,3 +410,20 @@ def redact_url(url: str) -> str:
             user = userinfo.split(":", 1)[0]
             rest = f"{user}:***@{tail}"
     return head + sep + _SECRET_PARAM.sub(r"\1***", rest)
+
+
+#: How each setting but the secrets is checked: ``(name, value, source)`` to the value kept.
+_CHECKS: dict[str, Callable[[str, Any, str], Any]] = {
+    "url": lambda _, value, source: _check_url(value, source),
+    "timeout": _check_seconds,
+    "result_ttl": _check_seconds,
+    "lease": _check_seconds,
+    "max_age": _check_seconds,
+    "max_message_size": _check_size,
+    "blob_threshold": _check_size,
+    "max_blob_size": _check_size,
+    "max_attempts": lambda _, value, source: check_attempts(value, source),
+    "queue": lambda _, value, source: check_name("queue", value, source),
+    "password": _check_password,
+    "blob_url": lambda _, value, source: _check_blob_url(value, source),
+}

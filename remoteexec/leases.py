@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Backend, Claim, Done, WorkerInfo
@@ -43,6 +43,7 @@ class Held:
     label: str = ""
     key: int = 0  # the secret that verified the call: its replies are signed with it
     abandoned: bool = False  # its attempt ended without a reply (its helper died)
+    blobs: list[Any] = field(default_factory=list)  # its arguments' blob references
     finished: bool = False  # its result is made and about to be sent: leave it alone
 
 
@@ -61,6 +62,8 @@ class Leases:
         self._lease = lease
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], Held] = {}
+        #: What the monitor runs every ``_SWEEP_EVERY`` seconds, after the backend's sweep.
+        self.sweeps: list[Callable[[], None]] = []
 
     # What the serving threads do ---------------------------------------------------------
 
@@ -89,15 +92,19 @@ class Leases:
         with self._lock:
             return [c for c in claims if (c.id, c.token) in self._held]
 
-    def settle(self, finished: Sequence[Done], accepted: Sequence[bool]) -> None:
-        """Let go of the claims of sent results; count those whose lease still held."""
+    def settle(self, finished: Sequence[Done], accepted: Sequence[bool]) -> list[Any]:
+        """Let go of the claims of sent results; count those whose lease still held.
+        Returns the blob references of the calls those results completed."""
+        blobs: list[Any] = []
         with self._lock:
             for done, ok in zip(finished, accepted, strict=False):
-                self._held.pop((done.claim.id, done.claim.token), None)
+                held = self._held.pop((done.claim.id, done.claim.token), None)
                 if ok:
                     self._info.done += 1
+                    blobs += held.blobs if held is not None else ()
                 else:
                     log.warning("result of task %s discarded: its lease was lost", done.claim.id)
+        return blobs
 
     def release(self, claims: Sequence[Claim]) -> None:
         """Hand back ``claims`` unstarted (the attempt does not count)."""
@@ -161,7 +168,8 @@ class Leases:
                 self.renew()
             if now >= next_sweep:
                 next_sweep = now + _SWEEP_EVERY
-                quietly(self._backend.sweep)
+                for sweep in (self._backend.sweep, *self.sweeps):
+                    quietly(sweep)
             if supervised and os.getppid() != parent:
                 log.warning("the supervisor is gone")
                 stop()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .backends import Backend
+from .blobs import BlobRef, Payloads
 from .errors import (
     ERROR_KINDS,
     BackendUnavailable,
@@ -57,9 +58,10 @@ class Replies:
             serves (0: at the next read).
     """
 
-    def __init__(self, backend: Backend, codec: Codec, reply_to: str) -> None:
+    def __init__(self, backend: Backend, codec: Codec, reply_to: str, payloads: Payloads) -> None:
         self._backend = backend
         self._codec = codec
+        self._payloads = payloads
         self._reply_to = reply_to
         self._pid = os.getpid()
         self._lock = threading.Lock()  # guards the tables below
@@ -257,9 +259,22 @@ class Replies:
             self.duplicate_replies += 1
             log.debug("dropped a late or duplicate reply for %s", reply.id)
         elif reply.failure is None:
-            future.set_result(reply.value)
+            self._deliver(future, reply.value)
         else:
             future.set_exception(failure_error(reply.failure))
+
+    def _deliver(self, future: RemoteFuture[Any], value: Any) -> None:
+        """Settle ``future`` with ``value``, read from its blob if it is a reference (the
+        blob is deleted once read)."""
+        try:
+            result = self._payloads.resolve_value(value)
+        except Exception as exc:  # typed (blobs.py), or MemoryError: the call ends anyway
+            future.set_exception(exc)
+            return
+        finally:
+            if isinstance(value, BlobRef):
+                self._payloads.delete([value])
+        future.set_result(result)
 
     def _expire(self) -> None:
         now = time.time()

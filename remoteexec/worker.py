@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .backends import Claim, DeadLetter, Done, WorkerInfo, open_backend
+from .blobs import Payloads, refs_of
 from .board import ClaimBoard
 from .client import Client, using
 from .config import resolve
@@ -113,6 +114,8 @@ class Worker:
             f"{host}:{pid}:{os.urandom(3).hex()}", host, pid, self.queues, time.time()
         )
         self._leases = Leases(self.backend, self.info, self.lease)
+        self.payloads = Payloads(self.settings, self.backend)  # large values: blobs.py
+        self._leases.sweeps.append(self.payloads.sweep)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -287,6 +290,7 @@ class Worker:
         except Exception as exc:  # anything read from the broker may be garbage
             return self._undecodable(claim, exc)
         held.label, held.key = (label := f"{call.name}.{call.method}"), call.key
+        held.blobs = refs_of(call)  # deleted once the call is completed
         if self.guard is not None:  # secrets: trust the signed fields, not the broker's
             verdict = self.guard.admit(claim, call, label)
             if verdict == LOST:
@@ -303,12 +307,17 @@ class Worker:
             log.warning("unknown task %s (task %s)", label, claim.id)
             message = unknown_task_message(task, call.name, call.method, self.info.host)
             return self._failure(claim, "unknown_task", "UnknownTask", message, call.key)
+        try:
+            self.payloads.resolve_call(call)
+        except RemoteExecError as exc:
+            message = f"the arguments of {label}: {exc}"
+            return self._failure(claim, error_kind(exc), type(exc).__name__, message, call.key)
         held.time_limit = time_limit_of(task, call)
         reply = self._invoke(task, call, held)
         if held.abandoned:
             return None
         try:
-            body = self.codec.encode_reply(reply, key=call.key)
+            body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline)
         except RemoteExecError as exc:
             message = f"the result of {label}: {exc}"
             return self._failure(claim, error_kind(exc), type(exc).__name__, message, call.key)
@@ -395,7 +404,7 @@ class Worker:
 
     def _settle(self, finished: list[Done], accepted: list[bool]) -> None:
         """Let go of the claims of sent results; refuse replays of those accepted."""
-        self._leases.settle(finished, accepted)
+        self.payloads.delete(self._leases.settle(finished, accepted))  # arguments' blobs
         if self.guard is not None:  # a replay of these is refused from now on
             self.guard.completed(
                 [d.claim.id for d, ok in zip(finished, accepted, strict=False) if ok and d.reply]

@@ -57,6 +57,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped in CI, which must run every test: {report.longrepr}"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``big`` (hundreds of MiB, minutes) run only when ``-m`` names them."""
+    if "big" in (config.getoption("markexpr") or ""):
+        return
+    big = [item for item in items if item.get_closest_marker("big")]
+    if big:
+        items[:] = [item for item in items if not item.get_closest_marker("big")]
+        config.hook.pytest_deselected(items=big)
+
+
 def _need(binary: str) -> None:
     # PATH only: a server hidden from PATH must count as missing, wherever it is installed.
     if shutil.which(binary) is None:

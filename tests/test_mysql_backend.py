@@ -112,7 +112,7 @@ def test_init_db_is_idempotent_and_keeps_data(server, db_url, make) -> None:
 def test_schema_sql_is_plain_statements_for_init_db_print() -> None:
     statements = schema_sql()
     assert all(isinstance(s, str) and not s.rstrip().endswith(";") for s in statements)
-    assert sum("CREATE TABLE IF NOT EXISTS" in s for s in statements) == 5
+    assert sum("CREATE TABLE IF NOT EXISTS" in s for s in statements) == 6
 
 
 def test_a_newer_schema_is_refused(server, db_url, make) -> None:

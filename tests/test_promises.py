@@ -15,6 +15,7 @@ redis and mysql (or the one backend a promise is about), a client in this proces
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -208,10 +209,13 @@ def small_packet_url(small_packet_server: Any) -> str:
     return str(small_packet_server.url).rsplit("/", 1)[0] + f"/{db}"
 
 
+IN_BAND = 64 * 2**20  # a blob_threshold that keeps every message in band
+
+
 def test_mysql_refuses_a_message_above_max_allowed_packet_with_payload_too_large(
     small_packet_url: str,
 ) -> None:
-    with Client(small_packet_url) as client, using(client):
+    with Client(small_packet_url, blob_threshold=IN_BAND) as client, using(client):
         with pytest.raises(PayloadTooLarge, match="max_allowed_packet"):
             tasks.Echo.value.submit(b"x" * (2 * 2**20))  # under max_message_size (64 MiB)
         assert waiting(small_packet_url) == 0  # nothing was sent
@@ -223,6 +227,7 @@ def test_mysql_answers_a_result_above_max_allowed_packet_with_payload_too_large(
     small_packet_url: str, tmp_path: Path
 ) -> None:
     farm = Farm(small_packet_url, tmp_path)
+    (farm.folder / "remoteexec.yaml").write_text(f"blob_threshold: {IN_BAND}\n")
     try:
         with Client(small_packet_url) as client, using(client):
             farm.start()
@@ -230,6 +235,20 @@ def test_mysql_answers_a_result_above_max_allowed_packet_with_payload_too_large(
             with pytest.raises(PayloadTooLarge):
                 tasks.Sized.execute.options(timeout=15)(2 * 2**20)
             assert tasks.Echo.value.options(timeout=15)("after") == "after"
+    finally:
+        farm.stop()
+
+
+def test_mysql_carries_arguments_and_results_above_max_allowed_packet_out_of_band(
+    small_packet_url: str, tmp_path: Path
+) -> None:
+    farm = Farm(small_packet_url, tmp_path)  # the default blob_threshold: 256 KiB
+    try:
+        with Client(small_packet_url) as client, using(client):
+            farm.start()
+            value = os.urandom(3 * 2**20)  # three times the server's max_allowed_packet
+            assert tasks.Echo.value.options(timeout=120)(value) == value
+            assert tasks.Sized.execute.options(timeout=120)(3 * 2**20) == b"x" * 3 * 2**20
     finally:
         farm.stop()
 

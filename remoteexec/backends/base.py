@@ -27,6 +27,8 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
   started, with an expiry, for workers that verify signed calls.
 * **Watching.** Workers ``heartbeat`` a ``WorkerInfo``; ``stats`` reports queue depths,
   running tasks, live workers and dead letters.
+* **Blobs.** ``blob_store`` returns the backend's own store for payloads that travel out
+  of band (``blobstores``); its expired blobs go with ``sweep`` or by themselves.
 * **Pairs.** ``send_and_wait`` (enqueue, then wait for replies: a blocking call) and
   ``complete_and_claim`` (a worker between batches) have defaults built on the above; a
   backend that can do either in one round trip overrides it (Redis does both).
@@ -66,7 +68,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import BackendUnavailable
+from ..blobstores import BlobStore
+from ..errors import BackendUnavailable, ConfigurationError
 
 #: The dead letters a backend keeps (the newest); ``bury`` drops the oldest beyond it.
 MAX_DEAD_LETTERS = 1000
@@ -294,6 +297,14 @@ class Backend(ABC):
     def purged(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that ``purge`` deleted in the last ``result_ttl`` seconds."""
         return set()
+
+    def blob_store(self) -> BlobStore:
+        """The backend's own store for out-of-band payloads (one per call is fine).
+
+        Raises:
+            ConfigurationError: the backend has none (then set ``blob_url``).
+        """
+        raise ConfigurationError(f"{type(self).__name__} has no blob store: set blob_url")
 
     def sweep(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Housekeeping a worker runs now and then (e.g. deleting expired replies)."""

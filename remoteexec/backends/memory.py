@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from ..blobstores.memory import DictBlobStore
 from .base import MAX_DEAD_LETTERS, Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 
 
@@ -47,6 +48,8 @@ class _Broker:
         self.dead: deque[DeadLetter] = deque(maxlen=MAX_DEAD_LETTERS)
         self.purged: dict[str, float] = {}  # tombstones: id -> when purge deleted it
         self.starts: dict[str, list[float]] = {}  # id -> [starts, completed, keep_until]
+        self.blobs: dict[str, tuple[bytes, float]] = {}  # id -> (blob, expiry)
+        self.blobs_lock = threading.Lock()
 
 
 _BROKERS: dict[str, _Broker] = {}
@@ -234,7 +237,11 @@ class MemoryBackend(Backend):
         with self._b.cond:
             return {i for i in ids if self._b.purged.get(i, 0.0) > cutoff}
 
+    def blob_store(self) -> DictBlobStore:
+        return DictBlobStore(self._b.blobs, self._b.blobs_lock)
+
     def sweep(self) -> None:
+        self.blob_store().sweep()
         cutoff = time.time() - self.result_ttl
         with self._b.cond:
             for reply_to in list(self._b.replies):

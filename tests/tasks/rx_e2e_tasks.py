@@ -4,6 +4,7 @@ and start real ``remoteexec-worker`` processes with ``--import rx_e2e_tasks``.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 import time
@@ -33,6 +34,9 @@ class Echo:
 
     def pid(self):
         return os.getpid()
+
+    def digest(self, x):
+        return hashlib.sha256(x).hexdigest()
 
     async def later(self, x, delay=0.01):
         await asyncio.sleep(delay)

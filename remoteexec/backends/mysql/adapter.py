@@ -16,6 +16,7 @@ from typing import Any
 
 from ...errors import BackendUnavailable, ConfigurationError
 from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .blobs import MySQLBlobStore
 from .claim import Claims
 from .complete import completion
 from .connection import (
@@ -325,6 +326,10 @@ class MySQLBackend(Backend):
 
     def sweep(self) -> None:
         self._watch.sweep(self.result_ttl, self.worker_ttl)
+
+    def blob_store(self) -> MySQLBlobStore:
+        """Blobs in chunks in a table of the database (``blobs.py``)."""
+        return MySQLBlobStore(self._db, lambda: self.max_packet)
 
     def close(self) -> None:
         self._db.close()

@@ -22,6 +22,9 @@ thing to every machine whatever their clocks say.
     ``(reply_to, seq)``; ``created`` lets ``sweep`` expire uncollected ones.
 ``remoteexec_workers``, ``remoteexec_dead_letters``
     Heartbeats and the newest dead letters, for ``stats``.
+``remoteexec_blobs``
+    Chunks of the blobs of out-of-band payloads (``blobs.py``), with their expiry; made
+    on first use too, in a database made before the table existed (no version change).
 ``remoteexec_schema``
     One row, ``('schema', version)``. ``MIGRATIONS[n]`` upgrades version ``n - 1`` to ``n``
     (version 2: the names' no-pad collation).
@@ -35,7 +38,7 @@ import pymysql
 
 from ..sql import schema_is_current
 from .connection import Cursor, execute
-from .statements import marks
+from .statements import BLOBS_TABLE, marks
 
 log = logging.getLogger("remoteexec.mysql")
 
@@ -143,6 +146,7 @@ def schema_sql(names: str = NAMES[0]) -> list[str]:
     text, table = _TEXT.format(names=names), _TABLE.format(names=names)
     return [
         *(sql.format(text=text, table=table) for sql in _CREATE),
+        BLOBS_TABLE,
         f"INSERT IGNORE INTO remoteexec_schema (name, version) VALUES ('schema', {SCHEMA_VERSION})",
     ]
 

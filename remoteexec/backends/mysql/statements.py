@@ -178,7 +178,22 @@ FOUND = (
 )
 #: The ids (``{}``) purged within the last ``%s`` seconds; the SELECT's result is second.
 PURGED = f"{PURGED_TABLE}; SELECT id FROM remoteexec_purged WHERE at > {NOW} - %s AND id IN ({{}})"
+# -- blobs (blobs.py) ------------------------------------------------------------------
+
+#: Made with the schema, and on first use in a database made before it existed.
+BLOBS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS remoteexec_blobs ("
+    "id CHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, part INT UNSIGNED NOT NULL, "
+    "data LONGBLOB NOT NULL, expires DOUBLE NOT NULL, PRIMARY KEY (id, part), "
+    "KEY ix_blobs_expires (expires)) ENGINE=InnoDB"
+)
+BLOB_INSERT = f"INSERT INTO remoteexec_blobs VALUES (%s, %s, %s, {NOW} + %s)"
+BLOB_PARTS = f"SELECT COUNT(*) FROM remoteexec_blobs WHERE id = %s AND expires >= {NOW}"
+BLOB_PART = "SELECT data FROM remoteexec_blobs WHERE id = %s AND part = %s"
+BLOB_DELETE = "DELETE FROM remoteexec_blobs WHERE id IN ({})"
+
 SWEEP = (
+    f"{BLOBS_TABLE}; DELETE FROM remoteexec_blobs WHERE expires < {NOW}; "
     f"DELETE FROM remoteexec_replies WHERE created < {NOW} - %s; "
     f"DELETE FROM remoteexec_workers WHERE seen_at < {NOW} - %s; "
     f"{PURGED_TABLE}; DELETE FROM remoteexec_purged WHERE at < {NOW} - %s"

@@ -110,7 +110,7 @@ class Watch:
         return self._db.run(lambda cur: execute(cur, sql, args))
 
     def sweep(self, result_ttl: float, worker_ttl: float) -> None:
-        """Delete replies and tombstones older than ``result_ttl`` and workers silent for
-        4 worker TTLs."""
+        """Delete replies and tombstones older than ``result_ttl``, workers silent for
+        4 worker TTLs and expired blobs."""
         args = (result_ttl, max(60.0, 4 * worker_ttl), result_ttl)
         self._db.run(lambda cur: execute(cur, SWEEP, args), retry_lost=True)

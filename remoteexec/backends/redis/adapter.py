@@ -21,6 +21,7 @@ from redis.exceptions import NoPermissionError
 
 from ...errors import BackendUnavailable
 from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .blobs import RedisBlobStore
 from .claiming import Claimer
 from .commands import complete_batch, complete_calls, completed, hand_back, ring_commands
 from .connection import blocking_wait, connect, map_redis_errors, secrets_in, split_prefix
@@ -331,6 +332,10 @@ class RedisBackend(Backend):
         with self._mapper:
             self._watching().forget_silent_workers(cutoff=time.time() - 10 * self.worker_ttl)
             self._claimer.drop_stale()
+
+    def blob_store(self) -> RedisBlobStore:
+        """Blobs in hashes under the key prefix, expiring by themselves (``blobs.py``)."""
+        return RedisBlobStore(self._redis, self._keys.prefix, self._mapper)
 
     def close(self) -> None:
         with contextlib.suppress(BackendUnavailable), self._mapper:

@@ -38,8 +38,10 @@ from ...errors import ConfigurationError
 from ..base import MAX_DEAD_LETTERS, Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 from ..rows import dead_letter, worker_info
 from ..sql import Idleness
+from .blobs import SQLiteBlobStore
 from .connection import Database
 from .statements import (
+    BLOBS,
     BURY,
     CLAIM,
     DEPTH,
@@ -348,15 +350,23 @@ class SQLiteBackend(Backend):
         return self._db.run(tx, "DEFERRED") if ids else set()
 
     def sweep(self) -> None:
-        """Delete replies older than ``result_ttl`` and workers silent for ``worker_ttl``."""
+        """Delete replies older than ``result_ttl``, workers silent for ``worker_ttl`` and
+        expired blobs."""
 
         def tx(conn: sqlite3.Connection) -> None:
             now = time.time()
             conn.execute("DELETE FROM replies WHERE created < ?", (now - self.result_ttl,))
             conn.execute("DELETE FROM purged WHERE at < ?", (now - self.result_ttl,))
             conn.execute("DELETE FROM workers WHERE last_seen < ?", (now - self.worker_ttl,))
+            for sql in BLOBS:  # a database made before the blobs table has none yet
+                conn.execute(sql)
+            conn.execute("DELETE FROM blobs WHERE expires < ?", (now,))
 
         self._db.run(tx)
+
+    def blob_store(self) -> SQLiteBlobStore:
+        """Blobs in a table of the database (``blobs.py``)."""
+        return SQLiteBlobStore(self._db)
 
     def close(self) -> None:
         """Close the connections this process opened; a forked child leaves its parent's."""

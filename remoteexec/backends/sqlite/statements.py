@@ -13,6 +13,9 @@
     A tombstone per id ``purge`` deleted, kept ``result_ttl`` seconds.
 ``starts``
     Made on first use: only workers that verify signed calls need it.
+``blobs``
+    Chunks of the blobs of out-of-band payloads (``blobs.py``), with their expiry; made
+    with the schema, and on first use in a database made before the table existed.
 
 The version is recorded in ``PRAGMA user_version``; version 1 lacked ``replies.task_id``.
 """
@@ -26,6 +29,13 @@ from ..sql import schema_is_current
 
 #: The schema this module creates, recorded in ``PRAGMA user_version``.
 SCHEMA_VERSION = 2
+
+#: The blobs table (``blobs.py``): made with the schema, and on first use.
+BLOBS = (
+    """CREATE TABLE IF NOT EXISTS blobs (id TEXT NOT NULL, part INTEGER NOT NULL,
+        data BLOB NOT NULL, expires REAL NOT NULL, PRIMARY KEY (id, part))""",
+    "CREATE INDEX IF NOT EXISTS blobs_expires ON blobs (expires)",
+)
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS tasks (
@@ -50,6 +60,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS dead (
         seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL, name TEXT NOT NULL,
         reason TEXT NOT NULL, at REAL NOT NULL)""",
+    *BLOBS,
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 ]
 
