@@ -29,6 +29,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _refuse_memory(url: str | None) -> None:
+    """Refuse a ``memory://`` broker (given, or from the environment or config file): it
+    lives inside one process, so a command could only wait on an empty broker of its own.
+
+    Raises:
+        ConfigurationError: the resolved URL is ``memory://`` (or any other bad setting).
+    """
+    from .config import resolve
+    from .errors import ConfigurationError
+
+    if resolve(url).url.startswith("memory:"):
+        raise ConfigurationError(
+            "memory:// cannot be used here: that broker lives inside one process, which no "
+            "other process can reach. Use redis://, mysql:// or sqlite:/// instead; "
+            "memory:// is for workers run as threads in one program (remoteexec.testing)"
+        )
+
+
 def worker_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="remoteexec-worker", description="Run remoteexec worker processes."
@@ -74,7 +92,7 @@ def worker_parser() -> argparse.ArgumentParser:
 def worker_main(argv: Sequence[str] | None = None) -> None:
     """``remoteexec-worker``: supervise worker processes (see ``supervisor.py``)."""
     from .errors import ConfigurationError
-    from .supervisor import Supervisor, WorkerSettings
+    from .supervisor import EXIT_CONFIG, Supervisor, WorkerSettings
     from .worker import checked_queues
 
     parser = worker_parser()
@@ -83,6 +101,11 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
         queues = checked_queues([q.strip() for q in args.queues.split(",") if q.strip()])
     except ConfigurationError as exc:
         parser.error(f"--queues {args.queues!r:.80}: {exc}")
+    try:
+        _refuse_memory(args.url)
+    except ConfigurationError as exc:
+        print(f"remoteexec-worker: ConfigurationError: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",
@@ -144,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.args += extra
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command != "init-db":  # init-db takes only mysql:// and says so
+            _refuse_memory(args.url)
         _COMMANDS[args.command](args)
     except RemoteError as exc:
         print(f"{exc.remote_traceback}remoteexec {args.command}: the task raised {exc}",
