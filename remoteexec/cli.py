@@ -83,6 +83,24 @@ def _credentials(args: argparse.Namespace) -> Iterator[str | None]:
                 os.environ[name] = value
 
 
+def _refuse_memory(url: str | None) -> None:
+    """Refuse a ``memory://`` broker (given, or from the environment or config file): it
+    lives inside one process, so a command could only wait on an empty broker of its own.
+
+    Raises:
+        ConfigurationError: the resolved URL is ``memory://`` (or any other bad setting).
+    """
+    from .config import resolve
+    from .errors import ConfigurationError
+
+    if resolve(url).url.startswith("memory:"):
+        raise ConfigurationError(
+            "memory:// cannot be used here: that broker lives inside one process, which no "
+            "other process can reach. Use redis://, mysql:// or sqlite:/// instead; "
+            "memory:// is for workers run as threads in one program (remoteexec.testing)"
+        )
+
+
 def worker_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="remoteexec-worker", description="Run remoteexec worker processes."
@@ -143,6 +161,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         with _credentials(args) as url:
+            _refuse_memory(url)
             # The URL reaches the worker processes in their environment, never in argv.
             settings = WorkerSettings(
                 url=url,
@@ -206,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         with _credentials(args) as args.url:
+            if args.command != "init-db":  # init-db takes only mysql:// and says so
+                _refuse_memory(args.url)
             _COMMANDS[args.command](args)
     except RemoteError as exc:
         print(f"{exc.remote_traceback}remoteexec {args.command}: the task raised {exc}",
