@@ -5,8 +5,8 @@ class for the plain class, and ``Invoices.due_date(d)`` for a call missing ``sel
 the plugin (``plugins = ["remoteexec.mypy_plugin"]`` in the mypy configuration) a method
 looked up on a ``@remote`` class is a ``RemoteMethod[P, R]``: ``P`` its parameters without
 ``self``, ``R`` its result (what the coroutine returns, for an ``async`` method), as
-``@remote_method`` declares it for every checker. An instance (``Invoices()``) is the real
-object, as at run time: its methods are the plain ones.
+``@remote_method`` declares it for every checker. On an instance of the class itself
+(``Invoices.__wrapped__()``) the methods stay the plain ones.
 """
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from mypy.nodes import ARG_STAR, ARG_STAR2, Decorator, FuncBase, OverloadedFuncDef, TypeInfo
+from mypy.nodes import (
+    ARG_STAR,
+    ARG_STAR2,
+    Decorator,
+    Expression,
+    FuncBase,
+    OverloadedFuncDef,
+    RefExpr,
+    TypeInfo,
+)
 from mypy.plugin import AttributeContext, ClassDefContext, Plugin
 from mypy.types import (
     AnyType,
@@ -27,9 +36,14 @@ from mypy.types import (
 )
 
 REMOTE = "remoteexec.remote.remote"
+REMOTE_METHOD_DECORATOR = "remoteexec.remote.remote_method"
 REMOTE_METHOD = "remoteexec.proxy.RemoteMethod"
 #: The key under which a ``@remote`` class is marked in its ``TypeInfo.metadata``.
 MARK = "remoteexec"
+
+
+def _names(expr: Expression, fullname: str) -> bool:
+    return isinstance(expr, RefExpr) and expr.fullname == fullname
 
 
 def _mark_remote(ctx: ClassDefContext) -> None:
@@ -43,11 +57,14 @@ def _awaited(typ: Type) -> Type:
     return typ
 
 
-def _as_remote_method(remote_method: TypeInfo, func: FuncBase, ctx: AttributeContext) -> Type:
-    """``RemoteMethod[P, R]`` for the method ``func`` looked up on its class."""
-    typ = get_proper_type(ctx.default_attr_type)
+def _as_remote_method(
+    remote_method: TypeInfo, func: FuncBase, signature: Type | None, ctx: AttributeContext
+) -> Type:
+    """``RemoteMethod[P, R]`` for the method ``func`` looked up on its class (with the
+    ``signature`` written in its ``def``, when only ``@remote_method`` decorates it)."""
+    typ = get_proper_type(signature or ctx.default_attr_type)
     if isinstance(typ, Instance) and typ.type.fullname == REMOTE_METHOD:
-        return ctx.default_attr_type  # a @remote_method says so itself
+        return typ  # typed by its decorators
     if isinstance(typ, CallableType):
         # On the class, a plain method still takes self; a class or static method does not.
         first = 0 if func.is_static or func.is_class else 1
@@ -83,7 +100,12 @@ class RemotePlugin(Plugin):
             return None
         member = info.get(name)
         node = member.node if member is not None else None
+        signature = None
         if isinstance(node, Decorator) and not node.var.is_property:
+            # What @remote_method declares, computed from the signature itself: its overloads
+            # take a generic method returning T for an async one, T being any coroutine.
+            if all(_names(d, REMOTE_METHOD_DECORATOR) for d in node.original_decorators):
+                signature = node.func.type
             node = node.func
         if not isinstance(node, (FuncBase, OverloadedFuncDef)):
             return None  # a class attribute that is not a method: the proxy gives it as is
@@ -92,7 +114,7 @@ class RemotePlugin(Plugin):
         remote_method = self.lookup_fully_qualified(REMOTE_METHOD)
         if remote_method is None or not isinstance(remote_method.node, TypeInfo):
             return None
-        return partial(_as_remote_method, remote_method.node, node)
+        return partial(_as_remote_method, remote_method.node, node, signature)
 
 
 def plugin(version: str) -> type[Plugin]:

@@ -16,9 +16,15 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import uuid
+from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from remoteexec import Client, RemoteMethod, Worker, remote, remote_method, using
 
 # Each runs a type checker from scratch (no cache of an earlier run): a minute on a busy machine.
 pytestmark = pytest.mark.timeout(600)
@@ -27,6 +33,38 @@ ROOT = Path(__file__).resolve().parent.parent
 TYPING = ROOT / "tests" / "typing"
 METHODS = TYPING / "methods.py"
 PLUGIN = TYPING / "plugin.py"
+
+
+@remote(name="typing-Invoices")
+class Invoices:
+    @remote_method
+    def due_date(self, d: date, *, days: int = 30) -> date:
+        return d + timedelta(days=days)
+
+    @remote_method
+    async def later(self, d: date) -> date:
+        return d + timedelta(days=1)
+
+
+def test_remote_method_changes_nothing_at_run_time() -> None:
+    proxy: Any = Invoices  # for checkers the class itself: __wrapped__ is the proxy's
+    plain = proxy.__wrapped__.__dict__["due_date"]
+    assert remote_method(plain) is plain
+    assert isinstance(Invoices.due_date, RemoteMethod)
+    assert proxy.__wrapped__().due_date(date(2026, 1, 1), days=1) == date(2026, 1, 2)  # local
+    url = f"memory://{uuid.uuid4().hex}"
+    worker = Worker(url, threads=1, lease=5)
+    thread = threading.Thread(target=worker.run)
+    with Client(url) as client, using(client):
+        thread.start()
+        try:
+            assert Invoices.due_date(date(2026, 1, 1)) == date(2026, 1, 31)
+            assert Invoices.due_date.submit(date(2026, 1, 1), days=2).result() == date(2026, 1, 3)
+            assert list(Invoices.later.map([date(2026, 1, 1)])) == [date(2026, 1, 2)]
+        finally:
+            worker.stop()
+            thread.join(10)
+    assert not thread.is_alive()
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -63,7 +101,7 @@ def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_example_expects_errors() -> None:
     # A file whose markers were all lost would pass for the wrong reason.
     assert expected(METHODS, "type") == expected(METHODS, "pyright") == 11
-    assert expected(PLUGIN, "type") == 9
+    assert expected(PLUGIN, "type") == 11
 
 
 def test_mypy_with_the_plugin_types_plain_remote_classes(mypy_cache: Path) -> None:

@@ -68,11 +68,11 @@ async def awaits(d: date) -> None:
     assert_type(await Invoices.fetch.submit("k"), bytes)
 
 
-def local(d: date) -> None:
-    # An instance is the real object: its methods run here, an async one gives a coroutine.
-    invoices = Invoices()
+async def local(invoices: Invoices, d: date) -> None:
+    # An instance of the class itself (``Invoices.__wrapped__()``): its methods run here.
     assert_type(invoices.due_date(d), date)
     assert_type(invoices.total([1]), str)
+    assert_type(await invoices.fetch("k"), bytes)  # the method's own coroutine
 
 
 def expected_errors(d: date) -> None:

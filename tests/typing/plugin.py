@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date, timedelta
+from typing import TypeVar
 
 from typing_extensions import assert_type
 
 from remoteexec import RemoteFuture, RemoteMethod, remote, remote_method
+
+T = TypeVar("T")
 
 
 @remote
@@ -39,9 +42,16 @@ class Invoices:
     def kind(cls, upper: bool = False) -> str:
         return "INVOICES" if upper else "invoices"
 
-    @remote_method  # the plugin leaves what @remote_method declares as it is
+    @remote_method  # the plugin types it as @remote_method declares it
     def marked(self, n: int) -> int:
         return n
+
+    def latest(self, items: list[T]) -> T:  # a generic method
+        return items[-1]
+
+    @remote_method
+    def first(self, items: list[T]) -> T:
+        return items[0]
 
 
 @remote(name="ledger", queue="books")
@@ -60,6 +70,8 @@ def calls(d: date) -> None:
     assert_type(Invoices.version(2), str)
     assert_type(Invoices.kind(upper=True), str)
     assert_type(Invoices.marked(1), int)
+    assert_type(Invoices.latest([d]), date)
+    assert_type(Invoices.first(["a"]), str)
     assert_type(Invoices.LIMIT, int)
     assert_type(Ledger.balance("cash"), float)
 
@@ -75,8 +87,8 @@ async def submit_map_options_await(d: date, days: list[date]) -> None:
     assert_type(await Ledger.balance.options(queue="gpu").submit("cash"), float)
 
 
-def local(d: date) -> None:
-    assert_type(Invoices().due_date(d), date)  # an instance is the real object
+def local(invoices: Invoices, d: date) -> None:
+    assert_type(invoices.due_date(d), date)  # an instance of the class itself: a local call
 
 
 def expected_errors(d: date) -> None:
@@ -85,8 +97,10 @@ def expected_errors(d: date) -> None:
     Invoices.total([1], rebate=1)  # type: ignore[call-arg]
     Invoices.version("2")  # type: ignore[arg-type]
     Invoices.kind(True, 2)  # type: ignore[call-arg]
+    Invoices.latest(d)  # type: ignore[arg-type]
     Invoices.due_date.submit(1)  # type: ignore[arg-type]
     Ledger.balance.options(timeout=1)(3)  # type: ignore[arg-type]
     bad: str = Invoices.due_date(d)  # type: ignore[assignment]
     worse: int = Invoices.by_customer.submit("acme").result()  # type: ignore[assignment]
-    del bad, worse
+    worst: str = Invoices.first([d])  # type: ignore[assignment]
+    del bad, worse, worst
