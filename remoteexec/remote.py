@@ -14,14 +14,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .config import check_attempts, check_name
 from .errors import ConfigurationError
-from .proxy import RemoteClass, public_method
-
-if TYPE_CHECKING:
-    from .proxy import RemoteMethod
+from .proxy import RemoteClass, RemoteMethod, public_method
 
 T = TypeVar("T")
 P = ParamSpec("P")
