@@ -28,7 +28,7 @@ from .errors import (
 )
 from .message import register_type
 from .proxy import RemoteClass, RemoteFuture, RemoteMethod, proxy
-from .remote import remote
+from .remote import remote, remote_method
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -57,5 +57,6 @@ __all__ = [
     "proxy",
     "register_type",
     "remote",
+    "remote_method",
     "using",
 ]

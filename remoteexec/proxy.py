@@ -18,7 +18,7 @@ import functools
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import wrapt
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["CallOptions", "NamedProxy", "RemoteClass", "RemoteFuture", "RemoteMethod", "proxy"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -43,8 +44,12 @@ def _client() -> Client:
     return current_client()
 
 
-class RemoteMethod(Generic[R]):
-    """A method of a remote task type. Call it, ``submit`` it, ``map`` it."""
+class RemoteMethod(Generic[P, R]):
+    """A method of a remote task type. Call it, ``submit`` it, ``map`` it.
+
+    ``RemoteMethod[P, R]`` takes the arguments of the method it stands for (``P``, without
+    ``self``) and gives its result ``R``: type checkers check both (docs/guide.md, "Typing").
+    """
 
     __slots__ = ("_opts", "method", "task")
 
@@ -56,7 +61,7 @@ class RemoteMethod(Generic[R]):
     def __repr__(self) -> str:
         return f"<RemoteMethod {self.task}.{self.method}>"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the method remotely and return its result (blocks).
 
         Raises:
@@ -66,7 +71,7 @@ class RemoteMethod(Generic[R]):
         """
         return _client().call(self.task, self.method, args, kwargs, self._opts)  # type: ignore[no-any-return]
 
-    def submit(self, *args: Any, **kwargs: Any) -> RemoteFuture[R]:
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> RemoteFuture[R]:
         """Send the call and return at once with a ``RemoteFuture``.
 
         Raises:
@@ -112,7 +117,7 @@ class RemoteMethod(Generic[R]):
         timeout: float | None = _UNSET,
         queue: str | None = _UNSET,
         max_attempts: int | None = _UNSET,
-    ) -> RemoteMethod[R]:
+    ) -> RemoteMethod[P, R]:
         """The same method with other call options (the task's own arguments are untouched)."""
         old = self._opts
         return RemoteMethod(
@@ -186,7 +191,7 @@ class RemoteClass(_ClassProxy, Generic[T]):
         super().__init__(cls)
         self._self_name = name
         self._self_options = CallOptions(queue=queue, timeout=timeout, max_attempts=max_attempts)
-        self._self_methods: dict[str, RemoteMethod[Any]] = {}  # made once per name
+        self._self_methods: dict[str, RemoteMethod[..., Any]] = {}  # made once per name
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
@@ -220,7 +225,7 @@ class NamedProxy:
         self._name = check_name("task", name)
         self._options = CallOptions(**options)
 
-    def __getattr__(self, name: str) -> RemoteMethod[Any]:
+    def __getattr__(self, name: str) -> RemoteMethod[..., Any]:
         _public(name)
         return RemoteMethod(self._name, name, self._options)
 

@@ -1,21 +1,29 @@
-"""``@remote`` and the registry of task types.
+"""``@remote``, ``@remote_method`` and the registry of task types.
 
 The registry maps a task name to its class. A worker runs only what is registered here:
 a message names a task, it never names a module to import.
+
+For type checkers ``@remote`` returns the class as written; at run time it returns a
+``RemoteClass`` proxy. ``@remote_method`` (nothing at run time) tells a checker that the
+method, looked up on the class, is a ``RemoteMethod``; the mypy plugin
+(``remoteexec.mypy_plugin``) does so for every public method of a ``@remote`` class.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .config import check_attempts, check_name
 from .errors import ConfigurationError
-from .proxy import RemoteClass, public_method
+from .proxy import RemoteClass, RemoteMethod, public_method
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+L_co = TypeVar("L_co", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +103,7 @@ def _check(name: str, value: float | None) -> None:
 
 
 @overload
-def remote(cls: type[T], /) -> RemoteClass[T]: ...
+def remote(cls: type[T], /) -> type[T]: ...
 
 
 @overload
@@ -106,7 +114,7 @@ def remote(
     timeout: float | None = None,
     max_attempts: int | None = None,
     time_limit: float | None = None,
-) -> Callable[[type[T]], RemoteClass[T]]: ...
+) -> Callable[[type[T]], type[T]]: ...
 
 
 def remote(
@@ -118,8 +126,11 @@ def remote(
     timeout: float | None = None,
     max_attempts: int | None = None,
     time_limit: float | None = None,
-) -> RemoteClass[T] | Callable[[type[T]], RemoteClass[T]]:
+) -> type[T] | Callable[[type[T]], type[T]]:
     """Register a class as a task type and return a proxy that calls it remotely.
+
+    The proxy is a ``RemoteClass``; type checkers see the class itself, and its methods
+    marked ``@remote_method`` (or all of them, with the mypy plugin) as ``RemoteMethod``.
 
     Args:
         name: the name workers know it by (default: the class's ``__name__``).
@@ -141,12 +152,48 @@ def remote(
     if max_attempts is not None:
         check_attempts(max_attempts)
 
-    def decorate(target: type[T]) -> RemoteClass[T]:
+    def decorate(target: type[T]) -> type[T]:
         if not isinstance(target, type):
             raise ConfigurationError(f"@remote decorates a class, not {target!r}")
         task_name = check_name("task", name or target.__name__)
         task = TaskType(task_name, target, queue, timeout, max_attempts, time_limit)
         register(task)
-        return RemoteClass(target, task.name, task.queue, task.timeout, task.max_attempts)
+        proxy = RemoteClass(target, task.name, task.queue, task.timeout, task.max_attempts)
+        return cast("type[T]", proxy)
 
     return decorate if cls is None else decorate(cls)
+
+
+class RemoteMethodDescriptor(Protocol[P, L_co, R]):
+    """What a type checker sees for a ``@remote_method``: looked up on the (``@remote``)
+    class, a ``RemoteMethod[P, R]``; on an instance (local use), the method itself, which
+    returns ``L_co``. Nothing is made at run time: ``remote_method`` returns the method.
+    """
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> RemoteMethod[P, R]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Callable[P, L_co]: ...
+
+
+@overload
+def remote_method(  # an async method: the caller gets what its coroutine returns
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+) -> RemoteMethodDescriptor[P, Coroutine[Any, Any, R], R]: ...
+
+
+@overload
+def remote_method(
+    method: Callable[Concatenate[Any, P], R], /
+) -> RemoteMethodDescriptor[P, R, R]: ...
+
+
+def remote_method(method: Callable[..., Any], /) -> Any:
+    """Mark a method of a ``@remote`` class as typed: ``Cls.method`` is then a
+    ``RemoteMethod[P, R]`` for every type checker, ``P`` the method's parameters without
+    ``self`` and ``R`` its result (what its coroutine returns, for an ``async`` method).
+
+    Returns the method itself: calls, workers and ``Cls.__wrapped__`` see no difference.
+    """
+    return method
