@@ -43,6 +43,7 @@ from .errors import (
 )
 from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
+from .observe import TaskObserver, results_settled, task_ended, task_lost
 from .remote import TaskType, lookup, registered
 from .replay import LOST, ReplayGuard
 from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
@@ -118,6 +119,7 @@ class Worker:
         self._local = threading.local()
         self._client: Client | None = None
         self._died: str | None = None  # why a thread that must stay alive died
+        self.observer: TaskObserver | None = None  # per-task log lines, metrics (observe.py)
 
     def _tasks_client(self) -> Client:
         with self._lock:
@@ -292,6 +294,7 @@ class Worker:
             if verdict == LOST:
                 return self._lost(claim, label, call.max_attempts, call.key)
             if verdict is not None:
+                task_lost(self.observer, claim, label)
                 return Done(claim, None)
         elif claim.attempt > call.max_attempts:
             return self._lost(claim, label, call.max_attempts)
@@ -309,7 +312,11 @@ class Worker:
                 call.key,
             )
         held.time_limit = time_limit_of(task, call)
+        if self.observer is not None:
+            self.observer.received(held, call)
         reply = self._invoke(task, call, held)
+        if reply.failure is not None or self.observer is not None:
+            task_ended(self.observer, held, reply)
         if held.abandoned:
             return None
         try:
@@ -352,6 +359,7 @@ class Worker:
         reason = f"{type(exc).__name__}: {exc}"[:1000]
         letter = DeadLetter(claim.id, claim.queue, "?", reason, time.time())
         quietly(self.backend.bury, letter)
+        task_lost(self.observer, claim, "?")
         if self.codec.signing:
             return Done(claim, None)
         if not isinstance(exc, RemoteExecError):
@@ -366,6 +374,7 @@ class Worker:
         log.error("giving up on task %s: %s", claim.id, reason)
         letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
         quietly(self.backend.bury, letter)
+        task_lost(self.observer, claim, label)
         return self._failure(claim, "worker_lost", "WorkerLost", reason, key)
 
     def _complete(self, finished: list[Done]) -> None:
@@ -401,6 +410,7 @@ class Worker:
     def _settle(self, finished: list[Done], accepted: list[bool]) -> None:
         """Let go of the claims of sent results; refuse replays of those accepted."""
         self._leases.settle(finished, accepted)
+        results_settled(self.observer, finished, accepted)
         if self.guard is not None:  # a replay of these is refused from now on
             self.guard.completed(
                 [d.claim.id for d, ok in zip(finished, accepted, strict=False) if ok and d.reply]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 import time
+import warnings
 
 from remoteexec import remote
 
@@ -43,6 +45,17 @@ class Echo:
 class Failing:
     def execute(self, text):
         raise ValueError(f"bad value: {text}")  # the traceback must name this line
+
+    def lookup(self, key):
+        return {}[key]  # a KeyError, as from a bug in a task
+
+    def noisy(self):
+        """Warns, and has a thread die of an exception, then returns: both reach stderr."""
+        warnings.warn("a task's own warning", UserWarning, stacklevel=1)
+        thread = threading.Thread(target=dict().pop, args=("no such key",), name="task-thread")
+        thread.start()
+        thread.join()
+        return "done"
 
 
 @remote
