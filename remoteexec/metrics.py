@@ -169,14 +169,15 @@ class MetricsServer:
         os.environ[MULTIPROC_ENV] = self.folder  # the worker processes inherit it
         self._mark_dead: Callable[[int, str], None] = multiprocess.mark_process_dead
         registry = CollectorRegistry()
-        collector = multiprocess.MultiProcessCollector
-        collector(registry, path=self.folder)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=self.folder
+        )  # adds up what the worker processes write in the folder
         self.farm = FarmCollector(url, queues)
         registry.register(self.farm)
         try:
             self._server, _ = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
-            self.close()
+            self.remove_folder()
             raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
         self.farm.start()
         log.info("serving metrics on http://%s:%d/metrics", host, port)
@@ -186,9 +187,8 @@ class MetricsServer:
         self._mark_dead(pid, self.folder)
 
     def close(self) -> None:
-        if hasattr(self, "_server"):
-            self._server.shutdown()
-            self._server.server_close()
+        self._server.shutdown()
+        self._server.server_close()
         self.farm.close()
         self.remove_folder()
 

@@ -106,7 +106,7 @@ class Supervisor:
             try:
                 self._metrics = self._serve_metrics(url, self.settings.metrics_port)
             except RemoteExecError as exc:
-                log.error("cannot serve metrics: %s", exc)
+                log.error("%s: stopping", exc)
                 return EXIT_CONFIG
         try:
             return self._supervise()

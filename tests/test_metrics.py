@@ -127,7 +127,10 @@ def test_a_metrics_port_in_use_stops_the_worker_with_the_reason(tmp_path: Path):
         farm = Farm("sqlite:///broker.db", tmp_path)
         code = farm.start("--metrics-port", str(port)).wait(60)
     assert code == 78
-    assert f"cannot serve metrics: cannot serve metrics on 127.0.0.1:{port}" in farm.logs()
+    assert (
+        f"ERROR [supervisor] remoteexec.supervisor: cannot serve metrics on 127.0.0.1:{port}: "
+        in farm.logs()
+    )
 
 
 def test_lost_tasks_are_labelled_only_by_registered_task_names():

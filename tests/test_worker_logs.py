@@ -82,13 +82,14 @@ def test_with_log_format_json_every_line_of_stderr_is_a_json_object(farm: Farm, 
     with pytest.raises(KeyError):
         tasks.Failing.lookup("missing")
     assert tasks.Failing.noisy() == "done"  # a warning, and a thread dying of an exception
+    assert tasks.LimitedNoisy.execute() == "done"  # the same in a helper process
     assert tasks.Echo.value(7) == 7
     with pytest.raises(WorkerLost):  # the supervisor replaces the processes it kills
         tasks.KillsItsWorker.execute()
     farm.stop()
     records = [json.loads(line) for line in farm.logs().splitlines()]  # each line parses
     assert all({"time", "level", "logger", "role", "pid", "message"} <= set(r) for r in records)
-    assert {r["role"] for r in records} == {"supervisor", "worker"}
+    assert {r["role"] for r in records} == {"supervisor", "worker", "helper"}
     assert any("exited with 9: replacing it" in r["message"] for r in records)
     (failed,) = [
         r for r in records if r["level"] == "WARNING" and r.get("task") == "Failing.lookup"
@@ -96,9 +97,13 @@ def test_with_log_format_json_every_line_of_stderr_is_a_json_object(farm: Farm, 
     assert failed["attempt"] == 1 and failed["queue"] == "default" and failed["duration"] > 0
     assert failed["error"] == "KeyError"
     assert "return {}[key]" in failed["traceback"]
-    (died,) = [r for r in records if r["message"] == "uncaught exception in thread task-thread"]
-    assert died["level"] == "CRITICAL" and "KeyError: 'no such key'" in died["exc_info"]
-    assert any("a task's own warning" in r["message"] for r in records)
+    died = [r for r in records if r["message"] == "uncaught exception in thread task-thread"]
+    assert sorted(r["role"] for r in died) == ["helper", "worker"]
+    assert all(
+        r["level"] == "CRITICAL" and "KeyError: 'no such key'" in r["exc_info"] for r in died
+    )
+    warned = [r for r in records if "a task's own warning" in r["message"]]
+    assert sorted(r["role"] for r in warned) == ["helper", "worker"]
     assert any(r["message"].startswith("succeeded Echo.value ") for r in records)
 
 

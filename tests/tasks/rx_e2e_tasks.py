@@ -161,3 +161,11 @@ class Sized:
 
     def execute(self, n):
         return b"x" * n
+
+
+@remote(time_limit=30)
+class LimitedNoisy:
+    """``Failing.noisy`` in a time-limited task's helper process."""
+
+    def execute(self):
+        return Failing.__wrapped__().noisy()
