@@ -2,10 +2,10 @@
 
 ``configure`` sets up the root logger of a process: ``text`` (one line per record, with the
 process's role and id; a traceback follows on the next lines) or ``json`` (one JSON object
-per line, a traceback inside it). It also routes what would otherwise reach stderr unformatted
-through logging: uncaught exceptions in any thread and warnings. The format and level are put
-in the environment, so a helper process started for time-limited tasks logs the same way
-(``inherit``).
+per line, a traceback inside it). It also routes what would otherwise reach stderr
+unformatted through logging: uncaught exceptions in any thread, exceptions Python ignores
+(in ``__del__``, say) and warnings. The format and level are put in the environment, so a
+helper process started for time-limited tasks logs the same way (``inherit``).
 
 Extra fields given to a log call (``extra={"task": ...}``) become keys of the JSON object; a
 ``traceback`` field (a task's own traceback, as text) is printed under the line in ``text``.
@@ -91,6 +91,7 @@ def configure(level: str, fmt: str, role: str) -> None:
     logging.captureWarnings(True)
     sys.excepthook = _uncaught
     threading.excepthook = _uncaught_in_thread
+    sys.unraisablehook = _unraisable
     os.environ[_ENV] = f"{fmt}:{level.upper()}"
 
 
@@ -115,6 +116,20 @@ def inherit(role: str) -> None:
 
 def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     logging.getLogger("remoteexec").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _unraisable(unraisable: Any) -> None:  # sys.UnraisableHookArgs
+    exc = unraisable.exc_value or unraisable.exc_type()
+    try:
+        what = repr(unraisable.object)
+    except Exception:  # a repr that raises too
+        what = object.__repr__(unraisable.object)
+    logging.getLogger("remoteexec").error(
+        "%s: %s",
+        unraisable.err_msg or "Exception ignored in",
+        what,
+        exc_info=(unraisable.exc_type, exc, unraisable.exc_traceback),
+    )
 
 
 def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:

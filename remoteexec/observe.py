@@ -4,7 +4,7 @@ A task that fails is logged once, at WARNING, with its task name, id, queue, att
 duration and traceback, whatever else is on. Per-task ``received`` and ``succeeded`` lines
 (``--log-tasks``, or ``--log-level DEBUG``) and Prometheus metrics (``--metrics-port``) go
 through a ``TaskObserver``, which the worker holds only when one of them is asked for: with
-neither, a task costs the worker two ``is None`` checks here, and nothing is formatted.
+neither, a task costs the worker a few ``is None`` checks, and nothing is formatted.
 
 A task's duration counts from when its worker began with the claim (decoding and checks
 included) to the end of the run; its queue wait from the call's creation on the client to
@@ -40,7 +40,7 @@ class TaskObserver:
     def received(self, held: Held, call: Call) -> None:
         """``call`` (of ``held``'s claim) is about to run."""
         claim = held.claim
-        wait = max(time.time() - call.created, 0.0)
+        wait = max(time.time() - call.created, 0.0) if call.created else 0.0
         if self.level is not None:
             log.log(
                 self.level,
