@@ -101,6 +101,13 @@ def _refuse_memory(url: str | None) -> None:
         )
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port number (1 to 65535), got {text}")
+    return value
+
+
 def worker_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="remoteexec-worker", description="Run remoteexec worker processes."
@@ -140,12 +147,36 @@ def worker_parser() -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
     )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (default text)",
+    )
+    p.add_argument(
+        "--log-tasks",
+        action="store_true",
+        help="log each task received and succeeded, with durations (on at DEBUG too)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (needs remoteexec-farm[metrics])",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics are served on (default 127.0.0.1)",
+    )
     return p
 
 
 def worker_main(argv: Sequence[str] | None = None) -> None:
     """``remoteexec-worker``: supervise worker processes (see ``supervisor.py``)."""
     from .errors import ConfigurationError
+    from .logs import configure
     from .supervisor import EXIT_CONFIG, Supervisor, WorkerSettings
     from .worker import checked_queues
 
@@ -155,10 +186,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
         queues = checked_queues([q.strip() for q in args.queues.split(",") if q.strip()])
     except ConfigurationError as exc:
         parser.error(f"--queues {args.queues!r:.80}: {exc}")
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",
-    )
+    configure(args.log_level, args.log_format, "supervisor")
     try:
         with _credentials(args) as url:
             _refuse_memory(url)
@@ -172,6 +200,10 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
                 lease=args.lease,
                 burst=args.burst,
                 log_level=args.log_level.upper(),
+                log_format=args.log_format,
+                log_tasks=args.log_tasks,
+                metrics_port=args.metrics_port,
+                metrics_host=args.metrics_host,
                 allow_empty=args.allow_empty,
                 connect_timeout=args.connect_timeout,
             )

@@ -200,8 +200,10 @@ def _helper_main(
     conn: Connection, settings: str, modules: list[str], tasks_dir: str | None
 ) -> None:
     from .client import Client, using
+    from .logs import inherit
     from .tasks import import_tasks
 
+    inherit("helper")  # log as the worker does
     _exit_with(os.getppid())
     try:
         import_tasks(modules, tasks_dir)

@@ -39,9 +39,12 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from .board import read_board
+from .errors import RemoteExecError
+from .logs import configure, describe_url
 
 if TYPE_CHECKING:
     from .backends import Backend
+    from .metrics import MetricsServer
 
 log = logging.getLogger("remoteexec.supervisor")
 
@@ -65,6 +68,10 @@ class WorkerSettings:
     lease: float | None = None
     burst: bool = False
     log_level: str = "INFO"
+    log_format: str = "text"
+    log_tasks: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     allow_empty: bool = False
     connect_timeout: float = 10.0
     board_fd: int | None = None
@@ -90,9 +97,48 @@ class Supervisor:
         self._delay: dict[int, float] = dict.fromkeys(range(processes), 0.0)
         self._signals = 0
         self._backend: Backend | None = None
+        self._metrics: MetricsServer | None = None
 
     def run(self) -> int:
         """Run until a signal (exit 0), or until burst workers are done; return the status."""
+        url = self._banner()
+        if self.settings.metrics_port is not None:
+            try:
+                self._metrics = self._serve_metrics(url, self.settings.metrics_port)
+            except RemoteExecError as exc:
+                log.error("%s: stopping", exc)
+                return EXIT_CONFIG
+        try:
+            return self._supervise()
+        finally:
+            if self._metrics is not None:
+                self._metrics.close()
+
+    def _banner(self) -> str:
+        """Log what this farm serves, and from where; return the broker's URL."""
+        from .config import resolve
+
+        s = self.settings
+        try:
+            settings = resolve(s.url)
+            url, lease = settings.url, s.lease or settings.lease
+        except RemoteExecError:  # the workers say why, and stop the supervisor
+            url, lease = s.url or "?", s.lease or 0.0
+        modules = [*s.imports, *([f"{s.tasks_dir}/*.py"] if s.tasks_dir else [])]
+        log.info(
+            "remoteexec-worker on %s: queues %s, %d process(es) x %d thread(s), lease %g s, "
+            "tasks from %s",
+            describe_url(url), ",".join(s.queues), self.processes, s.threads, lease,
+            ", ".join(modules) or "nothing",
+        )  # fmt: skip
+        return url
+
+    def _serve_metrics(self, url: str, port: int) -> MetricsServer:
+        from .metrics import MetricsServer
+
+        return MetricsServer(url, self.settings.queues, self.settings.metrics_host, port)
+
+    def _supervise(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         for slot in range(self.processes):
@@ -120,6 +166,9 @@ class Supervisor:
         ready, claims = read_board(child.board)
         os.close(child.board)
         held = self._hand_back(child.process.pid, claims) if code != 0 else 0
+        if self._metrics is not None:
+            self._metrics.process_dead(child.process.pid)
+            self._metrics.farm.handed_back += held
         if self._signals or status or (self.settings.burst and code == 0):
             return status
         served = ready or any(read_board(c.board)[0] for c in self.children.values())
@@ -182,6 +231,8 @@ class Supervisor:
         else:
             log.warning("signal %d again: killing workers", signum)
             self._terminate(signal.SIGKILL)
+            if self._metrics is not None:
+                self._metrics.remove_folder()
             os._exit(1)
 
     def _terminate(self, sig: int) -> None:
@@ -193,14 +244,12 @@ class Supervisor:
 def child_main() -> None:
     """Entry point of a worker process started by the supervisor."""
     from .errors import BackendUnavailable, ConfigurationError
+    from .observe import observer_for
     from .tasks import import_tasks
     from .worker import Worker, WorkerDied
 
     settings = WorkerSettings(**json.loads(os.environ.pop(_ENV)))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(name)s: %(message)s",
-    )
+    configure(settings.log_level, settings.log_format, "worker")
     try:
         if not import_tasks(settings.imports, settings.tasks_dir) and not settings.allow_empty:
             raise ConfigurationError(
@@ -218,6 +267,8 @@ def child_main() -> None:
             connect_timeout=settings.connect_timeout,
             board_fd=settings.board_fd,
         )
+        metrics = settings.metrics_port is not None
+        worker.observer = observer_for(log_tasks=settings.log_tasks, metrics=metrics)
     except Exception as exc:
         log.error("worker cannot start: %s", exc)
         sys.exit(EXIT_CONFIG)

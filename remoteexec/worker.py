@@ -44,6 +44,7 @@ from .errors import (
 )
 from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
+from .observe import TaskObserver, results_settled, task_ended, task_lost
 from .remote import TaskType, lookup, registered, unknown_task_message
 from .replay import LOST, ReplayGuard
 from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
@@ -121,6 +122,7 @@ class Worker:
         self._local = threading.local()
         self._client: Client | None = None
         self._died: str | None = None  # why a thread that must stay alive died
+        self.observer: TaskObserver | None = None  # per-task log lines, metrics (observe.py)
 
     def _tasks_client(self) -> Client:
         with self._lock:
@@ -291,17 +293,9 @@ class Worker:
             return self._undecodable(claim, exc)
         held.label, held.key = (label := f"{call.name}.{call.method}"), call.key
         held.blobs = refs_of(call)  # deleted once the call is completed
-        if self.guard is not None:  # secrets: trust the signed fields, not the broker's
-            verdict = self.guard.admit(claim, call, label)
-            if verdict == LOST:
-                return self._lost(claim, label, call.max_attempts, call.key)
-            if verdict is not None:
-                return Done(claim, None)
-        elif claim.attempt > call.max_attempts:
-            return self._lost(claim, label, call.max_attempts)
-        if call.deadline is not None and time.time() > call.deadline:
-            log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
-            return Done(claim, None)
+        refused = self._refused(claim, call, label)
+        if refused is not None:
+            return refused
         task = lookup(call.name)
         if task is None or task.method(call.method) is None:
             log.warning("unknown task %s (task %s)", label, claim.id)
@@ -313,7 +307,11 @@ class Worker:
             message = f"the arguments of {label}: {exc}"
             return self._failure(claim, error_kind(exc), type(exc).__name__, message, call.key)
         held.time_limit = time_limit_of(task, call)
+        if self.observer is not None:
+            self.observer.received(held, call)
         reply = self._invoke(task, call, held)
+        if reply.failure is not None or self.observer is not None:
+            task_ended(self.observer, held, reply)
         if held.abandoned:
             return None
         try:
@@ -322,6 +320,22 @@ class Worker:
             message = f"the result of {label}: {exc}"
             return self._failure(claim, error_kind(exc), type(exc).__name__, message, call.key)
         return Done(claim, body)
+
+    def _refused(self, claim: Claim, call: Call, label: str) -> Done | None:
+        """How a call that must not run ends (lost, a replay, too late), or None: run it."""
+        if self.guard is not None:  # secrets: trust the signed fields, not the broker's
+            verdict = self.guard.admit(claim, call, label)
+            if verdict == LOST:
+                return self._lost(claim, label, call.max_attempts, call.key)
+            if verdict is not None:
+                task_lost(self.observer, claim, label)
+                return Done(claim, None)
+        elif claim.attempt > call.max_attempts:
+            return self._lost(claim, label, call.max_attempts)
+        if call.deadline is not None and time.time() > call.deadline:
+            log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
+            return Done(claim, None)
+        return None
 
     def _invoke(self, task: TaskType, call: Call, held: Held) -> Reply:
         if held.time_limit is None:
@@ -356,6 +370,7 @@ class Worker:
         reason = f"{type(exc).__name__}: {exc}"[:1000]
         letter = DeadLetter(claim.id, claim.queue, "?", reason, time.time())
         quietly(self.backend.bury, letter)
+        task_lost(self.observer, claim, "?")
         if self.codec.signing:
             return Done(claim, None)
         if not isinstance(exc, RemoteExecError):
@@ -370,6 +385,7 @@ class Worker:
         log.error("giving up on task %s: %s", claim.id, reason)
         letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
         quietly(self.backend.bury, letter)
+        task_lost(self.observer, claim, label)
         return self._failure(claim, "worker_lost", "WorkerLost", reason, key)
 
     def _complete(self, finished: list[Done]) -> None:
@@ -405,6 +421,7 @@ class Worker:
     def _settle(self, finished: list[Done], accepted: list[bool]) -> None:
         """Let go of the claims of sent results; refuse replays of those accepted."""
         self.payloads.delete(self._leases.settle(finished, accepted))  # arguments' blobs
+        results_settled(self.observer, finished, accepted)
         if self.guard is not None:  # a replay of these is refused from now on
             self.guard.completed(
                 [d.claim.id for d, ok in zip(finished, accepted, strict=False) if ok and d.reply]

@@ -7,7 +7,9 @@ import asyncio
 import hashlib
 import math
 import os
+import threading
 import time
+import warnings
 
 from remoteexec import remote
 
@@ -47,6 +49,17 @@ class Echo:
 class Failing:
     def execute(self, text):
         raise ValueError(f"bad value: {text}")  # the traceback must name this line
+
+    def lookup(self, key):
+        return {}[key]  # a KeyError, as from a bug in a task
+
+    def noisy(self):
+        """Warns, and has a thread die of an exception, then returns: both reach stderr."""
+        warnings.warn("a task's own warning", UserWarning, stacklevel=1)
+        thread = threading.Thread(target=dict().pop, args=("no such key",), name="task-thread")
+        thread.start()
+        thread.join()
+        return "done"
 
 
 @remote
@@ -152,3 +165,11 @@ class Sized:
 
     def execute(self, n):
         return b"x" * n
+
+
+@remote(time_limit=30)
+class LimitedNoisy:
+    """``Failing.noisy`` in a time-limited task's helper process."""
+
+    def execute(self):
+        return Failing.__wrapped__().noisy()
