@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -25,7 +26,15 @@ START_TIMEOUT = 10.0
 class RedisServer(ServerProcess):
     """One private ``redis-server``; ``url`` names database 0 on it."""
 
-    def __init__(self, folder: Path | str | None = None, *, unix_socket: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path | str | None = None,
+        *,
+        unix_socket: bool = False,
+        extra: Callable[[], list[str]] = list,
+    ) -> None:
+        #: More ``redis-server`` arguments (cluster or replication settings), made at start.
+        self.extra = extra
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory()
         self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
         self.datadir = self.folder / "data"
@@ -54,6 +63,7 @@ class RedisServer(ServerProcess):
             "--appendfsync", "always",
             "--logfile", str(self.log_file),
             "--daemonize", "no",
+            *self.extra(),
         ]  # fmt: skip
         if self.socket is not None:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]

@@ -27,6 +27,8 @@ from .connection import blocking_wait, connect, map_redis_errors, secrets_in, sp
 from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
+from .shards import Shards, base, inward, outward
+from .topology import ClusterLink, RedisCluster, complete_routed, split_own
 from .watch import Watch
 from .wire import Link, raw, run
 
@@ -47,8 +49,11 @@ class RedisBackend(Backend):
         prefix: str = "remoteexec:",
         result_ttl: float = 3600.0,
         socket_timeout: float = 10.0,
+        shards: int = 1,
+        durable: bool = False,
     ) -> None:
         super().__init__(result_ttl=result_ttl)
+        self._wanted_shards, self._durable = shards, durable
         self._secrets = secrets_in(url)
         self._mapper = map_redis_errors(self._secrets)
         self._url, self._keys, self._socket_timeout = url, Keys(prefix), socket_timeout
@@ -67,12 +72,17 @@ class RedisBackend(Backend):
             ConfigurationError: the URL or one of its options is invalid.
         """
         rest, prefix = split_prefix(url)
-        return cls(rest, prefix=prefix, result_ttl=result_ttl)
+        rest, shards, durable = split_own(rest)
+        return cls(rest, prefix=prefix, result_ttl=result_ttl, shards=shards, durable=durable)
 
     def _connect(self) -> redis.Redis:
         client = connect(self._url, socket_timeout=self._socket_timeout, secrets=self._secrets)
-        self._wait = blocking_wait(client)
-        self._link = Link(client)  # connections for the hot paths, one per thread
+        self._wait = blocking_wait(client, self._socket_timeout)
+        self._cluster = isinstance(client, RedisCluster)
+        # Connections for the hot paths, one per thread (and per primary on a cluster).
+        self._link = ClusterLink(client) if isinstance(client, RedisCluster) else Link(client)
+        self._link.durable = self._durable
+        self._shards = Shards(self._keys, self._wanted_shards, self._resolve_shards)
         self._scripts = Scripts()  # loaded on first use
         self._pid, self._mine = os.getpid(), os.urandom(8).hex()  # the epoch this one sets
         self._claimer = Claimer(
@@ -80,6 +90,15 @@ class RedisBackend(Backend):
         )
         self._watch = Watch(self._keys, client, mine=self._mine)
         return client
+
+    def _resolve_shards(self, key: str, wanted: int) -> Any:
+        """A queue's stored shard count, set to ``wanted`` if none is (on a cluster)."""
+        if not self._cluster:
+            return 1
+        with self._mapper:
+            if wanted > 1:
+                return raw(self._r)("SET", key, wanted, "NX", "GET")
+            return raw(self._r)("GET", key)
 
     def _redis(self) -> redis.Redis:
         if self._pid != os.getpid():  # a forked child never shares its parent's sockets
@@ -121,7 +140,7 @@ class RedisBackend(Backend):
     def _send(self, jobs: Sequence[Job], then: list[tuple[Any, ...]]) -> list[Any]:
         """Enqueue ``jobs``, then run ``then`` in the same round trip; ``then``'s replies."""
         by_queue: dict[str, list[Job]] = {}
-        for job in jobs:
+        for job in self._shards.spread(jobs) if self._cluster else jobs:
             by_queue.setdefault(job.queue, []).append(job)
         if not by_queue:
             with self._mapper:
@@ -131,7 +150,7 @@ class RedisBackend(Backend):
         for queue, group in by_queue.items():
             tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group]
             commands.append(("LPUSH", self._keys.waiting(queue), *tasks))
-            commands += ring_commands(self._keys, queue, len(group))
+            commands += ring_commands(self._keys, base(queue), len(group))
         if new:
             commands.append(("SADD", self._keys.queues, *new))
         # No MULTI needed: nothing is lost if only the first commands run.
@@ -161,20 +180,38 @@ class RedisBackend(Backend):
 
     def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
         with self._mapper:
-            return self._claiming().claim(queues, limit=limit, lease=lease, wait=wait)
+            if self._cluster:
+                queues = self._shards.claim_order(queues)
+            claims = self._claiming().claim(queues, limit=limit, lease=lease, wait=wait)
+        return outward(claims)
 
     def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
         if not claims:
             return []
-        with self._mapper, self._redis().pipeline(transaction=True) as p:
-            for c in claims:
-                p.exists(self._keys.claim(c.queue, c.token))
-                p.zadd(self._keys.leases(c.queue), {c.token: time.time() + lease}, xx=True)
-            return [bool(held) for held in p.execute()[::2]]
+        held: dict[int, bool] = {}
+        with self._mapper:
+            for group in self._by_slot(inward(claims)):
+                with self._redis().pipeline(transaction=True) as p:
+                    for _, c in group:
+                        p.exists(self._keys.claim(c.queue, c.token))
+                        p.zadd(self._keys.leases(c.queue), {c.token: time.time() + lease}, xx=True)
+                    out = p.execute()[::2]
+                held.update((i, bool(h)) for (i, _), h in zip(group, out, strict=True))
+        return [held[i] for i in range(len(claims))]
+
+    def _by_slot(self, claims: Sequence[Claim]) -> list[list[tuple[int, Claim]]]:
+        """``claims`` numbered, in one group, or one per queue on a cluster."""
+        groups: dict[str, list[tuple[int, Claim]]] = {}
+        for i, c in enumerate(claims):
+            groups.setdefault(c.queue if self._cluster else "", []).append((i, c))
+        return list(groups.values())
 
     def complete(self, done: Sequence[Done]) -> list[bool]:
         if not done:
             return []
+        if self._cluster:
+            with self._mapper:
+                return complete_routed(self._keys, self._link, self._scripts, done, self._ttl_ms())
         with self._mapper:
             if len(done) >= _SCRIPT_MIN and self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
@@ -198,7 +235,8 @@ class RedisBackend(Backend):
         waits). ``COMPLETE`` calls for three results or more where scripts are allowed, a
         ``MULTI`` otherwise (the script's fixed cost outweighs what it saves for fewer)."""
         claimer = self._claiming()
-        if not done or len(queues) != 1 or wait < 0.01 or not claimer.calm(queues[0]):
+        plain = not self._cluster and len(queues) == 1
+        if not (done and plain and wait >= 0.01 and claimer.calm(queues[0])):
             return super().complete_and_claim(done, queues, limit=limit, lease=lease, wait=wait)
         with self._mapper:
             shas = self._scripts.shas(self._link) if len(done) >= _SCRIPT_MIN else None
@@ -227,14 +265,18 @@ class RedisBackend(Backend):
     def release(self, claims: Sequence[Claim]) -> None:
         if not claims:
             return
-        with self._mapper, self._redis().pipeline(transaction=True) as p:
-            hand_back(p, self._keys, claims)
-            p.execute()
+        with self._mapper:
+            for group in self._by_slot(inward(claims)):
+                with self._redis().pipeline(transaction=True) as p:
+                    hand_back(p, self._keys, [c for _, c in group])
+                    p.execute()
 
     def cancel(self, job: Job) -> bool:
         elem = pack_task(job.id, job.reply_to, 1, job.body)  # as enqueued: never claimed
+        removed = False
         with self._mapper:
-            removed = bool(self._cmd("LREM", self._keys.waiting(job.queue), 1, elem))
+            for queue in self._shards.of(job.queue) if self._cluster else [job.queue]:
+                removed = removed or bool(self._cmd("LREM", self._keys.waiting(queue), 1, elem))
         if removed:
             with self._lock:
                 self._sent.pop(job.id, None)

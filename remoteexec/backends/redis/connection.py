@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ...errors import BackendUnavailable, ConfigurationError
+from . import topology
 
 #: The URL options passed on to redis-py (``?prefix=`` is the adapter's own): only these,
 #: so a misspelt option is a ``ConfigurationError``, not a ``TypeError`` at first use.
@@ -77,6 +78,8 @@ def connect(url: str, *, socket_timeout: float, secrets: Sequence[str]) -> redis
     Raises:
         ConfigurationError: the URL or one of its options is invalid.
     """
+    if urlsplit(url).scheme.lower() in topology.SCHEMES:
+        return topology.connect(url, socket_timeout=socket_timeout)  # type: ignore[return-value]
     check_options(url)
     try:
         return redis.Redis.from_url(
@@ -92,13 +95,14 @@ def connect(url: str, *, socket_timeout: float, secrets: Sequence[str]) -> redis
         raise ConfigurationError(f"invalid Redis URL: {scrub(str(exc), secrets)}") from None
 
 
-def blocking_wait(client: redis.Redis) -> float:
+def blocking_wait(client: redis.Redis, socket_timeout: float) -> float:
     """How long one server-side blocking command may wait on ``client``.
 
     Well below the socket timeout, and short enough that a stopping worker notices within
     a second.
     """
-    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    pool = getattr(client, "connection_pool", None)  # a cluster's: per node
+    timeout = pool.connection_kwargs.get("socket_timeout") if pool else socket_timeout
     return min(1.0, float(timeout) / 4) if timeout else 1.0
 
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.exceptions import ReadOnlyError
 
-#: redis-py versions, ``[from, to)``, whose private parts ``_reply`` reads.
+#: redis-py versions, ``[from, to)``, whose private parts ``reply`` reads.
 TESTED = ((5, 1), (9, 0))
 _IDLE_CHECK = 0.005  # seconds idle after which a connection is checked before use
 
@@ -65,6 +66,11 @@ class Link:
     back to the pool when its thread ends, and closes with the pool.
     """
 
+    #: A link that sends each command to the node serving its key (``topology``).
+    routed = False
+    #: Each round trip ends with ``WAIT``: its writes reached a replica, or it fails.
+    durable = False
+
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
         self._local = threading.local()
@@ -84,6 +90,10 @@ class Link:
             if stale:
                 held.conn.disconnect()
         return held
+
+    def run_routed(self, commands: list[tuple[Any, ...]], **how: Any) -> list[Any]:
+        """``run`` for a routed link, which sends commands its own way."""
+        raise NotImplementedError
 
 
 class _Held:
@@ -113,19 +123,24 @@ def run(
     with ``multi``): their replies follow, in the same round trip.
     """
     assert not (multi and then), "then is not sent inside MULTI"
+    if link.routed:
+        return link.run_routed(commands, multi=multi, raise_errors=raise_errors, then=then)
     held = link.held()
     conn = held.conn
     out: list[Any] = []
     try:
         sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
-        conn.send_packed_command(_pack(conn, sent))
+        conn.send_packed_command(pack(conn, sent))
         if then is not None:
             more = then()
-            conn.send_packed_command(_pack(conn, more))
+            conn.send_packed_command(pack(conn, more))
             sent = [*sent, *more]
         for _ in sent:
-            out.append(_reply(conn))
+            out.append(reply(conn))
         held.used = time.monotonic()
+        if any(isinstance(r, ReadOnlyError) for r in out):
+            # A primary demoted by a failover: its successor is found on reconnecting.
+            raise redis.ConnectionError("Redis answered READONLY: no longer the primary")
     except BaseException as exc:
         conn.disconnect()  # replies may be left unread; the next command reconnects
         if isinstance(exc, redis.RedisError):
@@ -137,13 +152,13 @@ def run(
         out = out[-1]
         if out is None or len(out) != len(commands):
             raise redis.ResponseError("transaction aborted")
-    for reply in out if raise_errors else ():
-        if isinstance(reply, redis.ResponseError):
-            raise reply
+    for answer in out if raise_errors else ():
+        if isinstance(answer, redis.ResponseError):
+            raise answer
     return list(out)
 
 
-def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
+def pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     """``commands`` in the Redis protocol, as ``send_packed_command`` takes them."""
     if _pack_one is not None:
         try:
@@ -153,7 +168,7 @@ def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     return conn.pack_commands(commands)  # type: ignore[no-any-return]
 
 
-def _reply(conn: Any) -> Any:
+def reply(conn: Any) -> Any:
     """The next reply on ``conn``; an error reply is returned, not raised, so that the
     replies after it are read too and the connection stays in step.
 
