@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import NoPermissionError
 
 from ...errors import BackendUnavailable
@@ -28,7 +29,7 @@ from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
 from .shards import Shards, base, inward, outward
-from .topology import ClusterLink, RedisCluster, complete_routed, split_own
+from .topology import ClusterLink, complete_routed, split_own, spread_of
 from .watch import Watch
 from .wire import Link, raw, run
 
@@ -362,7 +363,10 @@ class RedisBackend(Backend):
 
     def stats(self) -> Stats:
         with self._mapper:
-            return self._watching().stats(worker_ttl=self.worker_ttl)
+            stats = self._watching().stats(worker_ttl=self.worker_ttl)
+            if self._cluster:  # totals per queue; per shard and per node in parts
+                stats.queues, stats.parts = spread_of(stats.queues, self._keys, self._r)
+        return stats
 
     def purge(self, queue: str | None = None) -> int:
         with self._mapper:

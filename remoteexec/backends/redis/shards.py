@@ -2,11 +2,12 @@
 
 A queue created with ``shards=N`` is N queues in the adapter's key layout: shard 0 is the
 queue itself (``{q}``), shard i > 0 is ``q<US>j`` (``US`` the unit separator, which no
-queue name holds) for the smallest ``j`` whose slot falls in the i-th of N equal arcs of
-the slot ring starting at shard 0's slot. The names depend on the queue's name and N
-only, so every client and worker agrees on them without asking; with the slot ranges
-``redis-cli --cluster create`` deals out (equal, contiguous), N shards land evenly on
-the primaries.
+queue name holds) for the smallest ``j`` whose slot falls in the (k + i)-th of N equal
+arcs of the 16384 slots (mod N), shard 0's slot being in the k-th. The names depend on
+the queue's name and N only, so every client and worker agrees on them without asking;
+with the slot ranges ``redis-cli --cluster create`` deals out (equal, contiguous, their
+bounds rounded as the arcs' are), N shards, a multiple of the primaries, land evenly on
+them.
 
 A queue's shard count is kept in ``{q}:n``: the first adapter that uses the queue with
 ``shards`` > 1 sets it (``SET NX``), every other adapter reads it on first use, so
@@ -23,6 +24,7 @@ shard i > 0 leaves the adapter with its queue's name and the shard in its token
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import threading
@@ -45,14 +47,16 @@ def shard_names(keys: Keys, queue: str, n: int) -> list[str]:
     def slot(name: str) -> int:
         return int(key_slot(keys.waiting(name).encode()))
 
-    names, first = [queue], slot(queue)
-    arc = REDIS_CLUSTER_HASH_SLOTS / n
+    def arc(s: int) -> int:
+        return bisect.bisect_right(bounds, s) - 1
+
+    bounds = [round(i * REDIS_CLUSTER_HASH_SLOTS / n) for i in range(n)]
+    names, first = [queue], arc(slot(queue))
     suffixes = itertools.count(1)
     for i in range(1, n):
-        low = first + int(i * arc)
         while True:
             name = f"{queue}{SEP}{next(suffixes)}"
-            if (slot(name) - low) % REDIS_CLUSTER_HASH_SLOTS < arc:
+            if arc(slot(name)) == (first + i) % n:
                 names.append(name)
                 break
     return names

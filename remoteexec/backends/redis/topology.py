@@ -24,21 +24,20 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ...errors import ConfigurationError
+from ...errors import BackendUnavailable, ConfigurationError
 from ..base import Done
 from .commands import complete_batch, complete_calls, completed
 from .elements import pack_reply
 from .keys import Keys
 from .lua import Scripts
-from .shards import MAX_SHARDS, inward
-from .wire import Link, pack, reply, run
+from .shards import MAX_SHARDS, base, inward, shown
+from .wire import DURABLE_WAIT, Link, pack, primary, replicated, reply, run
 
 SCHEMES = ("redis+cluster", "redis+sentinel")
-__all__ = ["SCHEMES", "ClusterLink", "RedisCluster", "complete_routed", "connect", "split_own"]
 #: Options of both schemes that go to redis-py for the data nodes.
 _OPTIONS = (
     *("username", "password", "client_name", "health_check_interval"),
@@ -105,7 +104,10 @@ def connect(url: str, *, socket_timeout: float) -> redis.Redis | RedisCluster:
     if scheme == "redis+cluster":
         options = _options(url, _OPTIONS)
         nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]  # type: ignore[no-untyped-call]
-        return RedisCluster(startup_nodes=nodes, **{**common, **options})
+        try:  # the slot map is read here, from the first node that answers
+            return RedisCluster(startup_nodes=nodes, **{**common, **options})
+        except (RedisClusterException, redis.RedisError) as exc:
+            raise BackendUnavailable(f"Redis Cluster: {type(exc).__name__}: {exc}") from None
     options = _options(url, (*_OPTIONS, *_SENTINEL_OPTIONS))
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
@@ -140,6 +142,7 @@ class ClusterLink(Link):
         if known is None or known[0] is not pool:
             with self._lock:
                 known = self._links[node.name] = (pool, Link(node.redis_connection))
+                known[1].durable = self.durable
         return known[1]
 
     def _refresh(self) -> None:
@@ -166,29 +169,17 @@ class ClusterLink(Link):
         raise_errors: bool = how["raise_errors"]
         then: Callable[[], list[tuple[Any, ...]]] | None = how["then"]
         if multi or (commands and all(c[0] == "SCRIPT" for c in commands)):
-            targets = [self.for_key(key_of(commands))] if multi else self.primaries()
-            try:
-                outs = [run(t, commands, multi=multi, raise_errors=False) for t in targets]
-            except (redis.ConnectionError, redis.TimeoutError):
-                self._stale = True
-                raise
-            except redis.ResponseError as exc:  # EXECABORT: a command was refused, none ran
-                self._stale = True
-                raise redis.ConnectionError(f"Redis Cluster: {exc}; slot map refreshed") from None
-            return self._checked(outs[0], raise_errors)
-        sent: list[tuple[Any, Any]] = []  # per command: (its link's held connection, link)
+            return self._checked(self._whole(commands, multi), raise_errors)
+        sent: list[tuple[Any, Any]] = []  # per command: (its link's held connection, mark)
         try:
             self._send(commands, sent)
             if then is not None:
                 self._send(then(), sent)
-            out: list[Any] = []
-            try:
-                for held, _ in sent:
-                    out.append(reply(held.conn))
-            except BaseException as exc:
-                if isinstance(exc, redis.RedisError):
-                    exc.replies = out  # type: ignore[attr-defined]
-                raise
+            if self.durable:  # one WAIT per node written to, after its commands
+                for held in {id(h): h for h, _ in sent}.values():
+                    held.conn.send_packed_command(pack(held.conn, [DURABLE_WAIT]))
+                    sent.append((held, DURABLE_WAIT))
+            out = self._read(sent)
         except BaseException as exc:
             for held, _ in sent:
                 held.conn.disconnect()
@@ -196,6 +187,35 @@ class ClusterLink(Link):
                 self._stale = True
             raise
         return self._checked(out, raise_errors)
+
+    def _whole(self, commands: list[tuple[Any, ...]], multi: bool) -> list[Any]:
+        """A ``MULTI`` on its slot's primary, or keyless commands (``SCRIPT``) on all."""
+        targets = [self.for_key(key_of(commands))] if multi else self.primaries()
+        try:
+            outs = [run(t, commands, multi=multi, raise_errors=False) for t in targets]
+            return outs[0]
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._stale = True
+            raise
+        except redis.ResponseError as exc:  # EXECABORT: a command was refused, none ran
+            self._stale = True
+            raise redis.ConnectionError(f"Redis Cluster: {exc}; slot map refreshed") from None
+
+    @staticmethod
+    def _read(sent: list[tuple[Any, Any]]) -> list[Any]:
+        out: list[Any] = []
+        try:
+            for held, mark in sent:
+                if mark is None:
+                    out.append(reply(held.conn))
+                else:
+                    replicated(reply(held.conn))
+        except BaseException as exc:
+            if isinstance(exc, redis.RedisError):
+                exc.replies = out  # type: ignore[attr-defined]
+            raise
+        primary(out)
+        return out
 
     def _send(self, commands: list[tuple[Any, ...]], sent: list[tuple[Any, Any]]) -> None:
         batches: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
@@ -299,3 +319,17 @@ def complete_routed(
     if pushes:
         run(link, pushes)
     return held
+
+
+def spread_of(
+    depths: dict[str, int], keys: Keys, cluster: Any
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Waiting tasks per shard (``depths``) as totals per queue, and per shard and node."""
+    totals: dict[str, int] = {}
+    parts: dict[str, int] = {}
+    for name, depth in depths.items():
+        totals[base(name)] = totals.get(base(name), 0) + depth
+        parts[f"shard {shown(name)}"] = depth
+        node = cluster.get_node_from_key(keys.waiting(name))
+        parts[f"node {node.name}"] = parts.get(f"node {node.name}", 0) + depth
+    return totals, parts

@@ -27,6 +27,8 @@ from redis.exceptions import ReadOnlyError
 #: redis-py versions, ``[from, to)``, whose private parts ``reply`` reads.
 TESTED = ((5, 1), (9, 0))
 _IDLE_CHECK = 0.005  # seconds idle after which a connection is checked before use
+#: With ``Link.durable``: the ``WAIT`` that ends each round trip (one replica, 1 s at most).
+DURABLE_WAIT = ("WAIT", 1, 1000)
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -135,27 +137,51 @@ def run(
             more = then()
             conn.send_packed_command(pack(conn, more))
             sent = [*sent, *more]
+        if link.durable:
+            conn.send_packed_command(pack(conn, [DURABLE_WAIT]))
         for _ in sent:
             out.append(reply(conn))
+        if link.durable:
+            replicated(reply(conn))
         held.used = time.monotonic()
-        if any(isinstance(r, ReadOnlyError) for r in out):
-            # A primary demoted by a failover: its successor is found on reconnecting.
-            raise redis.ConnectionError("Redis answered READONLY: no longer the primary")
+        primary(out)
     except BaseException as exc:
         conn.disconnect()  # replies may be left unread; the next command reconnects
         if isinstance(exc, redis.RedisError):
             exc.replies = out  # type: ignore[attr-defined]  # those read before it failed
         raise
     if multi:
-        if isinstance(out[-1], redis.ResponseError):
-            raise out[-1]
-        out = out[-1]
-        if out is None or len(out) != len(commands):
-            raise redis.ResponseError("transaction aborted")
+        out = _executed(out, len(commands))
     for answer in out if raise_errors else ():
         if isinstance(answer, redis.ResponseError):
             raise answer
     return list(out)
+
+
+def _executed(out: list[Any], n: int) -> list[Any]:
+    """The replies of a ``MULTI`` body of ``n`` commands, from all of ``run``'s replies."""
+    if isinstance(out[-1], redis.ResponseError):
+        raise out[-1]
+    if out[-1] is None or len(out[-1]) != n:
+        raise redis.ResponseError("transaction aborted")
+    return list(out[-1])
+
+
+def primary(out: list[Any]) -> None:
+    """Raise if a reply in ``out`` is ``READONLY``: a primary demoted by a failover (the
+    connection is then dropped, and its successor found on reconnecting)."""
+    if any(isinstance(r, ReadOnlyError) for r in out):
+        raise redis.ConnectionError("Redis answered READONLY: no longer the primary")
+
+
+def replicated(answer: Any) -> None:
+    """Check a ``DURABLE_WAIT`` reply.
+
+    Raises:
+        redis.ConnectionError: no replica acknowledged the writes before it in time.
+    """
+    if not isinstance(answer, int) or answer < 1:
+        raise redis.ConnectionError(f"durable: no replica acknowledged the writes ({answer!r})")
 
 
 def pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
