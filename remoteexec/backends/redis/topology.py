@@ -183,6 +183,7 @@ class ClusterLink(Link):
         except BaseException as exc:
             for held, _ in sent:
                 held.conn.disconnect()
+                held.broken = True
             if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                 self._stale = True
             raise

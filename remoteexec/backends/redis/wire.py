@@ -91,6 +91,12 @@ class Link:
                 stale = True
             if stale:
                 held.conn.disconnect()
+                held.broken = True
+        if held.broken:
+            # ``connect``, not the implicit one of a send: a Sentinel-managed connection
+            # asks the Sentinels for the primary's address there.
+            held.conn.connect()
+            held.broken = False
         return held
 
     def run_routed(self, commands: list[tuple[Any, ...]], **how: Any) -> list[Any]:
@@ -103,6 +109,7 @@ class _Held:
         # Before 5.3 the pool wants a command name, which it ignores; since, it warns.
         conn = pool.get_connection() if REDIS_PY >= (5, 3) else pool.get_connection("_")
         self.pool, self.conn, self.used = pool, conn, time.monotonic()
+        self.broken = False  # disconnected: connect before the next send
 
     def __del__(self) -> None:  # the thread ended
         with contextlib.suppress(Exception):
@@ -147,6 +154,7 @@ def run(
         primary(out)
     except BaseException as exc:
         conn.disconnect()  # replies may be left unread; the next command reconnects
+        held.broken = True
         if isinstance(exc, redis.RedisError):
             exc.replies = out  # type: ignore[attr-defined]  # those read before it failed
         raise
