@@ -174,7 +174,7 @@ class SentinelSet(_Topology):
             conf.write_text(
                 f"sentinel monitor {self.service} 127.0.0.1 {port} 2\n"
                 f"sentinel down-after-milliseconds {self.service} {NODE_TIMEOUT_MS}\n"
-                f"sentinel failover-timeout {self.service} 10000\n"
+                f"sentinel failover-timeout {self.service} 3000\n"
                 f"sentinel parallel-syncs {self.service} 1\n"
             )
             return [str(conf), "--sentinel"]
