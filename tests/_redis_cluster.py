@@ -51,6 +51,17 @@ class _Topology:
         for node in self.nodes:
             node.stop()
 
+    def fsync(self, mode: str) -> None:
+        """Set ``appendfsync`` on every data node (not on Sentinels)."""
+        for node in self.nodes:
+            if node in getattr(self, "sentinels", ()):
+                continue
+            c = node.client()
+            try:
+                c.config_set("appendfsync", mode)
+            finally:
+                c.close()
+
     def __enter__(self) -> _Topology:
         try:
             self.start()

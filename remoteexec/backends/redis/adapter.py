@@ -212,7 +212,9 @@ class RedisBackend(Backend):
             return []
         if self._cluster:
             with self._mapper:
-                return complete_routed(self._keys, self._link, self._scripts, done, self._ttl_ms())
+                return complete_routed(self._keys, self._link, self._scripts, done, self._ttl_ms())[
+                    0
+                ]
         with self._mapper:
             if len(done) >= _SCRIPT_MIN and self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
@@ -233,12 +235,24 @@ class RedisBackend(Backend):
     ) -> tuple[list[bool], list[Claim]]:
         """On one queue with no lease due, with or without scripts: the completion, then
         the next claim pass, in one round trip (the results are delivered before the pass
-        waits). ``COMPLETE`` calls for three results or more where scripts are allowed, a
-        ``MULTI`` otherwise (the script's fixed cost outweighs what it saves for fewer)."""
+        waits); on a cluster, the leases' ends first, then the replies and the pass.
+        ``COMPLETE`` calls for three results or more where scripts are allowed, a ``MULTI``
+        otherwise (the script's fixed cost outweighs what it saves for fewer)."""
         claimer = self._claiming()
-        plain = not self._cluster and len(queues) == 1
-        if not (done and plain and wait >= 0.01 and claimer.calm(queues[0])):
+        one = len(queues) == 1 and (not self._cluster or len(self._shards.of(queues[0])) == 1)
+        if not (done and one and wait >= 0.01 and claimer.calm(queues[0])):
             return super().complete_and_claim(done, queues, limit=limit, lease=lease, wait=wait)
+        if self._cluster:  # the leases' ends, then the replies and the pass in one round trip
+            with self._mapper:
+                ttl = self._ttl_ms()
+                held, pushes = complete_routed(
+                    self._keys, self._link, self._scripts, done, ttl, push=False
+                )
+                claims, out = claimer.after(pushes, queues[0], limit=limit, lease=lease, wait=wait)
+                for answer in out:
+                    if isinstance(answer, redis.ResponseError):
+                        raise answer
+            return held, claims
         with self._mapper:
             shas = self._scripts.shas(self._link) if len(done) >= _SCRIPT_MIN else None
             marks: list[int] = []

@@ -288,11 +288,12 @@ def split_own(url: str) -> tuple[str, int, bool]:
 
 
 def complete_routed(
-    keys: Keys, link: Link, scripts: Scripts, done: Sequence[Done], ttl: int
-) -> list[bool]:
+    keys: Keys, link: Link, scripts: Scripts, done: Sequence[Done], ttl: int, *, push: bool = True
+) -> tuple[list[bool], list[tuple[Any, ...]]]:
     """``complete`` on a cluster: end each lease in its queue's slot (the ``COMPLETE``
     script, or one ``MULTI`` per queue), then push the replies of the leases that were
-    still held, one ``RPUSH`` per reply list, in its own slot."""
+    still held, one ``RPUSH`` per reply list, in its own slot. Returns which leases were
+    held, and (with ``push=False``, unsent) the pushes."""
     done = [Done(c, d.reply) for c, d in zip(inward([d.claim for d in done]), done, strict=True)]
     acks = [Done(d.claim, None) for d in done]
     held: list[bool] = []
@@ -317,9 +318,9 @@ def complete_routed(
     pushes: list[tuple[Any, ...]] = []
     for box, elems in boxes.items():
         pushes += [("RPUSH", box, *elems), ("PEXPIRE", box, ttl)]
-    if pushes:
+    if pushes and push:
         run(link, pushes)
-    return held
+    return held, pushes
 
 
 def spread_of(
