@@ -16,7 +16,7 @@ from .measure import Results, Sizes, progress, run_rep
 from .report import machine, table, target_lines, targets, write_json
 from .servers import CLEANUP, Servers
 
-BACKENDS = ("sqlite", "redis", "mysql")
+BACKENDS = ("sqlite", "redis", "mysql", "cluster")
 #: The secondary MySQL pair (the seed's design, remoteexec's optimistic mode) runs half the
 #: calls, to keep a full run under 10 minutes.
 SCALE = {"raw-mysql-seed": 0.5, "remoteexec-mysql-optimistic": 0.5}
@@ -27,7 +27,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--backends",
         default=",".join(BACKENDS),
-        help="comma-separated, among sqlite,redis,mysql (default: all)",
+        help="comma-separated, among sqlite,redis,mysql,cluster (default: all); cluster: "
+        "one Redis beside a 3-primary Redis Cluster (1 and 6 shards) and Sentinel",
     )
     p.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported")
     p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
@@ -105,7 +106,18 @@ def groups(args: argparse.Namespace, servers: Servers) -> list[tuple[str, Callab
             Remoteexec("mysql-optimistic", folder, server),
         ]
 
-    makers = {"sqlite": sqlite, "redis": redis, "mysql": mysql}
+    def cluster() -> list[Any]:
+        single, folder = servers.redis(args.redis_fsync), servers.folder("cluster-workers")
+        several, watched = servers.cluster(args.redis_fsync), servers.sentinels(args.redis_fsync)
+        return [
+            Remoteexec("redis", folder, single),
+            Remoteexec("redis-cluster", folder, several),
+            Remoteexec("redis-cluster-shards6", folder, several),
+            Remoteexec("redis-sentinel", folder, watched),
+            Remoteexec("redis-sentinel-durable", folder, watched),
+        ]
+
+    makers = {"sqlite": sqlite, "redis": redis, "mysql": mysql, "cluster": cluster}
     return [(b, makers[b]) for b in args.backends]
 
 

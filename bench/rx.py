@@ -19,8 +19,13 @@ from .tasks import CalculateMultipleOfPi as _Task
 TASK: Any = _Task  # the proxy (typed loosely: the bench drives it like a user)
 
 
+#: URL options of the systems on a Redis Cluster or behind Sentinel.
+_OPTIONS = {"redis-cluster-shards6": "?shards=6", "redis-sentinel-durable": "?durable=1"}
+
+
 class Remoteexec:
-    """remoteexec on ``backend`` (sqlite, redis, redis-noscript, mysql, mysql-optimistic).
+    """remoteexec on ``backend`` (sqlite, redis, redis-noscript, mysql, mysql-optimistic,
+    redis-cluster, redis-cluster-shards6, redis-sentinel, redis-sentinel-durable).
 
     ``redis-noscript`` connects as a user whose ACL denies ``@scripting``: the adapter's
     script-free path, to show what its Lua fast path buys.
@@ -42,6 +47,9 @@ class Remoteexec:
         self._runs += 1
         if self.backend == "sqlite":
             return f"sqlite:///{self.folder / f'bench-{self._runs}.db'}"
+        if self.backend.startswith(("redis-cluster", "redis-sentinel")):
+            self.server.flushall()
+            return str(self.server.url) + _OPTIONS.get(self.backend, "")
         if self.backend.startswith("redis"):
             probe = self.server.client()
             try:

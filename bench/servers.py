@@ -175,6 +175,25 @@ class Servers:
             client.close()
         return server
 
+    def cluster(self, fsync: str) -> Any:
+        """Three private ``redis-server`` primaries forming a Redis Cluster."""
+        from tests._redis_cluster import RedisClusterSet
+
+        return self._topology(RedisClusterSet(self.folder("redis-cluster")), fsync)
+
+    def sentinels(self, fsync: str) -> Any:
+        """A private primary, its replica and three Sentinels."""
+        from tests._redis_cluster import SentinelSet
+
+        return self._topology(SentinelSet(self.folder("redis-sentinel")), fsync)
+
+    @staticmethod
+    def _topology(topology: Any, fsync: str) -> Any:
+        CLEANUP.push("redis topology", topology.stop)
+        topology.start()
+        topology.fsync(fsync)
+        return topology
+
     def mariadb(self) -> Any:
         """A private ``mariadbd`` (data folder initialised on first start)."""
         from tests._mariadb_server import MariaDBServer

@@ -55,7 +55,10 @@ __all__ = [
 
 DEFAULT_URL = "sqlite:///remoteexec.db"
 CONFIG_FILE = "remoteexec.yaml"
-SCHEMES = ("redis", "rediss", "unix", "mysql", "sqlite", "memory")
+SCHEMES = (
+    *("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"),
+    *("mysql", "sqlite", "memory"),
+)
 _NETWORK_SCHEMES = ("redis", "rediss", "mysql")
 
 

@@ -21,6 +21,9 @@ def format_status(stats: Stats, now: float | None = None) -> str:
     lines += [f"  {name:<20} {depth:>8}" for name, depth in sorted(stats.queues.items())]
     if not stats.queues:
         lines.append("  (none)")
+    if stats.parts:
+        lines.append("Waiting by shard and node:")
+        lines += [f"  {name:<30} {depth:>8}" for name, depth in sorted(stats.parts.items())]
     lines.append(f"Running: {stats.running}")
     lines.append(f"Workers: {len(stats.workers)}")
     for w in sorted(stats.workers, key=lambda w: (w.host, w.pid)):
@@ -53,9 +56,12 @@ def watch(url: str | None, *, count: int | None = None, out: TextIO = sys.stdout
             completed = sum(max(0, w.done - seen.get(w.id, w.done)) for w in stats.workers)
             seen = {w.id: w.done for w in stats.workers}
             stamp = time.strftime("%a %b %d %H:%M:%S %Y")
+            parts = sorted(stats.parts.items())
+            nodes = [f"{k.removeprefix('node ')} {v}" for k, v in parts if k.startswith("node ")]
+            by_node = f"  (by node: {', '.join(nodes)})" if nodes else ""
             print(
                 f"[{stamp}] {completed:>7} tasks/s  waiting {sum(stats.queues.values()):>7}  "
-                f"running {stats.running:>4}  workers {len(stats.workers):>3}",
+                f"running {stats.running:>4}  workers {len(stats.workers):>3}{by_node}",
                 file=out,
                 flush=True,
             )

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -41,7 +42,10 @@ class RedisServer(ServerProcess):
         tls: ServerTLS | None = None,
         tls_auth_clients: str = "optional",
         password: str | None = None,
+        extra: Callable[[], list[str]] = list,
     ) -> None:
+        #: More ``redis-server`` arguments (cluster or replication settings), made at start.
+        self.extra = extra
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory()
         self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
         self.datadir = self.folder / "data"
@@ -76,6 +80,7 @@ class RedisServer(ServerProcess):
             "--appendfsync", "always",
             "--logfile", str(self.log_file),
             "--daemonize", "no",
+            *self.extra(),
         ]  # fmt: skip
         if self.password is not None:
             args += ["--requirepass", self.password]

@@ -27,6 +27,8 @@ EVERY_MODE = [
     "sqlite",
     "redis_scripts",
     "redis_noscript",
+    "redis_cluster",
+    "redis_sentinel",
     "mysql_skip_locked_server",
     "mysql_skip_locked_client",
     "mysql_optimistic_server",
@@ -85,6 +87,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Three primaries forming a Redis Cluster (no replicas: nothing here fails over)."""
+    _need("redis-server")
+    _need("redis-cli")
+    from tests._redis_cluster import RedisClusterSet
+
+    with RedisClusterSet(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A primary, a replica and three Sentinels watching them."""
+    _need("redis-server")
+    from tests._redis_cluster import SentinelSet
+
+    with SentinelSet(tmp_path_factory.mktemp("redis-sentinel")) as sentinels:
+        yield sentinels
+
+
+@pytest.fixture(scope="session")
 def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     _need("mariadbd")
     from tests._mariadb_server import MariaDBServer
@@ -111,6 +134,12 @@ def fresh_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
             commands=["+@all", "-@scripting"],
         )  # fmt: skip
         return f"redis://noscript:pw@127.0.0.1:{server.port}/0"
+    if kind in ("redis_cluster", "redis_sentinel"):
+        topology = request.getfixturevalue(
+            "redis_cluster" if kind == "redis_cluster" else "redis_sentinels"
+        )
+        topology.flushall()
+        return str(topology.url)
     if kind in _MYSQL_QUERY:
         server = request.getfixturevalue("mariadb_server")
         db = f"t_{uuid.uuid4().hex[:12]}"

@@ -44,7 +44,7 @@ def open_backend(url: str, *, result_ttl: float = 3600.0) -> Backend:
         from .sqlite import SQLiteBackend
 
         return SQLiteBackend.from_url(url, result_ttl=result_ttl)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
         from .redis import RedisBackend
 
         return RedisBackend.from_url(url, result_ttl=result_ttl)
@@ -53,6 +53,7 @@ def open_backend(url: str, *, result_ttl: float = 3600.0) -> Backend:
 
         return MySQLBackend.from_url(url, result_ttl=result_ttl)
     raise ConfigurationError(
-        f"unknown backend scheme {scheme!r}: use redis://, rediss://, unix://, mysql://, "
+        f"unknown backend scheme {scheme!r}: use redis://, rediss://, unix://, redis+cluster://, "
+        "redis+sentinel://, mysql://, "
         "sqlite:/// or memory://"
     )

@@ -144,13 +144,16 @@ class Stats:
 
     ``queues`` maps each known queue to the tasks waiting in it (not claimed);
     ``running`` counts tasks under a live lease; ``workers`` lists workers whose last
-    heartbeat is recent; ``dead`` lists the newest dead letters.
+    heartbeat is recent; ``dead`` lists the newest dead letters. ``parts`` breaks the
+    waiting tasks down where a broker spreads them (a Redis Cluster: ``shard <name>`` and
+    ``node <host:port>``); empty elsewhere.
     """
 
     queues: dict[str, int]
     running: int
     workers: list[WorkerInfo]
     dead: list[DeadLetter] = field(default_factory=list)
+    parts: dict[str, int] = field(default_factory=dict)
 
 
 class Backend(ABC):

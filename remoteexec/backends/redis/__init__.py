@@ -1,4 +1,5 @@
-"""``redis://``, ``rediss://``, ``unix://``: the Redis adapter (Redis 7.0 or later).
+"""``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``, ``redis+sentinel://``: the
+Redis adapter (Redis 7.0 or later).
 
 Why lists and not Streams: a consumer group gives delivery counts and blocking reads over
 several queues, but its lease is an entry's idle time judged by the *claimer's*
@@ -20,7 +21,8 @@ Where to look:
 * ``scripts``: the Lua scripts' loader (``scripts/*.lua``);
 * ``watch``: ``lost``, ``stats``, ``purge``, heartbeats, dead letters (off the hot path);
 * ``keys``: the key layout; ``elements``: the bytes of a task or reply element;
-* ``connection``: URLs, connecting, error mapping; ``wire``: raw commands on the hot path.
+* ``connection``: URLs, connecting, error mapping; ``wire``: raw commands on the hot path;
+* ``topology``: Redis Cluster and Sentinel; ``shards``: queues spread over several slots.
 
 Keys, under a prefix (``remoteexec:``; ``?prefix=`` in the URL), a queue's all in its
 ``{queue}`` hash slot: ``{q}:w`` waiting tasks (pushed left, taken right), ``{q}:l`` lease
@@ -60,9 +62,12 @@ Guarantees and limits:
 * Nothing is resent automatically (a resent claim would double up a claim list): a driver
   error is ``BackendUnavailable``, and the next call reconnects. ``BLMPOP`` pops replies:
   if Redis dies between popping them and sending them, they are gone.
-* Redis Cluster: a queue's keys share a slot; ``complete`` also writes the reply list's slot,
-  and the scripts touch claim and reply lists they build from their arguments, so they
-  too are single-node only.
+* Redis Cluster (``redis+cluster://``, ``topology``): a queue's keys share a slot, and the
+  scripts touch only keys of the queue's slot when given no reply list; ``complete`` ends
+  the leases in the queue's slot, then pushes the replies in their lists' slots
+  (``topology.complete_routed``), and ``complete_and_claim`` is those two, then a claim.
+  Sharded queues: ``shards``. Sentinel (``redis+sentinel://``) changes only how a
+  connection finds the primary.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import NoPermissionError
 
 from ...errors import BackendUnavailable
@@ -28,6 +29,8 @@ from .connection import blocking_wait, connect, map_redis_errors, secrets_in, sp
 from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
+from .shards import Shards, base, inward, outward
+from .topology import ClusterLink, complete_routed, split_own, spread_of
 from .watch import Watch
 from .wire import Link, raw, run
 
@@ -48,8 +51,11 @@ class RedisBackend(Backend):
         prefix: str = "remoteexec:",
         result_ttl: float = 3600.0,
         socket_timeout: float = 10.0,
+        shards: int = 1,
+        durable: bool = False,
     ) -> None:
         super().__init__(result_ttl=result_ttl)
+        self._wanted_shards, self._durable = shards, durable
         self._secrets = secrets_in(url)
         self._mapper = map_redis_errors(self._secrets, url=url)
         self._url, self._keys, self._socket_timeout = url, Keys(prefix), socket_timeout
@@ -68,12 +74,17 @@ class RedisBackend(Backend):
             ConfigurationError: the URL or one of its options is invalid.
         """
         rest, prefix = split_prefix(url)
-        return cls(rest, prefix=prefix, result_ttl=result_ttl)
+        rest, shards, durable = split_own(rest)
+        return cls(rest, prefix=prefix, result_ttl=result_ttl, shards=shards, durable=durable)
 
     def _connect(self) -> redis.Redis:
         client = connect(self._url, socket_timeout=self._socket_timeout, secrets=self._secrets)
-        self._wait = blocking_wait(client)
-        self._link = Link(client)  # connections for the hot paths, one per thread
+        self._wait = blocking_wait(client, self._socket_timeout)
+        self._cluster = isinstance(client, RedisCluster)
+        # Connections for the hot paths, one per thread (and per primary on a cluster).
+        self._link = ClusterLink(client) if isinstance(client, RedisCluster) else Link(client)
+        self._link.durable = self._durable
+        self._shards = Shards(self._keys, self._wanted_shards, self._resolve_shards)
         self._scripts = Scripts()  # loaded on first use
         self._pid, self._mine = os.getpid(), os.urandom(8).hex()  # the epoch this one sets
         self._claimer = Claimer(
@@ -81,6 +92,15 @@ class RedisBackend(Backend):
         )
         self._watch = Watch(self._keys, client, mine=self._mine)
         return client
+
+    def _resolve_shards(self, key: str, wanted: int) -> Any:
+        """A queue's stored shard count, set to ``wanted`` if none is (on a cluster)."""
+        if not self._cluster:
+            return 1
+        with self._mapper:
+            if wanted > 1:
+                return raw(self._r)("SET", key, wanted, "NX", "GET")
+            return raw(self._r)("GET", key)
 
     def _redis(self) -> redis.Redis:
         if self._pid != os.getpid():  # a forked child never shares its parent's sockets
@@ -122,7 +142,7 @@ class RedisBackend(Backend):
     def _send(self, jobs: Sequence[Job], then: list[tuple[Any, ...]]) -> list[Any]:
         """Enqueue ``jobs``, then run ``then`` in the same round trip; ``then``'s replies."""
         by_queue: dict[str, list[Job]] = {}
-        for job in jobs:
+        for job in self._shards.spread(jobs) if self._cluster else jobs:
             by_queue.setdefault(job.queue, []).append(job)
         if not by_queue:
             with self._mapper:
@@ -132,7 +152,7 @@ class RedisBackend(Backend):
         for queue, group in by_queue.items():
             tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group]
             commands.append(("LPUSH", self._keys.waiting(queue), *tasks))
-            commands += ring_commands(self._keys, queue, len(group))
+            commands += ring_commands(self._keys, base(queue), len(group))
         if new:
             commands.append(("SADD", self._keys.queues, *new))
         # No MULTI needed: nothing is lost if only the first commands run.
@@ -162,20 +182,40 @@ class RedisBackend(Backend):
 
     def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
         with self._mapper:
-            return self._claiming().claim(queues, limit=limit, lease=lease, wait=wait)
+            if self._cluster:
+                queues = self._shards.claim_order(queues)
+            claims = self._claiming().claim(queues, limit=limit, lease=lease, wait=wait)
+        return outward(claims)
 
     def renew(self, claims: Sequence[Claim], *, lease: float) -> list[bool]:
         if not claims:
             return []
-        with self._mapper, self._redis().pipeline(transaction=True) as p:
-            for c in claims:
-                p.exists(self._keys.claim(c.queue, c.token))
-                p.zadd(self._keys.leases(c.queue), {c.token: time.time() + lease}, xx=True)
-            return [bool(held) for held in p.execute()[::2]]
+        held: dict[int, bool] = {}
+        with self._mapper:
+            for group in self._by_slot(inward(claims)):
+                with self._redis().pipeline(transaction=True) as p:
+                    for _, c in group:
+                        p.exists(self._keys.claim(c.queue, c.token))
+                        p.zadd(self._keys.leases(c.queue), {c.token: time.time() + lease}, xx=True)
+                    out = p.execute()[::2]
+                held.update((i, bool(h)) for (i, _), h in zip(group, out, strict=True))
+        return [held[i] for i in range(len(claims))]
+
+    def _by_slot(self, claims: Sequence[Claim]) -> list[list[tuple[int, Claim]]]:
+        """``claims`` numbered, in one group, or one per queue on a cluster."""
+        groups: dict[str, list[tuple[int, Claim]]] = {}
+        for i, c in enumerate(claims):
+            groups.setdefault(c.queue if self._cluster else "", []).append((i, c))
+        return list(groups.values())
 
     def complete(self, done: Sequence[Done]) -> list[bool]:
         if not done:
             return []
+        if self._cluster:
+            with self._mapper:
+                return complete_routed(self._keys, self._link, self._scripts, done, self._ttl_ms())[
+                    0
+                ]
         with self._mapper:
             if len(done) >= _SCRIPT_MIN and self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
@@ -196,11 +236,24 @@ class RedisBackend(Backend):
     ) -> tuple[list[bool], list[Claim]]:
         """On one queue with no lease due, with or without scripts: the completion, then
         the next claim pass, in one round trip (the results are delivered before the pass
-        waits). ``COMPLETE`` calls for three results or more where scripts are allowed, a
-        ``MULTI`` otherwise (the script's fixed cost outweighs what it saves for fewer)."""
+        waits); on a cluster, the leases' ends first, then the replies and the pass.
+        ``COMPLETE`` calls for three results or more where scripts are allowed, a ``MULTI``
+        otherwise (the script's fixed cost outweighs what it saves for fewer)."""
         claimer = self._claiming()
-        if not done or len(queues) != 1 or wait < 0.01 or not claimer.calm(queues[0]):
+        one = len(queues) == 1 and (not self._cluster or len(self._shards.of(queues[0])) == 1)
+        if not (done and one and wait >= 0.01 and claimer.calm(queues[0])):
             return super().complete_and_claim(done, queues, limit=limit, lease=lease, wait=wait)
+        if self._cluster:  # the leases' ends, then the replies and the pass in one round trip
+            with self._mapper:
+                ttl = self._ttl_ms()
+                held, pushes = complete_routed(
+                    self._keys, self._link, self._scripts, done, ttl, push=False
+                )
+                claims, out = claimer.after(pushes, queues[0], limit=limit, lease=lease, wait=wait)
+                for answer in out:
+                    if isinstance(answer, redis.ResponseError):
+                        raise answer
+            return held, claims
         with self._mapper:
             shas = self._scripts.shas(self._link) if len(done) >= _SCRIPT_MIN else None
             marks: list[int] = []
@@ -228,14 +281,18 @@ class RedisBackend(Backend):
     def release(self, claims: Sequence[Claim]) -> None:
         if not claims:
             return
-        with self._mapper, self._redis().pipeline(transaction=True) as p:
-            hand_back(p, self._keys, claims)
-            p.execute()
+        with self._mapper:
+            for group in self._by_slot(inward(claims)):
+                with self._redis().pipeline(transaction=True) as p:
+                    hand_back(p, self._keys, [c for _, c in group])
+                    p.execute()
 
     def cancel(self, job: Job) -> bool:
         elem = pack_task(job.id, job.reply_to, 1, job.body)  # as enqueued: never claimed
+        removed = False
         with self._mapper:
-            removed = bool(self._cmd("LREM", self._keys.waiting(job.queue), 1, elem))
+            for queue in self._shards.of(job.queue) if self._cluster else [job.queue]:
+                removed = removed or bool(self._cmd("LREM", self._keys.waiting(queue), 1, elem))
         if removed:
             with self._lock:
                 self._sent.pop(job.id, None)
@@ -321,7 +378,10 @@ class RedisBackend(Backend):
 
     def stats(self) -> Stats:
         with self._mapper:
-            return self._watching().stats(worker_ttl=self.worker_ttl)
+            stats = self._watching().stats(worker_ttl=self.worker_ttl)
+            if self._cluster:  # totals per queue; per shard and per node in parts
+                stats.queues, stats.parts = spread_of(stats.queues, self._keys, self._r)
+        return stats
 
     def purge(self, queue: str | None = None) -> int:
         with self._mapper:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 from redis.exceptions import NoPermissionError
 
 from ..base import Claim
@@ -24,6 +25,7 @@ from .commands import claim_args, claim_pass, requeue
 from .elements import BadElement, quarantine, unpack_task
 from .keys import Keys
 from .lua import Scripts
+from .shards import base
 from .wire import Link, raw, run
 
 
@@ -219,8 +221,14 @@ class Claimer:
         """Wait up to ``seconds`` for work: on the queue itself, or on several doorbells."""
         if len(queues) == 1:
             return self.claim_queue(queues[0], limit, lease, seconds)
-        bells = [self._keys.bells(q) for q in queues]
-        raw(self._client)("BLMPOP", round(seconds, 3), len(bells), *bells, "LEFT")
+        # A sharded queue's enqueues ring its shard 0's doorbells.
+        bells = list(dict.fromkeys(self._keys.bells(base(q)) for q in queues))
+        if self._link.routed:  # on a cluster, one blocking command waits on one slot
+            slot = key_slot(bells[0].encode())
+            bells = [b for b in bells if key_slot(b.encode()) == slot]
+            run(self._link, [("BLMPOP", round(seconds, 3), len(bells), *bells, "LEFT")])
+        else:
+            raw(self._client)("BLMPOP", round(seconds, 3), len(bells), *bells, "LEFT")
         return []
 
     def drop_stale(self) -> None:

@@ -68,7 +68,8 @@ def requeue(
         for key in claimed:
             p.lindex(key, 0)
         elems = p.execute()
-    with client.pipeline(transaction=True) as p:
+    # Dead letters go in after, apart: their list is in a slot of its own on a cluster.
+    with client.pipeline(transaction=True) as p, client.pipeline(transaction=False) as late:
         hand_back(p, keys, claims)
         for key, elem in zip(claimed, elems, strict=True):
             if elem is None:
@@ -76,7 +77,7 @@ def requeue(
             try:
                 attempt, again = next_attempt(elem)
             except BadElement as exc:
-                dead_element(p, keys, queue, elem, str(exc))
+                dead_element(late, keys, queue, elem, str(exc))
                 p.delete(key)
                 continue
             log.warning("lease expired on attempt %d of a task in %r: requeued", attempt, queue)
@@ -86,6 +87,7 @@ def requeue(
         p.zrem(keys.leases(queue), *tokens)
         ring(p, keys, queue, len(tokens))
         p.execute()
+        late.execute()
 
 
 def claim_pass(

@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from ...errors import BackendUnavailable, ConfigurationError
 from ..tls import check_files, failure_hint, flag, tls_failure, verify_mode, warn_unverified
+from . import topology
 
 #: The URL options passed on to redis-py (``?prefix=`` is the adapter's own): only these,
 #: so a misspelt option is a ``ConfigurationError``, not a ``TypeError`` at first use.
@@ -120,6 +121,8 @@ def connect(url: str, *, socket_timeout: float, secrets: Sequence[str]) -> redis
     Raises:
         ConfigurationError: the URL or one of its options is invalid.
     """
+    if urlsplit(url).scheme.lower() in topology.SCHEMES:
+        return topology.connect(url, socket_timeout=socket_timeout)  # type: ignore[return-value]
     check_options(url)
     tls = tls_options(url)
     url = _without(url, tuple(tls))
@@ -138,13 +141,14 @@ def connect(url: str, *, socket_timeout: float, secrets: Sequence[str]) -> redis
         raise ConfigurationError(f"invalid Redis URL: {scrub(str(exc), secrets)}") from None
 
 
-def blocking_wait(client: redis.Redis) -> float:
+def blocking_wait(client: redis.Redis, socket_timeout: float) -> float:
     """How long one server-side blocking command may wait on ``client``.
 
     Well below the socket timeout, and short enough that a stopping worker notices within
     a second.
     """
-    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    pool = getattr(client, "connection_pool", None)  # a cluster's: per node
+    timeout = pool.connection_kwargs.get("socket_timeout") if pool else socket_timeout
     return min(1.0, float(timeout) / 4) if timeout else 1.0
 
 

@@ -125,9 +125,10 @@ def quarantine(
 ) -> None:
     """Move malformed task elements, each ``(token, element, reason)`` just claimed, out
     of their claim lists and leases into the dead letters."""
-    with client.pipeline(transaction=True) as p:
+    with client.pipeline(transaction=True) as p, client.pipeline(transaction=False) as late:
         for token, elem, reason in bad:
             p.delete(keys.claim(queue, token))
             p.zrem(keys.leases(queue), token)
-            dead_element(p, keys, queue, elem, reason)
+            dead_element(late, keys, queue, elem, reason)  # in a slot of its own on a cluster
         p.execute()
+        late.execute()

@@ -32,6 +32,9 @@ class Keys:
     def bells(self, queue: str) -> str:
         return self._of(queue, "b")
 
+    def shards(self, queue: str) -> str:
+        return self._of(queue, "n")
+
     def claim(self, queue: str, token: str) -> str:
         return self._of(queue, "c:" + token)
 

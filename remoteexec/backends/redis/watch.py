@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.cluster import RedisCluster
 
 from ..base import MAX_DEAD_LETTERS, DeadLetter, Stats, WorkerInfo
 from ..rows import dead_letter_json, worker_json
@@ -42,7 +43,8 @@ class Watch:
     def traceable(self, reply_to: str) -> set[str | None]:
         """Ids waiting, claimed, or answered to ``reply_to``: one snapshot, then claim lists."""
         queues = _names(self._cmd("SMEMBERS", self._keys.queues))
-        with self._pipe(transaction=True) as p:
+        # On a cluster the lists are in many slots: no snapshot, the second look covers it.
+        with self._pipe(transaction=not isinstance(self._client, RedisCluster)) as p:
             p.lrange(self._keys.replies(reply_to), 0, -1)
             for q in queues:
                 p.lrange(self._keys.waiting(q), 0, -1)

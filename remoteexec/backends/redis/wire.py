@@ -22,10 +22,13 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.exceptions import ReadOnlyError
 
-#: redis-py versions, ``[from, to)``, whose private parts ``_reply`` reads.
+#: redis-py versions, ``[from, to)``, whose private parts ``reply`` reads.
 TESTED = ((5, 1), (9, 0))
 _IDLE_CHECK = 0.005  # seconds idle after which a connection is checked before use
+#: With ``Link.durable``: the ``WAIT`` that ends each round trip (one replica, 1 s at most).
+DURABLE_WAIT = ("WAIT", 1, 1000)
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -65,6 +68,11 @@ class Link:
     back to the pool when its thread ends, and closes with the pool.
     """
 
+    #: A link that sends each command to the node serving its key (``topology``).
+    routed = False
+    #: Each round trip ends with ``WAIT``: its writes reached a replica, or it fails.
+    durable = False
+
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
         self._local = threading.local()
@@ -83,7 +91,17 @@ class Link:
                 stale = True
             if stale:
                 held.conn.disconnect()
+                held.broken = True
+        if held.broken:
+            # ``connect``, not the implicit one of a send: a Sentinel-managed connection
+            # asks the Sentinels for the primary's address there.
+            held.conn.connect()
+            held.broken = False
         return held
+
+    def run_routed(self, commands: list[tuple[Any, ...]], **how: Any) -> list[Any]:
+        """``run`` for a routed link, which sends commands its own way."""
+        raise NotImplementedError
 
 
 class _Held:
@@ -91,6 +109,7 @@ class _Held:
         # Before 5.3 the pool wants a command name, which it ignores; since, it warns.
         conn = pool.get_connection() if REDIS_PY >= (5, 3) else pool.get_connection("_")
         self.pool, self.conn, self.used = pool, conn, time.monotonic()
+        self.broken = False  # disconnected: connect before the next send
 
     def __del__(self) -> None:  # the thread ended
         with contextlib.suppress(Exception):
@@ -113,37 +132,67 @@ def run(
     with ``multi``): their replies follow, in the same round trip.
     """
     assert not (multi and then), "then is not sent inside MULTI"
+    if link.routed:
+        return link.run_routed(commands, multi=multi, raise_errors=raise_errors, then=then)
     held = link.held()
     conn = held.conn
     out: list[Any] = []
     try:
         sent = [("MULTI",), *commands, ("EXEC",)] if multi else commands
-        conn.send_packed_command(_pack(conn, sent))
+        conn.send_packed_command(pack(conn, sent))
         if then is not None:
             more = then()
-            conn.send_packed_command(_pack(conn, more))
+            conn.send_packed_command(pack(conn, more))
             sent = [*sent, *more]
+        if link.durable:
+            conn.send_packed_command(pack(conn, [DURABLE_WAIT]))
         for _ in sent:
-            out.append(_reply(conn))
+            out.append(reply(conn))
+        if link.durable:
+            replicated(reply(conn))
         held.used = time.monotonic()
+        primary(out)
     except BaseException as exc:
         conn.disconnect()  # replies may be left unread; the next command reconnects
+        held.broken = True
         if isinstance(exc, redis.RedisError):
             exc.replies = out  # type: ignore[attr-defined]  # those read before it failed
         raise
     if multi:
-        if isinstance(out[-1], redis.ResponseError):
-            raise out[-1]
-        out = out[-1]
-        if out is None or len(out) != len(commands):
-            raise redis.ResponseError("transaction aborted")
-    for reply in out if raise_errors else ():
-        if isinstance(reply, redis.ResponseError):
-            raise reply
+        out = _executed(out, len(commands))
+    for answer in out if raise_errors else ():
+        if isinstance(answer, redis.ResponseError):
+            raise answer
     return list(out)
 
 
-def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
+def _executed(out: list[Any], n: int) -> list[Any]:
+    """The replies of a ``MULTI`` body of ``n`` commands, from all of ``run``'s replies."""
+    if isinstance(out[-1], redis.ResponseError):
+        raise out[-1]
+    if out[-1] is None or len(out[-1]) != n:
+        raise redis.ResponseError("transaction aborted")
+    return list(out[-1])
+
+
+def primary(out: list[Any]) -> None:
+    """Raise if a reply in ``out`` is ``READONLY``: a primary demoted by a failover (the
+    connection is then dropped, and its successor found on reconnecting)."""
+    if any(isinstance(r, ReadOnlyError) for r in out):
+        raise redis.ConnectionError("Redis answered READONLY: no longer the primary")
+
+
+def replicated(answer: Any) -> None:
+    """Check a ``DURABLE_WAIT`` reply.
+
+    Raises:
+        redis.ConnectionError: no replica acknowledged the writes before it in time.
+    """
+    if not isinstance(answer, int) or answer < 1:
+        raise redis.ConnectionError(f"durable: no replica acknowledged the writes ({answer!r})")
+
+
+def pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     """``commands`` in the Redis protocol, as ``send_packed_command`` takes them."""
     if _pack_one is not None:
         try:
@@ -153,7 +202,7 @@ def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     return conn.pack_commands(commands)  # type: ignore[no-any-return]
 
 
-def _reply(conn: Any) -> Any:
+def reply(conn: Any) -> Any:
     """The next reply on ``conn``; an error reply is returned, not raised, so that the
     replies after it are read too and the connection stays in step.
 
