@@ -343,10 +343,13 @@ def test_the_commands_refuse_memory_urls(
     assert f"remoteexec {argv[0]}: ConfigurationError: memory:// cannot be used here" in err
 
 
-def test_the_worker_command_refuses_memory_urls(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_worker_command_refuses_memory_urls(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     children = _children()
     with pytest.raises(SystemExit) as exited:
         worker_main(["--url", "memory://shared", "--allow-empty"])
     assert exited.value.code == 78  # the status of a worker that cannot start
-    assert "remoteexec-worker cannot start: memory:// cannot be used here" in caplog.text
+    said = capsys.readouterr().err + caplog.text  # the worker's own log handler, or pytest's
+    assert "remoteexec-worker cannot start: memory:// cannot be used here" in said
     assert _children() == children  # refused before any worker process started

@@ -166,7 +166,8 @@ class map_redis_errors:
         parts = urlsplit(url)
         self._scheme = parts.scheme.lower()
         self._query = dict(parse_qsl(parts.query))
-        self._host, self._port = parts.hostname, parts.port or 6379
+        self._host = parts.hostname
+        self._where = parts.netloc.rpartition("@")[2]  # host:port, never the password
 
     def __enter__(self) -> None:
         return None
@@ -183,7 +184,7 @@ class map_redis_errors:
                     ca="ssl_ca_certs",
                     client_cert=None if "ssl_certfile" in self._query else "ssl_certfile",
                 )
-                message = f"Redis at {self._host}:{self._port}: {failure}{hint}"
+                message = f"Redis at {self._where}: {failure}{hint}"
             elif self._scheme == "redis" and "reset by peer" in text:
                 message += " (a server that accepts only TLS resets plain text: use rediss://)"
             raise BackendUnavailable(message) from None
