@@ -22,10 +22,13 @@ allowance raises ``SerializationError`` as soon as it does: a stack of nested ex
 (each level a copy of the rest) or a body of empty arrays (one byte each, 64 decoded) is
 refused once its allowance is spent. What the hooks cannot see comes on top: msgpack
 allocates an array's slots when it reads its header (8 bytes per element, at most one
-element per byte), and strings, bins and numbers have no hook (a short string costs at most
-about 20 times its bytes). A list of small integers decodes to 8 bytes a byte: the reason
-the allowance is not smaller. Messages of up to ``_UNMETERED`` bytes (most calls) skip the
-metering, and its cost.
+element per byte) and fills them before the array is charged; the allocator rounds small
+objects up (an empty list takes 64 bytes, charged 56); and strings, bins and numbers have
+no hook (a list of two-letter strings decodes to 20 times its bytes, and is accepted). A
+list of small integers decodes to 8 bytes a byte: the reason the allowance is not smaller,
+and why a message refused at its last value may have cost 8 times its size first. Messages
+of up to ``_UNMETERED`` bytes (most calls) skip the metering, and its cost. ``unpack`` reads
+any buffer: a large message's payload is decoded where it lies (see ``message.py``).
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def pack(obj: Any, depth: int = 0) -> bytes:
     return data
 
 
-def unpack(data: bytes, depth: int = 0, budget: _Budget | None = None) -> Any:
+def unpack(data: bytes | memoryview, depth: int = 0, budget: _Budget | None = None) -> Any:
     """Unpack msgpack bytes, extension types included.
 
     Every str/bin/array/map/ext length is bounded by ``len(data)`` (msgpack's ``unpackb``

@@ -50,6 +50,7 @@ FORMAT_VERSION = 2
 _CALL, _REPLY = 1, 2
 _KIND_NAMES = {_CALL: "call", _REPLY: "reply"}
 _NUMBER = (float, int)
+_BINARY = (bytes, memoryview)  # a payload as ``_envelope`` hands it over
 MAX_SECONDS = 366 * 86400.0  # the longest time_limit a call may carry: a year
 MAX_EPOCH = 2.0**33  # deadlines and creation times lie before the year 2242
 
@@ -296,9 +297,9 @@ class Codec:
 
     def _verified_payload(
         self, kind: int, body: bytes, *, verify: bool = True
-    ) -> tuple[bytes, int]:
-        """The payload of ``body``, and the index of the secret that verified it (0 when
-        none did: no secrets, or ``verify`` False)."""
+    ) -> tuple[bytes | memoryview, int]:
+        """The payload of ``body`` (of a large body, a view into it), and the index of the
+        secret that verified it (0 when none did: no secrets, or ``verify`` False)."""
         if type(body) is not bytes:  # a backend hands over what it read: bytes or not
             raise SerializationError(f"malformed message: a {type(body).__name__}, not bytes")
         self._check_size(len(body))
@@ -316,7 +317,7 @@ class Codec:
         if len(envelope) != 4:
             raise SerializationError("malformed message: wrong envelope length")
         _, got_kind, payload, signature = envelope
-        if type(payload) is not bytes or not (signature is None or type(signature) is bytes):
+        if type(payload) not in _BINARY or not (signature is None or type(signature) is bytes):
             raise SerializationError("malformed message: bad envelope fields")
         if got_kind != kind or type(got_kind) is not int:
             raise SerializationError(
@@ -362,16 +363,50 @@ def _flat(items: list[Any]) -> list[Any]:
     return items
 
 
+_LIMITS: dict[str, Any] = {
+    "raw": False,
+    "max_array_len": 4,
+    "max_map_len": 0,
+    "max_ext_len": 0,
+    "max_str_len": 1024,
+}
+_BIN_LENGTH = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # bin 8/16/32: how many bytes its length takes
+_LARGE = 16 * 1024  # a body up to this size cannot decode to much: copied and decoded
+
+
 def _envelope(body: bytes) -> Any:
     """The envelope array of ``body``: no maps or extensions, at most four fields, and (in
-    a body over 16 KiB: a smaller one cannot decode to much) an array nested in it refused
-    once built, so a hostile body decodes to about its own size."""
-    return msgpack.unpackb(
-        body,
-        raw=False,
-        max_array_len=4,
-        max_map_len=0,
-        max_ext_len=0,
-        max_str_len=1024,
-        list_hook=_flat if len(body) > 16 * 1024 else None,
-    )
+    a body over ``_LARGE`` bytes) an array nested in it refused once built and the
+    payload a view into ``body``, so a hostile body decodes to about its own size and a
+    large one is not copied while its payload decodes."""
+    if len(body) <= _LARGE:  # the per-call path: keywords spelled out, no dict to unpack
+        return msgpack.unpackb(
+            body, raw=False, max_array_len=4, max_map_len=0, max_ext_len=0, max_str_len=1024
+        )
+    fields = _split(body)
+    if fields is None:  # not the usual layout: decoded (and refused) field by field
+        return msgpack.unpackb(body, **_LIMITS, list_hook=_flat)
+    return fields
+
+
+def _split(body: bytes) -> list[Any] | None:
+    """``[version, kind, payload, signature]`` of a large body whose payload is a bin
+    behind a small version and kind, the payload a memoryview of ``body``; None when the
+    body is laid out otherwise."""
+    head = msgpack.Unpacker(**_LIMITS, list_hook=_flat)
+    head.feed(body[:64])  # an array header and two small ints take a few bytes
+    try:
+        if head.read_array_header() != 4:
+            return None
+        version, kind = head.unpack(), head.unpack()
+    except Exception:  # left to the field-by-field decoding, which says what is wrong
+        return None
+    at = head.tell()
+    width = _BIN_LENGTH.get(body[at], 0) if at < len(body) else 0
+    start = at + 1 + width
+    if not width or start > len(body):
+        return None
+    end = start + int.from_bytes(body[at + 1 : start], "big")
+    view = memoryview(body)
+    signature = msgpack.unpackb(view[end:], **_LIMITS, list_hook=_flat)  # raises if cut
+    return [version, kind, view[start:end], signature]

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import math
 import random
+import tracemalloc
 import uuid
 from collections import OrderedDict, namedtuple
 from datetime import date, datetime, time, timedelta, timezone
@@ -480,3 +481,80 @@ def test_the_public_register_type_teaches_the_codec() -> None:
     assert b"Celsius" in body  # sent as the registered type, by its name
     got = Codec().decode_reply(body).value
     assert got == [Celsius(21.5)] and type(got[0]) is Celsius
+
+
+# Large bodies: the payload is decoded in place, not copied ----------------------------------
+
+MiB = 1 << 20
+
+
+def call_of(*args: Any) -> Call:
+    return Call(ID, "T", "m", args, {}, None, 3, None, "q", "r", 1.7e9)
+
+
+@pytest.mark.parametrize("secrets", [(), ("k",)], ids=["plain", "signed"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ([0] * MiB,),  # 8 bytes a byte: the reason for the allowance
+        ([{"id": i, "name": f"n{i}"} for i in range(20_000)],),
+        (b"x" * (8 * MiB),),
+        ("é" * 100_000, (1, 2), {3, 4}, Decimal("1.5")),
+    ],
+    ids=["a million zeros", "small dicts", "big bytes", "mixed"],
+)
+def test_a_large_body_decodes_as_a_small_one(args: tuple[Any, ...], secrets: Any) -> None:
+    codec = Codec(secrets=secrets)
+    body = codec.encode_call(call_of(*args))
+    assert len(body) > 16 * 1024
+    assert codec.decode_call(body) == call_of(*args)
+    reply = codec.encode_reply(Reply(ID, list(args), None))
+    assert codec.decode_reply(reply) == Reply(ID, list(args), None)
+    assert codec.peek_id(reply) == ID
+
+
+def test_a_large_body_in_another_msgpack_layout_decodes_the_same() -> None:
+    payload = msgpack.packb([*VALID[:3], [b"x" * 100_000], *VALID[4:]])
+    bin32 = b"\xc6" + len(payload).to_bytes(4, "big") + payload
+    for head in (b"\x94\x02\x01", b"\xdc\x00\x04\x02\x01", b"\x94\xcc\x02\xd0\x01"):
+        for body in (head + bin32 + b"\xc0", head + msgpack.packb(payload) + b"\xc0"):
+            assert Codec().decode_call(body).args == (b"x" * 100_000,), body[:8]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        envelope(b"\x90" * 20_000)[:-1],  # cut in its signature
+        envelope(b"\x90" * 20_000) + b"\xc0",  # a fifth value
+        envelope(b"\x90" * 20_000)[:-2] + b"\xc0",  # cut in its payload
+        b"\x94\x02\x01\xc6\xff\xff\xff\xff" + b"\x90" * 20_000 + b"\xc0",  # length overruns
+        envelope("x" * 20_000),  # a str payload
+        envelope(b"\x90" * 20_000, sig="x" * 20),
+        envelope(b"\x90" * 20_000, sig=[1]),
+        envelope(b"\x90" * 20_000, version=1),
+        envelope(b"\x90" * 20_000, version="x" * 100),
+        envelope(b"\x90" * 20_000, kind=2),
+        envelope(b"\x90" * 20_000, kind=[[]]),
+        msgpack.packb([FORMAT_VERSION, 1, b"\x90" * 20_000]),
+        msgpack.packb([FORMAT_VERSION, 1, b"\x90" * 20_000, None, None]),
+        msgpack.packb([b"\x90" * 20_000] * 4),
+    ],
+)
+def test_a_large_malformed_envelope_is_a_serialization_error(body: bytes) -> None:
+    assert len(body) > 16 * 1024
+    with pytest.raises(SerializationError):
+        Codec().decode_call(body)
+    assert Codec().peek_id(body) is None
+
+
+def test_a_large_payload_is_not_copied_while_it_decodes() -> None:
+    value = b"x" * (8 * MiB)
+    body = Codec().encode_call(call_of(value))
+    tracemalloc.start()
+    try:
+        call = Codec().decode_call(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert call.args == (value,)
+    assert peak < 1.25 * len(body)  # the bytes value; the payload is read where it lies

@@ -411,3 +411,23 @@ def test_a_wait_looks_often_while_calls_flow_and_seldom_when_idle(
     assert _looks_while_waiting(backend, monkeypatch) > 50  # about 200; 12 backing off
     backend._idle._last["work"] -= 10  # idle for 10 s: 25 ms pauses
     assert _looks_while_waiting(backend, monkeypatch) <= 10
+
+
+def test_large_bodies_are_claimed_intact_beside_small_ones(
+    backend: SQLiteBackend, db: Path
+) -> None:
+    # A body over 64 KiB is read after the claim, alone: the claim's own result is small.
+    bodies = [b"small", bytes(range(256)) * 1024, b"", b"\x00" * (64 * 1024 + 1), b"s" * 65536]
+    jobs = [job(body=body) for body in bodies]
+    backend.enqueue(jobs)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(  # a large text body, written by someone else: quarantined, not claimed
+        "INSERT INTO tasks (id, queue, reply_to, body, created) VALUES ('t', 'default', 'r', ?, 0)",
+        ("t" * 100_000,),
+    )
+    conn.close()
+    claims = backend.claim(["default"], limit=10, lease=30, wait=0)
+    assert [(c.id, c.body) for c in claims] == [(j.id, j.body) for j in jobs]
+    assert [d.id for d in backend.stats().dead] == ["t"]
+    backend.complete([Done(c, None) for c in claims])
+    assert backend.claim(["default"], limit=10, lease=30, wait=0) == []

@@ -42,6 +42,7 @@ from .blobs import SQLiteBlobStore
 from .connection import Database
 from .statements import (
     BLOBS,
+    BODY,
     BURY,
     CLAIM,
     DEPTH,
@@ -60,6 +61,7 @@ from .statements import (
 log = logging.getLogger("remoteexec.sqlite")
 
 _POLL_MIN, _POLL_MAX = 0.0002, 0.025  # the pause between looks at the data version
+_INLINE = 64 * 1024  # a larger body is claimed without it, then read alone (see CLAIM)
 _WORK = "work"  # the one key of this backend's Idleness: claims and replies alike
 
 
@@ -165,8 +167,12 @@ class SQLiteBackend(Backend):
         for queue in queues:
             if len(claims) >= limit:
                 break
-            rows = conn.execute(CLAIM, (token, now + lease, queue, now, limit - len(claims)))
-            for seq, task_id, reply_to, body, attempt, tok in sorted(rows.fetchall()):
+            args = (token, now + lease, queue, now, limit - len(claims), _INLINE)
+            for seq, task_id, reply_to, body, attempt, tok, big in sorted(
+                conn.execute(CLAIM, args).fetchall()
+            ):
+                if big == 1:
+                    body = conn.execute(BODY, (seq,)).fetchone()[0]
                 if type(task_id) is type(reply_to) is str and type(body) is bytes:
                     if type(attempt) is int:
                         claims.append(Claim(task_id, queue, reply_to, body, attempt, tok))

@@ -70,6 +70,8 @@ ENQUEUE = (
 )
 # Oldest first among waiting tasks and expired leases of one queue (?3), up to ?5 of them.
 # A lease_until that is text or a blob (they sort after every number) holds no lease.
+# A body over ?6 bytes is read by BODY afterwards (its last column says so): RETURNING
+# keeps its rows until the statement ends, one more copy of every body at the peak.
 CLAIM = """UPDATE tasks SET attempt = attempt + 1, token = ?1 || seq, lease_until = ?2
 WHERE seq IN (
     SELECT seq FROM (SELECT seq FROM tasks WHERE queue = ?3 AND token IS NULL
@@ -78,7 +80,9 @@ WHERE seq IN (
     SELECT seq FROM (SELECT seq FROM tasks WHERE queue = ?3 AND token IS NOT NULL
                      AND (lease_until <= ?4 OR lease_until >= '') ORDER BY seq LIMIT ?5)
     ORDER BY seq LIMIT ?5)
-RETURNING seq, id, reply_to, body, attempt, token"""
+RETURNING seq, id, reply_to, iif(length(body) > ?6, NULL, body), attempt, token,
+    length(body) > ?6"""
+BODY = "SELECT body FROM tasks WHERE seq = ?"
 #: Whether a queue has waiting tasks, and its earliest lease end.
 PEEK = (
     "SELECT EXISTS (SELECT 1 FROM tasks WHERE queue = ?1 AND token IS NULL), "
