@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import RemoteError, RemoteExecError
+from .worker_config import LOG_LEVELS
 
 log = logging.getLogger("remoteexec.cli")
 
@@ -92,35 +93,49 @@ def worker_parser() -> argparse.ArgumentParser:
         "--import",
         dest="imports",
         action="append",
-        default=[],
         metavar="MODULE",
         help="import a module that defines task types (repeatable)",
     )
     p.add_argument("--tasks-dir", metavar="DIR", help="import every *.py in DIR")
-    p.add_argument("--queues", default="default", help="queues to serve, in order (a,b)")
-    p.add_argument("--processes", type=_positive_int, default=1, metavar="N")
-    p.add_argument("--threads", type=_positive_int, default=1, metavar="M")
+    p.add_argument("--queues", help="queues to serve, in order (a,b; default: the queue setting)")
+    p.add_argument(
+        "--processes",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes to keep running (default 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="M",
+        help="tasks each process runs at once, one per thread (default 1)",
+    )
     p.add_argument(
         "--lease",
         type=_positive_float,
         metavar="SECONDS",
         help="claim lease, renewed while a task runs (default 30)",
     )
-    p.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     p.add_argument(
-        "--allow-empty", action="store_true", help="start even if no task type is registered"
+        "--burst", action="store_true", default=None, help="exit once the queues are empty"
+    )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=None,
+        help="start even if no task type is registered",
     )
     p.add_argument(
         "--connect-timeout",
         type=_positive_float,
-        default=10.0,
         metavar="SECONDS",
         help="how long a starting worker retries an unreachable broker (default 10)",
     )
     p.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO (the default), WARNING or ERROR; any case",
     )
     return p
 
@@ -130,33 +145,26 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
     from .errors import ConfigurationError
     from .supervisor import EXIT_CONFIG, Supervisor, WorkerSettings
     from .worker import checked_queues
+    from .worker_config import OPTIONS, resolve_worker
 
     parser = worker_parser()
     args = parser.parse_args(argv)
     try:
-        queues = checked_queues([q.strip() for q in args.queues.split(",") if q.strip()])
+        given = {name: getattr(args, name) for name in OPTIONS}
+        options = resolve_worker(**given)
+        queues = None if options["queues"] is None else checked_queues(options["queues"])
     except ConfigurationError as exc:
-        parser.error(f"--queues {args.queues!r:.80}: {exc}")
+        parser.error(str(exc))
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=options["log_level"],
         format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",
     )
+    processes = options.pop("processes")
     try:
         with _credentials(args) as url:
             # The URL reaches the worker processes in their environment, never in argv.
-            settings = WorkerSettings(
-                url=url,
-                imports=args.imports,
-                tasks_dir=args.tasks_dir,
-                queues=queues,
-                threads=args.threads,
-                lease=args.lease,
-                burst=args.burst,
-                log_level=args.log_level.upper(),
-                allow_empty=args.allow_empty,
-                connect_timeout=args.connect_timeout,
-            )
-            status = Supervisor(settings, args.processes).run()
+            settings = WorkerSettings(url=url, **dict(options, queues=queues))
+            status = Supervisor(settings, processes).run()
     except ConfigurationError as exc:
         log.error("remoteexec-worker cannot start: %s", exc)
         status = EXIT_CONFIG

@@ -60,7 +60,7 @@ class WorkerSettings:
     url: str | None = None
     imports: list[str] = field(default_factory=list)
     tasks_dir: str | None = None
-    queues: list[str] = field(default_factory=lambda: ["default"])
+    queues: list[str] | None = None  # None: the queue setting
     threads: int = 1
     lease: float | None = None
     burst: bool = False
