@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import functools
 import logging
 import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .cli_call import add_call_parser, call_command, plain
 from .errors import RemoteError, RemoteExecError
 from .worker_config import LOG_LEVELS
 
@@ -37,9 +37,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    """The installed distribution's version, else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("remoteexec-farm")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def _url_options(
     p: argparse.ArgumentParser, default: str = "REMOTEEXEC_URL, config, sqlite"
 ) -> None:
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--url", help=f"backend URL (default: {default}); a password here shows in ps"
@@ -84,9 +97,30 @@ def _credentials(args: argparse.Namespace) -> Iterator[str | None]:
                 os.environ[name] = value
 
 
-def worker_parser() -> argparse.ArgumentParser:
+def _closed_pipe_ends_quietly(command: Callable[..., None]) -> Callable[..., None]:
+    """``command``, ending with status 141 and no traceback when its output's reader has
+    gone (``remoteexec status | head -1``); SIGPIPE is left ignored, so that a broken
+    socket still raises."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            try:
+                command(*args, **kwargs)
+            finally:
+                sys.stdout.flush()  # here, so that a closed pipe is caught below
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)  # as a shell reports a process ended by SIGPIPE
+
+    return run
+
+
+def worker_parser(prog: str = "remoteexec-worker") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="remoteexec-worker", description="Run remoteexec worker processes."
+        prog=prog,
+        description="Run remoteexec worker processes. Each option is also a REMOTEEXEC_* "
+        "variable and a key of the worker: section of remoteexec.yaml (docs/operations.md).",
     )
     _url_options(p)
     p.add_argument(
@@ -135,19 +169,20 @@ def worker_parser() -> argparse.ArgumentParser:
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
-        help="DEBUG, INFO (the default), WARNING or ERROR; any case",
+        help="the log level (default INFO; any case)",
     )
     return p
 
 
-def worker_main(argv: Sequence[str] | None = None) -> None:
+@_closed_pipe_ends_quietly
+def worker_main(argv: Sequence[str] | None = None, prog: str = "remoteexec-worker") -> None:
     """``remoteexec-worker``: supervise worker processes (see ``supervisor.py``)."""
     from .errors import ConfigurationError
     from .supervisor import EXIT_CONFIG, Supervisor, WorkerSettings
     from .worker import checked_queues
     from .worker_config import OPTIONS, resolve_worker
 
-    parser = worker_parser()
+    parser = worker_parser(prog)
     args = parser.parse_args(argv)
     try:
         given = {name: getattr(args, name) for name in OPTIONS}
@@ -171,9 +206,14 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
     sys.exit(status)
 
 
+@_closed_pipe_ends_quietly
 def main(argv: Sequence[str] | None = None) -> None:
-    """``remoteexec``: demo, status, watch, call, purge, init-db."""
-    parser = argparse.ArgumentParser(prog="remoteexec", description=__doc__)
+    """``remoteexec``: demo, status, watch, call, purge, init-db, worker."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:  # the same command as remoteexec-worker
+        worker_main(argv[1:], prog="remoteexec worker")
+    parser = argparse.ArgumentParser(prog="remoteexec", description=plain(__doc__))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a demo: workers and a client asking for pi")
@@ -190,12 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _url_options(cmd)
     sub.choices["watch"].add_argument("--count", type=_positive_int, help="stop after N lines")
 
-    call = sub.add_parser("call", help="call a task from the shell (JSON arguments)")
-    _url_options(call)
-    call.add_argument("name")
-    call.add_argument("--method", default="execute")
-    call.add_argument("--timeout", type=_positive_float)
-    call.add_argument("args", nargs="*", help="JSON values, e.g. 42 '\"text\"' '[1,2]'")
+    _url_options(add_call_parser(sub, _positive_float))
 
     purge = sub.add_parser("purge", help="delete waiting tasks")
     _url_options(purge)
@@ -204,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     init = sub.add_parser("init-db", help="create the MySQL schema")
     _url_options(init, "REMOTEEXEC_URL, config")
     init.add_argument("--print", action="store_true", help="print the SQL, change nothing")
+    sub.add_parser("worker", help="run worker processes (remoteexec-worker; see its --help)")
 
     # Options may come between a call's JSON arguments: collect what follows them too.
     args, extra = parser.parse_known_args(argv)
@@ -244,27 +280,6 @@ def _watch(args: argparse.Namespace) -> None:
     watch(args.url, count=args.count)
 
 
-def _call(args: argparse.Namespace) -> None:
-    from .client import Client
-    from .future import CallOptions
-
-    try:
-        values: list[Any] = [json.loads(a) for a in args.args]
-    except json.JSONDecodeError as exc:
-        raise SystemExit(
-            f"remoteexec call: arguments must be JSON values (a string needs quotes: "
-            f"'\"text\"'): {exc}"
-        ) from exc
-    with Client(args.url) as client:
-        started = time.perf_counter()
-        future = client.submit(
-            args.name, args.method, values, {}, CallOptions(timeout=args.timeout)
-        )
-        result = future.result()
-    print(json.dumps(result, default=repr))
-    log.info("took %.1f ms", (time.perf_counter() - started) * 1000)
-
-
 def _purge(args: argparse.Namespace) -> None:
     from .client import Client
 
@@ -298,7 +313,7 @@ _COMMANDS = {
     "demo": _demo,
     "status": _status,
     "watch": _watch,
-    "call": _call,
+    "call": call_command,
     "purge": _purge,
     "init-db": _init_db,
 }
