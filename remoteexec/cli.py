@@ -188,8 +188,9 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "remoteexec-worke
         given = {name: getattr(args, name) for name in OPTIONS}
         options = resolve_worker(**given)
         queues = None if options["queues"] is None else checked_queues(options["queues"])
-    except ConfigurationError as exc:
-        parser.error(str(exc))
+    except ConfigurationError as exc:  # from a flag, a variable or the config file
+        print(f"{prog} cannot start: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     logging.basicConfig(
         level=options["log_level"],
         format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",

@@ -119,3 +119,15 @@ def test_a_worker_and_a_client_started_in_a_folder_with_only_its_yaml_agree_on_t
         assert "serving jobs with 1 thread(s), lease 5 s" in farm.logs()
     finally:
         farm.stop()
+
+
+def test_a_worker_with_an_invalid_setting_exits_78_naming_it(folder: Path) -> None:
+    write_config(folder, {"worker": {"threads": 0}})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), REMOTEEXEC_PROCESSES="2")
+    out = subprocess.run(
+        worker_command(), cwd=folder, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 78
+    assert "threads must be a whole number of at least 1, not 0 (worker.threads in config" in (
+        out.stderr
+    )
