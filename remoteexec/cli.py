@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import functools
 import logging
 import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .cli_call import add_call_parser, call_command, plain
 from .errors import RemoteError, RemoteExecError
+from .worker_config import LOG_LEVELS
 
 log = logging.getLogger("remoteexec.cli")
 
@@ -36,9 +37,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    """The installed distribution's version, else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("remoteexec-farm")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def _url_options(
     p: argparse.ArgumentParser, default: str = "REMOTEEXEC_URL, config, sqlite"
 ) -> None:
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--url", help=f"backend URL (default: {default}); a password here shows in ps"
@@ -108,44 +122,79 @@ def _port(text: str) -> int:
     return value
 
 
-def worker_parser() -> argparse.ArgumentParser:
+def _closed_pipe_ends_quietly(command: Callable[..., None]) -> Callable[..., None]:
+    """``command``, ending with status 141 and no traceback when its output's reader has
+    gone (``remoteexec status | head -1``); SIGPIPE is left ignored, so that a broken
+    socket still raises."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            try:
+                command(*args, **kwargs)
+            finally:
+                sys.stdout.flush()  # here, so that a closed pipe is caught below
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)  # as a shell reports a process ended by SIGPIPE
+
+    return run
+
+
+def worker_parser(prog: str = "remoteexec-worker") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="remoteexec-worker", description="Run remoteexec worker processes."
+        prog=prog,
+        description="Run remoteexec worker processes. Each option is also a REMOTEEXEC_* "
+        "variable and a key of the worker: section of remoteexec.yaml (docs/operations.md).",
     )
     _url_options(p)
     p.add_argument(
         "--import",
         dest="imports",
         action="append",
-        default=[],
         metavar="MODULE",
         help="import a module that defines task types (repeatable)",
     )
     p.add_argument("--tasks-dir", metavar="DIR", help="import every *.py in DIR")
-    p.add_argument("--queues", default="default", help="queues to serve, in order (a,b)")
-    p.add_argument("--processes", type=_positive_int, default=1, metavar="N")
-    p.add_argument("--threads", type=_positive_int, default=1, metavar="M")
+    p.add_argument("--queues", help="queues to serve, in order (a,b; default: the queue setting)")
+    p.add_argument(
+        "--processes",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes to keep running (default 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="M",
+        help="tasks each process runs at once, one per thread (default 1)",
+    )
     p.add_argument(
         "--lease",
         type=_positive_float,
         metavar="SECONDS",
         help="claim lease, renewed while a task runs (default 30)",
     )
-    p.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     p.add_argument(
-        "--allow-empty", action="store_true", help="start even if no task type is registered"
+        "--burst", action="store_true", default=None, help="exit once the queues are empty"
+    )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=None,
+        help="start even if no task type is registered",
     )
     p.add_argument(
         "--connect-timeout",
         type=_positive_float,
-        default=10.0,
         metavar="SECONDS",
         help="how long a starting worker retries an unreachable broker (default 10)",
     )
     p.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="the log level (default INFO; any case)",
     )
     p.add_argument(
         "--log-format",
@@ -173,50 +222,53 @@ def worker_parser() -> argparse.ArgumentParser:
     return p
 
 
-def worker_main(argv: Sequence[str] | None = None) -> None:
+@_closed_pipe_ends_quietly
+def worker_main(argv: Sequence[str] | None = None, prog: str = "remoteexec-worker") -> None:
     """``remoteexec-worker``: supervise worker processes (see ``supervisor.py``)."""
     from .errors import ConfigurationError
     from .logs import configure
     from .supervisor import EXIT_CONFIG, Supervisor, WorkerSettings
     from .worker import checked_queues
+    from .worker_config import OPTIONS, resolve_worker
 
-    parser = worker_parser()
+    parser = worker_parser(prog)
     args = parser.parse_args(argv)
     try:
-        queues = checked_queues([q.strip() for q in args.queues.split(",") if q.strip()])
-    except ConfigurationError as exc:
-        parser.error(f"--queues {args.queues!r:.80}: {exc}")
-    configure(args.log_level, args.log_format, "supervisor")
+        given = {name: getattr(args, name) for name in OPTIONS}
+        options = resolve_worker(**given)
+        queues = None if options["queues"] is None else checked_queues(options["queues"])
+    except ConfigurationError as exc:  # from a flag, a variable or the config file
+        print(f"{prog} cannot start: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    configure(options["log_level"], args.log_format, "supervisor")
+    processes = options.pop("processes")
     try:
         with _credentials(args) as url:
             _refuse_memory(url)
             # The URL reaches the worker processes in their environment, never in argv.
             settings = WorkerSettings(
                 url=url,
-                imports=args.imports,
-                tasks_dir=args.tasks_dir,
-                queues=queues,
-                threads=args.threads,
-                lease=args.lease,
-                burst=args.burst,
-                log_level=args.log_level.upper(),
                 log_format=args.log_format,
                 log_tasks=args.log_tasks,
                 metrics_port=args.metrics_port,
                 metrics_host=args.metrics_host,
-                allow_empty=args.allow_empty,
-                connect_timeout=args.connect_timeout,
+                **dict(options, queues=queues),
             )
-            status = Supervisor(settings, args.processes).run()
+            status = Supervisor(settings, processes).run()
     except ConfigurationError as exc:
         log.error("remoteexec-worker cannot start: %s", exc)
         status = EXIT_CONFIG
     sys.exit(status)
 
 
+@_closed_pipe_ends_quietly
 def main(argv: Sequence[str] | None = None) -> None:
-    """``remoteexec``: demo, status, watch, call, purge, init-db."""
-    parser = argparse.ArgumentParser(prog="remoteexec", description=__doc__)
+    """``remoteexec``: demo, status, watch, call, purge, init-db, worker."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:  # the same command as remoteexec-worker
+        worker_main(argv[1:], prog="remoteexec worker")
+    parser = argparse.ArgumentParser(prog="remoteexec", description=plain(__doc__))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a demo: workers and a client asking for pi")
@@ -233,12 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _url_options(cmd)
     sub.choices["watch"].add_argument("--count", type=_positive_int, help="stop after N lines")
 
-    call = sub.add_parser("call", help="call a task from the shell (JSON arguments)")
-    _url_options(call)
-    call.add_argument("name")
-    call.add_argument("--method", default="execute")
-    call.add_argument("--timeout", type=_positive_float)
-    call.add_argument("args", nargs="*", help="JSON values, e.g. 42 '\"text\"' '[1,2]'")
+    _url_options(add_call_parser(sub, _positive_float))
 
     purge = sub.add_parser("purge", help="delete waiting tasks")
     _url_options(purge)
@@ -247,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     init = sub.add_parser("init-db", help="create the MySQL schema")
     _url_options(init, "REMOTEEXEC_URL, config")
     init.add_argument("--print", action="store_true", help="print the SQL, change nothing")
+    sub.add_parser("worker", help="run worker processes (remoteexec-worker; see its --help)")
 
     # Options may come between a call's JSON arguments: collect what follows them too.
     args, extra = parser.parse_known_args(argv)
@@ -289,27 +337,6 @@ def _watch(args: argparse.Namespace) -> None:
     watch(args.url, count=args.count)
 
 
-def _call(args: argparse.Namespace) -> None:
-    from .client import Client
-    from .future import CallOptions
-
-    try:
-        values: list[Any] = [json.loads(a) for a in args.args]
-    except json.JSONDecodeError as exc:
-        raise SystemExit(
-            f"remoteexec call: arguments must be JSON values (a string needs quotes: "
-            f"'\"text\"'): {exc}"
-        ) from exc
-    with Client(args.url) as client:
-        started = time.perf_counter()
-        future = client.submit(
-            args.name, args.method, values, {}, CallOptions(timeout=args.timeout)
-        )
-        result = future.result()
-    print(json.dumps(result, default=repr))
-    log.info("took %.1f ms", (time.perf_counter() - started) * 1000)
-
-
 def _purge(args: argparse.Namespace) -> None:
     from .client import Client
 
@@ -343,7 +370,7 @@ _COMMANDS = {
     "demo": _demo,
     "status": _status,
     "watch": _watch,
-    "call": _call,
+    "call": call_command,
     "purge": _purge,
     "init-db": _init_db,
 }

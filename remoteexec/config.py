@@ -16,6 +16,7 @@ Each setting is taken from the first of these that gives it:
        timeout: 30
        queue: gpu
 
+   plus a ``worker:`` section for the worker's own options (``worker_config.py``);
 4. the defaults below (``url`` = ``sqlite:///remoteexec.db`` in the working directory).
 
 A password kept apart from the URL (the ``password`` argument, ``REMOTEEXEC_PASSWORD`` or
@@ -126,7 +127,7 @@ _OPTIONS = (
 )
 #: Settings also read from ``REMOTEEXEC_<NAME>`` (upper case), and whether they are sizes.
 _ENV_SETTINGS = {"blob_url": False, "blob_threshold": True, "max_blob_size": True}
-_FILE_KEYS = ("url", *_OPTIONS)
+_FILE_KEYS = ("url", *_OPTIONS, "worker")  # worker: the worker section (worker_config.py)
 
 
 def resolve(url: str | None = None, **options: Any) -> Settings:
@@ -206,10 +207,24 @@ def _env_size(name: str, raw: str) -> int:
 
 
 def _file_layer() -> tuple[tuple[str, dict[str, Any]], ...]:
+    found = read_config_file()
+    if found is None:
+        return ()
+    source, data = found
+    return ((source, {k: v for k, v in data.items() if v is not None and k != "worker"}),)
+
+
+def read_config_file() -> tuple[str, dict[str, Any]] | None:
+    """The config file's settings and its description (``config file 'PATH'``), or None
+    if there is none; every top-level key is checked to be known.
+
+    Raises:
+        ConfigurationError: a file that cannot be read, is not YAML or holds unknown keys.
+    """
     given = os.environ.get("REMOTEEXEC_CONFIG", "")
     path = Path(given) if given else Path.cwd() / CONFIG_FILE
     if not given and not path.is_file():
-        return ()
+        return None
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -237,8 +252,7 @@ def _file_layer() -> tuple[tuple[str, dict[str, Any]], ...]:
                 f"unknown key {str(key)[:100]!r} in config file {str(path)!r}; "
                 f"known keys: {', '.join(_FILE_KEYS)}"
             )
-    source = f"config file {str(path)!r}"
-    return ((source, {k: v for k, v in data.items() if v is not None}),)
+    return f"config file {str(path)!r}", data
 
 
 def _normalize(values: dict[str, Any], source: str) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class WorkerSettings:
     url: str | None = None
     imports: list[str] = field(default_factory=list)
     tasks_dir: str | None = None
-    queues: list[str] = field(default_factory=lambda: ["default"])
+    queues: list[str] | None = None  # None: the queue setting
     threads: int = 1
     lease: float | None = None
     burst: bool = False
@@ -121,14 +121,14 @@ class Supervisor:
         s = self.settings
         try:
             settings = resolve(s.url)
-            url, lease = settings.url, s.lease or settings.lease
+            url, lease, queue = settings.url, s.lease or settings.lease, settings.queue
         except RemoteExecError:  # the workers say why, and stop the supervisor
-            url, lease = s.url or "?", s.lease or 0.0
+            url, lease, queue = s.url or "?", s.lease or 0.0, "?"
         modules = [*s.imports, *([f"{s.tasks_dir}/*.py"] if s.tasks_dir else [])]
         log.info(
             "remoteexec-worker on %s: queues %s, %d process(es) x %d thread(s), lease %g s, "
             "tasks from %s",
-            describe_url(url), ",".join(s.queues), self.processes, s.threads, lease,
+            describe_url(url), ",".join(s.queues or [queue]), self.processes, s.threads, lease,
             ", ".join(modules) or "nothing",
         )  # fmt: skip
         return url
@@ -136,7 +136,8 @@ class Supervisor:
     def _serve_metrics(self, url: str, port: int) -> MetricsServer:
         from .metrics import MetricsServer
 
-        return MetricsServer(url, self.settings.queues, self.settings.metrics_host, port)
+        queues = self.settings.queues or [resolve(self.settings.url).queue]
+        return MetricsServer(url, queues, self.settings.metrics_host, port)
 
     def _supervise(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):

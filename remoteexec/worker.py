@@ -66,7 +66,7 @@ class Worker:
 
     Args:
         url: the backend URL (resolved like ``Client``'s).
-        queues: the queues to serve, in order of priority.
+        queues: the queues to serve, in order of priority (default: the queue setting).
         threads: tasks run at once in this process.
         lease: seconds a claim is held without renewal before another worker may take it.
         burst: return once the queues are empty.
@@ -85,7 +85,7 @@ class Worker:
         self,
         url: str | None = None,
         *,
-        queues: Sequence[str] = ("default",),
+        queues: Sequence[str] | None = None,
         threads: int = 1,
         lease: float | None = None,
         burst: bool = False,
@@ -95,8 +95,8 @@ class Worker:
         board_fd: int | None = None,
         **options: Any,
     ) -> None:
-        self.queues = checked_queues(queues)
         self.settings = resolve(url, **options)
+        self.queues = checked_queues([self.settings.queue] if queues is None else queues)
         self.backend = open_backend(self.settings.backend_url, result_ttl=self.settings.result_ttl)
         self.codec = Codec(
             secrets=self.settings.secrets, max_message_size=self.settings.max_message_size

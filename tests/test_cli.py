@@ -166,3 +166,127 @@ def test_url_and_password_files_that_cannot_be_read_name_the_path_never_the_cont
         assert "hunter2" not in out.stderr and "hunter3" not in out.stderr
     out = run("--url", "redis://h/0", "--url-file", "redis")
     assert out.returncode == 2 and "not allowed with" in out.stderr
+
+
+# Version, help, the worker subcommand --------------------------------------------------
+
+COMMANDS = [["demo"], ["status"], ["watch"], ["call"], ["purge"], ["init-db"], ["worker"], []]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0] if c else "remoteexec")
+def test_every_command_prints_its_version(tmp_path: Path, command: list[str]) -> None:
+    from remoteexec import __version__
+
+    out = remoteexec(*command, "--version", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["remoteexec", *command, __version__]
+
+
+def test_remoteexec_worker_prints_its_version(tmp_path: Path) -> None:
+    out = subprocess.run([*worker_command(), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("remoteexec-worker ")
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0] if c else "remoteexec")
+def test_help_shows_no_rst_markup_and_every_option_explained(
+    tmp_path: Path, command: list[str]
+) -> None:
+    out = remoteexec(*command, "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "``" not in out.stdout
+    if command == ["worker"]:
+        assert out.stdout.startswith("usage: remoteexec worker")
+        for option in ("--processes N ", "--threads M ", "--queues QUEUES "):
+            assert option in out.stdout  # followed by its help text
+        assert "{DEBUG,INFO,WARNING,ERROR}" in out.stdout and "debug" not in out.stdout
+    if command == ["call"]:
+        assert "--kw KEY=VALUE" in out.stdout and "--queue QUEUE" in out.stdout
+
+
+def test_the_log_level_is_taken_in_any_case(tmp_path: Path) -> None:
+    out = remoteexec("worker", "--log-level", "debug", "--queues", "", cwd=tmp_path)
+    assert "invalid choice" not in out.stderr and "--queues" in out.stderr
+
+
+# call: queue, keywords, JSON output --------------------------------------------------
+
+VALUES_TASKS = """
+from datetime import datetime, timezone
+from decimal import Decimal
+from remoteexec import remote
+
+@remote
+class Values:
+    def execute(self):
+        return {"price": Decimal("1.10"), "at": datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc),
+                "raw": b"hi", "tags": {"b", "a"}}
+"""
+
+
+@pytest.fixture
+def queue_farm(tmp_path: Path):
+    (tmp_path / "cli_values.py").write_text(VALUES_TASKS)
+    url = f"sqlite:///{tmp_path / 'calls.db'}"
+    farm = Farm(url, tmp_path)
+    farm.start("--queues", "side", "--import", "cli_values")
+    farm.worker_pids(1)
+    yield url, tmp_path
+    farm.stop()
+
+
+def test_call_takes_a_queue_and_keyword_arguments(queue_farm) -> None:
+    url, folder = queue_farm
+    out = remoteexec(
+        "call", "--url", url, "--queue", "side", "Echo", "--method", "both", "1",
+        "--kw", "n=[1, 2]", "--kw", "word=plain text", "--timeout", "30", cwd=folder,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [[1], {"n": [1, 2], "word": "plain text"}]
+    bad = remoteexec("call", "--url", url, "Echo", "--kw", "no-equals", cwd=folder)
+    assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
+
+
+def test_call_prints_decimal_datetime_bytes_and_sets_as_json(queue_farm) -> None:
+    url, folder = queue_farm
+    out = remoteexec("call", "--url", url, "--queue", "side", "Values", cwd=folder)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "price": "1.10", "at": "2026-01-02T03:04:00+00:00", "raw": "aGk=", "tags": ["a", "b"],
+    }  # fmt: skip
+
+
+def test_a_remote_error_exits_1_with_the_remote_traceback(queue_farm) -> None:
+    url, folder = queue_farm
+    out = remoteexec("call", "--url", url, "--queue", "side", "Failing", '"boom"', cwd=folder)
+    assert out.returncode == 1 and out.stdout == ""
+    assert "Traceback" in out.stderr and 'raise ValueError(f"bad value: {text}")' in out.stderr
+
+
+# Pipes, and the settings every command honours ------------------------------------------
+
+
+@pytest.mark.parametrize("reader", ["head -1", "true"])
+def test_status_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path, reader: str) -> None:
+    url = f"sqlite:///{tmp_path / 'pipe.db'}"
+    command = f"{sys.executable} -m remoteexec status --url {url} | {reader}"
+    out = subprocess.run(
+        ["sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0
+    assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+    if reader == "head -1":
+        assert len(out.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("how", ["environment", "config file"])
+def test_commands_honour_remoteexec_url_and_the_config_file(
+    mariadb_server, tmp_path: Path, how: str
+) -> None:
+    env = {"REMOTEEXEC_URL": mariadb_server.url}
+    if how == "config file":
+        (tmp_path / "remoteexec.yaml").write_text(json.dumps({"url": mariadb_server.url}))
+        env = {"REMOTEEXEC_URL": ""}
+    out = remoteexec("init-db", cwd=tmp_path, env=env)
+    assert out.returncode == 0 and "schema ready" in out.stdout, out.stderr
+    status = remoteexec("status", cwd=tmp_path, env=env)
+    assert status.returncode == 0 and "Workers: 0" in status.stdout, status.stderr
