@@ -134,6 +134,7 @@ class Supervisor:
         return url
 
     def _serve_metrics(self, url: str, port: int) -> MetricsServer:
+        from .config import resolve
         from .metrics import MetricsServer
 
         queues = self.settings.queues or [resolve(self.settings.url).queue]
