@@ -278,3 +278,15 @@ def test_with_durable_a_failover_under_load_loses_no_acknowledged_enqueue(
 def test_invalid_cluster_and_sentinel_urls_are_configuration_errors(url: str) -> None:
     with pytest.raises(ConfigurationError):
         open_backend(url)
+
+
+def test_a_cluster_url_on_a_redis_py_without_cluster_transactions_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import redis
+
+    from remoteexec.backends.redis import topology
+
+    monkeypatch.setattr(redis, "__version__", "5.0.8")
+    with pytest.raises(ConfigurationError, match=r"needs redis-py 6\.1 or newer .* 5\.0\.8"):
+        topology.connect("redis+cluster://127.0.0.1:1/", socket_timeout=1.0)

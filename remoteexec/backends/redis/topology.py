@@ -86,6 +86,14 @@ def _options(url: str, allowed: Sequence[str]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+#: The first redis-py whose cluster pipelines run transactions (MULTI/EXEC in one slot).
+CLUSTER_REDIS_PY = (6, 1)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
+
+
 def connect(url: str, *, socket_timeout: float) -> redis.Redis | RedisCluster:
     """A client for a ``redis+cluster://`` or ``redis+sentinel://`` URL (adapter options
     already removed) that never resends a command.
@@ -102,6 +110,11 @@ def connect(url: str, *, socket_timeout: float) -> redis.Redis | RedisCluster:
         "retry": Retry(NoBackoff(), 0),
     }
     if scheme == "redis+cluster":
+        if _version(redis.__version__) < CLUSTER_REDIS_PY:
+            raise ConfigurationError(
+                f"redis+cluster:// needs redis-py {'.'.join(map(str, CLUSTER_REDIS_PY))} or newer "
+                f"(transactions in cluster pipelines); this is {redis.__version__}"
+            )
         options = _options(url, _OPTIONS)
         nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]  # type: ignore[no-untyped-call]
         try:  # the slot map is read here, from the first node that answers
