@@ -4,8 +4,9 @@
 calling thread, the monitor: it renews the leases of every claim held, sends heartbeats and
 sweeps expired replies (``leases.py``, which also keeps the table of claims held). Each
 serving thread loops in ``_serve_loop``: claim a batch (one task at first, more while tasks
-are quick), run each task, send the replies in one round trip. A failure inside a task
-becomes an error reply, never a dead worker. ``stop()`` (what SIGTERM calls)
+are quick), run each task, send the replies in one round trip (``outbox.py``, which also
+makes the failure replies and dead letters of calls that must not run). A failure inside a
+task becomes an error reply, never a dead worker. ``stop()`` (what SIGTERM calls)
 ends the loop after the running tasks and hands back every claimed task that has not
 started.
 
@@ -30,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import Claim, DeadLetter, Done, WorkerInfo, open_backend
+from .backends import Claim, Done, WorkerInfo, open_backend
 from .blobs import Payloads, refs_of
 from .board import ClaimBoard
 from .client import Client, using
@@ -44,7 +45,8 @@ from .errors import (
 )
 from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
-from .observe import TaskObserver, results_settled, task_ended, task_lost
+from .observe import TaskObserver, task_ended, task_lost
+from .outbox import Outbox
 from .remote import TaskType, lookup, registered, unknown_task_message
 from .replay import LOST, ReplayGuard
 from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
@@ -117,12 +119,21 @@ class Worker:
         self._leases = Leases(self.backend, self.info, self.lease)
         self.payloads = Payloads(self.settings, self.backend)  # large values: blobs.py
         self._leases.sweeps.append(self.payloads.sweep)
+        self.outbox = Outbox(self.backend, self.codec, self._leases, self.payloads, self.guard)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._local = threading.local()
         self._client: Client | None = None
         self._died: str | None = None  # why a thread that must stay alive died
-        self.observer: TaskObserver | None = None  # per-task log lines, metrics (observe.py)
+
+    @property
+    def observer(self) -> TaskObserver | None:
+        """Per-task log lines and metrics (``observe.py``), or None."""
+        return self.outbox.observer
+
+    @observer.setter
+    def observer(self, observer: TaskObserver | None) -> None:
+        self.outbox.observer = observer
 
     def _tasks_client(self) -> Client:
         with self._lock:
@@ -225,14 +236,14 @@ class Worker:
                     )
                 except BackendUnavailable as exc:
                     if finished:  # whether they got through is unknown: send them again
-                        self._complete(finished)
+                        self.outbox.complete(finished)
                         finished = []
                     log.warning("claiming failed, retrying in %.1f s: %s", backoff, exc)
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 except PayloadTooLarge:  # a result the broker refuses: answered below
-                    self._complete(finished)
+                    self.outbox.complete(finished)
                     finished = []
                     continue
                 except Exception:  # a backend's bug, or something it read: keep serving
@@ -240,7 +251,7 @@ class Worker:
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                self._settle(finished, accepted)
+                self.outbox.settle(finished, accepted)
                 finished, backoff = [], 0.1
                 if not claims:
                     if self.burst:
@@ -259,7 +270,7 @@ class Worker:
                 batch = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET / max(per_task, 1e-6))))
         finally:
             if finished:
-                self._complete(finished)
+                self.outbox.complete(finished)
 
     def _run_batch(self, claims: list[Claim]) -> list[Done]:
         """Run ``claims``; results are sent every ``_FLUSH_AFTER`` s, the rest returned."""
@@ -280,7 +291,7 @@ class Worker:
                 first_finished = time.perf_counter()
             finished.append(done)
             if time.perf_counter() - first_finished > _FLUSH_AFTER:
-                self._complete(finished)
+                self.outbox.complete(finished)
                 finished = []
         return finished
 
@@ -290,7 +301,7 @@ class Worker:
         try:
             call = self.codec.decode_call(claim.body)
         except Exception as exc:  # anything read from the broker may be garbage
-            return self._undecodable(claim, exc)
+            return self.outbox.undecodable(claim, exc)
         held.label, held.key = (label := f"{call.name}.{call.method}"), call.key
         held.blobs = refs_of(call)  # deleted once the call is completed
         refused = self._refused(claim, call, label)
@@ -300,12 +311,14 @@ class Worker:
         if task is None or task.method(call.method) is None:
             log.warning("unknown task %s (task %s)", label, claim.id)
             message = unknown_task_message(task, call.name, call.method, self.info.host)
-            return self._failure(claim, "unknown_task", "UnknownTask", message, call.key)
+            return self.outbox.failure(claim, "unknown_task", "UnknownTask", message, call.key)
         try:
             self.payloads.resolve_call(call)
         except RemoteExecError as exc:
             message = f"the arguments of {label}: {exc}"
-            return self._failure(claim, error_kind(exc), type(exc).__name__, message, call.key)
+            return self.outbox.failure(
+                claim, error_kind(exc), type(exc).__name__, message, call.key
+            )
         held.time_limit = time_limit_of(task, call)
         if self.observer is not None:
             self.observer.received(held, call)
@@ -318,7 +331,9 @@ class Worker:
             body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline)
         except RemoteExecError as exc:
             message = f"the result of {label}: {exc}"
-            return self._failure(claim, error_kind(exc), type(exc).__name__, message, call.key)
+            return self.outbox.failure(
+                claim, error_kind(exc), type(exc).__name__, message, call.key
+            )
         return Done(claim, body)
 
     def _refused(self, claim: Claim, call: Call, label: str) -> Done | None:
@@ -326,12 +341,12 @@ class Worker:
         if self.guard is not None:  # secrets: trust the signed fields, not the broker's
             verdict = self.guard.admit(claim, call, label)
             if verdict == LOST:
-                return self._lost(claim, label, call.max_attempts, call.key)
+                return self.outbox.lost(claim, label, call.max_attempts, call.key)
             if verdict is not None:
                 task_lost(self.observer, claim, label)
                 return Done(claim, None)
         elif claim.attempt > call.max_attempts:
-            return self._lost(claim, label, call.max_attempts)
+            return self.outbox.lost(claim, label, call.max_attempts)
         if call.deadline is not None and time.time() > call.deadline:
             log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
             return Done(claim, None)
@@ -356,76 +371,6 @@ class Worker:
             log.error("task %s (%s) killed its helper process: %s", held.claim.id, held.label, exc)
             self._leases.abandon(held)
             return Reply(call.id, None, None)
-
-    def _failure(self, claim: Claim, kind: str, type_name: str, message: str, key: int = 0) -> Done:
-        """A failure reply, signed with secret number ``key`` (the one that verified the call)."""
-        reply = Reply(claim.id, None, Failure(kind, type_name, message, ""))
-        return Done(claim, self.codec.encode_reply(reply, key=key))
-
-    def _undecodable(self, claim: Claim, exc: Exception) -> Done:
-        """A claim whose body is no call to run ends as a dead letter, acknowledged. With
-        secrets its id and reply address are unverified, so nothing is sent there; without,
-        the caller gets the typed error."""
-        log.warning("rejected task %s from queue %s: %s", claim.id, claim.queue, exc)
-        reason = f"{type(exc).__name__}: {exc}"[:1000]
-        letter = DeadLetter(claim.id, claim.queue, "?", reason, time.time())
-        quietly(self.backend.bury, letter)
-        task_lost(self.observer, claim, "?")
-        if self.codec.signing:
-            return Done(claim, None)
-        if not isinstance(exc, RemoteExecError):
-            return self._failure(claim, "serialization", "SerializationError", reason)
-        return self._failure(claim, error_kind(exc), type(exc).__name__, str(exc))
-
-    def _lost(self, claim: Claim, label: str, max_attempts: int, key: int = 0) -> Done:
-        reason = (
-            f"{label} lost its worker on {claim.attempt - 1} attempt(s) "
-            f"(max_attempts={max_attempts})"
-        )
-        log.error("giving up on task %s: %s", claim.id, reason)
-        letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
-        quietly(self.backend.bury, letter)
-        task_lost(self.observer, claim, label)
-        return self._failure(claim, "worker_lost", "WorkerLost", reason, key)
-
-    def _complete(self, finished: list[Done]) -> None:
-        """Send results; one the broker refuses as too large is answered with that error."""
-        try:
-            accepted = self._send(finished)
-        except PayloadTooLarge as exc:  # the broker takes less than max_message_size
-            if len(finished) > 1:
-                for done in finished:
-                    self._complete([done])
-                return
-            claim = finished[0].claim
-            log.warning("the result of task %s is too large for the broker: %s", claim.id, exc)
-            try:
-                key = self._leases.held(claim).key
-            except KeyError:
-                key = 0
-            reason = f"the result is too large for the broker: {exc}"
-            finished = [self._failure(claim, "too_large", "PayloadTooLarge", reason, key)]
-            accepted = self._send(finished)
-        self._settle(finished, accepted)
-
-    def _send(self, finished: list[Done]) -> list[bool]:
-        for attempt in range(20):
-            try:
-                return self.backend.complete(finished)
-            except BackendUnavailable as exc:
-                log.warning("sending %d result(s) failed, retrying: %s", len(finished), exc)
-                time.sleep(min(0.1 * 2**attempt, 3.0))
-        log.error("gave up sending %d result(s): their leases will expire", len(finished))
-        return [False] * len(finished)
-
-    def _settle(self, finished: list[Done], accepted: list[bool]) -> None:
-        """Let go of the claims of sent results; refuse replays of those accepted."""
-        self.payloads.delete(self._leases.settle(finished, accepted))  # arguments' blobs
-        results_settled(self.observer, finished, accepted)
-        if self.guard is not None:  # a replay of these is refused from now on
-            self.guard.completed(
-                [d.claim.id for d, ok in zip(finished, accepted, strict=False) if ok and d.reply]
-            )
 
 
 def checked_queues(queues: Sequence[str]) -> list[str]:

@@ -1,0 +1,122 @@
+"""How finished tasks leave a worker: replies, failures, dead letters, settled claims.
+
+A serving thread hands each finished task to the worker's ``Outbox`` as a ``Done`` (the
+claim and its encoded reply). ``complete`` sends a batch of them in one round trip, retrying
+a broker that is away for a while; a result the broker refuses as too large is answered
+with that error instead. ``settle`` then lets go of the claims the broker accepted, deletes
+the blobs of their arguments and, with secrets, refuses replays of them from then on.
+
+The failure replies a worker makes itself live here too: a call that cannot be decoded
+(``undecodable``), one that lost its worker too often (``lost``) and any other refusal
+(``failure``). The first two also leave a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .backends import Backend, Claim, DeadLetter, Done
+from .blobs import Payloads
+from .errors import BackendUnavailable, PayloadTooLarge, RemoteExecError, error_kind
+from .leases import Leases, quietly
+from .message import Codec, Failure, Reply
+from .observe import TaskObserver, results_settled, task_lost
+from .replay import ReplayGuard
+
+log = logging.getLogger("remoteexec.worker")
+
+
+class Outbox:
+    """Sends a worker's replies and settles its claims (see the module docstring)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        codec: Codec,
+        leases: Leases,
+        payloads: Payloads,
+        guard: ReplayGuard | None,
+    ) -> None:
+        self.backend = backend
+        self.codec = codec
+        self.leases = leases
+        self.payloads = payloads
+        self.guard = guard
+        self.observer: TaskObserver | None = None  # per-task log lines, metrics (observe.py)
+
+    def failure(self, claim: Claim, kind: str, type_name: str, message: str, key: int = 0) -> Done:
+        """A failure reply, signed with secret number ``key`` (the one that verified the call)."""
+        reply = Reply(claim.id, None, Failure(kind, type_name, message, ""))
+        return Done(claim, self.codec.encode_reply(reply, key=key))
+
+    def error(self, claim: Claim, exc: RemoteExecError, message: str, key: int = 0) -> Done:
+        """The failure reply of ``exc``, with ``message`` for its text."""
+        return self.failure(claim, error_kind(exc), type(exc).__name__, message, key)
+
+    def undecodable(self, claim: Claim, exc: Exception) -> Done:
+        """A claim whose body is no call to run ends as a dead letter, acknowledged. With
+        secrets its id and reply address are unverified, so nothing is sent there; without,
+        the caller gets the typed error."""
+        log.warning("rejected task %s from queue %s: %s", claim.id, claim.queue, exc)
+        reason = f"{type(exc).__name__}: {exc}"[:1000]
+        letter = DeadLetter(claim.id, claim.queue, "?", reason, time.time())
+        quietly(self.backend.bury, letter)
+        task_lost(self.observer, claim, "?")
+        if self.codec.signing:
+            return Done(claim, None)
+        if not isinstance(exc, RemoteExecError):
+            return self.failure(claim, "serialization", "SerializationError", reason)
+        return self.failure(claim, error_kind(exc), type(exc).__name__, str(exc))
+
+    def lost(self, claim: Claim, label: str, max_attempts: int, key: int = 0) -> Done:
+        """The failure of a task that lost its worker on every attempt; a dead letter too."""
+        reason = (
+            f"{label} lost its worker on {claim.attempt - 1} attempt(s) "
+            f"(max_attempts={max_attempts})"
+        )
+        log.error("giving up on task %s: %s", claim.id, reason)
+        letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
+        quietly(self.backend.bury, letter)
+        task_lost(self.observer, claim, label)
+        return self.failure(claim, "worker_lost", "WorkerLost", reason, key)
+
+    def complete(self, finished: list[Done]) -> None:
+        """Send results; one the broker refuses as too large is answered with that error."""
+        try:
+            accepted = self.send(finished)
+        except PayloadTooLarge as exc:  # the broker takes less than max_message_size
+            if len(finished) > 1:
+                for done in finished:
+                    self.complete([done])
+                return
+            claim = finished[0].claim
+            log.warning("the result of task %s is too large for the broker: %s", claim.id, exc)
+            try:
+                key = self.leases.held(claim).key
+            except KeyError:
+                key = 0
+            reason = f"the result is too large for the broker: {exc}"
+            finished = [self.failure(claim, "too_large", "PayloadTooLarge", reason, key)]
+            accepted = self.send(finished)
+        self.settle(finished, accepted)
+
+    def send(self, finished: list[Done]) -> list[bool]:
+        """Which of ``finished`` the broker accepted; a broker away for long: none."""
+        for attempt in range(20):
+            try:
+                return self.backend.complete(finished)
+            except BackendUnavailable as exc:
+                log.warning("sending %d result(s) failed, retrying: %s", len(finished), exc)
+                time.sleep(min(0.1 * 2**attempt, 3.0))
+        log.error("gave up sending %d result(s): their leases will expire", len(finished))
+        return [False] * len(finished)
+
+    def settle(self, finished: list[Done], accepted: list[bool]) -> None:
+        """Let go of the claims of sent results; refuse replays of those accepted."""
+        self.payloads.delete(self.leases.settle(finished, accepted))  # arguments' blobs
+        results_settled(self.observer, finished, accepted)
+        if self.guard is not None:  # a replay of these is refused from now on
+            self.guard.completed(
+                [d.claim.id for d, ok in zip(finished, accepted, strict=False) if ok and d.reply]
+            )
