@@ -192,19 +192,24 @@ class Payloads:
         Raises:
             as ``encode_call``.
         """
-        if not self._raw_above(reply.value):
-            body = self._fits(lambda r: codec.encode_reply(r, key=key), reply, False)
-            if body is not None:
-                return body, None
+        value = reply.value
+        if type(value) not in _RAW or len(value) <= self.threshold:  # the usual reply
+            try:
+                body = codec.encode_reply(reply, key=key)
+            except PayloadTooLarge:
+                pass
+            else:
+                if len(body) <= self.threshold:
+                    return body, None
         ref = None
         try:
             for packed in (False, True):
                 if reply.failure is None and not isinstance(reply.value, BlobRef):
                     ref = self._offload(reply.value, self.ttl(deadline), packed)
                     reply.value = reply.value if ref is None else ref
-                body = self._fits(lambda r: codec.encode_reply(r, key=key), reply, packed)
-                if body is not None:
-                    return body, ref
+                fitting = self._fits(lambda r: codec.encode_reply(r, key=key), reply, packed)
+                if fitting is not None:
+                    return fitting, ref
             raise AssertionError("unreachable")
         except BaseException:
             self.delete([ref] if ref is not None else [])

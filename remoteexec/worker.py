@@ -312,28 +312,24 @@ class Worker:
             log.warning("unknown task %s (task %s)", label, claim.id)
             message = unknown_task_message(task, call.name, call.method, self.info.host)
             return self.outbox.failure(claim, "unknown_task", "UnknownTask", message, call.key)
-        try:
-            self.payloads.resolve_call(call)
-        except RemoteExecError as exc:
-            message = f"the arguments of {label}: {exc}"
-            return self.outbox.failure(
-                claim, error_kind(exc), type(exc).__name__, message, call.key
-            )
+        if held.blobs:
+            try:
+                self.payloads.resolve_call(call)
+            except RemoteExecError as exc:
+                return self.outbox.error(claim, exc, f"the arguments of {label}: {exc}", call.key)
         held.time_limit = time_limit_of(task, call)
-        if self.observer is not None:
-            self.observer.received(held, call)
+        observer = self.outbox.observer
+        if observer is not None:
+            observer.received(held, call)
         reply = self._invoke(task, call, held)
-        if reply.failure is not None or self.observer is not None:
-            task_ended(self.observer, held, reply)
+        if reply.failure is not None or observer is not None:
+            task_ended(observer, held, reply)
         if held.abandoned:
             return None
         try:
             body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline)
         except RemoteExecError as exc:
-            message = f"the result of {label}: {exc}"
-            return self.outbox.failure(
-                claim, error_kind(exc), type(exc).__name__, message, call.key
-            )
+            return self.outbox.error(claim, exc, f"the result of {label}: {exc}", call.key)
         return Done(claim, body)
 
     def _refused(self, claim: Claim, call: Call, label: str) -> Done | None:
