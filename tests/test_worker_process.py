@@ -197,14 +197,14 @@ def test_a_serving_thread_or_monitor_that_dies_stops_the_worker_visibly(
     # the worker stops instead of serving on with one thread.
     worker = Worker(url, threads=2, lease=5)
     calls = 0
-    real = worker._settle
+    real = worker.outbox.settle
 
     def fails_once(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         return broken() if calls == 1 else real(*args, **kwargs)
 
-    worker._settle = fails_once  # type: ignore[method-assign]
+    worker.outbox.settle = fails_once  # type: ignore[method-assign]
     with caplog.at_level(logging.CRITICAL, "remoteexec.worker"):
         died = _run_until_death(worker)
     assert isinstance(died, WorkerDied) and "serving thread" in str(died)
