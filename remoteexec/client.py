@@ -27,6 +27,7 @@ from .errors import ConfigurationError, RemoteExecError
 from .future import CallOptions, RemoteFuture
 from .message import Call, Codec
 from .replies import Replies
+from .tracing import current_context
 
 log = logging.getLogger("remoteexec.client")
 
@@ -171,11 +172,13 @@ class Client:
         jobs: list[Job] = []
         futures: list[RemoteFuture[Any]] = []
         encode, codec = self._payloads.encode_call, self._codec  # large values: blobs.py
+        context = current_context()  # the caller's span, if tracing: tracing.py
         for args, kwargs in calls:
             task_id = f"{self._id_prefix}{next(self._ids):x}"
             call = Call(
                 task_id, task, method, tuple(args), kwargs, deadline, attempts, None, *where
             )
+            call.trace = context
             job = Job(task_id, queue, self.reply_to, encode(codec, call)[0])
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))

@@ -7,8 +7,9 @@ array ``[version, kind, payload, signature]``:
 * ``kind`` -- 1 for a call, 2 for a reply, so one cannot be replayed as the other.
 * ``payload`` -- the msgpack-encoded fields (bin), decoded only after the signature passed:
   a call is ``[id, name, method, args, kwargs, deadline, max_attempts, time_limit, queue,
-  reply_to, created]``, a reply ``[id, value, failure]`` with ``failure`` nil or ``[kind,
-  type_name, message, traceback]``.
+  reply_to, created]``, followed by a map of optional fields when it has any (``trace``:
+  the caller's trace context, ``tracing.py``; keys it does not know are ignored), a reply
+  ``[id, value, failure]`` with ``failure`` nil or ``[kind, type_name, message, traceback]``.
 * ``signature`` -- HMAC-SHA256 over ``b"remoteexec" + bytes([version, kind]) + payload`` with
   the first secret, or nil. With secrets, a message must carry a signature made with any of
   them (rotation). Without secrets, signatures are neither made nor checked.
@@ -43,6 +44,7 @@ import msgpack
 from ._exttypes import pack, register_type, unpack
 from .config import MAX_ATTEMPTS
 from .errors import ConfigurationError, PayloadTooLarge, SerializationError, SignatureError
+from .tracing import carried
 
 __all__ = ["FORMAT_VERSION", "Call", "Codec", "Failure", "Reply", "register_type"]
 
@@ -77,6 +79,7 @@ class Call:
         created: epoch seconds when the client made it.
         key: the index of the secret that verified it (set by ``decode_call``, not sent);
             its reply is signed with the same one.
+        trace: the caller's trace context (``tracing.py``), or None.
     """
 
     id: str
@@ -91,6 +94,7 @@ class Call:
     reply_to: str = ""
     created: float = 0.0
     key: int = field(default=0, compare=False)
+    trace: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -187,6 +191,8 @@ class Codec:
         c = call
         fields = [c.id, c.name, c.method, list(c.args), c.kwargs, c.deadline, c.max_attempts]
         fields += (c.time_limit, c.queue, c.reply_to, c.created)
+        if c.trace is not None:
+            fields.append({"trace": c.trace})
         return self._seal(_CALL, fields)
 
     def decode_call(self, body: bytes) -> Call:
@@ -201,9 +207,11 @@ class Codec:
         fields, key = self._open(_CALL, body)
         try:
             id_, name, method, args, kwargs, deadline, attempts, limit, *rest = fields
-            queue, reply_to, created = rest
+            queue, reply_to, created, *more = rest
         except (TypeError, ValueError):
             raise SerializationError("malformed call: wrong field count") from None
+        if more and (len(more) > 1 or type(more[0]) is not dict):
+            raise SerializationError("malformed call: wrong field count")
         if not (
             type(id_) is type(name) is type(method) is type(queue) is type(reply_to) is str
             and type(args) is list
@@ -219,6 +227,8 @@ class Codec:
         limit = None if limit is None else _number("time_limit", limit, MAX_SECONDS, zero=False)
         call = Call(id_, name, method, tuple(args), kwargs, deadline, attempts, limit)
         call.queue, call.reply_to, call.created, call.key = queue, reply_to, created, key
+        if more:
+            call.trace = carried(more[0].get("trace"))
         return call
 
     def encode_reply(self, reply: Reply, *, key: int = 0) -> bytes:

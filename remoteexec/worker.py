@@ -50,6 +50,7 @@ from .outbox import Outbox
 from .remote import TaskType, lookup, registered, unknown_task_message
 from .replay import LOST, ReplayGuard
 from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
+from .tracing import ended, task_span
 
 log = logging.getLogger("remoteexec.worker")
 
@@ -321,7 +322,10 @@ class Worker:
         observer = self.outbox.observer
         if observer is not None:
             observer.received(held, call)
-        reply = self._invoke(task, call, held)
+        if call.trace is None:
+            reply = self._invoke(task, call, held)
+        else:
+            reply = self._traced(claim, call, task, held)
         if reply.failure is not None or observer is not None:
             task_ended(observer, held, reply)
         if held.abandoned:
@@ -347,6 +351,16 @@ class Worker:
             log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
             return Done(claim, None)
         return None
+
+    def _traced(self, claim: Claim, call: Call, task: TaskType, held: Held) -> Reply:
+        """``_invoke`` in a span that continues the caller's trace (``tracing.py``)."""
+        context, label = call.trace or {}, held.label
+        with task_span(
+            context, label, queue=claim.queue, task_id=claim.id, attempt=claim.attempt
+        ) as span:
+            reply = self._invoke(task, call, held)
+            ended(span, reply.failure)
+        return reply
 
     def _invoke(self, task: TaskType, call: Call, held: Held) -> Reply:
         if held.time_limit is None:
