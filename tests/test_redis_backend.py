@@ -451,3 +451,25 @@ def test_the_hot_path_runs_on_redis_py_alone_without_hiredis(make, monkeypatch) 
     for backend in (client, worker):
         parser = backend._linked().held().conn._parser
         assert "Hiredis" not in type(parser).__name__, parser
+
+
+def test_a_reply_taken_before_its_enqueue_returned_leaves_nothing_in_flight(make) -> None:
+    # A reply listener (thread L) is already waiting on the reply list when a caller
+    # (thread T) enqueues and waits on the same list in one round trip: Redis serves L
+    # first, so L takes the reply while T's round trip is still open. The call's id must
+    # be noted as in flight before the round trip, or it stays there for good.
+    client, worker = make(), make()
+    taken: list[list[bytes]] = []
+    listener = threading.Thread(target=lambda: taken.append(client.replies("r1", wait=3.0)))
+    listener.start()
+    time.sleep(0.3)  # L blocks on the reply list first
+    sent = job(reply_to="r1")
+    caller = threading.Thread(target=lambda: client.send_and_wait([sent], "r1", wait=1.5))
+    caller.start()
+    claim = claim_one(worker)
+    assert claim.id == sent.id
+    assert worker.complete([Done(claim, b"the reply")]) == [True]
+    listener.join(5)
+    caller.join(5)
+    assert taken == [[b"the reply"]]
+    assert client._sent == {}  # nothing left in flight

@@ -155,16 +155,10 @@ class RedisBackend(Backend):
             commands += ring_commands(self._keys, base(queue), len(group))
         if new:
             commands.append(("SADD", self._keys.queues, *new))
-        # No MULTI needed: nothing is lost if only the first commands run.
+        ids = [j.id for j in jobs]
+        before = self._in_flight(ids)
         with self._mapper:
-            try:
-                out, cut_off = self._run(commands + then), False
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                read = getattr(exc, "replies", [])
-                if not then or len(read) < len(commands):
-                    raise  # whether the jobs got through is unknown
-                # They did; only the wait after them was cut off: their replies come later.
-                out, cut_off = [*read[: len(commands)], *[None] * len(then)], True
+            out, cut_off = self._round_trip(commands, then, ids)
             epoch = out[0] or self._mine.encode()
             if cut_off:
                 self._epoch, self._known = None, set()  # register queues on the next enqueue
@@ -174,11 +168,47 @@ class RedisBackend(Backend):
                 self._epoch, self._known = epoch, set()
         if not cut_off:
             self._known.update(by_queue)
+        if epoch != before:
+            with self._lock:
+                sent = self._sent
+                for i in ids:
+                    if i in sent:
+                        sent[i] = epoch
+        return out[len(out) - len(then) :]
+
+    def _in_flight(self, ids: list[str]) -> bytes:
+        """Note ``ids`` as sent under the last epoch seen (returned), before they are: a
+        reply listener in another thread may take a reply before the round trip returns."""
+        before = self._epoch or self._mine.encode()
         with self._lock:
-            self._sent.update(dict.fromkeys((j.id for j in jobs), epoch))
+            self._sent.update(dict.fromkeys(ids, before))
             while len(self._sent) > _MAX_SENT:
                 del self._sent[next(iter(self._sent))]
-        return out[len(out) - len(then) :]
+        return before
+
+    def _round_trip(
+        self, commands: list[tuple[Any, ...]], then: list[tuple[Any, ...]], ids: list[str]
+    ) -> tuple[list[Any], bool]:
+        """The replies of ``commands + then``, and whether a cut-off wait lost ``then``'s."""
+        # No MULTI needed: nothing is lost if only the first commands run.
+        try:
+            return self._run(commands + then), False
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            read = getattr(exc, "replies", [])
+            if then and len(read) >= len(commands):
+                # The jobs got through; only the wait after them was cut off: their
+                # replies come later.
+                return [*read[: len(commands)], *[None] * len(then)], True
+            self._forget_sent(ids)
+            raise  # whether the jobs got through is unknown
+        except BaseException:
+            self._forget_sent(ids)
+            raise
+
+    def _forget_sent(self, ids: list[str]) -> None:
+        with self._lock:
+            for i in ids:
+                self._sent.pop(i, None)
 
     def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
         with self._mapper:
