@@ -97,6 +97,33 @@ def test_a_queue_with_six_shards_spreads_20000_calls_over_three_primaries(
         assert [f.result(timeout=240) for f in futures] == [math.pi * i for i in range(20_000)]
 
 
+def test_calls_whose_replies_share_a_node_with_their_queue_never_stall(
+    cluster_farm: Farm, redis_cluster: RedisClusterSet
+) -> None:
+    # A worker sends a result's reply (its client's slot) and its next claim pass (its
+    # queue's slot) in one round trip. Where both slots live on one node, both go down
+    # one connection, which must not be taken for a closing one (replies waiting on it)
+    # between the two: its replies were lost and the round trip read the wrong ones.
+    import redis as redis_py
+
+    with Client(redis_cluster.url, timeout=10) as caller, using(caller):
+        node = redis_cluster.nodes[0]
+        cluster = redis_py.RedisCluster(host="127.0.0.1", port=node.port)
+        try:
+            box = cluster.get_node_from_key(f"remoteexec:{{{caller.reply_to}}}:r").name
+            queue = next(
+                q
+                for q in (f"q{i}" for i in range(1000))
+                if cluster.get_node_from_key(f"remoteexec:{{{q}}}:w").name == box
+            )
+        finally:
+            cluster.close()
+        cluster_farm.start("--queues", queue, lease=30)
+        call = tasks.CalculateMultipleOfPi.execute.options(queue=queue, timeout=10)
+        for i in range(300):
+            assert call(i) == math.pi * i
+
+
 def test_work_that_all_lands_on_one_shard_is_served_by_both_workers(
     cluster_farm: Farm, redis_cluster: Any
 ) -> None:

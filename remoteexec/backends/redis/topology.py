@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -184,10 +185,11 @@ class ClusterLink(Link):
         if multi or (commands and all(c[0] == "SCRIPT" for c in commands)):
             return self._checked(self._whole(commands, multi), raise_errors)
         sent: list[tuple[Any, Any]] = []  # per command: (its link's held connection, mark)
+        holding: dict[int, Any] = {}  # per link, its connection for this whole round trip
         try:
-            self._send(commands, sent)
+            self._send(commands, sent, holding)
             if then is not None:
-                self._send(then(), sent)
+                self._send(then(), sent, holding)
             if self.durable:  # one WAIT per node written to, after its commands
                 for held in {id(h): h for h, _ in sent}.values():
                     held.conn.send_packed_command(pack(held.conn, [DURABLE_WAIT]))
@@ -224,6 +226,7 @@ class ClusterLink(Link):
                     out.append(reply(held.conn))
                 else:
                     replicated(reply(held.conn))
+                held.used = time.monotonic()
         except BaseException as exc:
             if isinstance(exc, redis.RedisError):
                 exc.replies = out  # type: ignore[attr-defined]
@@ -231,10 +234,18 @@ class ClusterLink(Link):
         primary(out)
         return out
 
-    def _send(self, commands: list[tuple[Any, ...]], sent: list[tuple[Any, Any]]) -> None:
+    def _send(
+        self, commands: list[tuple[Any, ...]], sent: list[tuple[Any, Any]], holding: dict[int, Any]
+    ) -> None:
+        """Send ``commands``, one batch per node, noting each in ``sent``. A link's
+        connection is taken once per round trip (``holding``): taken again, the replies
+        already waiting on it would pass for the data of a closing server."""
         batches: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
         for command in commands:
-            held = self.for_key(key_of([command])).held()
+            link = self.for_key(key_of([command]))
+            held = holding.get(id(link))
+            if held is None:
+                held = holding[id(link)] = link.held()
             batches.setdefault(id(held), (held, []))[1].append(command)
             sent.append((held, None))
         for held, batch in batches.values():
