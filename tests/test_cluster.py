@@ -218,12 +218,6 @@ def _through_a_failover(url: str, farm: Farm, kill: Any) -> None:
     assert farm.worker_pids(2) == pids
 
 
-@pytest.mark.xfail(
-    reason="known bug: after its primary is killed, calls keep failing with "
-    "BackendUnavailable against the dead node's address for 90 s (seen on 2026-12-02, "
-    "alone and in the suite); the Sentinel failover and the durable-failover test pass",
-    strict=False,
-)
 def test_calls_survive_a_cluster_primary_killed_mid_run(
     replicated_cluster: RedisClusterSet, tmp_path: Path
 ) -> None:
