@@ -164,6 +164,8 @@ class Client:
         opts = options or CallOptions()
         settings = self.settings
         queue = opts.queue or settings.queue
+        if opts.shards:  # the task type's own: @remote(shards=)
+            self._backend.shard(queue, opts.shards)
         timeout = opts.timeout if opts.timeout is not None else settings.timeout
         attempts = opts.max_attempts or settings.max_attempts
         now = time.time()

@@ -71,7 +71,7 @@ class CallOptions:
         ConfigurationError: a bad queue name or ``max_attempts``.
     """
 
-    __slots__ = ("max_attempts", "queue", "time_limit", "timeout")
+    __slots__ = ("max_attempts", "queue", "shards", "time_limit", "timeout")
 
     def __init__(
         self,
@@ -80,8 +80,10 @@ class CallOptions:
         timeout: float | None = None,
         max_attempts: int | None = None,
         time_limit: float | None = None,
+        shards: int | None = None,
     ) -> None:
         self.queue = None if queue is None else check_name("queue", queue)
         self.timeout = timeout
         self.max_attempts = None if max_attempts is None else check_attempts(max_attempts)
         self.time_limit = time_limit
+        self.shards = shards  # the task type's (@remote(shards=)), not a per-call option

@@ -128,6 +128,7 @@ class RemoteMethod(Generic[P, R]):
                 timeout=old.timeout if timeout is _UNSET else timeout,
                 max_attempts=old.max_attempts if max_attempts is _UNSET else max_attempts,
                 time_limit=old.time_limit,
+                shards=old.shards,
             ),
         )
 
@@ -187,10 +188,13 @@ class RemoteClass(_ClassProxy, Generic[T]):
         queue: str | None,
         timeout: float | None,
         max_attempts: int | None,
+        shards: int | None = None,
     ) -> None:
         super().__init__(cls)
         self._self_name = name
-        self._self_options = CallOptions(queue=queue, timeout=timeout, max_attempts=max_attempts)
+        self._self_options = CallOptions(
+            queue=queue, timeout=timeout, max_attempts=max_attempts, shards=shards
+        )
         self._self_methods: dict[str, RemoteMethod[..., Any]] = {}  # made once per name
 
     def __getattr__(self, name: str) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
-from .config import check_attempts, check_name
+from .config import MAX_SHARDS, check_attempts, check_name
 from .errors import ConfigurationError
 from .proxy import RemoteClass, RemoteMethod, public_method
 
@@ -36,6 +36,7 @@ class TaskType:
     timeout: float | None = None
     max_attempts: int | None = None
     time_limit: float | None = None
+    shards: int | None = None
 
     def method(self, name: str) -> Callable[..., Any] | None:
         """The public method ``name`` the class defines, or None if there is none
@@ -114,6 +115,7 @@ def remote(
     timeout: float | None = None,
     max_attempts: int | None = None,
     time_limit: float | None = None,
+    shards: int | None = None,
 ) -> Callable[[type[T]], type[T]]: ...
 
 
@@ -126,6 +128,7 @@ def remote(
     timeout: float | None = None,
     max_attempts: int | None = None,
     time_limit: float | None = None,
+    shards: int | None = None,
 ) -> type[T] | Callable[[type[T]], type[T]]:
     """Register a class as a task type and return a proxy that calls it remotely.
 
@@ -138,6 +141,8 @@ def remote(
         timeout: how long a caller waits, in seconds (default: wait until done).
         max_attempts: expired leases before the caller gets ``WorkerLost`` (default 3).
         time_limit: seconds a task may run before it is stopped (default: no limit).
+        shards: on a Redis Cluster, spread the task's queue over this many hash slots
+            (1 to ``MAX_SHARDS``; elsewhere a queue is one list and this is ignored).
 
     Raises:
         ConfigurationError: another class is registered under the same name, or an
@@ -151,14 +156,18 @@ def remote(
     _check("time_limit", time_limit)
     if max_attempts is not None:
         check_attempts(max_attempts)
+    if shards is not None and (type(shards) is not int or not 1 <= shards <= MAX_SHARDS):
+        raise ConfigurationError(f"shards takes 1 to {MAX_SHARDS}, not {shards!r:.20}")
 
     def decorate(target: type[T]) -> type[T]:
         if not isinstance(target, type):
             raise ConfigurationError(f"@remote decorates a class, not {target!r}")
         task_name = check_name("task", name or target.__name__)
-        task = TaskType(task_name, target, queue, timeout, max_attempts, time_limit)
+        task = TaskType(task_name, target, queue, timeout, max_attempts, time_limit, shards)
         register(task)
-        proxy = RemoteClass(target, task.name, task.queue, task.timeout, task.max_attempts)
+        proxy = RemoteClass(
+            target, task.name, task.queue, task.timeout, task.max_attempts, task.shards
+        )
         return cast("type[T]", proxy)
 
     return decorate if cls is None else decorate(cls)

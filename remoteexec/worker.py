@@ -121,6 +121,9 @@ class Worker:
         self.payloads = Payloads(self.settings, self.backend)  # large values: blobs.py
         self._leases.sweeps.append(self.payloads.sweep)
         self.outbox = Outbox(self.backend, self.codec, self._leases, self.payloads, self.guard)
+        for task in filter(None, map(lookup, registered())):  # @remote(shards=) on a cluster
+            if task.shards:
+                self.backend.shard(task.queue or self.settings.queue, task.shards)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._local = threading.local()

@@ -97,6 +97,30 @@ def test_a_queue_with_six_shards_spreads_20000_calls_over_three_primaries(
         assert [f.result(timeout=240) for f in futures] == [math.pi * i for i in range(20_000)]
 
 
+def test_a_task_type_with_shards_spreads_its_queue_without_a_url_option(
+    cluster_farm: Farm, redis_cluster: Any
+) -> None:
+    with Client(redis_cluster.url) as rx, using(rx):  # no ?shards= on either side
+        futures = [tasks.ShardedPi.execute.submit(i) for i in range(600)]
+        shards, nodes = _shard_parts(rx.backend.stats())
+        assert len(shards) == 6 and sum(shards.values()) == 600, shards
+        assert len(nodes) == 3, nodes
+        cluster_farm.start("--queues", "sharded")
+        assert [f.result(timeout=60) for f in futures] == [math.pi * i for i in range(600)]
+
+
+def test_a_worker_started_first_serves_every_shard_of_its_task_types_queue(
+    cluster_farm: Farm, redis_cluster: Any
+) -> None:
+    # The worker declares the shards of the task types it imports: it claims from all
+    # six even though no client had used the queue when it started.
+    cluster_farm.start("--queues", "sharded")
+    cluster_farm.worker_pids(1)
+    with Client(redis_cluster.url) as rx, using(rx):
+        got = [tasks.ShardedPi.execute.options(timeout=30)(i) for i in range(24)]
+    assert got == [math.pi * i for i in range(24)]
+
+
 def test_calls_whose_replies_share_a_node_with_their_queue_never_stall(
     cluster_farm: Farm, redis_cluster: RedisClusterSet
 ) -> None:
@@ -311,3 +335,11 @@ def test_a_cluster_url_on_a_redis_py_without_cluster_transactions_is_refused(
     monkeypatch.setattr(redis, "__version__", "5.0.8")
     with pytest.raises(ConfigurationError, match=r"needs redis-py 6\.1 or newer .* 5\.0\.8"):
         topology.connect("redis+cluster://127.0.0.1:1/", socket_timeout=1.0)
+
+
+@pytest.mark.parametrize("shards", [0, 65, "6", 2.0])
+def test_remote_refuses_a_shard_count_out_of_range(shards: Any) -> None:
+    from remoteexec import remote
+
+    with pytest.raises(ConfigurationError, match="shards takes 1 to 64"):
+        remote(shards=shards)

@@ -301,6 +301,10 @@ class Backend(ABC):
         """The ids among ``ids`` that ``purge`` deleted in the last ``result_ttl`` seconds."""
         return set()
 
+    def shard(self, queue: str, n: int) -> None:  # noqa: B027 - optional hook
+        """Spread ``queue`` over ``n`` shards where the broker spreads queues (a Redis
+        Cluster; the first count set for a queue stays); nothing elsewhere."""
+
     def blob_store(self) -> BlobStore:
         """The backend's own store for out-of-band payloads (one per call is fine).
 

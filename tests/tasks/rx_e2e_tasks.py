@@ -173,3 +173,11 @@ class LimitedNoisy:
 
     def execute(self):
         return Failing.__wrapped__().noisy()
+
+
+@remote(queue="sharded", shards=6)
+class ShardedPi:
+    """A task type whose queue is spread over six slots of a Redis Cluster."""
+
+    def execute(self, n):
+        return math.pi * n

@@ -56,6 +56,7 @@ class RedisBackend(Backend):
     ) -> None:
         super().__init__(result_ttl=result_ttl)
         self._wanted_shards, self._durable = shards, durable
+        self._asked_shards: dict[str, int] = {}  # queue -> shards, from shard()
         self._secrets = secrets_in(url)
         self._mapper = map_redis_errors(self._secrets, url=url)
         self._url, self._keys, self._socket_timeout = url, Keys(prefix), socket_timeout
@@ -84,7 +85,9 @@ class RedisBackend(Backend):
         # Connections for the hot paths, one per thread (and per primary on a cluster).
         self._link = ClusterLink(client) if isinstance(client, RedisCluster) else Link(client)
         self._link.durable = self._durable
-        self._shards = Shards(self._keys, self._wanted_shards, self._resolve_shards)
+        self._shards = Shards(
+            self._keys, self._wanted_shards, self._resolve_shards, self._asked_shards
+        )
         self._scripts = Scripts()  # loaded on first use
         self._pid, self._mine = os.getpid(), os.urandom(8).hex()  # the epoch this one sets
         self._claimer = Claimer(
@@ -92,6 +95,10 @@ class RedisBackend(Backend):
         )
         self._watch = Watch(self._keys, client, mine=self._mine)
         return client
+
+    def shard(self, queue: str, n: int) -> None:
+        if self._cluster:
+            self._asked_shards.setdefault(queue, n)
 
     def _resolve_shards(self, key: str, wanted: int) -> Any:
         """A queue's stored shard count, set to ``wanted`` if none is (on a cluster)."""

@@ -10,9 +10,10 @@ bounds rounded as the arcs' are), N shards, a multiple of the primaries, land ev
 them.
 
 A queue's shard count is kept in ``{q}:n``: the first adapter that uses the queue with
-``shards`` > 1 sets it (``SET NX``), every other adapter reads it on first use, so
-workers and clients without the option follow. It is fixed from then on (``purge``
-keeps it).
+``shards`` > 1 (the URL option, or ``@remote(shards=)`` for a task type's queue, which
+clients and workers both declare) sets it (``SET NX``), every other adapter reads it on
+first use, so workers and clients without the option follow. It is fixed from then on
+(``purge`` keeps it).
 
 Clients put each task on the next shard in turn; a worker tries a queue's shards
 starting from the next one in turn on each claim, so none starves while another has
@@ -33,12 +34,12 @@ from typing import Any
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from ...config import MAX_SHARDS
 from ..base import Claim, Job
 from .keys import Keys
 
 SEP = "\x1f"  # between a queue's name and a shard's suffix: no queue name holds it
 _TOKEN_SEP = "\n"  # between a shard's name and a token, in a claim's token
-MAX_SHARDS = 64
 
 
 def shard_names(keys: Keys, queue: str, n: int) -> list[str]:
@@ -96,9 +97,18 @@ def inward(claims: Sequence[Claim]) -> list[Claim]:
 class Shards:
     """Each queue's shards, resolved once per process; whose turn it is on each."""
 
-    def __init__(self, keys: Keys, wanted: int, resolve: Callable[[str, int], Any]) -> None:
-        """``resolve(key, wanted)`` returns the stored count (setting it if ``wanted`` > 1)."""
+    def __init__(
+        self,
+        keys: Keys,
+        wanted: int,
+        resolve: Callable[[str, int], Any],
+        asked: dict[str, int] | None = None,
+    ) -> None:
+        """``resolve(key, wanted)`` returns the stored count (setting it if ``wanted`` > 1);
+        ``asked`` holds the counts asked for single queues (``@remote(shards=)``), which
+        take the place of ``wanted`` for them."""
         self._keys, self._wanted, self._resolve = keys, wanted, resolve
+        self._asked = {} if asked is None else asked
         self._names: dict[str, list[str]] = {}
         self._turns: dict[str, itertools.count[int]] = {}
         self._lock = threading.Lock()
@@ -106,9 +116,10 @@ class Shards:
     def of(self, queue: str) -> list[str]:
         names = self._names.get(queue)
         if names is None:
-            stored = self._resolve(self._keys.shards(queue), self._wanted)
+            wanted = self._asked.get(queue, self._wanted)
+            stored = self._resolve(self._keys.shards(queue), wanted)
             try:
-                n = min(MAX_SHARDS, max(1, int(stored))) if stored else self._wanted
+                n = min(MAX_SHARDS, max(1, int(stored))) if stored else wanted
             except ValueError:  # not ours: one shard
                 n = 1
             with self._lock:

@@ -29,13 +29,14 @@ from redis.exceptions import NoPermissionError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from ...config import MAX_SHARDS
 from ...errors import BackendUnavailable, ConfigurationError
 from ..base import Done
 from .commands import complete_batch, complete_calls, completed
 from .elements import pack_reply
 from .keys import Keys
 from .lua import Scripts
-from .shards import MAX_SHARDS, base, inward, shown
+from .shards import base, inward, shown
 from .wire import DURABLE_WAIT, Link, pack, primary, replicated, reply, run
 
 SCHEMES = ("redis+cluster", "redis+sentinel")
