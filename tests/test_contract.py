@@ -431,3 +431,14 @@ def test_dead_letters_keep_only_the_newest(backend: Backend) -> None:
     dead = backend.stats().dead
     assert len(dead) == DEAD_LETTERS_KEPT
     assert dead[0].id == f"t{DEAD_LETTERS_KEPT + 4}" and dead[-1].id == "t5"
+
+
+def test_several_blobs_are_deleted_in_one_call(backend: Backend) -> None:
+    # On a Redis Cluster each blob is a key in a slot of its own.
+    store = backend.blob_store()
+    ids = [uuid.uuid4().hex for _ in range(6)]
+    for blob_id in ids:
+        store.write(blob_id, [b"0123456789"], 60)
+    assert [store.read(i, 10) for i in ids] == [b"0123456789"] * 6
+    store.delete(ids)
+    assert [store.read(i, 10) for i in ids] == [None] * 6

@@ -57,6 +57,8 @@ class RedisBlobStore(BlobStore):
 
     def delete(self, ids: Sequence[str]) -> None:
         keys = [self._key(i) for i in ids]
-        if keys:
-            with self._mapper:
-                raw(self._client())("DEL", *keys)
+        if keys:  # one DEL per blob: on a cluster, each is in a slot of its own
+            with self._mapper, self._client().pipeline(transaction=False) as p:
+                for key in keys:
+                    raw(p)("DEL", key)
+                p.execute()
