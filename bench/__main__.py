@@ -14,7 +14,7 @@ from typing import Any
 
 from .measure import Results, Sizes, progress, run_rep
 from .report import machine, table, target_lines, targets, write_json
-from .servers import CLEANUP, Servers
+from .servers import CLEANUP, MARIADB_SETTINGS, Servers
 
 BACKENDS = ("sqlite", "redis", "mysql", "cluster")
 #: The secondary MySQL pair (the seed's design, remoteexec's optimistic mode) runs half the
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ERROR {system}: {error}")
     if args.json:
         settings = {k: v for k, v in vars(args).items()}
+        settings["mariadb"] = {**MARIADB_SETTINGS, "log-bin": "off"}
         write_json(args.json, results, sizes, settings, systems)
         progress(f"bench: figures written to {args.json}")
     return 0
@@ -194,7 +195,8 @@ def header(args: argparse.Namespace, sizes: Sizes, seconds: float) -> str:
         f"remoteexec bench: {' '.join(['python -m bench', *sys.argv[1:]])}\n"
         f"machine: {m['nproc']} x {m['cpu']}, Linux {m['kernel']}, Python {m['python']}, "
         f"hiredis {'yes' if m['hiredis'] else 'no'}\n"
-        f"servers: {m['redis-server']} (appendfsync {args.redis_fsync}); {m['mariadbd']}\n"
+        f"servers: {m['redis-server']} (appendfsync {args.redis_fsync}); {m['mariadbd']} "
+        f"({', '.join(f'{k}={v}' for k, v in MARIADB_SETTINGS.items())}, no binary log)\n"
         f"sizes: A {sizes.latency_calls} calls after {sizes.latency_warmup} warm-up; "
         f"B, C {sizes.batch_calls} calls after {sizes.batch_warmup} warm-up "
         f"(half that for {' and '.join(SCALE)}); "
