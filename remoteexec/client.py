@@ -252,6 +252,7 @@ _current: ContextVar[Client | None] = ContextVar("remoteexec_client", default=No
 importing_tasks: ContextVar[str | None] = ContextVar("remoteexec_importing", default=None)
 _default: Client | None = None
 _default_lock = threading.Lock()
+_routed = False  # a ``using`` block was entered in this process
 
 
 def configure(url: str | None = None, **options: Any) -> Client:
@@ -270,12 +271,27 @@ def configure(url: str | None = None, **options: Any) -> Client:
 
 
 def current_client() -> Client:
-    """The client of the innermost ``using`` block, else the default one (made on first use)."""
+    """The client of the innermost ``using`` block, else the default one (made on first use).
+
+    Raises:
+        ConfigurationError: no ``using`` block here, no default client yet, and a ``using``
+            block was entered elsewhere in this process: most likely a thread started
+            inside one, which ``using`` does not reach. Its calls would otherwise go to
+            the default broker, unserved.
+    """
     global _default
     client = _current.get()
     if client is not None:
         return client
     if _default is None:
+        if _routed:
+            raise ConfigurationError(
+                f"no client for calls in thread {threading.current_thread().name!r}: "
+                "remoteexec.using(client) reaches the thread (or asyncio task) that "
+                "entered it and the asyncio tasks it starts, not threads it starts. Enter "
+                "using() in the thread, run it with contextvars.copy_context().run, or "
+                "set a client for the whole process with remoteexec.configure(...)"
+            )
         with _default_lock:
             if _default is None:
                 _default = Client()
@@ -284,7 +300,15 @@ def current_client() -> Client:
 
 @contextmanager
 def using(client: Client) -> Iterator[Client]:
-    """Route the calls made inside the block (in this thread or task) through ``client``."""
+    """Route the calls made inside the block (in this thread or task) through ``client``.
+
+    The block reaches the asyncio tasks started inside it, not the threads: a thread
+    started inside it that makes a call without a ``using`` of its own, while no default
+    client exists (``configure``, or one made by an earlier call), raises
+    ``ConfigurationError`` instead of calling the default broker.
+    """
+    global _routed
+    _routed = True
     token = _current.set(client)
     try:
         yield client

@@ -272,3 +272,33 @@ def test_a_call_waiting_on_an_unserved_queue_logs_one_warning(
 class NestedPi:
     def execute(self, n: float) -> float:
         return MultiplyPi.execute.options(timeout=5)(n)  # type: ignore[no-any-return]
+
+
+def test_a_thread_started_inside_using_gets_a_clear_error_not_the_default_broker(
+    url: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextvars
+
+    from remoteexec import client as clients
+
+    monkeypatch.setattr(clients, "_default", None)  # a process that never configured one
+    got: list[object] = []
+
+    def call() -> None:
+        try:
+            got.append(MultiplyPi.execute(1))
+        except ConfigurationError as exc:
+            got.append(exc)
+
+    with Client(url) as client, using(client):
+        thread = threading.Thread(target=call)
+        thread.start()
+        thread.join(10)
+        # The same thread, run in a copy of the caller's context, reaches the client.
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(call,))
+        thread.start()
+        thread.join(10)
+    assert isinstance(got[0], ConfigurationError), got
+    assert "using" in str(got[0]) and "configure" in str(got[0])
+    assert got[1] == math.pi
+    assert clients._default is None  # no default client was made on the side
