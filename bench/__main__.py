@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .extra import extra_table
 from .measure import Results, Sizes, progress, run_rep
 from .report import machine, table, target_lines, targets, write_json
 from .servers import CLEANUP, MARIADB_SETTINGS, Servers
@@ -175,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         CLEANUP.run_all()
     print(header(args, sizes, time.monotonic() - started))
     print(table(results, systems))
+    extra = extra_table(results.median, systems)
+    if extra:
+        print()
+        print(extra)
     print()
     print("Issue 6 targets:")
     print(target_lines(targets(results)))

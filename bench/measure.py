@@ -3,7 +3,9 @@
 A *system* is anything with ``name``, ``scenarios`` (letters among ABCD), ``start(P)``
 (start P worker processes on an empty broker, return their pids), ``stop()``,
 ``call(n)`` (one blocking call) and ``run_many(range)`` (a batch, results in order).
-One repetition of a system runs A, B and D on one worker process, then C on two.
+One repetition of a system runs A, B and D on one worker process, then C on two, then
+(scenario S, remoteexec only) B's batch and an I/O task's on four; ``extra.py`` has what
+is measured beside them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .extra import cost
 from .servers import peak_rss_mib
 
 METRICS = ("a_p50_us", "a_p90_us", "a_p99_us", "b_calls_s", "c_calls_s", "d_peak_mib")
@@ -82,9 +85,11 @@ def _check(value: Any, n: int) -> None:
         raise AssertionError(f"wrong result for n={n}: {value!r}")
 
 
-def latencies_us(system: Any, calls: int, warmup: int) -> tuple[list[float], float]:
+def latencies_us(
+    system: Any, calls: int, warmup: int, call: Callable[[int], Any] | None = None
+) -> tuple[list[float], float]:
     """Sequential calls after a warm-up: sorted latencies in µs, and the loop's seconds."""
-    call = system.call
+    call = call or system.call
     for n in range(warmup):
         _check(call(n), n)
     clock = time.perf_counter_ns
@@ -99,10 +104,10 @@ def latencies_us(system: Any, calls: int, warmup: int) -> tuple[list[float], flo
     return sorted(out), elapsed
 
 
-def throughput(system: Any, calls: int) -> float:
+def throughput(system: Any, calls: int, run: Callable[[range], list[Any]] | None = None) -> float:
     """Calls per second of one ``run_many`` batch (results checked afterwards)."""
     started = time.perf_counter()
-    values = system.run_many(range(calls))
+    values = (run or system.run_many)(range(calls))
     elapsed = time.perf_counter() - started
     if len(values) != calls:
         raise AssertionError(f"{len(values)} results for {calls} calls")
@@ -159,6 +164,23 @@ def run_rep(system: Any, sizes: Sizes, results: Results, label: str) -> None:
                 _run_throughput(system, sizes, results, label, step, "c_calls_s", "C")
         finally:
             step("stop", system.stop)
+    if "S" in scenarios:
+        started = step("start 4 workers", lambda: system.start(4))
+        try:
+            if started:
+                _scaling(system, sizes, results, label, step)
+        finally:
+            step("stop", system.stop)
+
+
+def _scaling(system: Any, sizes: Sizes, results: Results, label: str, step: Any) -> None:
+    """B's batch on 4 worker processes, then a batch of a task sleeping 1 ms."""
+    _run_throughput(system, sizes, results, label, step, "c4_calls_s", "C4")
+    calls = max(200, sizes.batch_calls // 2)
+    rate = step("IO4", lambda: throughput(system, calls, system.run_many_io))
+    if rate is not None:
+        results.add(system.name, "io4_calls_s", rate)
+        progress(f"[{label}] {system.name} IO4: {rate:,.0f} calls/s (1 ms I/O, 4 processes)")
 
 
 def _one_worker(
@@ -168,7 +190,7 @@ def _one_worker(
     if "A" in system.scenarios:
         _run_a(system, sizes, results, label, step)
     if "B" in system.scenarios:
-        _run_throughput(system, sizes, results, label, step, "b_calls_s", "B")
+        _run_throughput(system, sizes, results, label, step, "b_calls_s", "B", [pid])
     if "D" in system.scenarios and (peak := step("D", lambda: _peak(pid))):
         results.add(system.name, "d_peak_mib", peak)
         progress(f"[{label}] {system.name} D: worker peak RSS {peak:.1f} MiB")
@@ -186,6 +208,13 @@ def _run_a(system: Any, sizes: Sizes, results: Results, label: str, step: Any) -
     got = step("A", lambda: latencies_us(system, sizes.latency_calls, sizes.latency_warmup))
     if got is None:
         return
+    if hasattr(system, "submit_call"):  # the same through a future: submit(n).result()
+        calls, warmup = sizes.latency_calls // 2, sizes.latency_warmup // 2
+        future = step(
+            "A via a future", lambda: latencies_us(system, calls, warmup, system.submit_call)
+        )
+        if future is not None:
+            results.add(name, "a_submit_p50_us", percentile(future[0], 0.5))
     ordered, elapsed = got
     p50, p90, p99 = (percentile(ordered, q) for q in (0.5, 0.9, 0.99))
     for metric, value in zip(METRICS[:3], (p50, p90, p99), strict=True):
@@ -198,14 +227,30 @@ def _run_a(system: Any, sizes: Sizes, results: Results, label: str, step: Any) -
 
 
 def _run_throughput(
-    system: Any, sizes: Sizes, results: Results, label: str, step: Any, metric: str, title: str
+    system: Any,
+    sizes: Sizes,
+    results: Results,
+    label: str,
+    step: Any,
+    metric: str,
+    title: str,
+    pids: list[int] | None = None,
 ) -> None:
+    """A batch after a warm-up; with ``pids`` (the workers), its cost per call too."""
     if step(f"{title} warm-up", lambda: throughput(system, sizes.batch_warmup)) is None:
         return
-    rate = step(title, lambda: throughput(system, sizes.batch_calls))
+
+    def timed() -> float:
+        if pids is None:
+            return throughput(system, sizes.batch_calls)
+        add = lambda metric, value: results.add(system.name, metric, value)  # noqa: E731
+        with cost(system, pids, sizes.batch_calls, add):
+            return throughput(system, sizes.batch_calls)
+
+    rate = step(title, timed)
     if rate is not None:
         results.add(system.name, metric, rate)
-        workers = 2 if title == "C" else 1
+        workers = {"C": 2, "C4": 4}.get(title, 1)
         progress(
             f"[{label}] {system.name} {title}: {rate:,.0f} calls/s "
             f"({sizes.batch_calls} calls, {workers} worker process(es))"

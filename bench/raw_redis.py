@@ -14,9 +14,10 @@
   per-command cost, as a design that keeps one message per task must.
 * ``raw-redis-seed-pipelined``: the seed's round trip itself, pipelined and batched, its
   protocol kept: the client LPUSHes the ``[id, n]`` of 500 tasks onto ``sunstarted`` at
-  once (one LPUSH per chunk, which the protocol allows) and BLPOPs each result from its own ``sfinished:<id>`` (500 BLPOPs per
-  pipeline, so results come back in order); a worker BLPOPs one task, LPOPs up to 499
-  more, and LPUSHes each result onto its ``sfinished:<id>``, all in one pipeline.
+  once (one LPUSH per chunk, which the protocol allows) and BLPOPs each result from its
+  own ``sfinished:<id>`` (500 BLPOPs per pipeline, so results come back in order); a
+  worker BLPOPs one task, LPOPs up to 499 more, and LPUSHes each result onto its
+  ``sfinished:<id>``, all in one pipeline.
 
 No acknowledgements, leases, envelopes or timeouts: the least work a Redis RPC can do.
 """

@@ -15,8 +15,10 @@ from typing import Any
 
 from .servers import RemoteexecWorkers, drop_database, new_database, tail
 from .tasks import CalculateMultipleOfPi as _Task
+from .tasks import Sleepy as _Sleepy
 
 TASK: Any = _Task  # the proxy (typed loosely: the bench drives it like a user)
+IO_TASK: Any = _Sleepy
 
 
 #: URL options of the systems on a Redis Cluster or behind Sentinel.
@@ -31,11 +33,13 @@ class Remoteexec:
     script-free path, to show what its Lua fast path buys.
     """
 
-    scenarios = "ABCD"
+    scenarios = "ABCDS"
 
     def __init__(self, backend: str, folder: Path, server: Any = None) -> None:
         self.backend = backend
         self.name = f"remoteexec-{backend}"
+        if backend.startswith(("redis-cluster", "redis-sentinel")):
+            self.scenarios = "ABCD"  # scaling: measured on the single-server backends
         self.folder = folder
         self.server = server
         self.workers: RemoteexecWorkers | None = None
@@ -98,5 +102,11 @@ class Remoteexec:
     def call(self, n: int) -> float:
         return TASK.execute(n)  # type: ignore[no-any-return]
 
+    def submit_call(self, n: int) -> float:
+        return TASK.execute.submit(n).result()  # type: ignore[no-any-return]
+
     def run_many(self, ns: range) -> list[float]:
         return list(TASK.execute.map(ns))
+
+    def run_many_io(self, ns: range) -> list[float]:
+        return list(IO_TASK.execute.map(ns))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from remoteexec import remote
 
@@ -17,3 +18,11 @@ class CalculateMultipleOfPi:
 class Echo:
     def value(self, x):
         return x
+
+
+@remote
+class Sleepy:
+    def execute(self, n):
+        """1 ms of waiting (I/O, not CPU), then the usual result."""
+        time.sleep(0.001)
+        return math.pi * n
