@@ -263,7 +263,7 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "remoteexec-worke
 
 @_closed_pipe_ends_quietly
 def main(argv: Sequence[str] | None = None) -> None:
-    """``remoteexec``: demo, status, watch, call, purge, init-db, worker."""
+    """``remoteexec``: demo, status, watch, call, purge, dead, init-db, worker."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["worker"]:  # the same command as remoteexec-worker
         worker_main(argv[1:], prog="remoteexec worker")
@@ -290,6 +290,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     purge = sub.add_parser("purge", help="delete waiting tasks")
     _url_options(purge)
     purge.add_argument("--queue")
+
+    dead = sub.add_parser("dead", help="dead letters: list them")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    dead_list = dead_sub.add_parser("list", help="the newest dead letters, newest first")
+    _url_options(dead_list)
+    dead_list.add_argument("--queue", help="only the dead letters of this queue")
+    dead_list.add_argument("--json", action="store_true", help="one JSON object a line")
 
     init = sub.add_parser("init-db", help="create the MySQL schema")
     _url_options(init, "REMOTEEXEC_URL, config")
@@ -344,6 +351,24 @@ def _purge(args: argparse.Namespace) -> None:
         print(f"purged {client.backend.purge(args.queue)} waiting task(s)")
 
 
+def _dead(args: argparse.Namespace) -> None:
+    import json
+    import time
+    from dataclasses import asdict
+
+    from .backends.base import MAX_DEAD_LETTERS
+    from .client import Client
+
+    with Client(args.url) as client:
+        letters = client.backend.dead_letters(args.queue, limit=MAX_DEAD_LETTERS)
+    for d in letters:
+        if args.json:
+            print(json.dumps(asdict(d)))
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.at))
+            print(f"{d.id}  {when}  {d.queue}  {d.name}: {d.reason}")
+
+
 def _init_db(args: argparse.Namespace) -> None:
     from .backends.mysql import MySQLBackend, schema_sql
 
@@ -373,4 +398,5 @@ _COMMANDS = {
     "call": call_command,
     "purge": _purge,
     "init-db": _init_db,
+    "dead": _dead,
 }

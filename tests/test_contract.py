@@ -442,3 +442,11 @@ def test_several_blobs_are_deleted_in_one_call(backend: Backend) -> None:
     assert [store.read(i, 10) for i in ids] == [b"0123456789"] * 6
     store.delete(ids)
     assert [store.read(i, 10) for i in ids] == [None] * 6
+
+
+def test_dead_letters_are_listed_newest_first_by_queue_and_limit(backend: Backend) -> None:
+    for i in range(5):
+        backend.bury(DeadLetter(f"d{i}", "ab"[i % 2], "Task.execute", "lost", float(i)))
+    assert [d.id for d in backend.dead_letters()] == ["d4", "d3", "d2", "d1", "d0"]
+    assert [d.id for d in backend.dead_letters("b")] == ["d3", "d1"]
+    assert [d.id for d in backend.dead_letters(limit=2)] == ["d4", "d3"]

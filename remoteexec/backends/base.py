@@ -274,6 +274,11 @@ class Backend(ABC):
     def stats(self) -> Stats:
         """Queue depths, running tasks, live workers and dead letters."""
 
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead letters (of one queue, or all), newest first, at most ``limit``."""
+        dead = [d for d in self.stats().dead if queue is None or d.queue == queue]
+        return dead[: max(0, limit)]
+
     @abstractmethod
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting tasks (of one queue, or all); return how many.
