@@ -291,12 +291,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     _url_options(purge)
     purge.add_argument("--queue")
 
-    dead = sub.add_parser("dead", help="dead letters: list them")
+    dead = sub.add_parser("dead", help="dead letters: list or drop them")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True)
     dead_list = dead_sub.add_parser("list", help="the newest dead letters, newest first")
     _url_options(dead_list)
     dead_list.add_argument("--queue", help="only the dead letters of this queue")
     dead_list.add_argument("--json", action="store_true", help="one JSON object a line")
+    dead_drop = dead_sub.add_parser("drop", help="delete dead letters")
+    _url_options(dead_drop)
+    dead_drop.add_argument("ids", nargs="*", metavar="ID", help="the dead letters to delete")
+    dead_drop.add_argument("--all", action="store_true", help="delete every dead letter")
+    dead_drop.add_argument("--queue", help="with --all: only those of this queue")
 
     init = sub.add_parser("init-db", help="create the MySQL schema")
     _url_options(init, "REMOTEEXEC_URL, config")
@@ -358,9 +363,16 @@ def _dead(args: argparse.Namespace) -> None:
 
     from .backends.base import MAX_DEAD_LETTERS
     from .client import Client
+    from .errors import ConfigurationError
 
+    if args.dead_command == "drop" and bool(args.ids) == args.all:
+        raise ConfigurationError("dead drop takes either dead letter ids or --all")
     with Client(args.url) as client:
         letters = client.backend.dead_letters(args.queue, limit=MAX_DEAD_LETTERS)
+        if args.dead_command == "drop":
+            ids = args.ids or [d.id for d in letters]
+            print(f"dropped {client.backend.drop_dead(ids)} dead letter(s)")
+            return
     for d in letters:
         if args.json:
             print(json.dumps(asdict(d)))

@@ -450,3 +450,11 @@ def test_dead_letters_are_listed_newest_first_by_queue_and_limit(backend: Backen
     assert [d.id for d in backend.dead_letters()] == ["d4", "d3", "d2", "d1", "d0"]
     assert [d.id for d in backend.dead_letters("b")] == ["d3", "d1"]
     assert [d.id for d in backend.dead_letters(limit=2)] == ["d4", "d3"]
+
+
+def test_dropped_dead_letters_are_gone_and_unknown_ids_skipped(backend: Backend) -> None:
+    for i in range(3):
+        backend.bury(DeadLetter(f"x{i}", "q", "Task.execute", "lost", float(i)))
+    assert backend.drop_dead(["x0", "x2", "nope"]) == 2
+    assert [d.id for d in backend.dead_letters()] == ["x1"]
+    assert backend.drop_dead([]) == 0

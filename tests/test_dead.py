@@ -30,3 +30,19 @@ def test_dead_list_shows_dead_letters_by_queue_as_text_and_json(tmp_path: Path) 
 def test_dead_list_of_an_unreachable_broker_is_a_clear_error(tmp_path: Path) -> None:
     out = remoteexec("dead", "list", "--url", "ftp://user:hunter2@host/x", cwd=tmp_path)
     assert out.returncode == 1 and "hunter2" not in out.stderr
+
+
+def test_dead_drop_removes_the_ids_given_or_all(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    backend = SQLiteBackend.from_url(url)
+    for i in range(3):
+        backend.bury(DeadLetter(f"t{i}", "a", "Poison.execute", "lost", time.time()))
+    out = remoteexec("dead", "drop", "--url", url, cwd=tmp_path)
+    assert out.returncode == 1 and "either" in out.stderr  # neither ids nor --all
+    out = remoteexec("dead", "drop", "t1", "--url", url, cwd=tmp_path)
+    assert out.returncode == 0 and "dropped 1" in out.stdout, out.stderr
+    assert [d.id for d in backend.dead_letters()] == ["t2", "t0"]
+    out = remoteexec("dead", "drop", "--all", "--url", url, cwd=tmp_path)
+    assert out.returncode == 0 and "dropped 2" in out.stdout, out.stderr
+    assert backend.dead_letters() == []
+    backend.close()

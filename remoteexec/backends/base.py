@@ -280,6 +280,10 @@ class Backend(ABC):
         return dead[: max(0, limit)]
 
     @abstractmethod
+    def drop_dead(self, ids: Sequence[str]) -> int:
+        """Delete the dead letters ``ids`` (unknown ids are skipped); return how many."""
+
+    @abstractmethod
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting tasks (of one queue, or all); return how many.
 

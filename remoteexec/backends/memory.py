@@ -177,6 +177,15 @@ class MemoryBackend(Backend):
         with self._b.cond:
             self._b.dead.appendleft(letter)
 
+    def drop_dead(self, ids: Sequence[str]) -> int:
+        gone = set(ids)
+        with self._b.cond:
+            kept = [d for d in self._b.dead if d.id not in gone]
+            dropped = len(self._b.dead) - len(kept)
+            self._b.dead.clear()
+            self._b.dead.extend(kept)
+        return dropped
+
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         now, out = time.time(), []
         with self._b.cond:

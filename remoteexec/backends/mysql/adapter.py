@@ -306,6 +306,9 @@ class MySQLBackend(Backend):
     def bury(self, letter: DeadLetter) -> None:
         self._watch.bury(letter)
 
+    def drop_dead(self, ids: Sequence[str]) -> int:
+        return self._watch.drop_dead(ids)
+
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         return self._watch.note_starts(starts)
 

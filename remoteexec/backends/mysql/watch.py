@@ -54,6 +54,12 @@ class Watch:
         args = (letter.id, letter.queue, letter.name, letter.reason, letter.at)
         self._db.run(lambda cur: execute(cur, BURY, args))
 
+    def drop_dead(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        sql = f"DELETE FROM remoteexec_dead_letters WHERE id IN ({marks(len(set(ids)))})"
+        return int(self._db.run(lambda cur: execute(cur, sql, list(set(ids))))[0][0])
+
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         """Counted in one transaction: concurrent starts of one id count one after the
         other."""

@@ -405,6 +405,10 @@ class RedisBackend(Backend):
         with self._mapper:
             self._watching().bury(letter)
 
+    def drop_dead(self, ids: Sequence[str]) -> int:
+        with self._mapper:
+            return self._watching().drop_dead(ids)
+
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         with self._mapper:
             return self._watching().note_starts(starts)

@@ -97,6 +97,18 @@ class Watch:
             p.ltrim(self._keys.dead, 0, MAX_DEAD_LETTERS - 1)
             p.execute()
 
+    def drop_dead(self, ids: Sequence[str]) -> int:
+        """Each matching entry is removed by its exact stored text."""
+        gone, dropped = set(ids), 0
+        for raw_letter in self._cmd("LRANGE", self._keys.dead, 0, -1):
+            try:
+                letter_id = json.loads(raw_letter).get("id")
+            except (ValueError, AttributeError):
+                continue
+            if letter_id in gone:
+                dropped += int(self._cmd("LREM", self._keys.dead, 1, raw_letter))
+        return dropped
+
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         """One hash per id (``starts:<id>``: ``n``, ``done``), expiring at its keep_until."""
         with self._pipe(transaction=False) as p:

@@ -272,6 +272,13 @@ class SQLiteBackend(Backend):
 
         self._db.run(tx)
 
+    def drop_dead(self, ids: Sequence[str]) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            drop = "DELETE FROM dead WHERE id = ?"
+            return sum(conn.execute(drop, (i,)).rowcount for i in set(ids))
+
+        return self._db.run(tx)
+
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         def tx(conn: sqlite3.Connection) -> list[tuple[int, bool]]:
             for sql in STARTS:
