@@ -291,6 +291,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     _url_options(purge)
     purge.add_argument("--queue")
 
+    dash = sub.add_parser("dashboard", help="a web page of the farm (remoteexec[dashboard])")
+    _url_options(dash)
+    dash.add_argument("--bind", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8765)
+    dash.add_argument("--allow-actions", action="store_true", help="allow purge (needs a token)")
+    dash.add_argument("--token", default=os.environ.get("REMOTEEXEC_DASHBOARD_TOKEN"),
+                      help="token actions need (default: $REMOTEEXEC_DASHBOARD_TOKEN)")  # fmt: skip
+
     init = sub.add_parser("init-db", help="create the MySQL schema")
     _url_options(init, "REMOTEEXEC_URL, config")
     init.add_argument("--print", action="store_true", help="print the SQL, change nothing")
@@ -344,6 +352,13 @@ def _purge(args: argparse.Namespace) -> None:
         print(f"purged {client.backend.purge(args.queue)} waiting task(s)")
 
 
+def _dashboard(args: argparse.Namespace) -> None:
+    from .dashboard import serve
+
+    serve(args.url, bind=args.bind, port=args.port, allow_actions=args.allow_actions,
+          token=args.token)  # fmt: skip
+
+
 def _init_db(args: argparse.Namespace) -> None:
     from .backends.mysql import MySQLBackend, schema_sql
 
@@ -373,4 +388,5 @@ _COMMANDS = {
     "call": call_command,
     "purge": _purge,
     "init-db": _init_db,
+    "dashboard": _dashboard,
 }
