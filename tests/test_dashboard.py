@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -26,6 +28,7 @@ from remoteexec.backends import Job, open_backend
 from remoteexec.dashboard.app import make_app
 from tests.farm import tasks
 
+PIDS_JS = "return [...document.querySelectorAll('#workers tr')].map(r => r.cells[1].textContent)"
 DOCS_SHOT = Path(__file__).parent.parent / "docs" / "images" / "dashboard.png"
 
 
@@ -109,6 +112,12 @@ def test_page_shows_throughput_and_workers_of_a_live_farm(farm: Any, browser: An
             ours = completed[0] - count0
             assert workers == 2
             assert ours > 0 and abs((done1 - done0) - ours) <= 0.2 * ours, (done1 - done0, ours)
+            pids = browser.execute_script(PIDS_JS)
+            os.kill(int(pids[0]), signal.SIGKILL)  # lease 2 s: gone from the page within 7 s
+            deadline = time.monotonic() + 2.0 + 5.0
+            while pids[0] in browser.execute_script(PIDS_JS):
+                assert time.monotonic() < deadline, "the killed worker is still on the page"
+                time.sleep(0.2)
             if "sqlite" in farm.url:
                 DOCS_SHOT.parent.mkdir(exist_ok=True)
                 browser.save_screenshot(str(DOCS_SHOT))

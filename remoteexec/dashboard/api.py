@@ -2,7 +2,9 @@
 
 Throughput comes from the workers' ``done`` counters in their heartbeats (as ``watch``
 reads them), sampled at most once per ``interval`` seconds whatever the number of pages open,
-so the broker's cost does not grow with viewers.
+so the broker's cost does not grow with viewers. A worker whose heartbeat (sent every second)
+is older than ``stale`` seconds is left off the page: it is gone or stuck, even while
+``Backend.stats()`` still counts it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from ..backends import Backend, Stats
 class Sampler:
     """Reads ``backend.stats()`` at most every ``interval`` s and keeps a throughput history."""
 
-    def __init__(self, backend: Backend, *, interval: float = 1.0, history: int = 300) -> None:
+    def __init__(
+        self, backend: Backend, *, interval: float = 1.0, history: int = 300, stale: float = 5.0
+    ) -> None:
         self.backend = backend
         self.interval = interval
+        self.stale = stale
         self._lock = threading.Lock()
         self._seen: dict[str, int] = {}
         self._points: deque[tuple[float, float]] = deque(maxlen=history)
@@ -62,6 +67,7 @@ class Sampler:
                     "done": w.done,
                 }
                 for w in sorted(stats.workers, key=lambda w: (w.host, w.pid))
+                if now - w.last_seen <= self.stale
             ],
             "dead": [
                 {"id": d.id, "queue": d.queue, "name": d.name, "reason": d.reason, "at": d.at}
