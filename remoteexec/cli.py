@@ -302,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     dead_drop.add_argument("ids", nargs="*", metavar="ID", help="the dead letters to delete")
     dead_drop.add_argument("--all", action="store_true", help="delete every dead letter")
     dead_drop.add_argument("--queue", help="with --all: only those of this queue")
+    dash = sub.add_parser("dashboard", help="a web page of the farm (remoteexec[dashboard])")
+    _url_options(dash)
+    dash.add_argument("--bind", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8765)
+    dash.add_argument("--allow-actions", action="store_true", help="allow purge (needs a token)")
+    dash.add_argument("--token", default=os.environ.get("REMOTEEXEC_DASHBOARD_TOKEN"),
+                      help="token actions need (default: $REMOTEEXEC_DASHBOARD_TOKEN)")  # fmt: skip
 
     init = sub.add_parser("init-db", help="create the MySQL schema")
     _url_options(init, "REMOTEEXEC_URL, config")
@@ -381,6 +388,13 @@ def _dead(args: argparse.Namespace) -> None:
             print(f"{d.id}  {when}  {d.queue}  {d.name}: {d.reason}")
 
 
+def _dashboard(args: argparse.Namespace) -> None:
+    from .dashboard import serve
+
+    serve(args.url, bind=args.bind, port=args.port, allow_actions=args.allow_actions,
+          token=args.token)  # fmt: skip
+
+
 def _init_db(args: argparse.Namespace) -> None:
     from .backends.mysql import MySQLBackend, schema_sql
 
@@ -411,4 +425,5 @@ _COMMANDS = {
     "purge": _purge,
     "init-db": _init_db,
     "dead": _dead,
+    "dashboard": _dashboard,
 }
