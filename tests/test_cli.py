@@ -170,7 +170,19 @@ def test_url_and_password_files_that_cannot_be_read_name_the_path_never_the_cont
 
 # Version, help, the worker subcommand --------------------------------------------------
 
-COMMANDS = [["demo"], ["status"], ["watch"], ["call"], ["purge"], ["init-db"], ["worker"], []]
+COMMANDS = [
+    ["demo"],
+    ["status"],
+    ["watch"],
+    ["call"],
+    ["purge"],
+    ["init-db"],
+    ["worker"],
+    ["dead", "list"],
+    ["dead", "drop"],
+    ["dashboard"],
+    [],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0] if c else "remoteexec")
