@@ -54,6 +54,14 @@ class Outbox:
         """The failure reply of ``exc``, with ``message`` for its text."""
         return self.failure(claim, error_kind(exc), type(exc).__name__, message, key)
 
+    def unanswered(self, claim: Claim, label: str, reply: Reply) -> Done:
+        """A call sent with no reply address ends with no reply; a failure is logged."""
+        failure = reply.failure
+        if failure is not None:
+            kind, text = failure.type_name, failure.message
+            log.warning("sent call %s %s failed: %s: %s", label, claim.id, kind, text)
+        return Done(claim, None)
+
     def undecodable(self, claim: Claim, exc: Exception) -> Done:
         """A claim whose body is no call to run ends as a dead letter, acknowledged. With
         secrets its id and reply address are unverified, so nothing is sent there; without,
