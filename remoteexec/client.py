@@ -127,6 +127,27 @@ class Client:
         self._replies.ensure_listening()
         return futures
 
+    def send(
+        self,
+        task: str,
+        method: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: CallOptions | None = None,
+    ) -> str:
+        """Send one call that nobody waits for and return its id at once.
+
+        The call carries no reply address: the worker keeps no reply, and a failure goes
+        to the worker's log (and, once ``max_attempts`` runs out, to the dead letters).
+
+        Raises:
+            SerializationError: an argument cannot be serialized (nothing was sent).
+            BackendUnavailable: the backend cannot be reached (nothing was sent).
+        """
+        jobs, (future,) = self._prepare(task, method, [(args, kwargs)], options, reply=False)
+        self._backend.enqueue(jobs)
+        return future.task_id
+
     def call(
         self,
         task: str,
@@ -152,7 +173,12 @@ class Client:
             raise
 
     def _prepare(
-        self, task: str, method: str, calls: Calls, options: CallOptions | None
+        self,
+        task: str,
+        method: str,
+        calls: Calls,
+        options: CallOptions | None,
+        reply: bool = True,
     ) -> tuple[list[Job], list[RemoteFuture[Any]]]:
         module = importing_tasks.get()
         if module is not None:
@@ -170,7 +196,8 @@ class Client:
         attempts = opts.max_attempts or settings.max_attempts
         now = time.time()
         deadline = now + timeout if timeout is not None else None
-        where = (queue, self.reply_to, now)  # signed with the call: see message.py
+        reply_to = self.reply_to if reply else ""  # "": fire and forget, no reply kept
+        where = (queue, reply_to, now)  # signed with the call: see message.py
         jobs: list[Job] = []
         futures: list[RemoteFuture[Any]] = []
         encode, codec = self._payloads.encode_call, self._codec  # large values: blobs.py
@@ -181,7 +208,7 @@ class Client:
                 task_id, task, method, tuple(args), kwargs, deadline, attempts, None, *where
             )
             call.trace = context
-            job = Job(task_id, queue, self.reply_to, encode(codec, call)[0])
+            job = Job(task_id, queue, reply_to, encode(codec, call)[0])
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))
         if deadline is not None:

@@ -54,6 +54,14 @@ class Outbox:
         """The failure reply of ``exc``, with ``message`` for its text."""
         return self.failure(claim, error_kind(exc), type(exc).__name__, message, key)
 
+    def unanswered(self, claim: Claim, label: str, reply: Reply) -> Done:
+        """A call sent with no reply address ends with no reply; a failure is logged."""
+        failure = reply.failure
+        if failure is not None:
+            kind, text = failure.type_name, failure.message
+            log.warning("sent call %s %s failed: %s: %s", label, claim.id, kind, text)
+        return Done(claim, None)
+
     def undecodable(self, claim: Claim, exc: Exception) -> Done:
         """A claim whose body is no call to run ends as a dead letter, acknowledged. With
         secrets its id and reply address are unverified, so nothing is sent there; without,
@@ -102,7 +110,10 @@ class Outbox:
         self.settle(finished, accepted)
 
     def send(self, finished: list[Done]) -> list[bool]:
-        """Which of ``finished`` the broker accepted; a broker away for long: none."""
+        """Which of ``finished`` the broker accepted; a broker away for long: none. A call
+        sent with no reply address (``send``) gets no reply, whatever its outcome."""
+        if not all(d.claim.reply_to for d in finished):
+            finished = [d if d.claim.reply_to else Done(d.claim, None) for d in finished]
         for attempt in range(20):
             try:
                 return self.backend.complete(finished)
@@ -117,6 +128,7 @@ class Outbox:
         self.payloads.delete(self.leases.settle(finished, accepted))  # arguments' blobs
         results_settled(self.observer, finished, accepted)
         if self.guard is not None:  # a replay of these is refused from now on
+            pairs = zip(finished, accepted, strict=False)
             self.guard.completed(
-                [d.claim.id for d, ok in zip(finished, accepted, strict=False) if ok and d.reply]
+                [d.claim.id for d, ok in pairs if ok and (d.reply or not d.claim.reply_to)]
             )

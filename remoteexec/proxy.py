@@ -80,6 +80,18 @@ class RemoteMethod(Generic[P, R]):
         """
         return _client().submit(self.task, self.method, args, kwargs, self._opts)
 
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Send the call and return its id at once; no reply is kept (fire and forget).
+
+        A failure goes to the worker's log and, once ``max_attempts`` runs out, to the
+        dead letters.
+
+        Raises:
+            SerializationError: an argument cannot be serialized (nothing was sent).
+            BackendUnavailable: the backend cannot be reached.
+        """
+        return _client().send(self.task, self.method, args, kwargs, self._opts)
+
     def map(self, *iterables: Iterable[Any], chunksize: int = 500) -> Iterator[R]:
         """Call the method once per item (several iterables: zipped as positional arguments).
 

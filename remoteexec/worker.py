@@ -333,6 +333,8 @@ class Worker:
             task_ended(observer, held, reply)
         if held.abandoned:
             return None
+        if not call.reply_to:  # sent with send(): nobody reads a reply
+            return self.outbox.unanswered(claim, label, reply)
         try:
             body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline)
         except RemoteExecError as exc:

@@ -60,6 +60,8 @@ def submit_map_options(d: date, days: list[date]) -> None:
     assert_type(faster(d), date)
     assert_type(Invoices.total.options(queue="gpu", max_attempts=2)([3]), str)
     assert_type(Invoices.due_date.options(timeout=None).submit(d), RemoteFuture[date])
+    assert_type(Invoices.due_date.send(d), str)
+    assert_type(Invoices.total.options(max_attempts=2).send([1], discount=2), str)
 
 
 async def awaits(d: date) -> None:
