@@ -15,7 +15,7 @@ from typing import Any
 from .extra import extra_table
 from .measure import Results, Sizes, progress, run_rep
 from .report import machine, table, target_lines, targets, write_json
-from .servers import CLEANUP, MARIADB_SETTINGS, Servers
+from .servers import CLEANUP, MARIADB_SETTINGS, Servers, redis_persistence
 
 BACKENDS = ("sqlite", "redis", "mysql", "cluster")
 #: The secondary MySQL pair (the seed's design, remoteexec's optimistic mode) runs half the
@@ -42,9 +42,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--redis-fsync",
-        default="everysec",
-        choices=["always", "everysec", "no"],
-        help="the private Redis's AOF appendfsync (default everysec)",
+        default="debian",
+        choices=["debian", "always", "everysec", "no"],
+        help="the private Redis's persistence: debian (as Debian's redis.conf ships it: no "
+        "AOF, RDB save points 3600 1 300 100 60 10000; the default), or an AOF with this "
+        "appendfsync and no snapshots",
     )
     p.add_argument(
         "--time-limit",
@@ -189,9 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         settings = {k: v for k, v in vars(args).items()}
         settings["mariadb"] = {**MARIADB_SETTINGS, "log-bin": "off"}
+        settings["redis"] = redis_persistence(args.redis_fsync)
         write_json(args.json, results, sizes, settings, systems)
         progress(f"bench: figures written to {args.json}")
     return 0
+
+
+def redis_label(mode: str) -> str:
+    """The private Redis's persistence, as the header prints it."""
+    settings = ", ".join(f"{k} {v!r}" for k, v in redis_persistence(mode).items())
+    return f"{settings}; as Debian ships it" if mode == "debian" else settings
 
 
 def header(args: argparse.Namespace, sizes: Sizes, seconds: float) -> str:
@@ -200,7 +209,7 @@ def header(args: argparse.Namespace, sizes: Sizes, seconds: float) -> str:
         f"remoteexec bench: {' '.join(['python -m bench', *sys.argv[1:]])}\n"
         f"machine: {m['nproc']} x {m['cpu']}, Linux {m['kernel']}, Python {m['python']}, "
         f"hiredis {'yes' if m['hiredis'] else 'no'}\n"
-        f"servers: {m['redis-server']} (appendfsync {args.redis_fsync}); {m['mariadbd']} "
+        f"servers: {m['redis-server']} ({redis_label(args.redis_fsync)}); {m['mariadbd']} "
         f"({', '.join(f'{k}={v}' for k, v in MARIADB_SETTINGS.items())}, no binary log)\n"
         f"sizes: A {sizes.latency_calls} calls after {sizes.latency_warmup} warm-up; "
         f"B, C {sizes.batch_calls} calls after {sizes.batch_warmup} warm-up "

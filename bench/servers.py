@@ -162,7 +162,7 @@ class Servers:
         return path
 
     def redis(self, fsync: str) -> Any:
-        """A private ``redis-server`` with AOF ``appendfsync`` set to ``fsync``."""
+        """A private ``redis-server`` persisting as ``fsync`` says (``redis_persistence``)."""
         from tests._redis_server import RedisServer
 
         server = RedisServer(self.folder("redis"))
@@ -170,7 +170,8 @@ class Servers:
         server.start()
         client = server.client()
         try:
-            client.config_set("appendfsync", fsync)
+            for name, value in redis_persistence(fsync).items():
+                client.config_set(name, value)
         finally:
             client.close()
         return server
@@ -191,7 +192,8 @@ class Servers:
     def _topology(topology: Any, fsync: str) -> Any:
         CLEANUP.push("redis topology", topology.stop)
         topology.start()
-        topology.fsync(fsync)
+        # Debian's settings are for one server: a topology keeps its AOF, at everysec.
+        topology.fsync("everysec" if fsync == "debian" else fsync)
         return topology
 
     def mariadb(self) -> Any:
@@ -309,3 +311,16 @@ class RawWorkers:
 
     def stop(self) -> None:
         CLEANUP.run(self._token)
+
+
+#: Debian's /etc/redis/redis.conf (redis-server 7.0): no AOF, and RDB snapshots at Redis's
+#: default save points (its ``save`` lines are commented out).
+REDIS_DEBIAN = {"appendonly": "no", "save": "3600 1 300 100 60 10000"}
+
+
+def redis_persistence(mode: str) -> dict[str, str]:
+    """The ``CONFIG SET`` settings of ``--redis-fsync`` ``mode``: ``debian`` (the default) as
+    Debian ships Redis, or an AOF with that ``appendfsync`` and no snapshots."""
+    if mode == "debian":
+        return dict(REDIS_DEBIAN)
+    return {"appendonly": "yes", "appendfsync": mode, "save": ""}
