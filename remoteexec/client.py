@@ -311,7 +311,7 @@ def current_client() -> Client:
     if client is not None:
         return client
     if _default is None:
-        if _routed:
+        if _routed and importing_tasks.get() is None:  # an import says why itself
             raise ConfigurationError(
                 f"no client for calls in thread {threading.current_thread().name!r}: "
                 "remoteexec.using(client) reaches the thread (or asyncio task) that "
