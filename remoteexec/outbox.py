@@ -46,7 +46,10 @@ class Outbox:
         self.observer: TaskObserver | None = None  # per-task log lines, metrics (observe.py)
 
     def failure(self, claim: Claim, kind: str, type_name: str, message: str, key: int = 0) -> Done:
-        """A failure reply, signed with secret number ``key`` (the one that verified the call)."""
+        """A failure reply, signed with secret number ``key`` (the one that verified the call);
+        none for a call sent with no reply address (``send``)."""
+        if not claim.reply_to:
+            return Done(claim, None)
         reply = Reply(claim.id, None, Failure(kind, type_name, message, ""))
         return Done(claim, self.codec.encode_reply(reply, key=key))
 
@@ -110,10 +113,7 @@ class Outbox:
         self.settle(finished, accepted)
 
     def send(self, finished: list[Done]) -> list[bool]:
-        """Which of ``finished`` the broker accepted; a broker away for long: none. A call
-        sent with no reply address (``send``) gets no reply, whatever its outcome."""
-        if not all(d.claim.reply_to for d in finished):
-            finished = [d if d.claim.reply_to else Done(d.claim, None) for d in finished]
+        """Which of ``finished`` the broker accepted; a broker away for long: none."""
         for attempt in range(20):
             try:
                 return self.backend.complete(finished)

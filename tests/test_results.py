@@ -3,34 +3,18 @@ processes can share (sqlite, redis, mysql)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from remoteexec import Client, using
 from tests.farm import Farm, ledger, tasks
+from tests.test_e2e import client, wait_for  # noqa: F401  (the fixture, used by name)
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def client(farm_url: str) -> Iterator[Client]:
-    with Client(farm_url) as client, using(client):
-        yield client
-
-
-def wait_for(predicate, timeout: float = 30.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.05)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("client")]
 
 
 def test_send_returns_the_id_at_once_and_the_call_runs_with_no_reply_kept(
-    farm: Farm, client: Client, tmp_path: Path
+    farm: Farm, tmp_path: Path
 ) -> None:
     path = tmp_path / "ledger"
     ids = [tasks.Slow.execute.send(0, ledger=str(path), tag=f"t{i}") for i in range(5)]
@@ -45,9 +29,7 @@ def test_send_returns_the_id_at_once_and_the_call_runs_with_no_reply_kept(
     assert tasks.Echo.value(7) == 7
 
 
-def test_a_failing_sent_call_goes_to_the_worker_log_and_the_worker_keeps_going(
-    farm: Farm, client: Client
-) -> None:
+def test_a_failing_sent_call_goes_to_the_worker_log_and_the_worker_keeps_going(farm: Farm) -> None:
     farm.start()
     sent = tasks.Failing.execute.send("boom from send")
     wait_for(lambda: "boom from send" in farm.logs(), message="the failure in the worker's log")
@@ -56,7 +38,7 @@ def test_a_failing_sent_call_goes_to_the_worker_log_and_the_worker_keeps_going(
 
 
 def test_a_sent_call_that_loses_its_worker_every_time_ends_as_a_dead_letter(
-    farm: Farm, client: Client, farm_url: str, tmp_path: Path
+    farm: Farm, farm_url: str, tmp_path: Path
 ) -> None:
     from remoteexec.backends import open_backend
 
