@@ -81,12 +81,16 @@ MAX_DEAD_LETTERS = 1000
 
 @dataclass(slots=True)
 class Job:
-    """A task to enqueue. ``id`` is made by the client and unique."""
+    """A task to enqueue. ``id`` is made by the client and unique.
+
+    ``not_before`` is the epoch second before which no worker may claim it (0: at once).
+    """
 
     id: str
     queue: str
     reply_to: str
     body: bytes
+    not_before: float = 0.0
 
 
 @dataclass(slots=True)
@@ -107,10 +111,19 @@ class Claim:
 
 @dataclass(slots=True)
 class Done:
-    """The outcome of a claim: ``reply`` goes to ``claim.reply_to`` (``None``: no reply)."""
+    """The outcome of a claim: ``reply`` goes to ``claim.reply_to`` (``None``: no reply).
+
+    ``keep`` is how many seconds the reply is also kept under the task's id, for
+    ``Backend.results`` (0: not kept). ``again`` puts the task back instead of finishing
+    it (a retry): a job with the claim's id, queue and reply address and a new body and
+    ``not_before``, enqueued in the same step as the claim is acknowledged; ``reply`` is
+    then None.
+    """
 
     claim: Claim
     reply: bytes | None
+    keep: float = 0.0
+    again: Job | None = None
 
 
 @dataclass(slots=True)
@@ -129,13 +142,17 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A task that was given up on (e.g. it killed its worker on every attempt)."""
+    """A task that was given up on (e.g. it killed its worker on every attempt).
+
+    ``traceback`` is the last failure's remote traceback, where there was one.
+    """
 
     id: str
     queue: str
     name: str
     reason: str
     at: float
+    traceback: str = ""
 
 
 @dataclass(slots=True)

@@ -61,21 +61,24 @@ def worker_json(text: Any) -> WorkerInfo | None:
 
 
 def dead_letter(row: Sequence[Any]) -> DeadLetter | None:
-    """A ``DeadLetter`` from its fields in order; None if a field has the wrong type."""
-    if len(row) != len(_DEAD_FIELDS):
+    """A ``DeadLetter`` from its fields in order (the traceback may be left out); None if
+    a field has the wrong type."""
+    if len(row) not in (len(_DEAD_FIELDS) - 1, len(_DEAD_FIELDS)):
         return None
-    task_id, queue, name, reason, at = row
-    if not (type(task_id) is type(queue) is type(name) is type(reason) is str and _time(at)):
+    task_id, queue, name, reason, at, *rest = row
+    traceback = rest[0] if rest else ""
+    strings = (task_id, queue, name, reason, traceback)
+    if not (all(type(s) is str for s in strings) and _time(at)):
         return None
-    return DeadLetter(task_id, queue, name, reason, float(at))
+    return DeadLetter(task_id, queue, name, reason, float(at), traceback)
 
 
 def dead_letter_json(text: Any) -> DeadLetter | None:
     """A ``DeadLetter`` from the JSON object a backend stored; None if it is not one."""
     data = _json(text)
-    if type(data) is not dict or tuple(sorted(data)) != tuple(sorted(_DEAD_FIELDS)):
+    if type(data) is not dict or not set(_DEAD_FIELDS[:-1]) <= set(data) <= set(_DEAD_FIELDS):
         return None
-    return dead_letter([data[name] for name in _DEAD_FIELDS])
+    return dead_letter([data[name] for name in _DEAD_FIELDS if name in data])
 
 
 def _json(text: Any) -> Any:

@@ -267,7 +267,7 @@ class SQLiteBackend(Backend):
 
     def bury(self, letter: DeadLetter) -> None:
         def tx(conn: sqlite3.Connection) -> None:
-            seq = conn.execute(BURY, astuple(letter)).lastrowid
+            seq = conn.execute(BURY, astuple(letter)[:5]).lastrowid
             conn.execute("DELETE FROM dead WHERE seq <= ?", ((seq or 0) - MAX_DEAD_LETTERS,))
 
         self._db.run(tx)
