@@ -73,6 +73,8 @@ def test_a_deferred_send_and_submit_many_are_held_back(local: Client) -> None:
     assert backend.stats().queues.get("default") == 3
     assert backend.claim(["default"], limit=5, lease=30, wait=0.1) == []
     assert backend.lost([task_id, *(f.task_id for f in futures)], local.reply_to) == set()
+    assert futures[0].cancel() is True  # withdrawn before it was due
+    assert backend.stats().queues.get("default") == 2
 
 
 @pytest.mark.parametrize(
