@@ -375,6 +375,96 @@ def test_an_expired_lease_goes_back_to_the_head_of_its_queue(backend: Backend) -
     assert backend.cancel(old) is False
 
 
+def deferred(delay: float, queue: str = "default", body: bytes = b"x") -> Job:
+    """A job no worker may claim for ``delay`` seconds from now."""
+    return Job(uuid.uuid4().hex, queue, "client-1", body, time.time() + delay)
+
+
+def test_a_deferred_task_is_claimed_only_from_its_not_before(backend: Backend) -> None:
+    later, now = deferred(0.8), job()
+    backend.enqueue([later, now])
+    assert [c.id for c in claim_all(backend, ["default"], 1)] == [now.id]
+    assert backend.claim(["default"], limit=5, lease=30, wait=0.1) == []
+    time.sleep(max(0.0, later.not_before - time.time()))
+    [c] = claim_all(backend, ["default"], 1)
+    assert time.time() >= later.not_before
+    assert (c.id, c.body, c.attempt) == (later.id, later.body, 1)
+
+
+def test_due_deferred_tasks_are_claimed_in_due_order(backend: Backend) -> None:
+    jobs = [deferred(0.6), deferred(0.2), deferred(0.4)]
+    backend.enqueue(jobs)
+    time.sleep(0.8)
+    got = [c.id for _ in jobs for c in claim_all(backend, ["default"], 1)]
+    assert got == [jobs[1].id, jobs[2].id, jobs[0].id]
+
+
+def test_a_waiting_claim_wakes_for_a_deferred_task(backend: Backend) -> None:
+    j = deferred(0.5)
+    backend.enqueue([j])
+    claims = backend.claim(["default"], limit=1, lease=30, wait=15)
+    assert j.not_before <= time.time() < j.not_before + WAKE_BOUND
+    assert [c.id for c in claims] == [j.id]
+
+
+def test_an_expired_lease_of_a_deferred_task_does_not_defer_it_again(backend: Backend) -> None:
+    j = deferred(0.2)
+    backend.enqueue([j])
+    [first] = backend.claim(["default"], limit=1, lease=0.3, wait=15)
+    time.sleep(0.6)  # past the lease: claimable at once, as any expired lease
+    [again] = backend.claim(["default"], limit=1, lease=30, wait=0)
+    assert (again.id, again.attempt) == (j.id, 2) and again.token != first.token
+
+
+def test_done_again_puts_the_task_back_deferred(backend: Backend) -> None:
+    j = job(reply_to="R")
+    backend.enqueue([j])
+    [c] = claim_all(backend, ["default"], 1)
+    back = Job(j.id, j.queue, j.reply_to, b"second", time.time() + 0.6)
+    assert backend.complete([Done(c, None, again=back)]) == [True]
+    assert backend.claim(["default"], limit=5, lease=30, wait=0.1) == []
+    stats = backend.stats()
+    assert (stats.queues.get("default"), stats.running) == (1, 0)  # deferred: waiting
+    assert backend.lost([j.id], "R") == set()
+    [again] = backend.claim(["default"], limit=1, lease=30, wait=15)
+    assert time.time() >= back.not_before
+    assert (again.id, again.body, again.attempt) == (j.id, b"second", c.attempt)
+    assert again.token != c.token
+    stale = Job(j.id, j.queue, j.reply_to, b"stale", 0.0)
+    assert backend.complete([Done(c, None, again=stale)]) == [False]  # changes nothing
+    assert backend.complete([Done(again, b"done")]) == [True]
+    assert backend.replies("R", wait=1) == [b"done"]
+    assert backend.claim(["default"], limit=5, lease=30, wait=0.1) == []
+
+
+def test_complete_and_claim_puts_back_and_claims_in_one_step(backend: Backend) -> None:
+    j = job()
+    backend.enqueue([j])
+    [c] = claim_all(backend, ["default"], 1)
+    back = Job(j.id, j.queue, j.reply_to, b"second")
+    accepted, claims = backend.complete_and_claim(
+        [Done(c, None, again=back)], ["default"], limit=5, lease=30, wait=5
+    )
+    assert accepted == [True]
+    claims = claims or claim_all(backend, ["default"], 1)
+    assert [(x.id, x.body, x.attempt) for x in claims] == [(j.id, b"second", 1)]
+
+
+def test_purge_cancel_and_lost_see_deferred_tasks(backend: Backend) -> None:
+    kept, cancelled, purged = deferred(60), deferred(60), deferred(60, "other")
+    backend.enqueue([kept, cancelled, purged])
+    ids = [kept.id, cancelled.id, purged.id]
+    assert backend.lost(ids, "client-1") == set()
+    stats = backend.stats()
+    assert (stats.queues.get("default"), stats.queues.get("other"), stats.running) == (2, 1, 0)
+    assert backend.cancel(cancelled) is True
+    assert backend.purge("other") == 1
+    assert backend.lost(ids, "client-1") == {cancelled.id, purged.id}
+    assert backend.purged(ids) == {purged.id}
+    assert backend.purge() == 1
+    assert backend.lost(ids, "client-1") == set(ids)
+
+
 def test_a_batch_completes_each_item_on_its_own_token(backend: Backend) -> None:
     backend.enqueue([job(reply_to="r") for _ in range(3)])
     claims = claim_all(backend, ["default"], 3)

@@ -7,6 +7,11 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
 * **Queues.** ``enqueue`` appends jobs to named queues; ``claim`` takes up to ``limit`` of
   them, trying the queues in the order given, oldest first within a queue. A task whose
   lease expired, or that was released, keeps its place before newer work.
+* **Deferred tasks.** A job whose ``not_before`` is ahead is stored as such, in the
+  broker's own terms (no scheduler process moves it), and no claim takes it before then;
+  once due, a claim takes it like waiting work, the first due first. A claim that waits
+  wakes for the next one to come due. ``stats`` counts deferred tasks as waiting, and
+  ``cancel``, ``purge`` and ``lost`` see them.
 * **Ids.** ``Job.id`` is unique; the client never sends one twice. Enqueueing an id the
   backend holds (waiting or claimed) raises nothing and leaves the held task as it is: a
   claimed task stays claimed under its token and its reply is delivered. Memory, SQLite
@@ -19,7 +24,9 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
   needed; the worker turns ``attempt > max_attempts`` into a ``WorkerLost`` reply.
 * **Completion.** ``complete`` acknowledges a claim and stores its reply for the caller in
   one step, and only while the token still holds the lease: a worker whose lease was taken
-  over cannot deliver a second result.
+  over cannot deliver a second result. ``Done.again`` puts the task back instead, in the
+  same step: same id, its new body, claimable from its ``not_before``; the next claim of
+  it has the same ``attempt`` as the one completed (as after ``release``).
 * **Replies.** Every client process has one reply address (``reply_to``); ``replies``
   returns what has arrived there, waiting up to ``wait`` seconds, and removes it. Replies
   nobody collects expire after ``result_ttl`` seconds.

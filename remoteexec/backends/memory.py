@@ -3,6 +3,10 @@
 The reference implementation of the contract in ``base.py``: plain dicts under one lock,
 a condition variable for waiting. ``memory://name`` names a broker; every backend opened
 with the same URL in one process shares it.
+
+A deferred task (``Job.not_before`` ahead) waits in its queue held by no one: token ``""``
+until ``lease_until`` = its ``not_before``. A claim first moves the due ones to the end of
+their queue, in due order, as plain waiting tasks.
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ from .base import MAX_DEAD_LETTERS, Backend, Claim, DeadLetter, Done, Job, Stats
 class _Entry:
     job: Job
     attempt: int = 0
-    token: str | None = None
+    token: str | None = None  # None: waiting; "": deferred until lease_until; else leased
     lease_until: float = 0.0
+
+
+def _entry(job: Job, attempt: int, now: float) -> _Entry:
+    """A waiting entry, or a deferred one when ``job.not_before`` is ahead of ``now``."""
+    if job.not_before > now:
+        return _Entry(job, attempt, "", job.not_before)
+    return _Entry(job, attempt)
 
 
 _EMPTY: OrderedDict[str, _Entry] = OrderedDict()  # never written to
@@ -50,6 +61,7 @@ class _Broker:
         self.starts: dict[str, list[float]] = {}  # id -> [starts, completed, keep_until]
         self.blobs: dict[str, tuple[bytes, float]] = {}  # id -> (blob, expiry)
         self.blobs_lock = threading.Lock()
+        self.deferred = 0  # entries with token "": a claim looks for due ones only if any
 
 
 _BROKERS: dict[str, _Broker] = {}
@@ -70,11 +82,14 @@ class MemoryBackend(Backend):
         return cls(parts.netloc + parts.path, result_ttl=result_ttl)
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
+        now = time.time()
         with self._b.cond:
             queues = self._b.queues
             for job in jobs:
                 if not any(job.id in q for q in queues.values()):  # a repeat is dropped
-                    queues.setdefault(job.queue, OrderedDict())[job.id] = _Entry(job)
+                    entry = _Entry(job) if not job.not_before else _entry(job, 0, now)
+                    queues.setdefault(job.queue, OrderedDict())[job.id] = entry
+                    self._b.deferred += entry.token == ""
             self._b.cond.notify_all()
 
     def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
@@ -91,6 +106,8 @@ class MemoryBackend(Backend):
     def _take(self, queues: Sequence[str], limit: int, lease: float) -> list[Claim]:
         now = time.time()
         claims: list[Claim] = []
+        if self._b.deferred:
+            self._promote(queues, now)
         for name in queues:
             for entry in self._b.queues.get(name, _EMPTY).values():
                 if len(claims) >= limit:
@@ -105,6 +122,16 @@ class MemoryBackend(Backend):
                     Claim(job.id, job.queue, job.reply_to, job.body, entry.attempt, entry.token)
                 )
         return claims
+
+    def _promote(self, queues: Sequence[str], now: float) -> None:
+        """Move the due deferred tasks of ``queues`` to the end of their queue, due first."""
+        for name in queues:
+            q = self._b.queues.get(name, _EMPTY)
+            due = [e for e in q.values() if e.token == "" and e.lease_until <= now]
+            for entry in sorted(due, key=lambda e: e.lease_until):
+                entry.token = None
+                q.move_to_end(entry.job.id)
+            self._b.deferred -= len(due)
 
     def _held(self, claim: Claim) -> _Entry | None:
         entry = self._b.queues.get(claim.queue, _EMPTY).get(claim.id)
@@ -130,7 +157,11 @@ class MemoryBackend(Backend):
                 entry = self._held(item.claim)
                 if entry is not None:
                     del self._b.queues[item.claim.queue][item.claim.id]
-                    if item.reply is not None:
+                    if item.again is not None:  # put back, the attempt not counted
+                        again = _entry(item.again, entry.attempt - 1, now)
+                        self._b.queues[item.claim.queue][item.claim.id] = again
+                        self._b.deferred += again.token == ""
+                    elif item.reply is not None:
                         box = self._b.replies.setdefault(item.claim.reply_to, deque())
                         box.append(_Reply(item.claim.id, item.reply, now))
                 accepted.append(entry is not None)
@@ -153,6 +184,7 @@ class MemoryBackend(Backend):
             if entry is None or entry.attempt > 0:
                 return False
             del queue[job.id]
+            self._b.deferred -= entry.token == ""
             return True
 
     def replies(self, reply_to: str, *, wait: float) -> list[bytes]:
@@ -208,14 +240,14 @@ class MemoryBackend(Backend):
         now = time.time()
         with self._b.cond:
             depth = {
-                name: sum(1 for e in q.values() if e.token is None or e.lease_until <= now)
+                name: sum(1 for e in q.values() if not e.token or e.lease_until <= now)
                 for name, q in self._b.queues.items()
             }
             running = sum(
                 1
                 for q in self._b.queues.values()
                 for e in q.values()
-                if e.token is not None and e.lease_until > now
+                if e.token and e.lease_until > now
             )
             workers = [
                 replace(w) for w in self._b.workers.values() if now - w.last_seen < self.worker_ttl
@@ -229,8 +261,8 @@ class MemoryBackend(Backend):
             for name, q in self._b.queues.items():
                 if queue is not None and name != queue:
                     continue
-                for task_id in [k for k, e in q.items() if e.token is None or e.lease_until <= now]:
-                    del q[task_id]
+                for task_id in [k for k, e in q.items() if not e.token or e.lease_until <= now]:
+                    self._b.deferred -= q.pop(task_id).token == ""
                     self._b.purged[task_id] = now
                     removed += 1
         return removed

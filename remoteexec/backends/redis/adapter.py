@@ -24,12 +24,13 @@ from ...errors import BackendUnavailable
 from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 from .blobs import RedisBlobStore
 from .claiming import Claimer
-from .commands import complete_batch, complete_calls, completed, hand_back, ring_commands
+from .commands import complete_batch, complete_calls, completed, hand_back, pushes, puts_back
 from .connection import blocking_wait, connect, map_redis_errors, secrets_in, split_prefix
+from .deferred import cancel_commands
 from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
-from .shards import Shards, base, inward, outward
+from .shards import Shards, inward, outward
 from .topology import ClusterLink, complete_routed, split_own, spread_of
 from .watch import Watch
 from .wire import Link, raw, run
@@ -156,10 +157,7 @@ class RedisBackend(Backend):
                 return self._run(then) if then else []
         new = [q for q in by_queue if q not in self._known]
         commands: list[tuple[Any, ...]] = [("SET", self._keys.epoch, self._mine, "NX", "GET")]
-        for queue, group in by_queue.items():
-            tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group]
-            commands.append(("LPUSH", self._keys.waiting(queue), *tasks))
-            commands += ring_commands(self._keys, base(queue), len(group))
+        commands += pushes(self._keys, by_queue)
         if new:
             commands.append(("SADD", self._keys.queues, *new))
         ids = [j.id for j in jobs]
@@ -254,7 +252,8 @@ class RedisBackend(Backend):
                     0
                 ]
         with self._mapper:
-            if len(done) >= _SCRIPT_MIN and self._scripts.shas(self._linked()) is not None:
+            scripted = len(done) >= _SCRIPT_MIN and not puts_back(done)
+            if scripted and self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
                     calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
                     return completed(done, self._scripts.run(self._link, calls))
@@ -292,7 +291,8 @@ class RedisBackend(Backend):
                         raise answer
             return held, claims
         with self._mapper:
-            shas = self._scripts.shas(self._link) if len(done) >= _SCRIPT_MIN else None
+            scripted = len(done) >= _SCRIPT_MIN and not puts_back(done)
+            shas = self._scripts.shas(self._link) if scripted else None
             marks: list[int] = []
             if shas is None:
                 cmds, marks = complete_batch(self._keys, done, ttl=self._ttl_ms())
@@ -329,7 +329,10 @@ class RedisBackend(Backend):
         removed = False
         with self._mapper:
             for queue in self._shards.of(job.queue) if self._cluster else [job.queue]:
-                removed = removed or bool(self._cmd("LREM", self._keys.waiting(queue), 1, elem))
+                if not removed:
+                    waiting = ("LREM", self._keys.waiting(queue), 1, elem)
+                    out = self._run([waiting, *cancel_commands(self._keys, queue, job.id)])
+                    removed = bool(out[0] or out[1])
         if removed:
             with self._lock:
                 self._sent.pop(job.id, None)

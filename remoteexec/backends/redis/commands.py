@@ -1,8 +1,8 @@
 """The commands of each step the Redis adapter takes, built (or sent) from the keys alone.
 
-``claim_pass`` and ``complete_batch`` are the script-free claim and completion;
-``claim_args`` and ``complete_calls`` the same steps as calls of the ``CLAIM`` and
-``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``, ``hand_back`` and
+``pushes`` are an enqueue's; ``claim_pass`` and ``complete_batch`` the script-free claim
+and completion; ``claim_args`` and ``complete_calls`` the same steps as calls of the
+``CLAIM`` and ``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``, ``hand_back`` and
 ``ring`` are shared by both. Why each is safe is in the package's docstring; the state they
 depend on (tokens, epochs, what was sent) stays in the adapter.
 """
@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 
-from ..base import Claim, Done
-from .elements import BadElement, dead_element, next_attempt, pack_reply
+from ..base import Claim, Done, Job
+from .deferred import enqueue_commands, is_deferred, put_back
+from .elements import BadElement, dead_element, next_attempt, pack_reply, pack_task
 from .keys import BELLS, SKIPLIST_KEEPER, Keys
+from .shards import base
 from .wire import raw
 
 log = logging.getLogger("remoteexec.redis")
@@ -30,6 +33,26 @@ def ring_commands(keys: Keys, queue: str, n: int) -> list[tuple[Any, ...]]:
     bells = keys.bells(queue)
     # Waiters look again every second anyway: a doorbell outlives its ring by 2 s.
     return [("LPUSH", bells, *[b""] * min(n, BELLS)), ("PEXPIRE", bells, 2000)]
+
+
+def pushes(keys: Keys, by_queue: dict[str, list[Job]]) -> list[tuple[Any, ...]]:
+    """The commands that store each queue's jobs: waiting, or deferred (``deferred``)."""
+    now, commands = time.time(), []
+    for queue, group in by_queue.items():
+        tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group if j.not_before <= now]
+        if len(tasks) < len(group):
+            later = [j for j in group if j.not_before > now]
+            commands += enqueue_commands(keys, queue, later)
+        if tasks:
+            commands.append(("LPUSH", keys.waiting(queue), *tasks))
+            commands += ring_commands(keys, base(queue), len(tasks))
+    return commands
+
+
+def puts_back(done: Sequence[Done]) -> bool:
+    """Whether an item of ``done`` puts its task back: the ``COMPLETE`` script does not,
+    the ``MULTI`` of ``complete_batch`` does."""
+    return any(d.again is not None for d in done)
 
 
 def ring(p: Pipeline, keys: Keys, queue: str, n: int) -> None:
@@ -55,7 +78,8 @@ def requeue(
     tokens: Sequence[bytes],
     claims: Sequence[Claim] = (),
 ) -> None:
-    """Put the tasks of expired leases back at the head of their queue, attempt + 1.
+    """Put the tasks of expired leases and due deferred tasks (``deferred``) back at the
+    head of their queue, attempt + 1, the first of ``tokens`` first in line.
 
     Each step is conditional on the claim list still existing, so a holder completing
     or releasing meanwhile wins, and a second reaper changes nothing. ``claims`` are
@@ -71,7 +95,7 @@ def requeue(
     # Dead letters go in after, apart: their list is in a slot of its own on a cluster.
     with client.pipeline(transaction=True) as p, client.pipeline(transaction=False) as late:
         hand_back(p, keys, claims)
-        for key, elem in zip(claimed, elems, strict=True):
+        for token, key, elem in reversed(list(zip(tokens, claimed, elems, strict=True))):
             if elem is None:
                 continue  # completed, released, or a token that never got a task
             try:
@@ -80,7 +104,8 @@ def requeue(
                 dead_element(late, keys, queue, elem, str(exc))
                 p.delete(key)
                 continue
-            log.warning("lease expired on attempt %d of a task in %r: requeued", attempt, queue)
+            if not is_deferred(token):
+                log.warning("lease expired on attempt %d of a task in %r: requeued", attempt, queue)
             raw(p)("RPUSHX", key, again)
             raw(p)("LMOVE", key, keys.waiting(queue), "RIGHT", "RIGHT")
             p.delete(key)
@@ -126,7 +151,8 @@ def claim_pass(
 def complete_batch(
     keys: Keys, done: Sequence[Done], *, ttl: int
 ) -> tuple[list[tuple[Any, ...]], list[int]]:
-    """The ``MULTI`` body that ends ``done``'s leases, replies pushed with a ``ttl`` ms.
+    """The ``MULTI`` body that ends ``done``'s leases, replies pushed with a ``ttl`` ms,
+    tasks put back (``Done.again``: ``deferred.put_back``).
 
     Returns:
         The commands, and per item the index of the reply that is positive if its lease
@@ -143,7 +169,9 @@ def complete_batch(
             continue
         seen.add(key)
         marks.append(len(cmds))
-        if d.reply is not None:  # pushed into the claim list, so only if still held
+        if d.again is not None:
+            cmds += put_back(keys, c, d.again, time.time())
+        elif d.reply is not None:  # pushed into the claim list, so only if still held
             box = keys.replies(c.reply_to)
             boxes.add(box)
             cmds.append(("RPUSHX", key, pack_reply(c.id, d.reply)))

@@ -17,6 +17,9 @@ a commit survives a crashed process (a power cut may lose the last few). Beyond 
   calls flow (a blocking call's reply is seen within one), up to 25 ms after 1.25 s of
   idleness.
 * Re-enqueueing an id that is still held changes nothing: a retried ``enqueue`` is safe.
+* A deferred task is a row no one holds until its ``not_before`` (token ``''``, see
+  ``statements.py``): a claim takes it once due as it takes an expired lease, and a waiting
+  claim sleeps no later than the earliest of those times.
 * A reply row carries its task's id, so ``lost`` sees an answered task in one snapshot;
   ``purge`` leaves a tombstone per deleted id (table ``purged``) for ``result_ttl``.
 """
@@ -47,11 +50,13 @@ from .statements import (
     CLAIM,
     DEPTH,
     ENQUEUE,
+    ENQUEUE_DEFERRED,
     FORGET_STARTS,
     HEARTBEAT,
     HELD,
     NOTE_START,
     PEEK,
+    PUT_BACK,
     REPLY,
     STARTS,
     chunks,
@@ -139,11 +144,14 @@ class SQLiteBackend(Backend):
         if not jobs:
             return
         now = time.time()
-        rows = [(j.id, j.queue, j.reply_to, j.body, now) for j in jobs]
+        rows = [(j.id, j.queue, j.reply_to, j.body, now) for j in jobs if j.not_before <= now]
+        later = [] if len(rows) == len(jobs) else _deferred_rows(jobs, now)
         names = [(q,) for q in dict.fromkeys(j.queue for j in jobs)]
 
         def tx(conn: sqlite3.Connection) -> None:
             conn.executemany(ENQUEUE, rows)
+            if later:
+                conn.executemany(ENQUEUE_DEFERRED, later)
             conn.executemany("INSERT OR IGNORE INTO queues (name) VALUES (?)", names)
 
         self._db.run(tx)
@@ -205,7 +213,10 @@ class SQLiteBackend(Backend):
             now = time.time()
             sql = f"DELETE FROM tasks WHERE {HELD}"
             accepted = [
-                conn.execute(sql, (d.claim.id, d.claim.token, now)).rowcount == 1 for d in done
+                conn.execute(sql, (d.claim.id, d.claim.token, now)).rowcount == 1
+                if d.again is None
+                else conn.execute(PUT_BACK, _put_back(d.claim, d.again, now)).rowcount == 1
+                for d in done
             ]
             conn.executemany(
                 REPLY,
@@ -318,8 +329,8 @@ class SQLiteBackend(Backend):
         return self._db.run(tx, "DEFERRED")
 
     def purge(self, queue: str | None = None) -> int:
-        """Delete waiting tasks and expired leases, leaving a tombstone for each."""
-        sql = "DELETE FROM tasks WHERE (token IS NULL OR lease_until <= ?1)"
+        """Delete waiting and deferred tasks and expired leases, leaving a tombstone for each."""
+        sql = "DELETE FROM tasks WHERE (token IS NULL OR token = '' OR lease_until <= ?1)"
         if queue is not None:
             sql += " AND queue = ?2"
 
@@ -384,6 +395,21 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         """Close the connections this process opened; a forked child leaves its parent's."""
         self._db.close()
+
+
+def _deferred_rows(jobs: Sequence[Job], now: float) -> list[tuple[Any, ...]]:
+    """The ENQUEUE_DEFERRED rows of the jobs in ``jobs`` not claimable before a later time."""
+    return [
+        (j.id, j.queue, j.reply_to, j.body, now, j.not_before) for j in jobs if j.not_before > now
+    ]
+
+
+def _put_back(claim: Claim, again: Job, now: float) -> tuple[Any, ...]:
+    """The PUT_BACK parameters that put ``claim`` back as ``again``."""
+    held = (claim.id, claim.token, now)
+    if again.not_before > now:
+        return (again.body, "", again.not_before, *held)
+    return (again.body, None, 0.0, *held)
 
 
 def _count(n: object) -> int:

@@ -1,9 +1,11 @@
 """The SQLite schema, its version and migration, and the adapter's longer statements.
 
 ``tasks``
-    One row per task. ``seq`` is the FIFO order; ``token IS NULL`` means waiting, else the
-    task is leased until ``lease_until``. Two partial indexes serve a claim: waiting tasks
-    of a queue in order, and leased tasks of a queue by lease end.
+    One row per task. ``seq`` is the FIFO order; ``token IS NULL`` means waiting, ``''``
+    deferred (held by no one until ``lease_until``, its ``Job.not_before``), else the task
+    is leased until ``lease_until``. Two partial indexes serve a claim: waiting tasks of a
+    queue in order, and leased and deferred tasks of a queue by the time they come due: a
+    claim takes a due deferred task as it takes an expired lease.
 ``replies``
     Replies waiting for a client's ``reply_to``, with their task's id, so ``lost`` sees an
     answered task in one snapshot.
@@ -68,7 +70,17 @@ ENQUEUE = (
     "INSERT INTO tasks (id, queue, reply_to, body, created) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
 )
-# Oldest first among waiting tasks and expired leases of one queue (?3), up to ?5 of them.
+#: A deferred task: token '' until lease_until = its not_before (the last parameter).
+ENQUEUE_DEFERRED = (
+    "INSERT INTO tasks (id, queue, reply_to, body, created, token, lease_until) "
+    "VALUES (?, ?, ?, ?, ?, '', ?) ON CONFLICT (id) DO NOTHING"
+)
+#: Done.again: the held row (id, token, now) takes its new body, token ('' or NULL) and
+#: not_before, and gives back the attempt its claim counted.
+PUT_BACK = """UPDATE tasks SET body = ?, token = ?, lease_until = ?, attempt = attempt - 1
+WHERE id = ? AND token = ? AND lease_until > ?"""
+# Oldest first among waiting tasks and expired leases of one queue (?3), up to ?5 of them;
+# the expired leases and due deferred tasks looked at are the first to have come due.
 # A lease_until that is text or a blob (they sort after every number) holds no lease.
 # A body over ?6 bytes is read by BODY afterwards (its last column says so): RETURNING
 # keeps its rows until the statement ends, one more copy of every body at the peak.
@@ -78,7 +90,8 @@ WHERE seq IN (
                      ORDER BY seq LIMIT ?5)
     UNION ALL
     SELECT seq FROM (SELECT seq FROM tasks WHERE queue = ?3 AND token IS NOT NULL
-                     AND (lease_until <= ?4 OR lease_until >= '') ORDER BY seq LIMIT ?5)
+                     AND (lease_until <= ?4 OR lease_until >= '')
+                     ORDER BY lease_until, seq LIMIT ?5)
     ORDER BY seq LIMIT ?5)
 RETURNING seq, id, reply_to, iif(length(body) > ?6, NULL, body), attempt, token,
     length(body) > ?6"""
@@ -93,9 +106,9 @@ HELD = "id = ? AND token = ? AND lease_until > ?"
 REPLY = "INSERT INTO replies (reply_to, body, created, task_id) VALUES (?, ?, ?, ?)"
 HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 BURY = "INSERT INTO dead (id, queue, name, reason, at) VALUES (?, ?, ?, ?, ?)"
-DEPTH = (  # per queue: waiting (or lease expired), running
-    "SELECT queue, total(token IS NULL OR lease_until <= ?1), "
-    "total(token IS NOT NULL AND lease_until > ?1) FROM tasks GROUP BY queue"
+DEPTH = (  # per queue: waiting (or deferred, or lease expired), running
+    "SELECT queue, total(token IS NULL OR token = '' OR lease_until <= ?1), "
+    "total(token IS NOT NULL AND token <> '' AND lease_until > ?1) FROM tasks GROUP BY queue"
 )
 STARTS = (  # made on first use: only workers with secrets need it
     """CREATE TABLE IF NOT EXISTS starts (id TEXT PRIMARY KEY, n INTEGER NOT NULL,
