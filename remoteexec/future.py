@@ -17,6 +17,7 @@ from .config import check_attempts, check_name
 
 if TYPE_CHECKING:
     from .backends import Job
+    from .retry_policy import Retry
 
 R = TypeVar("R")
 
@@ -67,11 +68,13 @@ class RemoteFuture(concurrent.futures.Future[R]):
 class CallOptions:
     """Per-call options; ``None`` means "the task's or the client's default".
 
+    ``retry`` is the retry policy (``retry_policy.merged`` checks it), or None: no retries.
+
     Raises:
         ConfigurationError: a bad queue name or ``max_attempts``.
     """
 
-    __slots__ = ("max_attempts", "queue", "shards", "time_limit", "timeout")
+    __slots__ = ("max_attempts", "queue", "retry", "shards", "time_limit", "timeout")
 
     def __init__(
         self,
@@ -81,9 +84,11 @@ class CallOptions:
         max_attempts: int | None = None,
         time_limit: float | None = None,
         shards: int | None = None,
+        retry: Retry | None = None,
     ) -> None:
         self.queue = None if queue is None else check_name("queue", queue)
         self.timeout = timeout
         self.max_attempts = None if max_attempts is None else check_attempts(max_attempts)
         self.time_limit = time_limit
         self.shards = shards  # the task type's (@remote(shards=)), not a per-call option
+        self.retry = retry

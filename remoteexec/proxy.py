@@ -24,6 +24,7 @@ import wrapt
 
 from .config import check_name
 from .future import CallOptions, RemoteFuture
+from .retry_policy import Retry, merged
 
 if TYPE_CHECKING:
     from .client import Client
@@ -129,9 +130,20 @@ class RemoteMethod(Generic[P, R]):
         timeout: float | None = _UNSET,
         queue: str | None = _UNSET,
         max_attempts: int | None = _UNSET,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        retries: int | None = None,
+        backoff: tuple[float, float] | None = None,
     ) -> RemoteMethod[P, R]:
-        """The same method with other call options (the task's own arguments are untouched)."""
+        """The same method with other call options (the task's own arguments are untouched).
+
+        ``retry_on``, ``retries`` and ``backoff`` replace the task's (``@remote``); one not
+        given keeps it. ``retries=0`` turns retries off.
+
+        Raises:
+            ConfigurationError: an invalid option.
+        """
         old = self._opts
+        retry = merged(old.retry, retry_on=retry_on, retries=retries, backoff=backoff)
         return RemoteMethod(
             self.task,
             self.method,
@@ -141,6 +153,7 @@ class RemoteMethod(Generic[P, R]):
                 max_attempts=old.max_attempts if max_attempts is _UNSET else max_attempts,
                 time_limit=old.time_limit,
                 shards=old.shards,
+                retry=retry,
             ),
         )
 
@@ -201,11 +214,12 @@ class RemoteClass(_ClassProxy, Generic[T]):
         timeout: float | None,
         max_attempts: int | None,
         shards: int | None = None,
+        retry: Retry | None = None,
     ) -> None:
         super().__init__(cls)
         self._self_name = name
         self._self_options = CallOptions(
-            queue=queue, timeout=timeout, max_attempts=max_attempts, shards=shards
+            queue=queue, timeout=timeout, max_attempts=max_attempts, shards=shards, retry=retry
         )
         self._self_methods: dict[str, RemoteMethod[..., Any]] = {}  # made once per name
 
