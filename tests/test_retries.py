@@ -249,3 +249,43 @@ def test_a_lost_worker_during_a_retried_call_counts_against_max_attempts(
     # One run raised (retried), then two runs killed their worker: the second lease
     # expiry ends the call, retries left or not.
     assert len(ledger(book)) == 3
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_keeps_the_arguments_stored_out_of_band(
+    farm: Farm, farm_url: str, tmp_path: Path
+) -> None:
+    farm.start()
+    farm.worker_pids(1)
+    book = tmp_path / "ledger.txt"
+    with Client(farm_url, blob_threshold=1000) as client, using(client):
+        retried = tasks.Unretried.size.options(retry_on=(ConnectionError,), backoff=(0.1, 0.1))
+        assert retried(str(book), 2, b"x" * 100_000) == 100_000
+    assert len(ledger(book)) == 3
+
+
+@pytest.mark.timeout(120)
+def test_a_time_limited_task_is_retried_from_its_helper_process(
+    farm: Farm, client: Client, tmp_path: Path
+) -> None:
+    farm.start()
+    farm.worker_pids(1)
+    book = tmp_path / "ledger.txt"
+    assert tasks.FlakyLimited.execute(str(book), 2) == 3
+    with pytest.raises(RemoteError, match="run 3 failed") as caught:
+        tasks.FlakyLimited.execute(str(tmp_path / "always.txt"), 100)
+    assert len(caught.value.attempts) == 2
+
+
+@pytest.mark.timeout(120)
+def test_no_retry_is_made_that_could_not_start_before_the_timeout(
+    farm: Farm, client: Client, tmp_path: Path
+) -> None:
+    farm.start()
+    farm.worker_pids(1)
+    book = tmp_path / "ledger.txt"
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match="run 1 failed") as caught:
+        tasks.Flaky.execute.options(timeout=3, backoff=(5, 5))(str(book), 100)
+    assert time.monotonic() - started < 3 and caught.value.attempts == ()
+    assert len(ledger(book)) == 1

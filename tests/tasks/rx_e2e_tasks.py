@@ -201,6 +201,11 @@ class _FailsAtFirst:
             raise _ERRORS[error](f"run {runs + 1} failed")  # each try's traceback names this
         return runs + 1
 
+    def size(self, ledger, fails, payload):
+        """As ``execute``, then returns the length of ``payload``."""
+        self.execute(ledger, fails)
+        return len(payload)
+
 
 @remote(retry_on=(ConnectionError, TimeoutError), retries=3, backoff=(0.5, 30))
 class Flaky(_FailsAtFirst):
@@ -210,6 +215,11 @@ class Flaky(_FailsAtFirst):
 @remote
 class Unretried(_FailsAtFirst):
     """No retry policy of its own (``.options`` gives one per call)."""
+
+
+@remote(time_limit=30, retry_on=(ConnectionError,), retries=2, backoff=(0.1, 0.1))
+class FlakyLimited(_FailsAtFirst):
+    """Retried as ``Flaky``, in a worker's helper process (it has a time limit)."""
 
 
 @remote(retry_on=(ConnectionError,), retries=3, backoff=(0.2, 0.2), max_attempts=2)
