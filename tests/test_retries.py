@@ -289,3 +289,26 @@ def test_no_retry_is_made_that_could_not_start_before_the_timeout(
         tasks.Flaky.execute.options(timeout=3, backoff=(5, 5))(str(book), 100)
     assert time.monotonic() - started < 3 and caught.value.attempts == ()
     assert len(ledger(book)) == 1
+
+
+def test_a_call_that_no_longer_fits_a_message_ends_with_its_failure() -> None:
+    from remoteexec.backends import Claim
+    from remoteexec.leases import Held
+    from remoteexec.retries import retried
+
+    policy = merged(None, retry_on=(ConnectionError,), retries=5, backoff=(0.1, 0.1))
+    assert policy is not None
+    policy = policy.after("ConnectionError", "first", "tb first")
+    call = Call("id1", "T", "m", (), {}, None, 3, None, "q", "r", time.time(), retry=policy)
+    body = Codec().encode_call(call)
+    codec = Codec(max_message_size=len(body) + 100)  # no room for another traceback
+    claim = Claim("id1", "q", "r", body, 1, "token")
+    held = Held(claim, blobs=["a blob"])
+    failure = Failure("remote", "ConnectionError", "second", "x" * 1000, retry=True)
+    assert retried(codec, claim, call, failure, held) is None
+    assert failure.earlier == policy.tries and held.blobs == ["a blob"]  # deleted once done
+    roomy = retried(Codec(), claim, call, failure, held)
+    assert roomy is not None and roomy.reply is None and roomy.again is not None
+    again = Codec().decode_call(roomy.again.body)
+    assert again.retry is not None and [t[1] for t in again.retry.tries] == ["first", "second"]
+    assert roomy.again.not_before > time.time() and held.blobs == []  # kept for the retry
