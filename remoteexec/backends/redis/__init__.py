@@ -21,13 +21,15 @@ Where to look:
 * ``scripts``: the Lua scripts' loader (``scripts/*.lua``);
 * ``watch``: ``lost``, ``stats``, ``purge``, heartbeats, dead letters (off the hot path);
 * ``keys``: the key layout; ``elements``: the bytes of a task or reply element;
+* ``deferred``: deferred tasks and ``Done.again`` (a lease held by no one until then);
 * ``connection``: URLs, connecting, error mapping; ``wire``: raw commands on the hot path;
 * ``topology``: Redis Cluster and Sentinel; ``shards``: queues spread over several slots.
 
 Keys, under a prefix (``remoteexec:``; ``?prefix=`` in the URL), a queue's all in its
 ``{queue}`` hash slot: ``{q}:w`` waiting tasks (pushed left, taken right), ``{q}:l`` lease
 deadlines by token (and ``keys.SKIPLIST_KEEPER``), ``{q}:c:<token>`` a claimed task,
-``{q}:b`` doorbells for workers waiting on several queues (gone 2 s after the last ring);
+``{q}:b`` doorbells for workers waiting on several queues (gone 2 s after the last ring),
+``{q}:c:~:<id>`` a deferred task, its token scored in ``{q}:l`` at its ``not_before``;
 ``{reply_to}:r`` a client's replies (TTL ``result_ttl``, refreshed on each push);
 ``epoch``, ``queues``, ``workers``, ``dead``.
 

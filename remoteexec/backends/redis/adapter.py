@@ -26,6 +26,7 @@ from .blobs import RedisBlobStore
 from .claiming import Claimer
 from .commands import complete_batch, complete_calls, completed, hand_back, ring_commands
 from .connection import blocking_wait, connect, map_redis_errors, secrets_in, split_prefix
+from .deferred import cancel_commands, enqueue_commands
 from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
@@ -156,10 +157,7 @@ class RedisBackend(Backend):
                 return self._run(then) if then else []
         new = [q for q in by_queue if q not in self._known]
         commands: list[tuple[Any, ...]] = [("SET", self._keys.epoch, self._mine, "NX", "GET")]
-        for queue, group in by_queue.items():
-            tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group]
-            commands.append(("LPUSH", self._keys.waiting(queue), *tasks))
-            commands += ring_commands(self._keys, base(queue), len(group))
+        commands += self._pushes(by_queue)
         if new:
             commands.append(("SADD", self._keys.queues, *new))
         ids = [j.id for j in jobs]
@@ -182,6 +180,19 @@ class RedisBackend(Backend):
                     if i in sent:
                         sent[i] = epoch
         return out[len(out) - len(then) :]
+
+    def _pushes(self, by_queue: dict[str, list[Job]]) -> list[tuple[Any, ...]]:
+        """The commands that store each queue's jobs: waiting, or deferred (``deferred``)."""
+        now, commands = time.time(), []
+        for queue, group in by_queue.items():
+            tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group if j.not_before <= now]
+            if len(tasks) < len(group):
+                later = [j for j in group if j.not_before > now]
+                commands += enqueue_commands(self._keys, queue, later)
+            if tasks:
+                commands.append(("LPUSH", self._keys.waiting(queue), *tasks))
+                commands += ring_commands(self._keys, base(queue), len(tasks))
+        return commands
 
     def _in_flight(self, ids: list[str]) -> bytes:
         """Note ``ids`` as sent under the last epoch seen (returned), before they are: a
@@ -254,7 +265,8 @@ class RedisBackend(Backend):
                     0
                 ]
         with self._mapper:
-            if len(done) >= _SCRIPT_MIN and self._scripts.shas(self._linked()) is not None:
+            scripted = len(done) >= _SCRIPT_MIN and not _puts_back(done)
+            if scripted and self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
                     calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
                     return completed(done, self._scripts.run(self._link, calls))
@@ -292,7 +304,8 @@ class RedisBackend(Backend):
                         raise answer
             return held, claims
         with self._mapper:
-            shas = self._scripts.shas(self._link) if len(done) >= _SCRIPT_MIN else None
+            scripted = len(done) >= _SCRIPT_MIN and not _puts_back(done)
+            shas = self._scripts.shas(self._link) if scripted else None
             marks: list[int] = []
             if shas is None:
                 cmds, marks = complete_batch(self._keys, done, ttl=self._ttl_ms())
@@ -329,7 +342,10 @@ class RedisBackend(Backend):
         removed = False
         with self._mapper:
             for queue in self._shards.of(job.queue) if self._cluster else [job.queue]:
-                removed = removed or bool(self._cmd("LREM", self._keys.waiting(queue), 1, elem))
+                if not removed:
+                    waiting = ("LREM", self._keys.waiting(queue), 1, elem)
+                    out = self._run([waiting, *cancel_commands(self._keys, queue, job.id)])
+                    removed = bool(out[0] or out[1])
         if removed:
             with self._lock:
                 self._sent.pop(job.id, None)
@@ -442,3 +458,9 @@ class RedisBackend(Backend):
         with contextlib.suppress(BackendUnavailable), self._mapper:
             self._claiming().drop_stale()
         self._r.close()
+
+
+def _puts_back(done: Sequence[Done]) -> bool:
+    """Whether an item of ``done`` puts its task back: the ``COMPLETE`` script does not,
+    the ``MULTI`` of ``commands.complete_batch`` does."""
+    return any(d.again is not None for d in done)

@@ -62,23 +62,29 @@ class Claimer:
             remaining = deadline - time.monotonic()
             if len(queues) == 1 and remaining >= 0.01 and self.calm(queues[0]):
                 # No lease known to be due: one pass that waits for work if none is there.
-                seconds = min(remaining, self._wait)
+                seconds = min(remaining, self._wait, self._calm_for(queues))
                 claims = self.claim_queue(queues[0], limit, lease, seconds)
             else:
                 claims = []
                 for queue in queues:
                     if len(claims) < limit:
                         claims += self.claim_queue(queue, limit - len(claims), lease)
-                remaining = deadline - time.monotonic()
-                if not claims and remaining >= 0.01:
-                    claims = self._block(queues, limit, lease, min(remaining, self._wait))
+                seconds = min(deadline - time.monotonic(), self._wait, self._calm_for(queues))
+                if not claims and seconds >= 0.01:
+                    claims = self._block(queues, limit, lease, seconds)
             if claims or deadline - time.monotonic() < 0.01:
                 return claims
         return []
 
     def calm(self, queue: str) -> bool:
-        """True while no lease of ``queue`` seen by the last pass (<= 1 s ago) is due."""
-        return time.time() < self._due.get(queue, 0.0)
+        """True while no lease (or deferred task) of ``queue`` seen by the last pass
+        (<= 1 s ago) is due within 10 ms."""
+        return self._calm_for([queue]) >= 0.01
+
+    def _calm_for(self, queues: Sequence[str]) -> float:
+        """Seconds until the first lease or deferred task seen on ``queues`` is due: a
+        wait for work ends then, since a blocking command does not wake for it."""
+        return min(self._due.get(q, 0.0) for q in queues) - time.time()
 
     def claim_queue(self, queue: str, n: int, lease: float, block: float = 0.0) -> list[Claim]:
         """Move up to ``n`` tasks into claim lists; the first move may wait ``block`` s."""
@@ -111,7 +117,8 @@ class Claimer:
         """
         shas = self._scripts.shas(self._link)
         if shas is None or self._idle.get(queue, True):
-            ask, block = min(limit, self._ask.get(queue, limit)), min(wait, self._wait)
+            ask = min(limit, self._ask.get(queue, limit))
+            block = max(0.01, min(wait, self._wait, self._calm_for([queue])))
             claims, expired, out = self._plain_pass(queue, ask, lease, block, before)
         else:
             claims, expired, out = self._script_pass(queue, limit, lease, before, shas["claim"])

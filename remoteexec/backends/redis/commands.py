@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import redis
 from redis.client import Pipeline
 
 from ..base import Claim, Done
+from .deferred import is_deferred, put_back
 from .elements import BadElement, dead_element, next_attempt, pack_reply
 from .keys import BELLS, SKIPLIST_KEEPER, Keys
 from .wire import raw
@@ -55,7 +57,8 @@ def requeue(
     tokens: Sequence[bytes],
     claims: Sequence[Claim] = (),
 ) -> None:
-    """Put the tasks of expired leases back at the head of their queue, attempt + 1.
+    """Put the tasks of expired leases and due deferred tasks (``deferred``) back at the
+    head of their queue, attempt + 1, the first of ``tokens`` first in line.
 
     Each step is conditional on the claim list still existing, so a holder completing
     or releasing meanwhile wins, and a second reaper changes nothing. ``claims`` are
@@ -71,7 +74,7 @@ def requeue(
     # Dead letters go in after, apart: their list is in a slot of its own on a cluster.
     with client.pipeline(transaction=True) as p, client.pipeline(transaction=False) as late:
         hand_back(p, keys, claims)
-        for key, elem in zip(claimed, elems, strict=True):
+        for token, key, elem in reversed(list(zip(tokens, claimed, elems, strict=True))):
             if elem is None:
                 continue  # completed, released, or a token that never got a task
             try:
@@ -80,7 +83,8 @@ def requeue(
                 dead_element(late, keys, queue, elem, str(exc))
                 p.delete(key)
                 continue
-            log.warning("lease expired on attempt %d of a task in %r: requeued", attempt, queue)
+            if not is_deferred(token):
+                log.warning("lease expired on attempt %d of a task in %r: requeued", attempt, queue)
             raw(p)("RPUSHX", key, again)
             raw(p)("LMOVE", key, keys.waiting(queue), "RIGHT", "RIGHT")
             p.delete(key)
@@ -126,7 +130,8 @@ def claim_pass(
 def complete_batch(
     keys: Keys, done: Sequence[Done], *, ttl: int
 ) -> tuple[list[tuple[Any, ...]], list[int]]:
-    """The ``MULTI`` body that ends ``done``'s leases, replies pushed with a ``ttl`` ms.
+    """The ``MULTI`` body that ends ``done``'s leases, replies pushed with a ``ttl`` ms,
+    tasks put back (``Done.again``: ``deferred.put_back``).
 
     Returns:
         The commands, and per item the index of the reply that is positive if its lease
@@ -143,7 +148,9 @@ def complete_batch(
             continue
         seen.add(key)
         marks.append(len(cmds))
-        if d.reply is not None:  # pushed into the claim list, so only if still held
+        if d.again is not None:
+            cmds += put_back(keys, c, d.again, time.time())
+        elif d.reply is not None:  # pushed into the claim list, so only if still held
             box = keys.replies(c.reply_to)
             boxes.add(box)
             cmds.append(("RPUSHX", key, pack_reply(c.id, d.reply)))

@@ -316,13 +316,14 @@ def complete_routed(
     keys: Keys, link: Link, scripts: Scripts, done: Sequence[Done], ttl: int, *, push: bool = True
 ) -> tuple[list[bool], list[tuple[Any, ...]]]:
     """``complete`` on a cluster: end each lease in its queue's slot (the ``COMPLETE``
-    script, or one ``MULTI`` per queue), then push the replies of the leases that were
-    still held, one ``RPUSH`` per reply list, in its own slot. Returns which leases were
-    held, and (with ``push=False``, unsent) the pushes."""
-    done = [Done(c, d.reply) for c, d in zip(inward([d.claim for d in done]), done, strict=True)]
-    acks = [Done(d.claim, None) for d in done]
+    script, or one ``MULTI`` per queue, which also puts tasks back), then push the replies
+    of the leases that were still held, one ``RPUSH`` per reply list, in its own slot.
+    Returns which leases were held, and (with ``push=False``, unsent) the pushes."""
+    claims = inward([d.claim for d in done])
+    done = [Done(c, d.reply, again=d.again) for c, d in zip(claims, done, strict=True)]
+    acks = [Done(d.claim, None, again=d.again) for d in done]
     held: list[bool] = []
-    if scripts.shas(link) is not None:
+    if scripts.shas(link) is not None and all(d.again is None for d in done):
         with contextlib.suppress(NoPermissionError):  # then scripts are off
             held = completed(acks, scripts.run(link, complete_calls(keys, acks, ttl=ttl)))
     if not held:

@@ -21,6 +21,7 @@ from redis.cluster import RedisCluster
 from ..base import MAX_DEAD_LETTERS, DeadLetter, Stats, WorkerInfo
 from ..rows import dead_letter_json, worker_json
 from .commands import requeue
+from .deferred import is_deferred
 from .elements import unpack_reply, unpack_task
 from .keys import Keys
 from .wire import raw
@@ -132,7 +133,8 @@ class Watch:
             p.execute()
 
     def stats(self, *, worker_ttl: float) -> Stats:
-        """Depths count waiting tasks plus those whose lease expired but was not requeued."""
+        """Depths count waiting and deferred tasks plus those whose lease expired but was not
+        requeued."""
         with self._pipe(transaction=False) as p:
             p.smembers(self._keys.queues)
             p.hgetall(self._keys.workers)
@@ -150,16 +152,18 @@ class Watch:
                 p.exists(self._keys.claim_raw(q, t))
             held = p.execute()
         now, depth, running = time.time(), dict(zip(queues, out[::2], strict=True)), 0
-        for (q, _, deadline), exists in zip(leases, held, strict=True):
-            running += bool(exists and deadline > now)
-            depth[q] += bool(exists and deadline <= now)
+        for (q, token, deadline), exists in zip(leases, held, strict=True):
+            later = is_deferred(token)
+            running += bool(exists and deadline > now and not later)
+            depth[q] += bool(exists and (deadline <= now or later))
         infos = [w for w in map(worker_json, workers.values()) if w is not None]
         live = [w for w in infos if now - w.last_seen < worker_ttl]
         letters = [d for d in map(dead_letter_json, dead) if d is not None]
         return Stats(depth, running, live, letters)
 
     def purge(self, queue: str | None, *, result_ttl: float) -> int:
-        """Delete waiting tasks, and those whose lease expired, of one queue or all.
+        """Delete waiting and deferred tasks, and those whose lease expired, of one queue
+        or all.
 
         The tombstones go in first, so ``lost`` never sees a purged task with none; one
         left for a task claimed meanwhile is harmless (``lost`` finds that task).
@@ -177,8 +181,25 @@ class Watch:
                 p.delete(self._keys.waiting(q), self._keys.bells(q))
                 deleted = p.execute()[0]
             self._bury_ids(deleted, result_ttl, skip=buried)  # enqueued between the looks
-            removed += len(deleted)
+            removed += len(deleted) + self._purge_deferred(q, result_ttl)
         return removed
+
+    def _purge_deferred(self, queue: str, result_ttl: float) -> int:
+        """Delete the deferred tasks of ``queue`` (tombstones first); how many there were."""
+        tokens = [t for t in self._cmd("ZRANGE", self._keys.leases(queue), 0, -1) if is_deferred(t)]
+        lists = [self._keys.claim_raw(queue, t) for t in tokens]
+        with self._pipe(transaction=False) as p:
+            for key in lists:
+                p.lindex(key, 0)
+            elems = [e for e in p.execute() if e is not None]
+        self._bury_ids(elems, result_ttl)
+        if not tokens:
+            return 0
+        with self._pipe() as p:
+            for key in lists:
+                p.delete(key)
+            p.zrem(self._keys.leases(queue), *tokens)
+            return sum(p.execute()[:-1])
 
     def forget_silent_workers(self, *, cutoff: float) -> None:
         """Remove the records of workers last seen before ``cutoff``, and of rows that are
