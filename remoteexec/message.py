@@ -113,7 +113,7 @@ class Failure:
         message: the exception's message.
         traceback: the formatted traceback from the worker, or ``""``.
         earlier: the failures of the earlier tries of a retried call, oldest first.
-        retry: the task raised an exception its call's retry policy lists (the worker's
+        retryable: the task raised an exception its call's retry policy lists (the worker's
             own mark, not sent).
     """
 
@@ -122,7 +122,7 @@ class Failure:
     message: str
     traceback: str
     earlier: Tries = ()
-    retry: bool = field(default=False, compare=False)
+    retryable: bool = field(default=False, compare=False)
 
 
 @dataclass(slots=True)

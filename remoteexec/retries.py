@@ -2,7 +2,7 @@
 
 A call made with ``retry_on`` carries its ``Retry`` (``retry_policy.py``). When its task
 raises, the runner marks the failure if the exception is an instance of a listed class
-(``Failure.retry``). ``retried`` then ends the attempt with ``Done.again`` instead of a
+(``Failure.retryable``). ``retried`` then ends the attempt with ``Done.again`` instead of a
 reply: the backend acknowledges the claim and, in the same step, enqueues the call again
 with one more failed try kept in it, not to be claimed before ``now + Retry.delay()``.
 Any worker may take the retry.
@@ -36,7 +36,7 @@ def retried(codec: Codec, claim: Claim, call: Call, failure: Failure, held: Held
     retry = call.retry
     if retry is None:
         return None
-    if not failure.retry or len(retry.tries) >= retry.retries:
+    if not failure.retryable or len(retry.tries) >= retry.retries:
         failure.earlier = retry.tries
         return None
     delay = retry.delay()

@@ -77,7 +77,7 @@ class Runner:
         except BaseException as exc:  # a task may even call sys.exit: still just a failure
             failure = Failure("remote", type(exc).__name__, str(exc), traceback.format_exc())
             if call.retry is not None:
-                failure.retry = call.retry.matches(exc)
+                failure.retryable = call.retry.matches(exc)
             return Reply(call.id, None, failure)
 
     def close(self) -> None:
@@ -138,7 +138,7 @@ class Sandbox:
             raise SandboxDied(f"the helper process died (exit status {code})") from exc
         reply = self._codec.decode_reply(data)
         if reply.failure is not None and reply.failure.kind == _RETRY:
-            reply.failure.kind, reply.failure.retry = "remote", True
+            reply.failure.kind, reply.failure.retryable = "remote", True
         return reply
 
     def close(self) -> None:
@@ -239,7 +239,7 @@ def _run_one(codec: Codec, runner: Runner, body: bytes) -> bytes:
             reply = Reply(call.id, None, Failure("unknown_task", "UnknownTask", message, ""))
         else:
             reply = runner.run(task, call)
-            if reply.failure is not None and reply.failure.retry:
+            if reply.failure is not None and reply.failure.retryable:
                 reply.failure.kind = _RETRY  # the mark crosses the pipe as a kind
         try:
             return codec.encode_reply(reply)

@@ -304,7 +304,7 @@ def test_a_call_that_no_longer_fits_a_message_ends_with_its_failure() -> None:
     codec = Codec(max_message_size=len(body) + 100)  # no room for another traceback
     claim = Claim("id1", "q", "r", body, 1, "token")
     held = Held(claim, blobs=["a blob"])
-    failure = Failure("remote", "ConnectionError", "second", "x" * 1000, retry=True)
+    failure = Failure("remote", "ConnectionError", "second", "x" * 1000, retryable=True)
     assert retried(codec, claim, call, failure, held) is None
     assert failure.earlier == policy.tries and held.blobs == ["a blob"]  # deleted once done
     roomy = retried(Codec(), claim, call, failure, held)
