@@ -36,6 +36,8 @@ from .statements import (
     ANY_REPLY,
     CANCEL,
     DELIVERED,
+    INSERT_DEFERRED_HEAD,
+    INSERT_DEFERRED_ROW,
     INSERT_HEAD,
     INSERT_ROW,
     RELEASE,
@@ -156,11 +158,24 @@ class MySQLBackend(Backend):
             self._waiter.kick()
 
     def _inserts(self, cur: Cursor, jobs: Sequence[Job]) -> list[bytes]:
-        """The INSERTs that add ``jobs``: as few as half ``max_allowed_packet`` allows."""
-        head = INSERT_HEAD.encode()
+        """The INSERTs that add ``jobs``: as few as half ``max_allowed_packet`` allows; the
+        deferred ones (``not_before`` ahead) in INSERTs of their own."""
+        now = time.time()
+        later = [j for j in jobs if j.not_before > now]
+        plain = [j for j in jobs if j.not_before <= now] if later else jobs
         rows = [
-            render(cur.connection, INSERT_ROW, (j.id, j.queue, j.reply_to, j.body)) for j in jobs
+            render(cur.connection, INSERT_ROW, (j.id, j.queue, j.reply_to, j.body)) for j in plain
         ]
+        queries = self._packed(INSERT_HEAD, rows)
+        if later:
+            conn, row = cur.connection, INSERT_DEFERRED_ROW
+            values = [(j.id, j.queue, j.reply_to, j.body, j.not_before - now) for j in later]
+            queries += self._packed(INSERT_DEFERRED_HEAD, [render(conn, row, v) for v in values])
+        return queries
+
+    def _packed(self, insert: str, rows: list[bytes]) -> list[bytes]:
+        """``rows`` in INSERTs of at most half ``max_allowed_packet``."""
+        head = insert.encode()
         queries: list[bytes] = []
         start = used = 0
         for i, values in enumerate(rows):
@@ -186,9 +201,10 @@ class MySQLBackend(Backend):
             if sent:  # retried after a deadlock in the wait: the jobs are in
                 return self._taken(reply_to, execute(cur, *read)[at][1])
             read_sql = render(cur.connection, *read)
-            [insert] = self._inserts(cur, jobs)
-            if len(insert) + len(read_sql) > self.max_packet // 2:
-                return None  # large: the INSERTs alone, then the wait
+            inserts = self._inserts(cur, jobs)
+            if len(inserts) > 1 or len(inserts[0]) + len(read_sql) > self.max_packet // 2:
+                return None  # large, or deferred: the INSERTs alone, then the wait
+            insert = inserts[0]
             cur.execute(insert + b"; " + read_sql)  # type: ignore[call-overload]
             sent = True
             return self._taken(reply_to, read_rest(cur)[at][1])

@@ -18,8 +18,12 @@ Claims run in one of two modes, picked from the server's version unless the URL 
   row. Losing a race costs a claim, never a duplicate.
 
 A claim's ``UPDATE`` also bumps ``attempt`` and ``lock_version``; the lease end comes from
-the server's clock. ``Claims`` holds what a backend remembers between claims: the floor,
-which claims found nothing, when expired leases are next looked for.
+the server's clock. A deferred task is a row leased to no one (``token = ''``) until its
+``not_before``: a claim takes it once due as it takes an expired lease, the first due
+first. A claim waits for either; one that finds nothing looks for them on its next try
+(a SKIP LOCKED claim otherwise looks every ``_EXPIRED_EVERY`` seconds). ``Claims``
+holds what a backend remembers between claims: the floor, which claims found nothing,
+when expired leases are next looked for.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class Claims:
 
         def take(cur: Cursor, hold: float) -> list[Claim]:  # the mode is known once connected
             expired = self.mode == "optimistic" or self._expired_due(queues)
-            ready = claimable(queues, expired)
+            ready = claimable(queues, True)  # an expired lease or due deferred task wakes it
             idle = self._waiter.idle(key)
             waiting: Waiting | None = None
             if self._waiter.in_server:
@@ -101,6 +105,8 @@ class Claims:
                 self._found_none.discard(key)
             else:
                 self._found_none.add(key)
+                if not expired:  # what woke it may be an expired lease: the next one looks
+                    self._expiry_due.pop(tuple(queues), None)
             return claims
 
         return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
@@ -117,9 +123,10 @@ class Claims:
 
 
 def claimable(queues: list[str], expired: bool) -> Part:
-    """The condition that a claim would find something: indexed reads, a fraction of a
-    claim's cost. It is what a claim waits for in the server, and what an idle worker's
-    polled claim reads first."""
+    """The condition that a claim would find something (with ``expired``: an expired
+    lease or a due deferred task too): indexed reads, a fraction of a claim's cost. It is
+    what a claim waits for in the server, and what an idle worker's polled claim reads
+    first."""
     qs = marks(len(queues))
     if not expired:
         return ANY_WAITING.format(qs), tuple(queues)

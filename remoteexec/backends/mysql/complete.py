@@ -9,12 +9,16 @@ unexpired lease, so a task completes once, and a late worker's result is refused
 * A batch: lock the tasks still held (``FOR UPDATE``, in id order) as of one ``@now``,
   insert their replies with one ``INSERT ... SELECT`` per chunk, delete them.
 
+* A task put back (``Done.again``): one ``UPDATE`` of the held row each, after the rest;
+  its row count says whether it was held.
+
 Every statement reaches task rows through the unique id index (``BY_ID``): a scan of the
 lease index would lock other workers' claimed rows too and deadlock with them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +28,8 @@ from .statements import (
     BY_ID,
     DELETE_HELD,
     NOW,
+    PUT_BACK_LATER,
+    PUT_BACK_NOW,
     REPLY_IF_DELETED,
     REPLY_INSERT,
     TASKS,
@@ -36,6 +42,29 @@ Read = Callable[[Result], list[bool]]  # the transaction's results -> accepted, 
 def completion(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]:
     """The statements that complete ``done`` (to run between START TRANSACTION and
     COMMIT), and how to read which were accepted from the results (START's first)."""
+    if all(d.again is None for d in done):
+        return _finish(done, max_packet)
+    rest = [d for d in done if d.again is None]
+    parts, read_rest = _finish(rest, max_packet) if rest else ([], lambda _: [])
+    first = 1 + len(parts)  # the result of the first put-back
+    now = time.time()
+    for d in done:
+        if d.again is not None:
+            held = (d.claim.id, d.claim.token)
+            delay = d.again.not_before - now
+            put = (PUT_BACK_LATER, (d.again.body, delay, *held)) if delay > 0 else None
+            parts.append(put or (PUT_BACK_NOW, (d.again.body, *held)))
+
+    def read(result: Result) -> list[bool]:
+        finished = iter(read_rest(result))
+        put_back = iter(count == 1 for count, _ in result[first:])
+        return [next(finished if d.again is None else put_back) for d in done]
+
+    return parts, read
+
+
+def _finish(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]:
+    """``completion`` of items that put nothing back."""
     if len(done) == 1:
         return _one(done[0])
     by_token: dict[str, list[str]] = {}

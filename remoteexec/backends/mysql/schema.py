@@ -12,7 +12,8 @@ thing to every machine whatever their clocks say.
 
 ``remoteexec_tasks``
     One row per task. ``seq`` (auto-increment) is the FIFO order; ``state`` is 0 (waiting)
-    or 1 (claimed: ``token`` holds the lease until ``lease_until``). ``attempt`` counts
+    or 1 (claimed: ``token`` holds the lease until ``lease_until``; deferred: ``token`` is
+    ``''`` and ``lease_until`` the task's not-before time). ``attempt`` counts
     deliveries; ``lock_version`` is bumped by every change of ownership, for the optimistic
     claim mode. Indexes: ``(queue, state, seq)`` makes a claim an index range scan in FIFO
     order; ``(state, lease_until)`` finds expired leases (and counts running tasks) without

@@ -23,6 +23,12 @@ def marks(n: int) -> str:
 
 INSERT_HEAD = f"INSERT INTO {TASKS} (id, queue, reply_to, body, created) VALUES "
 INSERT_ROW = f"(%s, %s, %s, %s, {NOW})"
+#: A deferred task: leased to no one (token '') until its not_before, given as seconds
+#: from now (the last value), so it is claimed as an expired lease once due.
+INSERT_DEFERRED_HEAD = (
+    f"INSERT INTO {TASKS} (id, queue, reply_to, body, created, state, token, lease_until) VALUES "
+)
+INSERT_DEFERRED_ROW = f"(%s, %s, %s, %s, {NOW}, 1, '', {NOW} + %s)"
 #: Expired leases, in the queues given: a range scan of ix_tasks_lease.
 EXPIRED_WHERE = (
     f"state = 1 AND lease_until <= {NOW} AND queue IN ({{}}) ORDER BY lease_until LIMIT %s"
@@ -72,7 +78,7 @@ RELEASE = (
     f"UPDATE {TASKS} SET state = 0, token = NULL, lease_until = 0, "
     f"attempt = attempt - 1, lock_version = lock_version + 1 WHERE {HELD}"
 )
-CANCEL = f"DELETE FROM {TASKS} WHERE id = %s AND state = 0 AND attempt = 0"
+CANCEL = f"DELETE FROM {TASKS} WHERE id = %s AND (state = 0 OR token = '') AND attempt = 0"
 
 # -- completions and replies --------------------------------------------------------------
 
@@ -83,6 +89,14 @@ REPLY_INSERT = "INSERT INTO remoteexec_replies (reply_to, task_id, body, created
 #: One result: delete the held task, then store its reply only if that took the row.
 DELETE_HELD = f"DELETE {TASKS} FROM {BY_ID} WHERE {HELD}"
 REPLY_IF_DELETED = f"{REPLY_INSERT}SELECT %s, %s, %s, {NOW} FROM DUAL WHERE ROW_COUNT() = 1"
+#: Done.again: the held task takes its new body and gives back the attempt its claim
+#: counted; it waits again at once (PUT_BACK_NOW) or deferred %s seconds (PUT_BACK_LATER).
+_PUT_BACK = (
+    f"UPDATE {BY_ID} SET body = %s, attempt = attempt - 1, "
+    "lock_version = (lock_version + 1) MOD 4294967296, "
+)
+PUT_BACK_NOW = f"{_PUT_BACK}state = 0, token = NULL, lease_until = 0 WHERE {HELD}"
+PUT_BACK_LATER = f"{_PUT_BACK}token = '', lease_until = {NOW} + %s WHERE {HELD}"
 DELIVERED = "DELETE FROM remoteexec_replies WHERE seq IN ({})"
 REPLIES = "SELECT seq, body FROM remoteexec_replies WHERE reply_to = %s"
 ANY_REPLY = "EXISTS(SELECT 1 FROM remoteexec_replies WHERE reply_to = %s)"
@@ -143,19 +157,19 @@ def note_starts(n: int) -> str:
 
 
 NOTE_COMPLETED = f"{STARTS_TABLE}; UPDATE remoteexec_starts SET done = 1 WHERE id IN ({{}})"
-#: Five results: depth per queue, expired leases per queue, running, live workers (seen
-#: within ``%s`` seconds), the newest dead letters.
+#: Five results: depth per queue (waiting and deferred), expired leases per queue, running,
+#: live workers (seen within ``%s`` seconds), the newest dead letters.
 STATS = (
-    f"SELECT queue, SUM(state = 0) FROM {TASKS} GROUP BY queue; "
+    f"SELECT queue, SUM(state = 0 OR token = '') FROM {TASKS} GROUP BY queue; "
     f"SELECT queue, COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
-    f"GROUP BY queue; "
-    f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW}; "
+    "AND token <> '' GROUP BY queue; "
+    f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW} AND token <> ''; "
     "SELECT id, host, pid, queues, started, last_seen, done, running "
     f"FROM remoteexec_workers WHERE seen_at > {NOW} - %s ORDER BY id; "
     "SELECT id, queue, name, reason, at FROM remoteexec_dead_letters "
     f"ORDER BY seq DESC LIMIT {MAX_DEAD_LETTERS}"
 )
-PURGEABLE = "seq <= @top AND (state = 0 OR lease_until <= @now)"
+PURGEABLE = "seq <= @top AND (state = 0 OR token = '' OR lease_until <= @now)"
 
 
 def purge(where: str) -> str:
