@@ -240,9 +240,7 @@ class Codec:
         call.queue, call.reply_to, call.created, call.key = queue, reply_to, created, key
         if more:
             call.trace = carried(more[0].get("trace"))
-            retry = more[0].get("retry")
-            if retry is not None:
-                call.retry = carried_retry(retry)
+            call.retry = carried_retry(more[0].get("retry"))
         return call
 
     def encode_reply(self, reply: Reply, *, key: int = 0) -> bytes:

@@ -148,12 +148,14 @@ def _backoff(backoff: Any) -> tuple[float, float]:
     )
 
 
-def carried_retry(value: Any) -> Retry:
-    """The policy read from a call's ``"retry"`` entry.
+def carried_retry(value: Any) -> Retry | None:
+    """The policy read from a call's ``"retry"`` entry (None: the call has none).
 
     Raises:
         SerializationError: it is malformed or out of range.
     """
+    if value is None:
+        return None
     if type(value) is not list or len(value) != 5:
         raise SerializationError("malformed call: bad retry policy")
     names, retries, base, cap, tries = value
