@@ -98,7 +98,8 @@ class RemoteError(RemoteExecError):
             line, then the last one's.
         attempts: for a retried call (``retry_on``), the failures of the attempts before
             the last, oldest first, as ``(type_name, message, traceback)``; else empty.
-            ``str()`` then says how many attempts failed.
+            ``str()`` then says which attempt failed last and names the (up to three)
+            failures before it.
     """
 
     def __init__(
