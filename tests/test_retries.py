@@ -312,3 +312,17 @@ def test_a_call_that_no_longer_fits_a_message_ends_with_its_failure() -> None:
     again = Codec().decode_call(roomy.again.body)
     assert again.retry is not None and [t[1] for t in again.retry.tries] == ["first", "second"]
     assert roomy.again.not_before > time.time() and held.blobs == []  # kept for the retry
+
+
+@pytest.mark.timeout(120)
+def test_a_call_waiting_for_its_retry_is_not_taken_for_lost(
+    farm: Farm, client: Client, tmp_path: Path
+) -> None:
+    farm.start()
+    farm.worker_pids(1)
+    book = tmp_path / "ledger.txt"
+    # The retry waits 3.75 to 6.25 s: the client asks the broker about the call (every 2 s
+    # once it is 2 s old) at least twice meanwhile, which fails a call found missing twice.
+    assert tasks.Flaky.execute.options(retries=1, backoff=(5, 5))(str(book), 1) == 2
+    (gap,) = gaps(book)
+    assert 3.75 <= gap <= 6.25 + SLACK
