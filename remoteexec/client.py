@@ -28,6 +28,7 @@ from .future import CallOptions, RemoteFuture
 from .message import Call, Codec
 from .replies import Replies
 from .tracing import current_context
+from .when import not_before
 
 log = logging.getLogger("remoteexec.client")
 
@@ -196,6 +197,9 @@ class Client:
         attempts = opts.max_attempts or settings.max_attempts
         now = time.time()
         deadline = now + timeout if timeout is not None else None
+        later = 0.0
+        if opts.delay is not None or opts.eta is not None:  # a deferred call: when.py
+            later = not_before(opts.delay, opts.eta, now, deadline, f"{task}.{method}")
         reply_to = self.reply_to if reply else ""  # "": fire and forget, no reply kept
         where = (queue, reply_to, now)  # signed with the call: see message.py
         jobs: list[Job] = []
@@ -209,7 +213,7 @@ class Client:
                 task_id, task, method, tuple(args), kwargs, deadline, attempts, None, *where
             )
             call.trace, call.retry = context, retry
-            job = Job(task_id, queue, reply_to, encode(codec, call)[0])
+            job = Job(task_id, queue, reply_to, encode(codec, call)[0], later)
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))
         if deadline is not None:

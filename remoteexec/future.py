@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .config import check_attempts, check_name
+from .errors import ConfigurationError
+from .when import check_delay, check_eta
 
 if TYPE_CHECKING:
     from .backends import Job
@@ -68,13 +71,25 @@ class RemoteFuture(concurrent.futures.Future[R]):
 class CallOptions:
     """Per-call options; ``None`` means "the task's or the client's default".
 
+    ``delay`` (seconds after the submit) or ``eta`` (epoch seconds, or a ``datetime``)
+    defer the call: no worker starts it before then (``when.py``).
+
     ``retry`` is the retry policy (``retry_policy.merged`` checks it), or None: no retries.
 
     Raises:
-        ConfigurationError: a bad queue name or ``max_attempts``.
+        ConfigurationError: a bad queue name, ``max_attempts``, ``delay`` or ``eta``.
     """
 
-    __slots__ = ("max_attempts", "queue", "retry", "shards", "time_limit", "timeout")
+    __slots__ = (
+        "delay",
+        "eta",
+        "max_attempts",
+        "queue",
+        "retry",
+        "shards",
+        "time_limit",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -84,9 +99,15 @@ class CallOptions:
         max_attempts: int | None = None,
         time_limit: float | None = None,
         shards: int | None = None,
+        delay: float | None = None,
+        eta: float | datetime.datetime | None = None,
         retry: Retry | None = None,
     ) -> None:
         self.queue = None if queue is None else check_name("queue", queue)
+        if delay is not None and eta is not None:
+            raise ConfigurationError("give delay or eta, not both")
+        self.delay = None if delay is None else check_delay(delay)
+        self.eta = None if eta is None else check_eta(eta)
         self.timeout = timeout
         self.max_attempts = None if max_attempts is None else check_attempts(max_attempts)
         self.time_limit = time_limit

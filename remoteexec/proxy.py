@@ -14,6 +14,7 @@ and queues are checked where they are given (``config.check_name``): a bad one i
 
 from __future__ import annotations
 
+import datetime
 import functools
 import itertools
 from collections import deque
@@ -130,19 +131,27 @@ class RemoteMethod(Generic[P, R]):
         timeout: float | None = _UNSET,
         queue: str | None = _UNSET,
         max_attempts: int | None = _UNSET,
+        delay: float | None = _UNSET,
+        eta: float | datetime.datetime | None = _UNSET,
         retry_on: tuple[type[BaseException], ...] | None = None,
         retries: int | None = None,
         backoff: tuple[float, float] | None = None,
     ) -> RemoteMethod[P, R]:
         """The same method with other call options (the task's own arguments are untouched).
 
+        ``delay`` (seconds) or ``eta`` (a ``datetime``, aware or naive local time, or epoch
+        seconds) defers the call: no worker starts it before then. Its timeout still
+        counts from the submit. Setting one clears the other.
+
         ``retry_on``, ``retries`` and ``backoff`` replace the task's (``@remote``); one not
         given keeps it. ``retries=0`` turns retries off.
 
         Raises:
-            ConfigurationError: an invalid option.
+            ConfigurationError: a bad option, or both ``delay`` and ``eta``.
         """
         old = self._opts
+        if delay is _UNSET and eta is _UNSET:
+            delay, eta = old.delay, old.eta
         retry = merged(old.retry, retry_on=retry_on, retries=retries, backoff=backoff)
         return RemoteMethod(
             self.task,
@@ -153,6 +162,8 @@ class RemoteMethod(Generic[P, R]):
                 max_attempts=old.max_attempts if max_attempts is _UNSET else max_attempts,
                 time_limit=old.time_limit,
                 shards=old.shards,
+                delay=None if delay is _UNSET else delay,
+                eta=None if eta is _UNSET else eta,
                 retry=retry,
             ),
         )

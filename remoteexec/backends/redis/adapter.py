@@ -24,13 +24,13 @@ from ...errors import BackendUnavailable
 from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 from .blobs import RedisBlobStore
 from .claiming import Claimer
-from .commands import complete_batch, complete_calls, completed, hand_back, ring_commands
+from .commands import complete_batch, complete_calls, completed, hand_back, pushes, puts_back
 from .connection import blocking_wait, connect, map_redis_errors, secrets_in, split_prefix
-from .deferred import cancel_commands, enqueue_commands
+from .deferred import cancel_commands
 from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
-from .shards import Shards, base, inward, outward
+from .shards import Shards, inward, outward
 from .topology import ClusterLink, complete_routed, split_own, spread_of
 from .watch import Watch
 from .wire import Link, raw, run
@@ -157,7 +157,7 @@ class RedisBackend(Backend):
                 return self._run(then) if then else []
         new = [q for q in by_queue if q not in self._known]
         commands: list[tuple[Any, ...]] = [("SET", self._keys.epoch, self._mine, "NX", "GET")]
-        commands += self._pushes(by_queue)
+        commands += pushes(self._keys, by_queue)
         if new:
             commands.append(("SADD", self._keys.queues, *new))
         ids = [j.id for j in jobs]
@@ -180,19 +180,6 @@ class RedisBackend(Backend):
                     if i in sent:
                         sent[i] = epoch
         return out[len(out) - len(then) :]
-
-    def _pushes(self, by_queue: dict[str, list[Job]]) -> list[tuple[Any, ...]]:
-        """The commands that store each queue's jobs: waiting, or deferred (``deferred``)."""
-        now, commands = time.time(), []
-        for queue, group in by_queue.items():
-            tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group if j.not_before <= now]
-            if len(tasks) < len(group):
-                later = [j for j in group if j.not_before > now]
-                commands += enqueue_commands(self._keys, queue, later)
-            if tasks:
-                commands.append(("LPUSH", self._keys.waiting(queue), *tasks))
-                commands += ring_commands(self._keys, base(queue), len(tasks))
-        return commands
 
     def _in_flight(self, ids: list[str]) -> bytes:
         """Note ``ids`` as sent under the last epoch seen (returned), before they are: a
@@ -265,7 +252,7 @@ class RedisBackend(Backend):
                     0
                 ]
         with self._mapper:
-            scripted = len(done) >= _SCRIPT_MIN and not _puts_back(done)
+            scripted = len(done) >= _SCRIPT_MIN and not puts_back(done)
             if scripted and self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
                     calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
@@ -304,7 +291,7 @@ class RedisBackend(Backend):
                         raise answer
             return held, claims
         with self._mapper:
-            scripted = len(done) >= _SCRIPT_MIN and not _puts_back(done)
+            scripted = len(done) >= _SCRIPT_MIN and not puts_back(done)
             shas = self._scripts.shas(self._link) if scripted else None
             marks: list[int] = []
             if shas is None:
@@ -458,9 +445,3 @@ class RedisBackend(Backend):
         with contextlib.suppress(BackendUnavailable), self._mapper:
             self._claiming().drop_stale()
         self._r.close()
-
-
-def _puts_back(done: Sequence[Done]) -> bool:
-    """Whether an item of ``done`` puts its task back: the ``COMPLETE`` script does not,
-    the ``MULTI`` of ``commands.complete_batch`` does."""
-    return any(d.again is not None for d in done)

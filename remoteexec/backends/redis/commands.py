@@ -1,8 +1,8 @@
 """The commands of each step the Redis adapter takes, built (or sent) from the keys alone.
 
-``claim_pass`` and ``complete_batch`` are the script-free claim and completion;
-``claim_args`` and ``complete_calls`` the same steps as calls of the ``CLAIM`` and
-``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``, ``hand_back`` and
+``pushes`` are an enqueue's; ``claim_pass`` and ``complete_batch`` the script-free claim
+and completion; ``claim_args`` and ``complete_calls`` the same steps as calls of the
+``CLAIM`` and ``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``, ``hand_back`` and
 ``ring`` are shared by both. Why each is safe is in the package's docstring; the state they
 depend on (tokens, epochs, what was sent) stays in the adapter.
 """
@@ -18,10 +18,11 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from ..base import Claim, Done
-from .deferred import is_deferred, put_back
-from .elements import BadElement, dead_element, next_attempt, pack_reply
+from ..base import Claim, Done, Job
+from .deferred import enqueue_commands, is_deferred, put_back
+from .elements import BadElement, dead_element, next_attempt, pack_reply, pack_task
 from .keys import BELLS, SKIPLIST_KEEPER, Keys
+from .shards import base
 from .wire import raw
 
 log = logging.getLogger("remoteexec.redis")
@@ -32,6 +33,26 @@ def ring_commands(keys: Keys, queue: str, n: int) -> list[tuple[Any, ...]]:
     bells = keys.bells(queue)
     # Waiters look again every second anyway: a doorbell outlives its ring by 2 s.
     return [("LPUSH", bells, *[b""] * min(n, BELLS)), ("PEXPIRE", bells, 2000)]
+
+
+def pushes(keys: Keys, by_queue: dict[str, list[Job]]) -> list[tuple[Any, ...]]:
+    """The commands that store each queue's jobs: waiting, or deferred (``deferred``)."""
+    now, commands = time.time(), []
+    for queue, group in by_queue.items():
+        tasks = [pack_task(j.id, j.reply_to, 1, j.body) for j in group if j.not_before <= now]
+        if len(tasks) < len(group):
+            later = [j for j in group if j.not_before > now]
+            commands += enqueue_commands(keys, queue, later)
+        if tasks:
+            commands.append(("LPUSH", keys.waiting(queue), *tasks))
+            commands += ring_commands(keys, base(queue), len(tasks))
+    return commands
+
+
+def puts_back(done: Sequence[Done]) -> bool:
+    """Whether an item of ``done`` puts its task back: the ``COMPLETE`` script does not,
+    the ``MULTI`` of ``complete_batch`` does."""
+    return any(d.again is not None for d in done)
 
 
 def ring(p: Pipeline, keys: Keys, queue: str, n: int) -> None:
