@@ -206,12 +206,13 @@ class Client:
         futures: list[RemoteFuture[Any]] = []
         encode, codec = self._payloads.encode_call, self._codec  # large values: blobs.py
         context = current_context()  # the caller's span, if tracing: tracing.py
+        retry = opts.retry  # retry_on: retry_policy.py
         for args, kwargs in calls:
             task_id = f"{self._id_prefix}{next(self._ids):x}"
             call = Call(
                 task_id, task, method, tuple(args), kwargs, deadline, attempts, None, *where
             )
-            call.trace = context
+            call.trace, call.retry = context, retry
             job = Job(task_id, queue, reply_to, encode(codec, call)[0], later)
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))

@@ -295,6 +295,7 @@ def _check_blob_url(url: Any, source: str) -> str:
 
 #: The largest ``max_attempts`` a call may carry (workers refuse calls above it).
 MAX_ATTEMPTS = 1000
+MAX_RETRIES = 100  # times a call may be enqueued again after a listed exception
 MAX_SHARDS = 64  # slots one queue may be spread over (a Redis Cluster)
 
 

@@ -11,6 +11,7 @@
      │    │                      running nor answered (see ``remoteexec.liveness``)
      │    └── CallPurged         ``remoteexec purge`` deleted the task before it ran
      ├── RemoteError             the task raised; carries type_name, message, remote_traceback
+     │                           and, for a retried call, the earlier attempts' failures
      ├── UnknownTask             no worker knows that task name or method
      ├── WorkerLost              every attempt's lease expired (the worker died each time)
      └── TimeLimitExceeded       the task ran past its time_limit and was stopped
@@ -92,19 +93,50 @@ class RemoteError(RemoteExecError):
     Attributes:
         type_name: the remote exception's class name, e.g. ``"ValueError"``.
         message: ``str()`` of the remote exception.
-        remote_traceback: the formatted traceback from the worker.
+        remote_traceback: the formatted traceback from the worker; for a retried call, the
+            tracebacks of the earlier attempts first, each under an ``attempt N of M``
+            line, then the last one's.
+        attempts: for a retried call (``retry_on``), the failures of the attempts before
+            the last, oldest first, as ``(type_name, message, traceback)``; else empty.
+            ``str()`` then says which attempt failed last and names the (up to three)
+            failures before it.
     """
 
-    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        remote_traceback: str = "",
+        attempts: tuple[tuple[str, str, str], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.type_name = type_name
-        self.remote_traceback = remote_traceback
+        self.attempts = attempts
+        self._last_traceback = remote_traceback
+        self.remote_traceback = _with_attempts(attempts, remote_traceback)
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}"
+        text = f"{self.type_name}: {self.message}"
+        if self.attempts:
+            earlier = "; ".join(f"{t}: {m}"[:200] for t, m, _ in self.attempts[-3:])
+            text += f" (attempt {len(self.attempts) + 1}; retried after: {earlier})"
+        return text
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (remote_error, (self.type_name, self.message, self.remote_traceback))
+        args = (self.type_name, self.message, self._last_traceback, self.attempts)
+        return (remote_error, args)
+
+
+def _with_attempts(attempts: tuple[tuple[str, str, str], ...], last: str) -> str:
+    """The tracebacks of ``attempts`` and then ``last``, each under its attempt number."""
+    if not attempts:
+        return last
+    total = len(attempts) + 1
+    parts = [
+        f"attempt {n} of {total} ({t}: retried):\n{tb}" for n, (t, _, tb) in enumerate(attempts, 1)
+    ]
+    parts.append(f"attempt {total} of {total}:\n{last}")
+    return "\n".join(parts)
 
 
 # Built-in exception classes that a RemoteError may also be an instance of. Only classes
@@ -134,21 +166,27 @@ _BUILTIN_ERRORS.update(
 _MIXED: dict[type[BaseException], type[RemoteError]] = {}
 
 
-def remote_error(type_name: str, message: str, remote_traceback: str = "") -> RemoteError:
-    """Build the ``RemoteError`` for a failure reported by a worker.
+def remote_error(
+    type_name: str,
+    message: str,
+    remote_traceback: str = "",
+    attempts: tuple[tuple[str, str, str], ...] = (),
+) -> RemoteError:
+    """Build the ``RemoteError`` for a failure reported by a worker (``attempts``: the
+    failures of a retried call's earlier attempts).
 
     Where ``type_name`` names a built-in exception or one of remoteexec's own, the result
     is also an instance of it, so ``except ValueError`` catches a remote ``ValueError``.
     """
     builtin = _BUILTIN_ERRORS.get(type_name)
     if builtin is None:
-        return RemoteError(type_name, message, remote_traceback)
+        return RemoteError(type_name, message, remote_traceback, attempts)
     cls = _MIXED.get(builtin)
     if cls is None:
         cls = type(f"Remote{builtin.__name__}", (RemoteError, builtin), {})
         cls.__module__ = __name__
         _MIXED[builtin] = cls
-    return cls(type_name, message, remote_traceback)
+    return cls(type_name, message, remote_traceback, attempts)
 
 
 # Reply error kinds (see message.py) mapped to the exception raised at the caller.

@@ -20,6 +20,7 @@ from .when import check_delay, check_eta
 
 if TYPE_CHECKING:
     from .backends import Job
+    from .retry_policy import Retry
 
 R = TypeVar("R")
 
@@ -90,11 +91,22 @@ class CallOptions:
     ``delay`` (seconds after the submit) or ``eta`` (epoch seconds, or a ``datetime``)
     defer the call: no worker starts it before then (``when.py``).
 
+    ``retry`` is the retry policy (``retry_policy.merged`` checks it), or None: no retries.
+
     Raises:
         ConfigurationError: a bad queue name, ``max_attempts``, ``delay`` or ``eta``.
     """
 
-    __slots__ = ("delay", "eta", "max_attempts", "queue", "shards", "time_limit", "timeout")
+    __slots__ = (
+        "delay",
+        "eta",
+        "max_attempts",
+        "queue",
+        "retry",
+        "shards",
+        "time_limit",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -106,6 +118,7 @@ class CallOptions:
         shards: int | None = None,
         delay: float | None = None,
         eta: float | datetime.datetime | None = None,
+        retry: Retry | None = None,
     ) -> None:
         self.queue = None if queue is None else check_name("queue", queue)
         if delay is not None and eta is not None:
@@ -116,3 +129,4 @@ class CallOptions:
         self.max_attempts = None if max_attempts is None else check_attempts(max_attempts)
         self.time_limit = time_limit
         self.shards = shards  # the task type's (@remote(shards=)), not a per-call option
+        self.retry = retry

@@ -8,8 +8,11 @@ array ``[version, kind, payload, signature]``:
 * ``payload`` -- the msgpack-encoded fields (bin), decoded only after the signature passed:
   a call is ``[id, name, method, args, kwargs, deadline, max_attempts, time_limit, queue,
   reply_to, created]``, followed by a map of optional fields when it has any (``trace``:
-  the caller's trace context, ``tracing.py``; keys it does not know are ignored), a reply
-  ``[id, value, failure]`` with ``failure`` nil or ``[kind, type_name, message, traceback]``.
+  the caller's trace context, ``tracing.py``; ``retry``: the retry policy and the tries so
+  far, ``retry_policy.py``; keys it does not know are ignored), a reply ``[id, value,
+  failure]`` with ``failure`` nil or ``[kind, type_name, message, traceback]``, followed by
+  the failures of the earlier tries of a retried call (``[type_name, message, traceback]``
+  each) when there are any.
 * ``signature`` -- HMAC-SHA256 over ``b"remoteexec" + bytes([version, kind]) + payload`` with
   the first secret, or nil. With secrets, a message must carry a signature made with any of
   them (rotation). Without secrets, signatures are neither made nor checked.
@@ -44,6 +47,7 @@ import msgpack
 from ._exttypes import pack, register_type, unpack
 from .config import MAX_ATTEMPTS
 from .errors import ConfigurationError, PayloadTooLarge, SerializationError, SignatureError
+from .retry_policy import Retry, Tries, carried_retry, carried_tries, tries_wire
 from .tracing import carried
 
 __all__ = ["FORMAT_VERSION", "Call", "Codec", "Failure", "Reply", "register_type"]
@@ -80,6 +84,7 @@ class Call:
         key: the index of the secret that verified it (set by ``decode_call``, not sent);
             its reply is signed with the same one.
         trace: the caller's trace context (``tracing.py``), or None.
+        retry: the retry policy and the failed tries so far (``retry_policy.py``), or None.
     """
 
     id: str
@@ -95,6 +100,7 @@ class Call:
     created: float = 0.0
     key: int = field(default=0, compare=False)
     trace: dict[str, str] | None = None
+    retry: Retry | None = None
 
 
 @dataclass(slots=True)
@@ -106,12 +112,17 @@ class Failure:
         type_name: the exception's class name, e.g. ``"ValueError"``.
         message: the exception's message.
         traceback: the formatted traceback from the worker, or ``""``.
+        earlier: the failures of the earlier tries of a retried call, oldest first.
+        retryable: the task raised an exception its call's retry policy lists (the worker's
+            own mark, not sent).
     """
 
     kind: str
     type_name: str
     message: str
     traceback: str
+    earlier: Tries = ()
+    retryable: bool = field(default=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -191,8 +202,8 @@ class Codec:
         c = call
         fields = [c.id, c.name, c.method, list(c.args), c.kwargs, c.deadline, c.max_attempts]
         fields += (c.time_limit, c.queue, c.reply_to, c.created)
-        if c.trace is not None:
-            fields.append({"trace": c.trace})
+        if c.trace is not None or c.retry is not None:
+            fields.append(_optional(c))
         return self._seal(_CALL, fields)
 
     def decode_call(self, body: bytes) -> Call:
@@ -229,6 +240,7 @@ class Codec:
         call.queue, call.reply_to, call.created, call.key = queue, reply_to, created, key
         if more:
             call.trace = carried(more[0].get("trace"))
+            call.retry = carried_retry(more[0].get("retry"))
         return call
 
     def encode_reply(self, reply: Reply, *, key: int = 0) -> bytes:
@@ -241,7 +253,11 @@ class Codec:
             PayloadTooLarge: the message exceeds ``max_message_size``.
         """
         f = reply.failure
-        failure = None if f is None else [f.kind, f.type_name, f.message, f.traceback]
+        failure: list[Any] | None = None
+        if f is not None:
+            failure = [f.kind, f.type_name, f.message, f.traceback]
+            if f.earlier:
+                failure.append(tries_wire(f.earlier))
         return self._seal(_REPLY, [reply.id, reply.value, failure], key)
 
     def decode_reply(self, body: bytes) -> Reply:
@@ -256,9 +272,10 @@ class Codec:
         id_, value, f = fields
         if f is None:
             return Reply(id_, value, None)
-        if type(f) is not list or len(f) != 4 or any(type(x) is not str for x in f):
+        if type(f) is not list or len(f) not in (4, 5) or any(type(x) is not str for x in f[:4]):
             raise SerializationError("malformed reply: bad failure")
-        return Reply(id_, value, Failure(*f))
+        earlier = carried_tries(f[4]) if len(f) == 5 else ()
+        return Reply(id_, value, Failure(f[0], f[1], f[2], f[3], earlier))
 
     def peek_id(self, body: bytes) -> str | None:
         """Best effort: the task id of a reply that ``decode_reply`` rejected.
@@ -352,6 +369,12 @@ class Codec:
             raise
         except Exception as exc:  # msgpack's errors, TypeError, ValueError, RecursionError...
             raise SerializationError(f"malformed {_KIND_NAMES[kind]}: {exc!r:.200}") from None
+
+
+def _optional(call: Call) -> dict[str, Any]:
+    """The map of a call's optional fields."""
+    retry = None if call.retry is None else call.retry.wire()
+    return {k: v for k, v in (("trace", call.trace), ("retry", retry)) if v is not None}
 
 
 def _number(name: str, value: Any, high: float, *, zero: bool = True) -> float:

@@ -129,6 +129,10 @@ class Outbox:
         results_settled(self.observer, finished, accepted)
         if self.guard is not None:  # a replay of these is refused from now on
             pairs = zip(finished, accepted, strict=False)
-            self.guard.completed(
-                [d.claim.id for d, ok in pairs if ok and (d.reply or not d.claim.reply_to)]
+            self.guard.completed(  # a retry (``again``) is no completion
+                [
+                    d.claim.id
+                    for d, ok in pairs
+                    if ok and (d.reply or not d.claim.reply_to) and d.again is None
+                ]
             )

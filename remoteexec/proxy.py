@@ -25,6 +25,7 @@ import wrapt
 
 from .config import check_name
 from .future import CallOptions, RemoteFuture
+from .retry_policy import Retry, merged
 
 if TYPE_CHECKING:
     from .client import Client
@@ -132,6 +133,9 @@ class RemoteMethod(Generic[P, R]):
         max_attempts: int | None = _UNSET,
         delay: float | None = _UNSET,
         eta: float | datetime.datetime | None = _UNSET,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        retries: int | None = None,
+        backoff: tuple[float, float] | None = None,
     ) -> RemoteMethod[P, R]:
         """The same method with other call options (the task's own arguments are untouched).
 
@@ -139,12 +143,16 @@ class RemoteMethod(Generic[P, R]):
         seconds) defers the call: no worker starts it before then. Its timeout still
         counts from the submit. Setting one clears the other.
 
+        ``retry_on``, ``retries`` and ``backoff`` replace the task's (``@remote``); one not
+        given keeps it. ``retries=0`` turns retries off.
+
         Raises:
             ConfigurationError: a bad option, or both ``delay`` and ``eta``.
         """
         old = self._opts
         if delay is _UNSET and eta is _UNSET:
             delay, eta = old.delay, old.eta
+        retry = merged(old.retry, retry_on=retry_on, retries=retries, backoff=backoff)
         return RemoteMethod(
             self.task,
             self.method,
@@ -156,6 +164,7 @@ class RemoteMethod(Generic[P, R]):
                 shards=old.shards,
                 delay=None if delay is _UNSET else delay,
                 eta=None if eta is _UNSET else eta,
+                retry=retry,
             ),
         )
 
@@ -216,11 +225,12 @@ class RemoteClass(_ClassProxy, Generic[T]):
         timeout: float | None,
         max_attempts: int | None,
         shards: int | None = None,
+        retry: Retry | None = None,
     ) -> None:
         super().__init__(cls)
         self._self_name = name
         self._self_options = CallOptions(
-            queue=queue, timeout=timeout, max_attempts=max_attempts, shards=shards
+            queue=queue, timeout=timeout, max_attempts=max_attempts, shards=shards, retry=retry
         )
         self._self_methods: dict[str, RemoteMethod[..., Any]] = {}  # made once per name
 

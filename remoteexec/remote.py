@@ -19,6 +19,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overloa
 from .config import MAX_SHARDS, check_attempts, check_name
 from .errors import ConfigurationError
 from .proxy import RemoteClass, RemoteMethod, public_method
+from .retry_policy import Retry, merged
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -37,6 +38,7 @@ class TaskType:
     max_attempts: int | None = None
     time_limit: float | None = None
     shards: int | None = None
+    retry: Retry | None = None
 
     def method(self, name: str) -> Callable[..., Any] | None:
         """The public method ``name`` the class defines, or None if there is none
@@ -116,6 +118,9 @@ def remote(
     max_attempts: int | None = None,
     time_limit: float | None = None,
     shards: int | None = None,
+    retry_on: tuple[type[BaseException], ...] | None = None,
+    retries: int | None = None,
+    backoff: tuple[float, float] | None = None,
 ) -> Callable[[type[T]], type[T]]: ...
 
 
@@ -129,6 +134,9 @@ def remote(
     max_attempts: int | None = None,
     time_limit: float | None = None,
     shards: int | None = None,
+    retry_on: tuple[type[BaseException], ...] | None = None,
+    retries: int | None = None,
+    backoff: tuple[float, float] | None = None,
 ) -> type[T] | Callable[[type[T]], type[T]]:
     """Register a class as a task type and return a proxy that calls it remotely.
 
@@ -143,6 +151,11 @@ def remote(
         time_limit: seconds a task may run before it is stopped (default: no limit).
         shards: on a Redis Cluster, spread the task's queue over this many hash slots
             (1 to ``MAX_SHARDS``; elsewhere a queue is one list and this is ignored).
+        retry_on: exception classes after which a call is tried again (default: none).
+        retries: how many times a call is tried again, at most (default 3; 0 to
+            ``MAX_RETRIES``).
+        backoff: ``(base, cap)``: retry n waits ``min(cap, base * 2 ** (n - 1))``
+            seconds, give or take 25 % (default ``(0.5, 30)``). See docs/calls.md.
 
     Raises:
         ConfigurationError: another class is registered under the same name, or an
@@ -158,15 +171,16 @@ def remote(
         check_attempts(max_attempts)
     if shards is not None and (type(shards) is not int or not 1 <= shards <= MAX_SHARDS):
         raise ConfigurationError(f"shards takes 1 to {MAX_SHARDS}, not {shards!r:.20}")
+    retry = merged(None, retry_on=retry_on, retries=retries, backoff=backoff)
 
     def decorate(target: type[T]) -> type[T]:
         if not isinstance(target, type):
             raise ConfigurationError(f"@remote decorates a class, not {target!r}")
         task_name = check_name("task", name or target.__name__)
-        task = TaskType(task_name, target, queue, timeout, max_attempts, time_limit, shards)
+        task = TaskType(task_name, target, queue, timeout, max_attempts, time_limit, shards, retry)
         register(task)
         proxy = RemoteClass(
-            target, task.name, task.queue, task.timeout, task.max_attempts, task.shards
+            target, task.name, task.queue, task.timeout, task.max_attempts, task.shards, retry
         )
         return cast("type[T]", proxy)
 

@@ -13,7 +13,10 @@ out. So, only when secrets are set, a worker runs a verified call only if:
 3. the workers' own count allows it: each start is counted in the backend's start record
    (``Backend.note_starts``), never read from the broker's ``attempt``. A call marked
    completed there is a replay and is refused; one started ``max_attempts`` times already
-   gets ``WorkerLost``. A result that the backend accepted marks its call completed.
+   gets ``WorkerLost``. A result that the backend accepted marks its call completed. A
+   retried call (``retries.py``) is started once more per retry: the retries it carries
+   are subtracted from its starts, so only lost attempts (over all its tries) count
+   against ``max_attempts``, and a retry marks nothing completed.
 
 A refused call is not run and gets no reply: it is logged, buried as a dead letter and
 acknowledged. A call's record is kept until it expires (its deadline, or ``max_age`` after
@@ -71,7 +74,8 @@ class ReplayGuard:
             keep_until = call.created + self.max_age if call.deadline is None else call.deadline
             ((starts, completed),) = self.backend.note_starts([(call.id, keep_until)])
             if not completed:
-                return LOST if starts >= call.max_attempts else None
+                tries = 0 if call.retry is None else len(call.retry.tries)
+                return LOST if starts - tries >= call.max_attempts else None
             reason = "it was completed before (a replay)"
         self.refuse(claim, label, reason)
         return REFUSED

@@ -363,5 +363,6 @@ class Replies:
 def failure_error(failure: Failure) -> RemoteExecError:
     """The exception a caller gets for a failure reported by a worker."""
     if failure.kind == "remote":
-        return remote_error(failure.type_name, failure.message, failure.traceback)
+        f = failure
+        return remote_error(f.type_name, f.message, f.traceback, f.earlier)
     return ERROR_KINDS.get(failure.kind, RemoteExecError)(failure.message)

@@ -48,6 +48,7 @@ _PLAIN = frozenset({int, float, str, bytes, bool, list, dict, tuple, type(None)}
 _READY = b"ready"
 _START_TIMEOUT = 120.0  # seconds a helper may take to import the task modules
 _LONGEST = 10.0**7  # seconds: a longer limit is waited for in steps of this
+_RETRY = "retry"  # a failure's kind on the helper's pipe: the call's policy lists it
 
 
 class SandboxDied(Exception):
@@ -75,6 +76,8 @@ class Runner:
             return Reply(call.id, result, None)
         except BaseException as exc:  # a task may even call sys.exit: still just a failure
             failure = Failure("remote", type(exc).__name__, str(exc), traceback.format_exc())
+            if call.retry is not None:
+                failure.retryable = call.retry.matches(exc)
             return Reply(call.id, None, failure)
 
     def close(self) -> None:
@@ -133,7 +136,10 @@ class Sandbox:
             code = self._stop(kill=False)
             self._spawn()
             raise SandboxDied(f"the helper process died (exit status {code})") from exc
-        return self._codec.decode_reply(data)
+        reply = self._codec.decode_reply(data)
+        if reply.failure is not None and reply.failure.kind == _RETRY:
+            reply.failure.kind, reply.failure.retryable = "remote", True
+        return reply
 
     def close(self) -> None:
         """Stop the helper: it exits when it reads the end of its pipe, or is killed."""
@@ -233,6 +239,8 @@ def _run_one(codec: Codec, runner: Runner, body: bytes) -> bytes:
             reply = Reply(call.id, None, Failure("unknown_task", "UnknownTask", message, ""))
         else:
             reply = runner.run(task, call)
+            if reply.failure is not None and reply.failure.retryable:
+                reply.failure.kind = _RETRY  # the mark crosses the pipe as a kind
         try:
             return codec.encode_reply(reply)
         except RemoteExecError as exc:

@@ -49,6 +49,7 @@ from .observe import TaskObserver, task_ended, task_lost
 from .outbox import Outbox
 from .remote import TaskType, lookup, registered, unknown_task_message
 from .replay import LOST, ReplayGuard
+from .retries import retried
 from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
 from .tracing import ended, task_span
 
@@ -316,11 +317,8 @@ class Worker:
             log.warning("unknown task %s (task %s)", label, claim.id)
             message = unknown_task_message(task, call.name, call.method, self.info.host)
             return self.outbox.failure(claim, "unknown_task", "UnknownTask", message, call.key)
-        if held.blobs:
-            try:
-                self.payloads.resolve_call(call)
-            except RemoteExecError as exc:
-                return self.outbox.error(claim, exc, f"the arguments of {label}: {exc}", call.key)
+        if held.blobs and (unread := self._read_arguments(claim, call, label)) is not None:
+            return unread
         held.time_limit = time_limit_of(task, call)
         observer = self.outbox.observer
         if observer is not None:
@@ -333,12 +331,36 @@ class Worker:
             task_ended(observer, held, reply)
         if held.abandoned:
             return None
+        if reply.failure is not None and call.retry is not None:  # retry_on: retries.py
+            return self._retry(claim, call, reply, held)
         if not call.reply_to:  # sent with send(): nobody reads a reply
             return self.outbox.unanswered(claim, label, reply)
         try:
             body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline)
         except RemoteExecError as exc:
             return self.outbox.error(claim, exc, f"the result of {label}: {exc}", call.key)
+        return Done(claim, body)
+
+    def _read_arguments(self, claim: Claim, call: Call, label: str) -> Done | None:
+        """Put the values of ``call``'s blob references in place; the failure if one fails."""
+        try:
+            self.payloads.resolve_call(call)
+        except RemoteExecError as exc:
+            return self.outbox.error(claim, exc, f"the arguments of {label}: {exc}", call.key)
+        return None
+
+    def _retry(self, claim: Claim, call: Call, reply: Reply, held: Held) -> Done | None:
+        """The failure ``reply`` of a call with a retry policy: a retry, or its answer."""
+        assert reply.failure is not None
+        again = retried(self.codec, claim, call, reply.failure, held)
+        if again is not None:
+            return again
+        if not call.reply_to:
+            return self.outbox.unanswered(claim, held.label, reply)
+        try:
+            body = self.codec.encode_reply(reply, key=call.key)  # a failure: str fields only
+        except RemoteExecError as exc:  # the tracebacks kept exceed max_message_size
+            return self.outbox.error(claim, exc, f"the failure of {held.label}: {exc}", call.key)
         return Done(claim, body)
 
     def _refused(self, claim: Claim, call: Call, label: str) -> Done | None:

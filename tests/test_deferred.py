@@ -7,12 +7,15 @@ import datetime as dt
 import math
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from remoteexec import Client, ConfigurationError, using
+from remoteexec.backends import Claim, Done, Job, open_backend
 from remoteexec.future import CallOptions
 from tests.farm import Farm, ledger, tasks
 
@@ -170,3 +173,33 @@ def test_a_worker_waiting_for_a_deferred_call_stays_idle(
     assert share < 0.05, f"an idle worker used {share:.1%} of a CPU"
     [started] = [float(f[3]) for f in ledger(Path(path)) if f[0] == "start"]
     assert started >= future.job.not_before
+
+
+# -- a sharded queue on a Redis Cluster ----------------------------------------------------
+
+
+def test_deferred_tasks_on_a_sharded_queue_wait_in_their_shards(redis_cluster: Any) -> None:
+    backend = open_backend(f"{redis_cluster.url}?shards=3&prefix=defer{uuid.uuid4().hex}:")
+    try:
+        due = time.time() + 0.6
+        jobs = [Job(uuid.uuid4().hex, "spread", "r", b"%d" % i, due) for i in range(6)]
+        backend.enqueue(jobs)
+        stats = backend.stats()
+        assert stats.queues == {"spread": 6}
+        assert sorted(v for k, v in stats.parts.items() if k.startswith("shard ")) == [2, 2, 2]
+        assert backend.cancel(jobs[0]) is True
+        assert backend.claim(["spread"], limit=10, lease=30, wait=0.1) == []
+        claims: list[Claim] = []
+        while len(claims) < 5 and time.time() < due + 10:
+            claims += backend.claim(["spread"], limit=10, lease=30, wait=1)
+        assert time.time() >= due
+        assert sorted(c.id for c in claims) == sorted(j.id for j in jobs[1:])
+        first = claims[0]
+        back = Job(first.id, "spread", "r", b"again", time.time() + 0.3)
+        assert backend.complete([Done(first, None, again=back)]) == [True]
+        assert backend.complete([Done(c, None) for c in claims[1:]]) == [True] * 4
+        [again] = backend.claim(["spread"], limit=10, lease=30, wait=5)
+        assert (again.id, again.body, again.attempt) == (first.id, b"again", 1)
+        assert backend.complete([Done(again, None)]) == [True]
+    finally:
+        backend.close()

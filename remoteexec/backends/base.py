@@ -166,7 +166,8 @@ class DeadLetter:
 class Stats:
     """A snapshot for ``remoteexec status`` and ``watch``.
 
-    ``queues`` maps each known queue to the tasks waiting in it (not claimed);
+    ``queues`` maps each known queue to the tasks waiting in it (not claimed; deferred
+    ones included);
     ``running`` counts tasks under a live lease; ``workers`` lists workers whose last
     heartbeat is recent; ``dead`` lists the newest dead letters. ``parts`` breaks the
     waiting tasks down where a broker spreads them (a Redis Cluster: ``shard <name>`` and

@@ -181,3 +181,54 @@ class ShardedPi:
 
     def execute(self, n):
         return math.pi * n
+
+
+def _runs(ledger):
+    """How many runs ``ledger`` records so far."""
+    return len(open(ledger).read().splitlines()) if os.path.exists(ledger) else 0
+
+
+_ERRORS = {e.__name__: e for e in (ConnectionError, TimeoutError, ValueError)}
+
+
+class _FailsAtFirst:
+    def execute(self, ledger, fails, error="ConnectionError"):
+        """Raises ``error`` on its first ``fails`` runs (counted in ``ledger``), then
+        returns how many runs it took."""
+        runs = _runs(ledger)
+        _note(ledger, "start", os.getpid(), time.time())
+        if runs < fails:
+            raise _ERRORS[error](f"run {runs + 1} failed")  # each try's traceback names this
+        return runs + 1
+
+    def size(self, ledger, fails, payload):
+        """As ``execute``, then returns the length of ``payload``."""
+        self.execute(ledger, fails)
+        return len(payload)
+
+
+@remote(retry_on=(ConnectionError, TimeoutError), retries=3, backoff=(0.5, 30))
+class Flaky(_FailsAtFirst):
+    """Retried after a ConnectionError or TimeoutError: 3 times, 0.5 s apart and doubling."""
+
+
+@remote
+class Unretried(_FailsAtFirst):
+    """No retry policy of its own (``.options`` gives one per call)."""
+
+
+@remote(time_limit=30, retry_on=(ConnectionError,), retries=2, backoff=(0.1, 0.1))
+class FlakyLimited(_FailsAtFirst):
+    """Retried as ``Flaky``, in a worker's helper process (it has a time limit)."""
+
+
+@remote(retry_on=(ConnectionError,), retries=3, backoff=(0.2, 0.2), max_attempts=2)
+class FailsThenKills:
+    """Raises ConnectionError on its first run, then kills its worker on every run."""
+
+    def execute(self, ledger):
+        runs = _runs(ledger)
+        _note(ledger, "start", os.getpid(), time.time())
+        if runs == 0:
+            raise ConnectionError("first run failed")
+        os._exit(9)

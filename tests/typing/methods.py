@@ -85,7 +85,7 @@ def expected_errors(d: date) -> None:
     Invoices.total([1], rebate=1)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
     Invoices.due_date.submit("2026")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     Invoices.due_date.options(timeout=5)(1)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-    Invoices.due_date.options(retries=2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    Invoices.due_date.options(priority=2)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
     bad: str = Invoices.due_date(d)  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
     worse: int = Invoices.total.submit([1]).result()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
     for day in Invoices.due_date.map([d]):

@@ -223,7 +223,7 @@ class SQLiteBackend(Backend):
                 [
                     (d.claim.reply_to, d.reply, now, d.claim.id)
                     for d, ok in zip(done, accepted, strict=True)
-                    if ok and d.reply is not None
+                    if ok and d.reply is not None and d.again is None
                 ],
             )
             return accepted
