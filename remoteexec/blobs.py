@@ -185,9 +185,10 @@ class Payloads:
             raise
 
     def encode_reply(
-        self, codec: Codec, reply: Reply, key: int, deadline: float | None
+        self, codec: Codec, reply: Reply, key: int, deadline: float | None, keep: float = 0.0
     ) -> tuple[bytes, BlobRef | None]:
-        """``codec.encode_reply(reply, key=key)``, a large value stored first.
+        """``codec.encode_reply(reply, key=key)``, a large value stored first, for as long
+        as the reply is kept (``keep`` seconds: ``keep_result``) if that is longer.
 
         Raises:
             as ``encode_call``.
@@ -205,7 +206,8 @@ class Payloads:
         try:
             for packed in (False, True):
                 if reply.failure is None and not isinstance(reply.value, BlobRef):
-                    ref = self._offload(reply.value, self.ttl(deadline), packed)
+                    ttl = max(self.ttl(deadline), keep)
+                    ref = self._offload(reply.value, ttl, packed)
                     reply.value = reply.value if ref is None else ref
                 fitting = self._fits(lambda r: codec.encode_reply(r, key=key), reply, packed)
                 if fitting is not None:

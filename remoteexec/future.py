@@ -13,7 +13,8 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .config import check_attempts, check_name
+from .config import MAX_KEEP_RESULT, check_attempts, check_name
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .backends import Job
@@ -38,7 +39,10 @@ class RemoteFuture(concurrent.futures.Future[R]):
         job: what was enqueued for it (its queue, reply address and body).
         submitted: when it was sent (``time.time()``).
         expiry: ``(deadline, task_id, message)`` when the call has a timeout, else None.
+        kept: the call's outcome is also kept under its id (``keep_result``).
     """
+
+    kept = False
 
     def __init__(self, client: Withdrawer, task_id: str, job: Job) -> None:
         super().__init__()
@@ -64,14 +68,32 @@ class RemoteFuture(concurrent.futures.Future[R]):
         return asyncio.wrap_future(self).__await__()
 
 
+def check_keep_result(value: Any, source: str = "argument") -> float:
+    """``value`` as a float if it is a valid ``keep_result``: a number of seconds above 0
+    and at most ``MAX_KEEP_RESULT``.
+
+    Raises:
+        ConfigurationError: naming the value and where it came from.
+    """
+    if type(value) not in (int, float) or not 0 < value <= MAX_KEEP_RESULT:
+        raise ConfigurationError(
+            f"keep_result must be a number of seconds above 0 and at most "
+            f"{MAX_KEEP_RESULT:g}, not {value!r:.100} ({source})"
+        )
+    return float(value)
+
+
 class CallOptions:
     """Per-call options; ``None`` means "the task's or the client's default".
 
+    ``keep_result`` keeps the call's outcome under its id for that many seconds, for
+    ``remoteexec.result`` (None: not kept).
+
     Raises:
-        ConfigurationError: a bad queue name or ``max_attempts``.
+        ConfigurationError: a bad queue name, ``max_attempts`` or ``keep_result``.
     """
 
-    __slots__ = ("max_attempts", "queue", "shards", "time_limit", "timeout")
+    __slots__ = ("keep_result", "max_attempts", "queue", "shards", "time_limit", "timeout")
 
     def __init__(
         self,
@@ -81,9 +103,11 @@ class CallOptions:
         max_attempts: int | None = None,
         time_limit: float | None = None,
         shards: int | None = None,
+        keep_result: float | None = None,
     ) -> None:
         self.queue = None if queue is None else check_name("queue", queue)
         self.timeout = timeout
         self.max_attempts = None if max_attempts is None else check_attempts(max_attempts)
         self.time_limit = time_limit
         self.shards = shards  # the task type's (@remote(shards=)), not a per-call option
+        self.keep_result = None if keep_result is None else check_keep_result(keep_result)

@@ -8,7 +8,8 @@ array ``[version, kind, payload, signature]``:
 * ``payload`` -- the msgpack-encoded fields (bin), decoded only after the signature passed:
   a call is ``[id, name, method, args, kwargs, deadline, max_attempts, time_limit, queue,
   reply_to, created]``, followed by a map of optional fields when it has any (``trace``:
-  the caller's trace context, ``tracing.py``; keys it does not know are ignored), a reply
+  the caller's trace context, ``tracing.py``; ``keep_result``: seconds the outcome is kept
+  under the call's id; keys it does not know are ignored), a reply
   ``[id, value, failure]`` with ``failure`` nil or ``[kind, type_name, message, traceback]``.
 * ``signature`` -- HMAC-SHA256 over ``b"remoteexec" + bytes([version, kind]) + payload`` with
   the first secret, or nil. With secrets, a message must carry a signature made with any of
@@ -22,7 +23,7 @@ signed ones (``replay.py``). A reply is signed with the key that verified its ca
 (``Call.key``), so a client that knows only an older key of a rotation accepts it.
 
 Numbers in a call are checked on decoding: finite, and within ``MAX_SECONDS`` (time limit),
-``MAX_EPOCH`` (deadline, creation time) and ``MAX_ATTEMPTS``.
+``MAX_EPOCH`` (deadline, creation time), ``MAX_ATTEMPTS`` and ``MAX_KEEP_RESULT``.
 
 Values inside the payload are msgpack's own types plus the extension types of
 ``_exttypes.py`` (tuple, set, datetime, Decimal, UUID, ... and ``register_type``). Nothing
@@ -42,7 +43,7 @@ from typing import Any
 import msgpack
 
 from ._exttypes import pack, register_type, unpack
-from .config import MAX_ATTEMPTS
+from .config import MAX_ATTEMPTS, MAX_KEEP_RESULT
 from .errors import ConfigurationError, PayloadTooLarge, SerializationError, SignatureError
 from .tracing import carried
 
@@ -80,6 +81,7 @@ class Call:
         key: the index of the secret that verified it (set by ``decode_call``, not sent);
             its reply is signed with the same one.
         trace: the caller's trace context (``tracing.py``), or None.
+        keep_result: seconds the outcome is kept under ``id`` (0: not kept).
     """
 
     id: str
@@ -95,6 +97,7 @@ class Call:
     created: float = 0.0
     key: int = field(default=0, compare=False)
     trace: dict[str, str] | None = None
+    keep_result: float = 0.0
 
 
 @dataclass(slots=True)
@@ -191,8 +194,13 @@ class Codec:
         c = call
         fields = [c.id, c.name, c.method, list(c.args), c.kwargs, c.deadline, c.max_attempts]
         fields += (c.time_limit, c.queue, c.reply_to, c.created)
-        if c.trace is not None:
-            fields.append({"trace": c.trace})
+        if c.trace is not None or c.keep_result:
+            more: dict[str, Any] = {}
+            if c.trace is not None:
+                more["trace"] = c.trace
+            if c.keep_result:
+                more["keep_result"] = c.keep_result
+            fields.append(more)
         return self._seal(_CALL, fields)
 
     def decode_call(self, body: bytes) -> Call:
@@ -229,6 +237,9 @@ class Codec:
         call.queue, call.reply_to, call.created, call.key = queue, reply_to, created, key
         if more:
             call.trace = carried(more[0].get("trace"))
+            keep = more[0].get("keep_result")
+            if keep is not None:
+                call.keep_result = _number("keep_result", keep, MAX_KEEP_RESULT)
         return call
 
     def encode_reply(self, reply: Reply, *, key: int = 0) -> bytes:

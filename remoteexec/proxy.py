@@ -81,7 +81,8 @@ class RemoteMethod(Generic[P, R]):
         return _client().submit(self.task, self.method, args, kwargs, self._opts)
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Send the call and return its id at once; no reply is kept (fire and forget).
+        """Send the call and return its id at once (fire and forget); its outcome is kept
+        only with ``options(keep_result=...)``, for ``remoteexec.result``.
 
         A failure goes to the worker's log and, once ``max_attempts`` runs out, to the
         dead letters.
@@ -129,8 +130,13 @@ class RemoteMethod(Generic[P, R]):
         timeout: float | None = _UNSET,
         queue: str | None = _UNSET,
         max_attempts: int | None = _UNSET,
+        keep_result: float | None = _UNSET,
     ) -> RemoteMethod[P, R]:
-        """The same method with other call options (the task's own arguments are untouched)."""
+        """The same method with other call options (the task's own arguments are untouched).
+
+        ``keep_result`` keeps each call's outcome under its id for that many seconds, for
+        ``remoteexec.result`` and ``remoteexec.status`` (docs/calls.md, "Results by id").
+        """
         old = self._opts
         return RemoteMethod(
             self.task,
@@ -141,6 +147,7 @@ class RemoteMethod(Generic[P, R]):
                 max_attempts=old.max_attempts if max_attempts is _UNSET else max_attempts,
                 time_limit=old.time_limit,
                 shards=old.shards,
+                keep_result=old.keep_result if keep_result is _UNSET else keep_result,
             ),
         )
 
@@ -201,11 +208,16 @@ class RemoteClass(_ClassProxy, Generic[T]):
         timeout: float | None,
         max_attempts: int | None,
         shards: int | None = None,
+        keep_result: float | None = None,
     ) -> None:
         super().__init__(cls)
         self._self_name = name
         self._self_options = CallOptions(
-            queue=queue, timeout=timeout, max_attempts=max_attempts, shards=shards
+            queue=queue,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            shards=shards,
+            keep_result=keep_result,
         )
         self._self_methods: dict[str, RemoteMethod[..., Any]] = {}  # made once per name
 

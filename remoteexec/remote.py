@@ -18,6 +18,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overloa
 
 from .config import MAX_SHARDS, check_attempts, check_name
 from .errors import ConfigurationError
+from .future import check_keep_result
 from .proxy import RemoteClass, RemoteMethod, public_method
 
 T = TypeVar("T")
@@ -116,6 +117,7 @@ def remote(
     max_attempts: int | None = None,
     time_limit: float | None = None,
     shards: int | None = None,
+    keep_result: float | None = None,
 ) -> Callable[[type[T]], type[T]]: ...
 
 
@@ -129,6 +131,7 @@ def remote(
     max_attempts: int | None = None,
     time_limit: float | None = None,
     shards: int | None = None,
+    keep_result: float | None = None,
 ) -> type[T] | Callable[[type[T]], type[T]]:
     """Register a class as a task type and return a proxy that calls it remotely.
 
@@ -143,6 +146,8 @@ def remote(
         time_limit: seconds a task may run before it is stopped (default: no limit).
         shards: on a Redis Cluster, spread the task's queue over this many hash slots
             (1 to ``MAX_SHARDS``; elsewhere a queue is one list and this is ignored).
+        keep_result: keep each call's outcome under its id for this many seconds, for
+            ``remoteexec.result`` (above 0, at most ``config.MAX_KEEP_RESULT``; default: not kept).
 
     Raises:
         ConfigurationError: another class is registered under the same name, or an
@@ -156,6 +161,8 @@ def remote(
     _check("time_limit", time_limit)
     if max_attempts is not None:
         check_attempts(max_attempts)
+    if keep_result is not None:
+        check_keep_result(keep_result, "@remote")
     if shards is not None and (type(shards) is not int or not 1 <= shards <= MAX_SHARDS):
         raise ConfigurationError(f"shards takes 1 to {MAX_SHARDS}, not {shards!r:.20}")
 
@@ -166,7 +173,7 @@ def remote(
         task = TaskType(task_name, target, queue, timeout, max_attempts, time_limit, shards)
         register(task)
         proxy = RemoteClass(
-            target, task.name, task.queue, task.timeout, task.max_attempts, task.shards
+            target, task.name, task.queue, task.timeout, task.max_attempts, task.shards, keep_result
         )
         return cast("type[T]", proxy)
 

@@ -315,12 +315,15 @@ class Worker:
         if task is None or task.method(call.method) is None:
             log.warning("unknown task %s (task %s)", label, claim.id)
             message = unknown_task_message(task, call.name, call.method, self.info.host)
-            return self.outbox.failure(claim, "unknown_task", "UnknownTask", message, call.key)
+            return self.outbox.failure(
+                claim, "unknown_task", "UnknownTask", message, call.key, call.keep_result
+            )
         if held.blobs:
             try:
                 self.payloads.resolve_call(call)
             except RemoteExecError as exc:
-                return self.outbox.error(claim, exc, f"the arguments of {label}: {exc}", call.key)
+                text = f"the arguments of {label}: {exc}"
+                return self.outbox.error(claim, exc, text, call.key, call.keep_result)
         held.time_limit = time_limit_of(task, call)
         observer = self.outbox.observer
         if observer is not None:
@@ -333,25 +336,26 @@ class Worker:
             task_ended(observer, held, reply)
         if held.abandoned:
             return None
-        if not call.reply_to:  # sent with send(): nobody reads a reply
+        keep = call.keep_result  # seconds the reply is also kept under the id
+        if not call.reply_to and not keep:  # sent with send(): nobody reads a reply
             return self.outbox.unanswered(claim, label, reply)
         try:
-            body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline)
+            body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline, keep)
         except RemoteExecError as exc:
-            return self.outbox.error(claim, exc, f"the result of {label}: {exc}", call.key)
-        return Done(claim, body)
+            return self.outbox.error(claim, exc, f"the result of {label}: {exc}", call.key, keep)
+        return Done(claim, body, keep)
 
     def _refused(self, claim: Claim, call: Call, label: str) -> Done | None:
         """How a call that must not run ends (lost, a replay, too late), or None: run it."""
         if self.guard is not None:  # secrets: trust the signed fields, not the broker's
             verdict = self.guard.admit(claim, call, label)
             if verdict == LOST:
-                return self.outbox.lost(claim, label, call.max_attempts, call.key)
+                return self.outbox.lost(claim, label, call.max_attempts, call.key, call.keep_result)
             if verdict is not None:
                 task_lost(self.observer, claim, label)
                 return Done(claim, None)
         elif claim.attempt > call.max_attempts:
-            return self.outbox.lost(claim, label, call.max_attempts)
+            return self.outbox.lost(claim, label, call.max_attempts, 0, call.keep_result)
         if call.deadline is not None and time.time() > call.deadline:
             log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
             return Done(claim, None)

@@ -20,6 +20,13 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
 * **Completion.** ``complete`` acknowledges a claim and stores its reply for the caller in
   one step, and only while the token still holds the lease: a worker whose lease was taken
   over cannot deliver a second result.
+* **Kept results.** A ``Done`` with ``keep`` above 0 also stores its reply under the
+  task's id for ``keep`` seconds, in the same step as the completion (and only if it is
+  accepted); a reply whose claim has no ``reply_to`` is only kept. The first reply kept
+  under an id stays (a task run twice keeps its first accepted outcome). ``results``
+  reads kept replies, never an expired one; ``states`` tells the ids waiting from those
+  running. Expired results go with ``sweep`` (SQL) or by themselves (Redis, memory's
+  sweep). With ``keep`` at 0 nothing of this costs a statement or a command.
 * **Replies.** Every client process has one reply address (``reply_to``); ``replies``
   returns what has arrived there, waiting up to ``wait`` seconds, and removes it. Replies
   nobody collects expire after ``result_ttl`` seconds.
@@ -73,6 +80,8 @@ from ..errors import BackendUnavailable, ConfigurationError
 
 #: The dead letters a backend keeps (the newest); ``bury`` drops the oldest beyond it.
 MAX_DEAD_LETTERS = 1000
+#: What ``Backend.states`` says of a task no worker holds, and of one under a live lease.
+WAITING, RUNNING = "waiting", "running"
 
 # Job, Claim and Done are made once per task on the hot path: read-only by convention, not
 # frozen (a frozen dataclass's __init__ sets each field through object.__setattr__, six
@@ -245,6 +254,16 @@ class Backend(ABC):
         """Remove and return the replies waiting for ``reply_to``, oldest first.
 
         When none is waiting, wait up to ``wait`` seconds for one; ``[]`` if none comes.
+        """
+
+    @abstractmethod
+    def results(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """The replies kept (``Done.keep``) under ``ids`` and not expired, by id."""
+
+    @abstractmethod
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        """For each of ``ids`` the backend holds as a task: ``WAITING`` (not claimed, or its
+        lease expired) or ``RUNNING`` (under a live lease); ids it does not hold are absent.
         """
 
     def send_and_wait(self, jobs: Sequence[Job], reply_to: str, *, wait: float) -> list[bytes]:

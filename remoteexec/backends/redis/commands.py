@@ -1,6 +1,7 @@
 """The commands of each step the Redis adapter takes, built (or sent) from the keys alone.
 
-``claim_pass`` and ``complete_batch`` are the script-free claim and completion;
+``claim_pass`` and ``complete_batch`` are the script-free claim and completion (with the
+results kept under task ids, ``keep_commands``: batches with any go this way);
 ``claim_args`` and ``complete_calls`` the same steps as calls of the ``CLAIM`` and
 ``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``, ``hand_back`` and
 ``ring`` are shared by both. Why each is safe is in the package's docstring; the state they
@@ -143,13 +144,16 @@ def complete_batch(
             continue
         seen.add(key)
         marks.append(len(cmds))
-        if d.reply is not None:  # pushed into the claim list, so only if still held
+        reply = d.reply if c.reply_to or d.keep else None  # sent, not kept: no reply
+        if reply is None:
+            cmds.append(("DEL", key))
+        elif c.reply_to:  # pushed into the claim list, so only if still held
             box = keys.replies(c.reply_to)
             boxes.add(box)
-            cmds.append(("RPUSHX", key, pack_reply(c.id, d.reply)))
+            cmds.append(("RPUSHX", key, pack_reply(c.id, reply)))
             cmds.append(("LMOVE", key, box, "RIGHT", "RIGHT"))
-        else:
-            cmds.append(("DEL", key))
+        if reply is not None and d.keep:
+            cmds += keep_commands(key, keys.kept(c.id), reply, d.keep)
         tokens, claimed = ended.setdefault(c.queue, ([], []))
         tokens.append(c.token)
         claimed.append(key)
@@ -157,6 +161,24 @@ def complete_batch(
         cmds += [("ZREM", keys.leases(queue), *tokens), ("DEL", *claimed)]
     cmds += [("PEXPIRE", box, ttl) for box in boxes]
     return cmds, marks
+
+
+def scripted(done: Sequence[Done]) -> bool:
+    """Whether ``done`` is completed by the ``COMPLETE`` script where scripts are allowed:
+    three results or more (for fewer the script's fixed cost outweighs what it saves), none
+    kept under its id (the script keeps nothing: such a batch goes by ``complete_batch``)."""
+    return len(done) >= 3 and not any(d.keep for d in done)
+
+
+def keep_commands(claimed: str, kept: str, reply: bytes, keep: float) -> list[tuple[Any, ...]]:
+    """Keep ``reply`` in the list ``kept`` for ``keep`` seconds, moved there through the
+    claim list ``claimed`` so that it happens only while the lease is held (a ``MULTI``
+    cannot make a ``SET`` conditional). The first element of ``kept`` is the one read."""
+    return [
+        ("RPUSHX", claimed, reply),
+        ("LMOVE", claimed, kept, "RIGHT", "RIGHT"),
+        ("PEXPIRE", kept, max(1, int(keep * 1000))),
+    ]
 
 
 def claim_args(
