@@ -13,6 +13,7 @@ reading: others may read it too). Nothing is decoded but through the codec.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -62,11 +63,14 @@ class Kept:
                 would have had it.
             CallTimeout: the call is still waiting or running after ``timeout``.
             ResultExpired: no result is kept and the backend has no trace of the call.
-            ConfigurationError: ``task_id`` is no call id.
+            ConfigurationError: ``task_id`` is no call id, or ``timeout`` no number of
+                seconds.
             SignatureError, SerializationError: the kept reply is forged or malformed.
             BackendUnavailable: the backend cannot be reached.
         """
         task_id = checked_id(task_id)
+        if timeout is not None and not (type(timeout) in (int, float) and 0 <= timeout < math.inf):
+            raise ConfigurationError(f"timeout must be None or seconds >= 0, not {timeout!r:.40}")
         start = time.monotonic()
         pause, looked = _FIRST_PAUSE, -_STATES_EVERY
         while True:

@@ -267,6 +267,7 @@ def proxy(
     queue: str | None = None,
     timeout: float | None = None,
     max_attempts: int | None = None,
+    keep_result: float | None = None,
 ) -> NamedProxy:
     """A proxy for the task type registered on the workers as ``name``.
 
@@ -276,4 +277,6 @@ def proxy(
     Raises:
         ConfigurationError: ``name`` or ``queue`` is not a valid name (``config.check_name``).
     """
-    return NamedProxy(name, queue=queue, timeout=timeout, max_attempts=max_attempts)
+    return NamedProxy(
+        name, queue=queue, timeout=timeout, max_attempts=max_attempts, keep_result=keep_result
+    )

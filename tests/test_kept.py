@@ -116,6 +116,9 @@ def test_ids_and_keep_result_are_checked() -> None:
     for bad in ["", "x" * 192, 42, None]:
         with pytest.raises(ConfigurationError, match="call id"):
             remoteexec.status(bad)  # type: ignore[arg-type]
+    for timeout in [-1, float("nan"), "5"]:
+        with pytest.raises(ConfigurationError, match="timeout"):
+            remoteexec.result("some-id", timeout=timeout)  # type: ignore[arg-type]
     for keep in [0, -1, float("nan"), float("inf"), 10**9, "60"]:
         with pytest.raises(ConfigurationError, match="keep_result"):
             tasks.Echo.value.options(keep_result=keep)  # type: ignore[arg-type]
