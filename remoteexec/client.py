@@ -274,6 +274,12 @@ class Client:
         self._replies.forget([future])
         return True
 
+    def read_for_result(self, future: RemoteFuture[Any], end: float | None) -> None:
+        """Read replies in this thread for ``future`` (what ``RemoteFuture.result`` asks)
+        while it is the only call pending and no other thread reads; see ``Replies``."""
+        if future.made_by(self) and self._pid == os.getpid() and not self._closed:
+            self._replies.read_alone(future, end)
+
     def _withdraw_now(self, future: RemoteFuture[Any]) -> None:
         """Withdraw the task of an interrupted call if no worker has started it: best
         effort, given 2 s (on a thread of its own: the interrupted one's connection may

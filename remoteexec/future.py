@@ -28,6 +28,10 @@ class Withdrawer(Protocol):
     def withdraw(self, future: RemoteFuture[Any]) -> bool:
         """Withdraw the future's task if no worker has claimed it; True if it was."""
 
+    def read_for_result(self, future: RemoteFuture[Any], end: float | None) -> None:
+        """Read replies in the calling thread until ``future`` is done or ``time.monotonic()``
+        reaches ``end``, where that saves a hand-off from another thread; else return."""
+
 
 class RemoteFuture(concurrent.futures.Future[R]):
     """The pending result of a remote call: a ``concurrent.futures.Future`` you can await.
@@ -59,6 +63,19 @@ class RemoteFuture(concurrent.futures.Future[R]):
         if not self._client.withdraw(self):
             return False
         return super().cancel()
+
+    def result(self, timeout: float | None = None) -> R:
+        """The call's result, waiting up to ``timeout`` seconds (None: until it ends).
+
+        While this is the only call its client waits for and no other thread reads
+        replies, the calling thread reads them itself, so the result needs no hand-off.
+        """
+        if not self.done():
+            end = None if timeout is None else time.monotonic() + timeout
+            self._client.read_for_result(self, end)
+            if end is not None:
+                timeout = max(0.0, end - time.monotonic())
+        return super().result(timeout)
 
     def made_by(self, client: Withdrawer) -> bool:
         """Whether ``client`` made (and so resolves) this future."""

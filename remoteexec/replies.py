@@ -149,6 +149,27 @@ class Replies:
         if not future.done() or self._pending:
             self.ensure_listening()
 
+    def read_alone(self, future: RemoteFuture[Any], end: float | None) -> None:
+        """Read replies in this thread until ``future`` is done or ``time.monotonic()``
+        reaches ``end``, while it is the only pending call and no other thread reads (the
+        listener then sits idle); otherwise return at once and leave the reading to it."""
+        with self._lock:
+            alone = len(self._pending) == 1 and future.task_id in self._pending
+        if not alone or not self._reader.acquire(blocking=False):
+            return
+        try:
+            while not future.done() and not self._closed:
+                left = _READ_WAIT if end is None else end - time.monotonic()
+                if left <= 0:
+                    break
+                self._read(min(left, _READ_WAIT))
+                if len(self._pending) > 1:
+                    break  # other calls came: the listener reads for everyone
+        finally:
+            self._reader.release()
+        if self._pending:
+            self.ensure_listening()
+
     def ensure_listening(self) -> None:
         """Start the listener thread, or wake it up to read for the calls just sent."""
         if self._listener is None or not self._listener.is_alive():
@@ -171,8 +192,10 @@ class Replies:
                 if not waiting:
                     self._wake.wait(1.0)  # nothing to read for: leave the reading to callers
                     continue
-                if not self._reader.acquire(timeout=0.25):
-                    continue  # a calling thread is reading for everyone
+                if not self._reader.acquire(blocking=False):
+                    # A calling thread reads; it wakes this one when it leaves calls unread.
+                    self._wake.wait(_READ_WAIT)
+                    continue
                 try:
                     self._read()
                 except Exception:  # whatever it was, the calls still need a reader
@@ -191,11 +214,11 @@ class Replies:
 
     # Reading (only the holder of ``_reader``) -----------------------------------------------
 
-    def _read(self) -> None:
-        """Read the replies that arrive within ``_read_wait()``, resolve their futures, then
-        fail expired calls, check liveness and warn about unserved queues."""
+    def _read(self, longest: float = _READ_WAIT) -> None:
+        """Read the replies that arrive within ``_read_wait(longest)``, resolve their
+        futures, then fail expired calls, check liveness and warn about unserved queues."""
         try:
-            bodies = self._backend.replies(self._reply_to, wait=self._read_wait())
+            bodies = self._backend.replies(self._reply_to, wait=self._read_wait(longest))
         except BackendUnavailable as exc:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
@@ -218,13 +241,13 @@ class Replies:
         self._check_liveness()
         self._warn_if_unserved()
 
-    def _read_wait(self) -> float:
-        """How long one read may wait: ``_READ_WAIT``, or until the next deadline."""
+    def _read_wait(self, longest: float = _READ_WAIT) -> float:
+        """How long one read may wait: ``longest``, or until the next deadline."""
         with self._lock:
             next_deadline = self._deadlines[0][0] if self._deadlines else None
         if next_deadline is None:
-            return _READ_WAIT
-        return max(0.0, min(_READ_WAIT, next_deadline - time.time()))
+            return longest
+        return max(0.0, min(longest, next_deadline - time.time()))
 
     def _resolve(self, body: bytes) -> None:
         try:

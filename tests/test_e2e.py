@@ -3,6 +3,7 @@ that processes can share (sqlite, redis, mysql in both claim modes)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import math
 import os
@@ -10,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -89,6 +91,38 @@ def test_remote_errors_unknown_tasks_many_submits_and_map(farm: Farm, client: Cl
     pids = {tasks.Echo.pid() for _ in range(20)}
     assert pids <= set(workers), (pids, workers)
     assert farm.worker_pids(2) == workers
+
+
+def test_futures_waited_on_one_at_a_time_or_from_many_threads_all_end(
+    farm: Farm, client: Client
+) -> None:
+    """``result()`` on the only pending call reads the reply in the waiting thread; its
+    timeout still holds, and calls from several threads at once all get their results."""
+    farm.start()
+    farm.worker_pids(1)
+    assert [tasks.CalculateMultipleOfPi.execute.submit(i).result(30) for i in range(200)] == [
+        math.pi * i for i in range(200)
+    ]
+    slow = tasks.Slow.execute.submit(3.0)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        slow.result(timeout=0.3)
+    assert not slow.done()
+    assert isinstance(slow.result(timeout=30), int)
+    results: dict[int, list[float]] = {}
+
+    def caller(n: int) -> None:
+        with using(client):
+            results[n] = [
+                tasks.CalculateMultipleOfPi.execute.submit(n * 1000 + i).result(30)
+                for i in range(50)
+            ]
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {n: [math.pi * (n * 1000 + i) for i in range(50)] for n in range(4)}
 
 
 def test_killed_worker_task_completes_elsewhere_once(
