@@ -160,8 +160,8 @@ def footprint(url: str) -> dict[str, int]:
 
 def at_baseline(url: str, baseline: dict[str, int]) -> bool:
     now = footprint(url)
-    if "memory" in now:  # Redis: the same keys, and memory back within 2 MiB
-        return now["keys"] == baseline["keys"] and now["memory"] < baseline["memory"] + 2**21
+    if "memory" in now:  # Redis: no more keys, and memory back within 2 MiB
+        return now["keys"] <= baseline["keys"] and now["memory"] < baseline["memory"] + 2**21
     return {t: n for t, n in now.items() if n} == {t: n for t, n in baseline.items() if n}
 
 
@@ -171,6 +171,7 @@ def test_results_nobody_reads_leave_the_backend_at_its_baseline(farm: Farm, farm
     sender, n, keep = current_client(), 100_000, 10.0
     farm.start(processes=2)
     assert tasks.Echo.value(0) == 0  # tables, queue and worker records made
+    time.sleep(2.5)  # Redis: the doorbells of that call are gone (they live 2 s)
     baseline = footprint(farm_url)
     options = CallOptions(keep_result=keep)
     ids: list[str] = []
