@@ -62,6 +62,9 @@ differs between backends, and why:
 * **What ``lost`` can see.** Every backend looks the ids up where tasks and replies
   live; Redis also tells a server that came back empty by an epoch key, for the ids its
   own object enqueued.
+* **Where ``states`` looks.** Memory, SQLite and MySQL look the ids up by id; Redis keeps
+  no index of ids, so it reads the waiting lists and the claim lists (its cost grows with
+  the backlog, as ``lost``'s does).
 * **How long a silent worker's record stays.** ``stats`` omits a worker silent for
   ``worker_ttl`` everywhere; ``sweep`` deletes the record after ``worker_ttl`` (SQLite),
   ten of them (Redis), ``max(60 s, 4 worker_ttl)`` by the server's clock (MySQL), or
