@@ -67,6 +67,12 @@ class Square:
         return threading.get_ident()
 
 
+@remote(keep_result=60)
+class KeptByDefault:
+    def double(self, x: int) -> int:
+        return 2 * x
+
+
 @remote(time_limit=1)
 class Overruns:
     def execute(self, seconds: float) -> float:
@@ -364,3 +370,7 @@ def test_results_by_id_in_a_threaded_farm() -> None:
             remoteexec.result(failed, timeout=10)
         assert (remoteexec.status(sent), remoteexec.status(failed)) == ("done", "failed")
         assert remoteexec.status(Square.area.send(1)) in ("waiting", "running", "lost")
+        assert remoteexec.result(KeptByDefault.double.send(4), timeout=10) == 8  # @remote's
+        not_kept = KeptByDefault.double.options(keep_result=None).submit(5)
+        assert not_kept.result(timeout=10) == 10
+        assert remoteexec.status(not_kept.task_id) == "lost"
