@@ -10,7 +10,7 @@ class CalculateMultipleOfPi:
 CalculateMultipleOfPi.execute(42)   # runs on whichever worker picks it up
 """
 
-from .client import Client, configure, using
+from .client import Client, configure, result, status, using
 from .errors import (
     BackendUnavailable,
     CallLost,
@@ -20,6 +20,7 @@ from .errors import (
     PayloadTooLarge,
     RemoteError,
     RemoteExecError,
+    ResultExpired,
     SerializationError,
     SignatureError,
     TimeLimitExceeded,
@@ -46,6 +47,7 @@ __all__ = [
     "RemoteExecError",
     "RemoteFuture",
     "RemoteMethod",
+    "ResultExpired",
     "SerializationError",
     "SignatureError",
     "TimeLimitExceeded",
@@ -58,5 +60,7 @@ __all__ = [
     "register_type",
     "remote",
     "remote_method",
+    "result",
+    "status",
     "using",
 ]

@@ -58,6 +58,7 @@ _DIGEST = 32
 #: Seconds a blob outlives its call's deadline (the clocks of client, worker and store
 #: may differ by that much).
 DEADLINE_GRACE = 60.0
+_KEPT_GRACE = 5.0  # a kept result's blob outlives it: it is stored before the result
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +186,10 @@ class Payloads:
             raise
 
     def encode_reply(
-        self, codec: Codec, reply: Reply, key: int, deadline: float | None
+        self, codec: Codec, reply: Reply, key: int, deadline: float | None, keep: float = 0.0
     ) -> tuple[bytes, BlobRef | None]:
-        """``codec.encode_reply(reply, key=key)``, a large value stored first.
+        """``codec.encode_reply(reply, key=key)``, a large value stored first, for as long
+        as the reply is kept (``keep`` seconds: ``keep_result``) if that is longer.
 
         Raises:
             as ``encode_call``.
@@ -205,7 +207,8 @@ class Payloads:
         try:
             for packed in (False, True):
                 if reply.failure is None and not isinstance(reply.value, BlobRef):
-                    ref = self._offload(reply.value, self.ttl(deadline), packed)
+                    ttl = max(self.ttl(deadline), keep + _KEPT_GRACE if keep else 0.0)
+                    ref = self._offload(reply.value, ttl, packed)
                     reply.value = reply.value if ref is None else ref
                 fitting = self._fits(lambda r: codec.encode_reply(r, key=key), reply, packed)
                 if fitting is not None:

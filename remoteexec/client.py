@@ -25,6 +25,7 @@ from .blobs import Payloads
 from .config import Settings, redact_url, resolve
 from .errors import ConfigurationError, RemoteExecError
 from .future import CallOptions, RemoteFuture
+from .kept import Kept
 from .message import Call, Codec
 from .replies import Replies
 from .tracing import current_context
@@ -66,6 +67,7 @@ class Client:
         self._id_prefix, self._ids = os.urandom(16).hex(), itertools.count()
         self._payloads = Payloads(self.settings, self._backend)
         self._replies = Replies(self._backend, self._codec, self.reply_to, self._payloads)
+        self._kept = Kept(self._backend, self._codec, self._payloads)
 
     def __enter__(self) -> Client:
         return self
@@ -149,6 +151,25 @@ class Client:
         self._backend.enqueue(jobs)
         return future.task_id
 
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """The outcome of a call sent with ``keep_result``, from any process: its value,
+        or its error raised; waits up to ``timeout`` seconds (None: while the call is
+        waiting or running). See ``kept.Kept.result``.
+
+        Raises:
+            RemoteError (or the call's other error): the call failed.
+            CallTimeout: the call is still waiting or running after ``timeout``.
+            ResultExpired: no result is kept under ``task_id`` and the call is gone.
+        """
+        self._ensure()
+        return self._kept.result(task_id, timeout)
+
+    def status(self, task_id: str) -> str:
+        """Where call ``task_id`` is: ``"waiting"``, ``"running"``, ``"done"``, ``"failed"``
+        or ``"lost"``; a call that ended without ``keep_result`` reads ``"lost"``."""
+        self._ensure()
+        return self._kept.status(task_id)
+
     def call(
         self,
         task: str,
@@ -195,6 +216,7 @@ class Client:
             self._backend.shard(queue, opts.shards)
         timeout = opts.timeout if opts.timeout is not None else settings.timeout
         attempts = opts.max_attempts or settings.max_attempts
+        keep = opts.keep_result or 0.0  # seconds the outcome is kept under the id
         now = time.time()
         deadline = now + timeout if timeout is not None else None
         later = 0.0
@@ -213,9 +235,14 @@ class Client:
                 task_id, task, method, tuple(args), kwargs, deadline, attempts, None, *where
             )
             call.trace, call.retry = context, retry
+            if keep:
+                call.keep_result = keep
             job = Job(task_id, queue, reply_to, encode(codec, call)[0], later)
             jobs.append(job)
             futures.append(RemoteFuture(self, task_id, job))
+        if keep:  # its blob, if any, outlives the reply read here (replies.py)
+            for future in futures:
+                future.kept = True
         if deadline is not None:
             label = f"{task}.{method} did not finish within {timeout:g} s"
             for future in futures:
@@ -282,6 +309,16 @@ class Client:
         self._replies.close()
         if self._pid == os.getpid():
             self._backend.close()
+
+
+def result(task_id: str, timeout: float | None = None) -> Any:
+    """``Client.result`` on the current client (``using`` / ``configure``)."""
+    return current_client().result(task_id, timeout)
+
+
+def status(task_id: str) -> str:
+    """``Client.status`` on the current client (``using`` / ``configure``)."""
+    return current_client().status(task_id)
 
 
 _current: ContextVar[Client | None] = ContextVar("remoteexec_client", default=None)

@@ -297,6 +297,8 @@ def _check_blob_url(url: Any, source: str) -> str:
 MAX_ATTEMPTS = 1000
 MAX_RETRIES = 100  # times a call may be enqueued again after a listed exception
 MAX_SHARDS = 64  # slots one queue may be spread over (a Redis Cluster)
+#: The longest ``keep_result`` a call may carry, in seconds (workers refuse calls above it).
+MAX_KEEP_RESULT = 30 * 86400.0
 
 
 def check_attempts(value: Any, source: str = "argument") -> int:

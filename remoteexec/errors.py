@@ -9,7 +9,8 @@
      ├── CallTimeout             the caller's timeout passed (also a TimeoutError)
      ├── CallLost                the broker has no trace of the call: neither waiting,
      │    │                      running nor answered (see ``remoteexec.liveness``)
-     │    └── CallPurged         ``remoteexec purge`` deleted the task before it ran
+     │    ├── CallPurged         ``remoteexec purge`` deleted the task before it ran
+     │    └── ResultExpired      no result is kept under the id (``remoteexec.result``)
      ├── RemoteError             the task raised; carries type_name, message, remote_traceback
      │                           and, for a retried call, the earlier attempts' failures
      ├── UnknownTask             no worker knows that task name or method
@@ -73,6 +74,10 @@ class CallLost(RemoteExecError):
 
 class CallPurged(CallLost):
     """The task was purged from its queue before any worker ran it."""
+
+
+class ResultExpired(CallLost):
+    """No result is kept for this call: it expired (keep_result) or was never kept."""
 
 
 class UnknownTask(RemoteExecError):
@@ -159,7 +164,7 @@ _BUILTIN_ERRORS.update(
         for cls in (
             ConfigurationError, BackendUnavailable, SerializationError, PayloadTooLarge,
             SignatureError, CallTimeout, UnknownTask, WorkerLost, TimeLimitExceeded,
-            CallLost, CallPurged,
+            CallLost, CallPurged, ResultExpired,
         )
     }
 )  # fmt: skip

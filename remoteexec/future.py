@@ -14,7 +14,7 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .config import check_attempts, check_name
+from .config import MAX_KEEP_RESULT, check_attempts, check_name
 from .errors import ConfigurationError
 from .when import check_delay, check_eta
 
@@ -46,7 +46,10 @@ class RemoteFuture(concurrent.futures.Future[R]):
         job: what was enqueued for it (its queue, reply address and body).
         submitted: when it was sent (``time.time()``).
         expiry: ``(deadline, task_id, message)`` when the call has a timeout, else None.
+        kept: the call's outcome is also kept under its id (``keep_result``).
     """
+
+    kept = False
 
     def __init__(self, client: Withdrawer, task_id: str, job: Job) -> None:
         super().__init__()
@@ -85,6 +88,21 @@ class RemoteFuture(concurrent.futures.Future[R]):
         return asyncio.wrap_future(self).__await__()
 
 
+def check_keep_result(value: Any, source: str = "argument") -> float:
+    """``value`` as a float if it is a valid ``keep_result``: a number of seconds above 0
+    and at most ``MAX_KEEP_RESULT``.
+
+    Raises:
+        ConfigurationError: naming the value and where it came from.
+    """
+    if type(value) not in (int, float) or not 0 < value <= MAX_KEEP_RESULT:
+        raise ConfigurationError(
+            f"keep_result must be a number of seconds above 0 and at most "
+            f"{MAX_KEEP_RESULT:g}, not {value!r:.100} ({source})"
+        )
+    return float(value)
+
+
 class CallOptions:
     """Per-call options; ``None`` means "the task's or the client's default".
 
@@ -93,13 +111,18 @@ class CallOptions:
 
     ``retry`` is the retry policy (``retry_policy.merged`` checks it), or None: no retries.
 
+    ``keep_result`` keeps the call's outcome under its id for that many seconds, for
+    ``remoteexec.result`` (None: not kept).
+
     Raises:
-        ConfigurationError: a bad queue name, ``max_attempts``, ``delay`` or ``eta``.
+        ConfigurationError: a bad queue name, ``max_attempts``, ``delay``, ``eta`` or
+            ``keep_result``.
     """
 
     __slots__ = (
         "delay",
         "eta",
+        "keep_result",
         "max_attempts",
         "queue",
         "retry",
@@ -119,6 +142,7 @@ class CallOptions:
         delay: float | None = None,
         eta: float | datetime.datetime | None = None,
         retry: Retry | None = None,
+        keep_result: float | None = None,
     ) -> None:
         self.queue = None if queue is None else check_name("queue", queue)
         if delay is not None and eta is not None:
@@ -130,3 +154,4 @@ class CallOptions:
         self.time_limit = time_limit
         self.shards = shards  # the task type's (@remote(shards=)), not a per-call option
         self.retry = retry
+        self.keep_result = None if keep_result is None else check_keep_result(keep_result)

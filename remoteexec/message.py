@@ -9,10 +9,10 @@ array ``[version, kind, payload, signature]``:
   a call is ``[id, name, method, args, kwargs, deadline, max_attempts, time_limit, queue,
   reply_to, created]``, followed by a map of optional fields when it has any (``trace``:
   the caller's trace context, ``tracing.py``; ``retry``: the retry policy and the tries so
-  far, ``retry_policy.py``; keys it does not know are ignored), a reply ``[id, value,
-  failure]`` with ``failure`` nil or ``[kind, type_name, message, traceback]``, followed by
-  the failures of the earlier tries of a retried call (``[type_name, message, traceback]``
-  each) when there are any.
+  far, ``retry_policy.py``; ``keep_result``: seconds the outcome is kept under the call's
+  id; keys it does not know are ignored), a reply ``[id, value, failure]`` with ``failure``
+  nil or ``[kind, type_name, message, traceback]``, followed by the failures of the earlier
+  tries of a retried call (``[type_name, message, traceback]`` each) when there are any.
 * ``signature`` -- HMAC-SHA256 over ``b"remoteexec" + bytes([version, kind]) + payload`` with
   the first secret, or nil. With secrets, a message must carry a signature made with any of
   them (rotation). Without secrets, signatures are neither made nor checked.
@@ -25,7 +25,7 @@ signed ones (``replay.py``). A reply is signed with the key that verified its ca
 (``Call.key``), so a client that knows only an older key of a rotation accepts it.
 
 Numbers in a call are checked on decoding: finite, and within ``MAX_SECONDS`` (time limit),
-``MAX_EPOCH`` (deadline, creation time) and ``MAX_ATTEMPTS``.
+``MAX_EPOCH`` (deadline, creation time), ``MAX_ATTEMPTS`` and ``MAX_KEEP_RESULT``.
 
 Values inside the payload are msgpack's own types plus the extension types of
 ``_exttypes.py`` (tuple, set, datetime, Decimal, UUID, ... and ``register_type``). Nothing
@@ -45,7 +45,7 @@ from typing import Any
 import msgpack
 
 from ._exttypes import pack, register_type, unpack
-from .config import MAX_ATTEMPTS
+from .config import MAX_ATTEMPTS, MAX_KEEP_RESULT
 from .errors import ConfigurationError, PayloadTooLarge, SerializationError, SignatureError
 from .retry_policy import Retry, Tries, carried_retry, carried_tries, tries_wire
 from .tracing import carried
@@ -85,6 +85,7 @@ class Call:
             its reply is signed with the same one.
         trace: the caller's trace context (``tracing.py``), or None.
         retry: the retry policy and the failed tries so far (``retry_policy.py``), or None.
+        keep_result: seconds the outcome is kept under ``id`` (0: not kept).
     """
 
     id: str
@@ -101,6 +102,7 @@ class Call:
     key: int = field(default=0, compare=False)
     trace: dict[str, str] | None = None
     retry: Retry | None = None
+    keep_result: float = 0.0
 
 
 @dataclass(slots=True)
@@ -202,7 +204,7 @@ class Codec:
         c = call
         fields = [c.id, c.name, c.method, list(c.args), c.kwargs, c.deadline, c.max_attempts]
         fields += (c.time_limit, c.queue, c.reply_to, c.created)
-        if c.trace is not None or c.retry is not None:
+        if c.trace is not None or c.retry is not None or c.keep_result:
             fields.append(_optional(c))
         return self._seal(_CALL, fields)
 
@@ -241,6 +243,9 @@ class Codec:
         if more:
             call.trace = carried(more[0].get("trace"))
             call.retry = carried_retry(more[0].get("retry"))
+            keep = more[0].get("keep_result")
+            if keep is not None:
+                call.keep_result = _number("keep_result", keep, MAX_KEEP_RESULT)
         return call
 
     def encode_reply(self, reply: Reply, *, key: int = 0) -> bytes:
@@ -374,7 +379,9 @@ class Codec:
 def _optional(call: Call) -> dict[str, Any]:
     """The map of a call's optional fields."""
     retry = None if call.retry is None else call.retry.wire()
-    return {k: v for k, v in (("trace", call.trace), ("retry", retry)) if v is not None}
+    keep = call.keep_result or None
+    pairs = (("trace", call.trace), ("retry", retry), ("keep_result", keep))
+    return {k: v for k, v in pairs if v is not None}
 
 
 def _number(name: str, value: Any, high: float, *, zero: bool = True) -> float:

@@ -45,17 +45,28 @@ class Outbox:
         self.guard = guard
         self.observer: TaskObserver | None = None  # per-task log lines, metrics (observe.py)
 
-    def failure(self, claim: Claim, kind: str, type_name: str, message: str, key: int = 0) -> Done:
-        """A failure reply, signed with secret number ``key`` (the one that verified the call);
-        none for a call sent with no reply address (``send``)."""
-        if not claim.reply_to:
+    def failure(
+        self,
+        claim: Claim,
+        kind: str,
+        type_name: str,
+        message: str,
+        key: int = 0,
+        keep: float = 0.0,
+    ) -> Done:
+        """A failure reply, signed with secret number ``key`` (the one that verified the call)
+        and kept ``keep`` seconds under the call's id; none for a call sent with no reply
+        address (``send``) whose outcome is not kept."""
+        if not claim.reply_to and not keep:
             return Done(claim, None)
         reply = Reply(claim.id, None, Failure(kind, type_name, message, ""))
-        return Done(claim, self.codec.encode_reply(reply, key=key))
+        return Done(claim, self.codec.encode_reply(reply, key=key), keep)
 
-    def error(self, claim: Claim, exc: RemoteExecError, message: str, key: int = 0) -> Done:
+    def error(
+        self, claim: Claim, exc: RemoteExecError, message: str, key: int = 0, keep: float = 0.0
+    ) -> Done:
         """The failure reply of ``exc``, with ``message`` for its text."""
-        return self.failure(claim, error_kind(exc), type(exc).__name__, message, key)
+        return self.failure(claim, error_kind(exc), type(exc).__name__, message, key, keep)
 
     def unanswered(self, claim: Claim, label: str, reply: Reply) -> Done:
         """A call sent with no reply address ends with no reply; a failure is logged."""
@@ -80,7 +91,9 @@ class Outbox:
             return self.failure(claim, "serialization", "SerializationError", reason)
         return self.failure(claim, error_kind(exc), type(exc).__name__, str(exc))
 
-    def lost(self, claim: Claim, label: str, max_attempts: int, key: int = 0) -> Done:
+    def lost(
+        self, claim: Claim, label: str, max_attempts: int, key: int = 0, keep: float = 0.0
+    ) -> Done:
         """The failure of a task that lost its worker on every attempt; a dead letter too."""
         reason = (
             f"{label} lost its worker on {claim.attempt - 1} attempt(s) "
@@ -90,7 +103,7 @@ class Outbox:
         letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
         quietly(self.backend.bury, letter)
         task_lost(self.observer, claim, label)
-        return self.failure(claim, "worker_lost", "WorkerLost", reason, key)
+        return self.failure(claim, "worker_lost", "WorkerLost", reason, key, keep)
 
     def complete(self, finished: list[Done]) -> None:
         """Send results; one the broker refuses as too large is answered with that error."""
@@ -108,7 +121,8 @@ class Outbox:
             except KeyError:
                 key = 0
             reason = f"the result is too large for the broker: {exc}"
-            finished = [self.failure(claim, "too_large", "PayloadTooLarge", reason, key)]
+            keep = finished[0].keep
+            finished = [self.failure(claim, "too_large", "PayloadTooLarge", reason, key, keep)]
             accepted = self.send(finished)
         self.settle(finished, accepted)
 

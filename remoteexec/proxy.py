@@ -83,7 +83,8 @@ class RemoteMethod(Generic[P, R]):
         return _client().submit(self.task, self.method, args, kwargs, self._opts)
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Send the call and return its id at once; no reply is kept (fire and forget).
+        """Send the call and return its id at once (fire and forget); its outcome is kept
+        only with ``options(keep_result=...)``, for ``remoteexec.result``.
 
         A failure goes to the worker's log and, once ``max_attempts`` runs out, to the
         dead letters.
@@ -136,6 +137,7 @@ class RemoteMethod(Generic[P, R]):
         retry_on: tuple[type[BaseException], ...] | None = None,
         retries: int | None = None,
         backoff: tuple[float, float] | None = None,
+        keep_result: float | None = _UNSET,
     ) -> RemoteMethod[P, R]:
         """The same method with other call options (the task's own arguments are untouched).
 
@@ -145,6 +147,9 @@ class RemoteMethod(Generic[P, R]):
 
         ``retry_on``, ``retries`` and ``backoff`` replace the task's (``@remote``); one not
         given keeps it. ``retries=0`` turns retries off.
+
+        ``keep_result`` keeps each call's outcome under its id for that many seconds, for
+        ``remoteexec.result`` and ``remoteexec.status`` (docs/calls.md, "Results by id").
 
         Raises:
             ConfigurationError: a bad option, or both ``delay`` and ``eta``.
@@ -165,6 +170,7 @@ class RemoteMethod(Generic[P, R]):
                 delay=None if delay is _UNSET else delay,
                 eta=None if eta is _UNSET else eta,
                 retry=retry,
+                keep_result=old.keep_result if keep_result is _UNSET else keep_result,
             ),
         )
 
@@ -226,11 +232,17 @@ class RemoteClass(_ClassProxy, Generic[T]):
         max_attempts: int | None,
         shards: int | None = None,
         retry: Retry | None = None,
+        keep_result: float | None = None,
     ) -> None:
         super().__init__(cls)
         self._self_name = name
         self._self_options = CallOptions(
-            queue=queue, timeout=timeout, max_attempts=max_attempts, shards=shards, retry=retry
+            queue=queue,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            shards=shards,
+            retry=retry,
+            keep_result=keep_result,
         )
         self._self_methods: dict[str, RemoteMethod[..., Any]] = {}  # made once per name
 
@@ -280,6 +292,7 @@ def proxy(
     queue: str | None = None,
     timeout: float | None = None,
     max_attempts: int | None = None,
+    keep_result: float | None = None,
 ) -> NamedProxy:
     """A proxy for the task type registered on the workers as ``name``.
 
@@ -289,4 +302,6 @@ def proxy(
     Raises:
         ConfigurationError: ``name`` or ``queue`` is not a valid name (``config.check_name``).
     """
-    return NamedProxy(name, queue=queue, timeout=timeout, max_attempts=max_attempts)
+    return NamedProxy(
+        name, queue=queue, timeout=timeout, max_attempts=max_attempts, keep_result=keep_result
+    )

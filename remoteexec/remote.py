@@ -18,6 +18,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overloa
 
 from .config import MAX_SHARDS, check_attempts, check_name
 from .errors import ConfigurationError
+from .future import check_keep_result
 from .proxy import RemoteClass, RemoteMethod, public_method
 from .retry_policy import Retry, merged
 
@@ -121,6 +122,7 @@ def remote(
     retry_on: tuple[type[BaseException], ...] | None = None,
     retries: int | None = None,
     backoff: tuple[float, float] | None = None,
+    keep_result: float | None = None,
 ) -> Callable[[type[T]], type[T]]: ...
 
 
@@ -137,6 +139,7 @@ def remote(
     retry_on: tuple[type[BaseException], ...] | None = None,
     retries: int | None = None,
     backoff: tuple[float, float] | None = None,
+    keep_result: float | None = None,
 ) -> type[T] | Callable[[type[T]], type[T]]:
     """Register a class as a task type and return a proxy that calls it remotely.
 
@@ -156,6 +159,8 @@ def remote(
             ``MAX_RETRIES``).
         backoff: ``(base, cap)``: retry n waits ``min(cap, base * 2 ** (n - 1))``
             seconds, give or take 25 % (default ``(0.5, 30)``). See docs/calls.md.
+        keep_result: keep each call's outcome under its id for this many seconds, for
+            ``remoteexec.result`` (above 0, at most ``config.MAX_KEEP_RESULT``; default: not kept).
 
     Raises:
         ConfigurationError: another class is registered under the same name, or an
@@ -169,6 +174,8 @@ def remote(
     _check("time_limit", time_limit)
     if max_attempts is not None:
         check_attempts(max_attempts)
+    if keep_result is not None:
+        check_keep_result(keep_result, "@remote")
     if shards is not None and (type(shards) is not int or not 1 <= shards <= MAX_SHARDS):
         raise ConfigurationError(f"shards takes 1 to {MAX_SHARDS}, not {shards!r:.20}")
     retry = merged(None, retry_on=retry_on, retries=retries, backoff=backoff)
@@ -180,7 +187,14 @@ def remote(
         task = TaskType(task_name, target, queue, timeout, max_attempts, time_limit, shards, retry)
         register(task)
         proxy = RemoteClass(
-            target, task.name, task.queue, task.timeout, task.max_attempts, task.shards, retry
+            target,
+            task.name,
+            task.queue,
+            task.timeout,
+            task.max_attempts,
+            task.shards,
+            retry,
+            keep_result,
         )
         return cast("type[T]", proxy)
 

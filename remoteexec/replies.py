@@ -288,14 +288,14 @@ class Replies:
 
     def _deliver(self, future: RemoteFuture[Any], value: Any) -> None:
         """Settle ``future`` with ``value``, read from its blob if it is a reference (the
-        blob is deleted once read)."""
+        blob is deleted once read, unless the result is kept for others to read too)."""
         try:
             result = self._payloads.resolve_value(value)
         except Exception as exc:  # typed (blobs.py), or MemoryError: the call ends anyway
             future.set_exception(exc)
             return
         finally:
-            if isinstance(value, BlobRef):
+            if isinstance(value, BlobRef) and not future.kept:
                 self._payloads.delete([value])
         future.set_result(result)
 

@@ -316,7 +316,9 @@ class Worker:
         if task is None or task.method(call.method) is None:
             log.warning("unknown task %s (task %s)", label, claim.id)
             message = unknown_task_message(task, call.name, call.method, self.info.host)
-            return self.outbox.failure(claim, "unknown_task", "UnknownTask", message, call.key)
+            return self.outbox.failure(
+                claim, "unknown_task", "UnknownTask", message, call.key, call.keep_result
+            )
         if held.blobs and (unread := self._read_arguments(claim, call, label)) is not None:
             return unread
         held.time_limit = time_limit_of(task, call)
@@ -333,20 +335,22 @@ class Worker:
             return None
         if reply.failure is not None and call.retry is not None:  # retry_on: retries.py
             return self._retry(claim, call, reply, held)
-        if not call.reply_to:  # sent with send(): nobody reads a reply
+        keep = call.keep_result  # seconds the reply is also kept under the id
+        if not call.reply_to and not keep:  # sent with send(): nobody reads a reply
             return self.outbox.unanswered(claim, label, reply)
         try:
-            body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline)
+            body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline, keep)
         except RemoteExecError as exc:
-            return self.outbox.error(claim, exc, f"the result of {label}: {exc}", call.key)
-        return Done(claim, body)
+            return self.outbox.error(claim, exc, f"the result of {label}: {exc}", call.key, keep)
+        return Done(claim, body, keep)
 
     def _read_arguments(self, claim: Claim, call: Call, label: str) -> Done | None:
         """Put the values of ``call``'s blob references in place; the failure if one fails."""
         try:
             self.payloads.resolve_call(call)
         except RemoteExecError as exc:
-            return self.outbox.error(claim, exc, f"the arguments of {label}: {exc}", call.key)
+            text = f"the arguments of {label}: {exc}"
+            return self.outbox.error(claim, exc, text, call.key, call.keep_result)
         return None
 
     def _retry(self, claim: Claim, call: Call, reply: Reply, held: Held) -> Done | None:
@@ -355,25 +359,27 @@ class Worker:
         again = retried(self.codec, claim, call, reply.failure, held)
         if again is not None:
             return again
-        if not call.reply_to:
+        keep = call.keep_result
+        if not call.reply_to and not keep:
             return self.outbox.unanswered(claim, held.label, reply)
         try:
             body = self.codec.encode_reply(reply, key=call.key)  # a failure: str fields only
         except RemoteExecError as exc:  # the tracebacks kept exceed max_message_size
-            return self.outbox.error(claim, exc, f"the failure of {held.label}: {exc}", call.key)
-        return Done(claim, body)
+            text = f"the failure of {held.label}: {exc}"
+            return self.outbox.error(claim, exc, text, call.key, keep)
+        return Done(claim, body, keep)
 
     def _refused(self, claim: Claim, call: Call, label: str) -> Done | None:
         """How a call that must not run ends (lost, a replay, too late), or None: run it."""
         if self.guard is not None:  # secrets: trust the signed fields, not the broker's
             verdict = self.guard.admit(claim, call, label)
             if verdict == LOST:
-                return self.outbox.lost(claim, label, call.max_attempts, call.key)
+                return self.outbox.lost(claim, label, call.max_attempts, call.key, call.keep_result)
             if verdict is not None:
                 task_lost(self.observer, claim, label)
                 return Done(claim, None)
         elif claim.attempt > call.max_attempts:
-            return self.outbox.lost(claim, label, call.max_attempts)
+            return self.outbox.lost(claim, label, call.max_attempts, 0, call.keep_result)
         if call.deadline is not None and time.time() > call.deadline:
             log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
             return Done(claim, None)

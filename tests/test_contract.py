@@ -246,6 +246,79 @@ def test_complete_and_claim_completes_then_claims(backend: Backend) -> None:
     assert accepted == [False] and claims == []
 
 
+def test_a_kept_reply_is_stored_under_its_id_as_well_as_delivered(backend: Backend) -> None:
+    kept, plain = job(reply_to="K"), job(reply_to="K")
+    backend.enqueue([kept, plain])
+    a, b = claim_all(backend, ["default"], 2)
+    assert backend.complete([Done(a, b"kept", keep=60), Done(b, b"plain")]) == [True, True]
+    assert sorted(backend.replies("K", wait=1)) == [b"kept", b"plain"]
+    assert backend.results([kept.id, plain.id, "unknown"]) == {kept.id: b"kept"}
+    assert backend.results([kept.id]) == {kept.id: b"kept"}  # reading takes nothing away
+
+
+def test_a_kept_reply_with_no_reply_address_is_only_kept(backend: Backend) -> None:
+    backend.enqueue([job(reply_to="")])
+    [c] = claim_all(backend, ["default"], 1)
+    assert backend.complete([Done(c, b"for later", keep=60)]) == [True]
+    assert backend.results([c.id]) == {c.id: b"for later"}
+    assert backend.lost([c.id], "") == {c.id}  # no task and no reply: only the kept result
+
+
+def test_kept_replies_in_batches_are_kept_only_where_the_lease_was_held(
+    backend: Backend,
+) -> None:
+    backend.enqueue([job(reply_to="r" if i % 2 else "") for i in range(4)])
+    claims = claim_all(backend, ["default"], 4)
+    backend.release(claims[3:])
+    [again] = claim_all(backend, ["default"], 1)
+    batch = [Done(c, c.id.encode(), keep=60) for c in claims]
+    batch.append(Done(claims[0], b"twice", keep=60))
+    assert backend.complete(batch) == [True, True, True, False, False]
+    kept = {c.id: c.id.encode() for c in claims[:3]}
+    assert backend.results([c.id for c in claims]) == kept
+    assert sorted(backend.replies("r", wait=1)) == sorted(c.id.encode() for c in claims[1:2])
+    accepted, _ = backend.complete_and_claim(
+        [Done(again, b"mine", keep=60)], ["default"], limit=1, lease=30, wait=0
+    )
+    assert accepted == [True]
+    assert backend.results([again.id]) == {again.id: b"mine"}
+
+
+def test_the_first_kept_reply_of_an_id_stays(backend: Backend) -> None:
+    first = job(reply_to="")
+    backend.enqueue([first])
+    [c] = claim_all(backend, ["default"], 1)
+    assert backend.complete([Done(c, b"first", keep=60)]) == [True]
+    backend.enqueue([first])  # the same task run once more (at-least-once delivery)
+    [c2] = claim_all(backend, ["default"], 1)
+    assert backend.complete([Done(c2, b"second", keep=60)]) == [True]
+    assert backend.results([first.id]) == {first.id: b"first"}
+
+
+def test_kept_replies_expire_and_sweep_deletes_them(backend: Backend) -> None:
+    backend.enqueue([job(reply_to="") for _ in range(3)])
+    claims = claim_all(backend, ["default"], 3)
+    backend.complete([Done(c, b"short", keep=1) for c in claims[:2]])
+    backend.complete([Done(claims[2], b"long", keep=60)])
+    ids = [c.id for c in claims]
+    assert set(backend.results(ids)) == set(ids)
+    time.sleep(1.6)
+    assert backend.results(ids) == {ids[2]: b"long"}  # never one past its expiry
+    backend.sweep()
+    assert backend.results(ids) == {ids[2]: b"long"}
+
+
+def test_states_tell_waiting_from_running_and_omit_the_rest(backend: Backend) -> None:
+    running, waiting, done = job(), job(), job()
+    backend.enqueue([running, done])
+    claimed = claim_all(backend, ["default"], 2)
+    backend.enqueue([waiting])
+    backend.complete([Done(c, None) for c in claimed if c.id == done.id])
+    ids = [running.id, waiting.id, done.id, "unknown"]
+    assert backend.states(ids) == {running.id: "running", waiting.id: "waiting"}
+    assert backend.states([]) == {} and backend.results([]) == {}
+
+
 def test_bodies_are_opaque_bytes_and_may_be_large(backend: Backend) -> None:
     body = bytes(range(256)) * 4096 + b"\x00"  # 1 MiB and a NUL
     j = job(body=body)

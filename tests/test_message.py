@@ -327,6 +327,17 @@ def test_malformed_calls_raise_serialization_error(body: bytes) -> None:
         Codec().decode_call(body)
 
 
+def test_keep_result_travels_in_the_signed_call_and_is_checked_on_decoding() -> None:
+    codec = Codec(secrets=["s3cret"])
+    call = Call(ID, "T", "m", (1,), {}, None, 3, None, "q", "", 1.7e9)
+    assert codec.decode_call(codec.encode_call(call)).keep_result == 0.0  # not kept
+    call.keep_result = 90.5
+    assert codec.decode_call(codec.encode_call(call)).keep_result == 90.5
+    for bad in [-1, 30 * 86400 + 1, "60", float("nan"), 2**63]:
+        with pytest.raises(SerializationError, match="keep_result"):
+            Codec().decode_call(envelope([*VALID, {"keep_result": bad}]))
+
+
 def test_version_mismatch_is_a_serialization_error_naming_both_versions() -> None:
     with pytest.raises(SerializationError, match=r"version 1 .*speaks 2"):
         Codec().decode_call(envelope(VALID, version=1))  # the layout before queue etc.

@@ -23,7 +23,7 @@ import pytest
 from remoteexec import Client, Worker, remote, using
 from remoteexec.backends import Backend, Done, Job, open_backend
 from remoteexec.backends.redis.elements import pack_task, unpack_task
-from remoteexec.errors import SerializationError
+from remoteexec.errors import SerializationError, SignatureError
 from remoteexec.message import Call, Codec, Reply
 from tests.conftest import fresh_url
 
@@ -373,6 +373,20 @@ def test_the_start_record_counts_starts_and_completion(url: str) -> None:
 
 
 # --- replies ------------------------------------------------------------------------------
+
+
+def test_a_result_kept_under_an_id_is_verified_by_whoever_reads_it(url: str) -> None:
+    with (
+        serving(url, secrets=[SECRET]),
+        Client(url, secret=SECRET) as client,
+        using(client),
+    ):
+        sent = SignedProbe.record.options(keep_result=60).send("kept and signed")
+        assert client.result(sent, timeout=30) == "kept and signed"
+    with Client(url, secret="not-the-key") as stranger, pytest.raises(SignatureError):
+        stranger.result(sent)
+    with Client(url, secret=SECRET) as reader:
+        assert reader.status(sent) == "done"
 
 
 def test_a_forged_reply_does_not_end_a_pending_call(

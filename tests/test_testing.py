@@ -67,6 +67,12 @@ class Square:
         return threading.get_ident()
 
 
+@remote(keep_result=60)
+class KeptByDefault:
+    def double(self, x: int) -> int:
+        return 2 * x
+
+
 @remote(time_limit=1)
 class Overruns:
     def execute(self, seconds: float) -> float:
@@ -353,3 +359,18 @@ def test_the_worker_command_refuses_memory_urls(
     said = capsys.readouterr().err + caplog.text  # the worker's own log handler, or pytest's
     assert "remoteexec-worker cannot start: memory:// cannot be used here" in said
     assert _children() == children  # refused before any worker process started
+
+
+def test_results_by_id_in_a_threaded_farm() -> None:
+    with farm():
+        sent = Square.area.options(keep_result=60).send(3)
+        failed = Square.boom.options(keep_result=60).send("kept")
+        assert remoteexec.result(sent, timeout=10) == 9
+        with pytest.raises(ValueError, match="bad side: kept"):
+            remoteexec.result(failed, timeout=10)
+        assert (remoteexec.status(sent), remoteexec.status(failed)) == ("done", "failed")
+        assert remoteexec.status(Square.area.send(1)) in ("waiting", "running", "lost")
+        assert remoteexec.result(KeptByDefault.double.send(4), timeout=10) == 8  # @remote's
+        not_kept = KeptByDefault.double.options(keep_result=None).submit(5)
+        assert not_kept.result(timeout=10) == 10
+        assert remoteexec.status(not_kept.task_id) == "lost"

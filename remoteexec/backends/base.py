@@ -27,6 +27,13 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
   over cannot deliver a second result. ``Done.again`` puts the task back instead, in the
   same step: same id, its new body, claimable from its ``not_before``; the next claim of
   it has the same ``attempt`` as the one completed (as after ``release``).
+* **Kept results.** A ``Done`` with ``keep`` above 0 also stores its reply under the
+  task's id for ``keep`` seconds, in the same step as the completion (and only if it is
+  accepted); a reply whose claim has no ``reply_to`` is only kept. The first reply kept
+  under an id stays (a task run twice keeps its first accepted outcome). ``results``
+  reads kept replies, never an expired one; ``states`` tells the ids waiting from those
+  running. Expired results go with ``sweep`` (SQL) or by themselves (Redis, memory's
+  sweep). With ``keep`` at 0 nothing of this costs a statement or a command.
 * **Replies.** Every client process has one reply address (``reply_to``); ``replies``
   returns what has arrived there, waiting up to ``wait`` seconds, and removes it. Replies
   nobody collects expire after ``result_ttl`` seconds.
@@ -62,6 +69,9 @@ differs between backends, and why:
 * **What ``lost`` can see.** Every backend looks the ids up where tasks and replies
   live; Redis also tells a server that came back empty by an epoch key, for the ids its
   own object enqueued.
+* **Where ``states`` looks.** Memory, SQLite and MySQL look the ids up by id; Redis keeps
+  no index of ids, so it reads the waiting lists and the claim lists (its cost grows with
+  the backlog, as ``lost``'s does).
 * **How long a silent worker's record stays.** ``stats`` omits a worker silent for
   ``worker_ttl`` everywhere; ``sweep`` deletes the record after ``worker_ttl`` (SQLite),
   ten of them (Redis), ``max(60 s, 4 worker_ttl)`` by the server's clock (MySQL), or
@@ -80,6 +90,8 @@ from ..errors import BackendUnavailable, ConfigurationError
 
 #: The dead letters a backend keeps (the newest); ``bury`` drops the oldest beyond it.
 MAX_DEAD_LETTERS = 1000
+#: What ``Backend.states`` says of a task no worker holds, and of one under a live lease.
+WAITING, RUNNING = "waiting", "running"
 
 # Job, Claim and Done are made once per task on the hot path: read-only by convention, not
 # frozen (a frozen dataclass's __init__ sets each field through object.__setattr__, six
@@ -253,6 +265,16 @@ class Backend(ABC):
         """Remove and return the replies waiting for ``reply_to``, oldest first.
 
         When none is waiting, wait up to ``wait`` seconds for one; ``[]`` if none comes.
+        """
+
+    @abstractmethod
+    def results(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """The replies kept (``Done.keep``) under ``ids`` and not expired, by id."""
+
+    @abstractmethod
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        """For each of ``ids`` the backend holds as a task: ``WAITING`` (not claimed, or its
+        lease expired) or ``RUNNING`` (under a live lease); ids it does not hold are absent.
         """
 
     def send_and_wait(self, jobs: Sequence[Job], reply_to: str, *, wait: float) -> list[bytes]:

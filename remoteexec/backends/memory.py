@@ -20,7 +20,18 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from ..blobstores.memory import DictBlobStore
-from .base import MAX_DEAD_LETTERS, Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .base import (
+    MAX_DEAD_LETTERS,
+    RUNNING,
+    WAITING,
+    Backend,
+    Claim,
+    DeadLetter,
+    Done,
+    Job,
+    Stats,
+    WorkerInfo,
+)
 
 
 @dataclass(slots=True)
@@ -60,6 +71,7 @@ class _Broker:
         self.purged: dict[str, float] = {}  # tombstones: id -> when purge deleted it
         self.starts: dict[str, list[float]] = {}  # id -> [starts, completed, keep_until]
         self.blobs: dict[str, tuple[bytes, float]] = {}  # id -> (blob, expiry)
+        self.kept: dict[str, tuple[bytes, float]] = {}  # task id -> (reply, expiry)
         self.blobs_lock = threading.Lock()
         self.deferred = 0  # entries with token "": a claim looks for due ones only if any
 
@@ -161,12 +173,37 @@ class MemoryBackend(Backend):
                         again = _entry(item.again, entry.attempt - 1, now)
                         self._b.queues[item.claim.queue][item.claim.id] = again
                         self._b.deferred += again.token == ""
-                    elif item.reply is not None:
+                    elif item.keep and item.reply is not None:
+                        self._keep(item.claim.id, item.reply, now + item.keep)
+                    if item.again is None and item.reply is not None and item.claim.reply_to:
                         box = self._b.replies.setdefault(item.claim.reply_to, deque())
                         box.append(_Reply(item.claim.id, item.reply, now))
                 accepted.append(entry is not None)
             self._b.cond.notify_all()
         return accepted
+
+    def _keep(self, task_id: str, reply: bytes, until: float) -> None:
+        """Keep ``reply`` under ``task_id`` until ``until``; a reply kept before stays."""
+        kept = self._b.kept.get(task_id)
+        if kept is None or kept[1] <= time.time():
+            self._b.kept[task_id] = (reply, until)
+
+    def results(self, ids: Sequence[str]) -> dict[str, bytes]:
+        now = time.time()
+        with self._b.cond:
+            found = {i: self._b.kept.get(i) for i in ids}
+        return {i: k[0] for i, k in found.items() if k is not None and k[1] > now}
+
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        now, out = time.time(), {}
+        with self._b.cond:
+            for q in self._b.queues.values():
+                for i in ids:
+                    entry = q.get(i)
+                    if entry is not None:
+                        live = entry.token is not None and entry.lease_until > now
+                        out[i] = RUNNING if live else WAITING
+        return out
 
     def release(self, claims: Sequence[Claim]) -> None:
         with self._b.cond:
@@ -293,3 +330,6 @@ class MemoryBackend(Backend):
                     del self._b.replies[reply_to]
             for task_id in [i for i, at in self._b.purged.items() if at < cutoff]:
                 del self._b.purged[task_id]
+            now = time.time()
+            for task_id in [i for i, (_, until) in self._b.kept.items() if until <= now]:
+                del self._b.kept[task_id]

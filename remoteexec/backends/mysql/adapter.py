@@ -16,6 +16,7 @@ from typing import Any
 
 from ...errors import BackendUnavailable, ConfigurationError
 from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from . import kept
 from .blobs import MySQLBlobStore
 from .claim import Claims
 from .complete import completion
@@ -31,6 +32,7 @@ from .connection import (
     run_many,
     script,
 )
+from .kept import KEPT_TABLE
 from .schema import apply_schema, ensure_schema
 from .statements import (
     ANY_REPLY,
@@ -134,6 +136,7 @@ class MySQLBackend(Backend):
             [(_, [(packet,)])] = execute(cur, "SELECT @@max_allowed_packet")
             self.max_packet = int(packet)
             ensure_schema(cur, self._db.where)
+            cur.execute(KEPT_TABLE)  # kept results (kept.py): made on first use
             log.info(
                 "using %s (%s), claim mode %s, waits in the %s",
                 *(self._db.where, info, self.claim_mode, self.wait_mode),
@@ -249,6 +252,12 @@ class MySQLBackend(Backend):
         self._waiter.kick()
         return read(result)
 
+    def results(self, ids: Sequence[str]) -> dict[str, bytes]:
+        return kept.results(self._db.run, ids)
+
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        return kept.states(self._db.run, ids)
+
     def release(self, claims: Sequence[Claim]) -> None:
         parts = [(RELEASE, (c.id, c.token)) for c in claims]
         if parts:
@@ -345,6 +354,7 @@ class MySQLBackend(Backend):
 
     def sweep(self) -> None:
         self._watch.sweep(self.result_ttl, self.worker_ttl)
+        self._db.run(lambda cur: execute(cur, kept.SWEEP_KEPT), retry_lost=True)
 
     def blob_store(self) -> MySQLBlobStore:
         """Blobs in chunks in a table of the database (``blobs.py``)."""

@@ -8,6 +8,8 @@ unexpired lease, so a task completes once, and a late worker's result is refused
   that DELETE took the row (``ROW_COUNT()``). Four statements, and no locking read.
 * A batch: lock the tasks still held (``FOR UPDATE``, in id order) as of one ``@now``,
   insert their replies with one ``INSERT ... SELECT`` per chunk, delete them.
+* A reply with ``Done.keep`` is also kept under its id (``kept.py``), by one more
+  statement conditional the same way; a claim with no ``reply_to`` only keeps it.
 
 * A task put back (``Done.again``): one ``UPDATE`` of the held row each, after the rest;
   its row count says whether it was held.
@@ -24,6 +26,7 @@ from typing import Any
 
 from ..base import Done
 from .connection import Part, Result
+from .kept import KEEP_IF_DONE, kept_parts
 from .statements import (
     BY_ID,
     DELETE_HELD,
@@ -67,6 +70,7 @@ def _finish(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]:
     """``completion`` of items that put nothing back."""
     if len(done) == 1:
         return _one(done[0])
+    kept = kept_parts(done)  # kept results (kept.py)
     by_token: dict[str, list[str]] = {}
     for d in done:
         by_token.setdefault(d.claim.token, []).append(d.claim.id)
@@ -79,7 +83,7 @@ def _finish(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]:
     ]
     bodies: dict[str, bytes] = {}  # the first reply given for each id
     for d in done:
-        if d.claim.id not in bodies and d.reply is not None:
+        if d.claim.id not in bodies and d.reply is not None and d.claim.reply_to:
             bodies[d.claim.id] = d.reply
     chunk: list[str] = []
     used = 0
@@ -91,6 +95,7 @@ def _finish(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]:
         used += len(body) + len(task_id)
     if chunk:
         parts.append(_replies_sql(held, held_args, chunk, bodies))
+    parts += kept
     parts.append((f"DELETE {TASKS} FROM {BY_ID} WHERE {held}", held_args))
 
     def read(result: Result) -> list[bool]:
@@ -108,8 +113,10 @@ def _finish(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]:
 def _one(done: Done) -> tuple[list[Part], Read]:
     claim = done.claim
     parts: list[Part] = [(DELETE_HELD, (claim.id, claim.token))]
-    if done.reply is not None:
+    if done.reply is not None and claim.reply_to:
         parts.append((REPLY_IF_DELETED, (claim.reply_to, claim.id, done.reply)))
+    if done.keep and done.reply is not None:  # after the DELETE or the reply's INSERT
+        parts.append((KEEP_IF_DONE, (claim.id, done.reply, done.keep)))
     return parts, lambda result: [result[1][0] == 1]  # 0 is START TRANSACTION
 
 

@@ -26,6 +26,9 @@ thing to every machine whatever their clocks say.
 ``remoteexec_blobs``
     Chunks of the blobs of out-of-band payloads (``blobs.py``), with their expiry; made
     on first use too, in a database made before the table existed (no version change).
+``remoteexec_kept``
+    Replies kept under their task's id until an expiry (``kept.py``); made when a backend
+    object first connects, whatever the schema version.
 ``remoteexec_schema``
     One row, ``('schema', version)``. ``MIGRATIONS[n]`` upgrades version ``n - 1`` to ``n``
     (version 2: the names' no-pad collation).

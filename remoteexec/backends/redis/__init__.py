@@ -12,7 +12,8 @@ it) make each step of ``complete`` conditional on the lease inside one ``MULTI``
 whose lease was taken over changes nothing, in one round trip, with no WATCH and no script,
 so a worker's ACL may deny ``@scripting``. Where scripting is allowed, two Lua scripts
 (``scripts/``) do the same on the same keys in one command per batch instead of one or two
-per task; the round trips are the same either way.
+per task; the round trips are the same either way. A batch that keeps a result under its
+task's id goes by ``MULTI``: the kept result moves into its list through the claim list.
 
 Where to look:
 
@@ -31,7 +32,8 @@ deadlines by token (and ``keys.SKIPLIST_KEEPER``), ``{q}:c:<token>`` a claimed t
 ``{q}:b`` doorbells for workers waiting on several queues (gone 2 s after the last ring),
 ``{q}:c:~:<id>`` a deferred task, its token scored in ``{q}:l`` at its ``not_before``;
 ``{reply_to}:r`` a client's replies (TTL ``result_ttl``, refreshed on each push);
-``epoch``, ``queues``, ``workers``, ``dead``.
+``kept:<id>`` the result kept under a task's id (``Done.keep``; a list, its first element
+read, with a TTL of ``keep``); ``epoch``, ``queues``, ``workers``, ``dead``.
 
 Round trips: ``enqueue``, ``complete``, ``renew``, ``release`` 1 per batch;
 ``send_and_wait`` (a blocking call) 1: the enqueue, then ``BLMPOP`` on the reply list.

@@ -24,7 +24,14 @@ from ...errors import BackendUnavailable
 from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 from .blobs import RedisBlobStore
 from .claiming import Claimer
-from .commands import complete_batch, complete_calls, completed, hand_back, pushes, puts_back
+from .commands import (
+    complete_batch,
+    complete_calls,
+    completed,
+    hand_back,
+    pushes,
+    scripted,
+)
 from .connection import blocking_wait, connect, map_redis_errors, secrets_in, split_prefix
 from .deferred import cancel_commands
 from .elements import BadElement, pack_task, unpack_reply
@@ -39,7 +46,6 @@ log = logging.getLogger("remoteexec.redis")
 
 _MAX_SENT = 200_000  # ids remembered for lost(), newest kept
 _DRAIN = 1000  # replies taken per round trip
-_SCRIPT_MIN = 3  # results completed by the COMPLETE script (fewer: by MULTI, cheaper then)
 
 
 class RedisBackend(Backend):
@@ -248,12 +254,10 @@ class RedisBackend(Backend):
             return []
         if self._cluster:
             with self._mapper:
-                return complete_routed(self._keys, self._link, self._scripts, done, self._ttl_ms())[
-                    0
-                ]
+                ttl = self._ttl_ms()
+                return complete_routed(self._keys, self._link, self._scripts, done, ttl)[0]
         with self._mapper:
-            scripted = len(done) >= _SCRIPT_MIN and not puts_back(done)
-            if scripted and self._scripts.shas(self._linked()) is not None:
+            if scripted(done) and self._scripts.shas(self._linked()) is not None:
                 with contextlib.suppress(NoPermissionError):  # then scripts are off
                     calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
                     return completed(done, self._scripts.run(self._link, calls))
@@ -291,8 +295,7 @@ class RedisBackend(Backend):
                         raise answer
             return held, claims
         with self._mapper:
-            scripted = len(done) >= _SCRIPT_MIN and not puts_back(done)
-            shas = self._scripts.shas(self._link) if scripted else None
+            shas = self._scripts.shas(self._link) if scripted(done) else None
             marks: list[int] = []
             if shas is None:
                 cmds, marks = complete_batch(self._keys, done, ttl=self._ttl_ms())
@@ -311,6 +314,14 @@ class RedisBackend(Backend):
             else:
                 accepted = completed(done, out)
         return accepted, claims
+
+    def results(self, ids: Sequence[str]) -> dict[str, bytes]:
+        with self._mapper:
+            return self._watching().results(ids) if ids else {}
+
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        with self._mapper:
+            return self._watching().states(ids) if ids else {}
 
     def _ttl_ms(self) -> int:
         return max(1, int(self.result_ttl * 1000))

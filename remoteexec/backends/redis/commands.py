@@ -1,7 +1,8 @@
 """The commands of each step the Redis adapter takes, built (or sent) from the keys alone.
 
 ``pushes`` are an enqueue's; ``claim_pass`` and ``complete_batch`` the script-free claim
-and completion; ``claim_args`` and ``complete_calls`` the same steps as calls of the
+and completion (batches that keep results under task ids, ``keep_commands``, or put tasks
+back go this way); ``claim_args`` and ``complete_calls`` the same steps as calls of the
 ``CLAIM`` and ``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``, ``hand_back`` and
 ``ring`` are shared by both. Why each is safe is in the package's docstring; the state they
 depend on (tokens, epochs, what was sent) stays in the adapter.
@@ -47,12 +48,6 @@ def pushes(keys: Keys, by_queue: dict[str, list[Job]]) -> list[tuple[Any, ...]]:
             commands.append(("LPUSH", keys.waiting(queue), *tasks))
             commands += ring_commands(keys, base(queue), len(tasks))
     return commands
-
-
-def puts_back(done: Sequence[Done]) -> bool:
-    """Whether an item of ``done`` puts its task back: the ``COMPLETE`` script does not,
-    the ``MULTI`` of ``complete_batch`` does."""
-    return any(d.again is not None for d in done)
 
 
 def ring(p: Pipeline, keys: Keys, queue: str, n: int) -> None:
@@ -169,15 +164,18 @@ def complete_batch(
             continue
         seen.add(key)
         marks.append(len(cmds))
+        reply = d.reply if d.again is None and (c.reply_to or d.keep) else None
         if d.again is not None:
             cmds += put_back(keys, c, d.again, time.time())
-        elif d.reply is not None:  # pushed into the claim list, so only if still held
+        elif reply is None:  # sent, not kept: no reply
+            cmds.append(("DEL", key))
+        elif c.reply_to:  # pushed into the claim list, so only if still held
             box = keys.replies(c.reply_to)
             boxes.add(box)
-            cmds.append(("RPUSHX", key, pack_reply(c.id, d.reply)))
+            cmds.append(("RPUSHX", key, pack_reply(c.id, reply)))
             cmds.append(("LMOVE", key, box, "RIGHT", "RIGHT"))
-        else:
-            cmds.append(("DEL", key))
+        if reply is not None and d.keep:
+            cmds += keep_commands(key, keys.kept(c.id), reply, d.keep)
         tokens, claimed = ended.setdefault(c.queue, ([], []))
         tokens.append(c.token)
         claimed.append(key)
@@ -185,6 +183,25 @@ def complete_batch(
         cmds += [("ZREM", keys.leases(queue), *tokens), ("DEL", *claimed)]
     cmds += [("PEXPIRE", box, ttl) for box in boxes]
     return cmds, marks
+
+
+def scripted(done: Sequence[Done]) -> bool:
+    """Whether ``done`` is completed by the ``COMPLETE`` script where scripts are allowed:
+    three results or more (for fewer the script's fixed cost outweighs what it saves), none
+    kept under its id and none put back (the script does neither: such a batch goes by
+    ``complete_batch``)."""
+    return len(done) >= 3 and not any(d.keep or d.again is not None for d in done)
+
+
+def keep_commands(claimed: str, kept: str, reply: bytes, keep: float) -> list[tuple[Any, ...]]:
+    """Keep ``reply`` in the list ``kept`` for ``keep`` seconds, moved there through the
+    claim list ``claimed`` so that it happens only while the lease is held (a ``MULTI``
+    cannot make a ``SET`` conditional). The first element of ``kept`` is the one read."""
+    return [
+        ("RPUSHX", claimed, reply),
+        ("LMOVE", claimed, kept, "RIGHT", "RIGHT"),
+        ("PEXPIRE", kept, max(1, int(keep * 1000))),
+    ]
 
 
 def claim_args(

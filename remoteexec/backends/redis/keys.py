@@ -67,3 +67,8 @@ class Keys:
 
     def starts(self, task_id: str) -> str:
         return self.prefix + "starts:" + task_id
+
+    def kept(self, task_id: str) -> str:
+        """A list holding the replies kept under ``task_id`` (``Done.keep``): the first one
+        is read; it expires by itself."""
+        return self.prefix + "kept:" + task_id

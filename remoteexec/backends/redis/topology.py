@@ -317,10 +317,11 @@ def complete_routed(
 ) -> tuple[list[bool], list[tuple[Any, ...]]]:
     """``complete`` on a cluster: end each lease in its queue's slot (the ``COMPLETE``
     script, or one ``MULTI`` per queue, which also puts tasks back), then push the replies
-    of the leases that were still held, one ``RPUSH`` per reply list, in its own slot.
-    Returns which leases were held, and (with ``push=False``, unsent) the pushes."""
+    of the leases that were still held, one ``RPUSH`` per reply list (and per kept result),
+    in its own slot. Returns which leases were held, and (with ``push=False``, unsent) the
+    pushes."""
     claims = inward([d.claim for d in done])
-    done = [Done(c, d.reply, again=d.again) for c, d in zip(claims, done, strict=True)]
+    done = [Done(c, d.reply, d.keep, d.again) for c, d in zip(claims, done, strict=True)]
     acks = [Done(d.claim, None, again=d.again) for d in done]
     held: list[bool] = []
     if scripts.shas(link) is not None and all(d.again is None for d in done):
@@ -337,11 +338,14 @@ def complete_routed(
             flags.update((i, m >= 0 and out[m] > 0) for i, m in zip(indices, marks, strict=True))
         held = [flags[i] for i in range(len(acks))]
     boxes: dict[str, list[bytes]] = {}
+    pushes: list[tuple[Any, ...]] = []
     for d, ok in zip(done, held, strict=True):
-        if ok and d.reply is not None:
+        if ok and d.reply is not None and d.claim.reply_to:
             box = keys.replies(d.claim.reply_to)
             boxes.setdefault(box, []).append(pack_reply(d.claim.id, d.reply))
-    pushes: list[tuple[Any, ...]] = []
+        if ok and d.reply is not None and d.keep:  # kept under the id, in its own slot
+            kept = keys.kept(d.claim.id)
+            pushes += [("RPUSH", kept, d.reply), ("PEXPIRE", kept, max(1, int(d.keep * 1000)))]
     for box, elems in boxes.items():
         pushes += [("RPUSH", box, *elems), ("PEXPIRE", box, ttl)]
     if pushes and push:

@@ -1,5 +1,6 @@
 """What the Redis adapter reads and tidies off the hot path: where sent tasks are (for
-``lost``), ``stats``, ``purge``, heartbeats, start records and dead letters.
+``lost`` and ``states``), kept results, ``stats``, ``purge``, heartbeats, start records
+and dead letters.
 
 None of it is on the hot path, so it uses redis-py's ``Pipeline`` freely. ``RedisBackend``
 holds one ``Watch`` per connection set and maps its errors.
@@ -18,7 +19,7 @@ import redis
 from redis.client import Pipeline
 from redis.cluster import RedisCluster
 
-from ..base import MAX_DEAD_LETTERS, DeadLetter, Stats, WorkerInfo
+from ..base import MAX_DEAD_LETTERS, RUNNING, WAITING, DeadLetter, Stats, WorkerInfo
 from ..rows import dead_letter_json, worker_json
 from .commands import requeue
 from .deferred import is_deferred
@@ -60,6 +61,37 @@ class Watch:
             for elems in p.execute():
                 found.update(_task_id(e) for e in elems[:1])
         return found
+
+    def results(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """The first reply kept under each of ``ids`` (``keys.kept``), where one is."""
+        with self._pipe(transaction=False) as p:
+            for i in ids:
+                p.lindex(self._keys.kept(i), 0)
+            out = p.execute()
+        return {i: body for i, body in zip(ids, out, strict=True) if type(body) is bytes}
+
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        """``WAITING`` or ``RUNNING`` for each of ``ids`` in a waiting list or a claim list
+        (a task claimed while this reads is found in its claim list, read after)."""
+        wanted: set[str | None] = set(ids)
+        found: dict[str | None, str] = {}
+        queues = _names(self._cmd("SMEMBERS", self._keys.queues))
+        with self._pipe(transaction=not isinstance(self._client, RedisCluster)) as p:
+            for q in queues:
+                p.lrange(self._keys.waiting(q), 0, -1)
+                p.zrange(self._keys.leases(q), 0, -1)
+            out = p.execute()
+        for elems in out[::2]:
+            found.update((i, WAITING) for e in elems if (i := _task_id(e)) in wanted)
+        claims = [(q, t) for q, ts in zip(queues, out[1::2], strict=True) for t in ts]
+        with self._pipe(transaction=False) as p:
+            for q, t in claims:
+                p.lindex(self._keys.claim_raw(q, t), 0)
+            elems = p.execute()
+        for e in elems:
+            if e is not None and (i := _task_id(e)) in wanted:
+                found[i] = RUNNING  # a lease due but not yet requeued reads running
+        return {i: s for i, s in found.items() if i is not None}
 
     def purged(self, ids: Sequence[str], *, result_ttl: float) -> set[str]:
         """Ids with a tombstone younger than ``result_ttl`` in the ``purged`` sorted set."""

@@ -41,8 +41,10 @@ from ...errors import ConfigurationError
 from ..base import MAX_DEAD_LETTERS, Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 from ..rows import dead_letter, worker_info
 from ..sql import Idleness
+from . import kept
 from .blobs import SQLiteBlobStore
 from .connection import Database
+from .kept import keep
 from .statements import (
     BLOBS,
     BODY,
@@ -223,12 +225,19 @@ class SQLiteBackend(Backend):
                 [
                     (d.claim.reply_to, d.reply, now, d.claim.id)
                     for d, ok in zip(done, accepted, strict=True)
-                    if ok and d.reply is not None and d.again is None
+                    if ok and d.reply is not None and d.again is None and d.claim.reply_to
                 ],
             )
+            keep(conn, done, accepted, now)  # kept results (kept.py)
             return accepted
 
         return self._db.run(tx) if done else []
+
+    def results(self, ids: Sequence[str]) -> dict[str, bytes]:
+        return kept.results(self._db, ids)
+
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        return kept.states(self._db, ids)
 
     def release(self, claims: Sequence[Claim]) -> None:
         def tx(conn: sqlite3.Connection) -> None:
@@ -374,8 +383,8 @@ class SQLiteBackend(Backend):
         return self._db.run(tx, "DEFERRED") if ids else set()
 
     def sweep(self) -> None:
-        """Delete replies older than ``result_ttl``, workers silent for ``worker_ttl`` and
-        expired blobs."""
+        """Delete replies older than ``result_ttl``, workers silent for ``worker_ttl``,
+        expired blobs and expired kept results."""
 
         def tx(conn: sqlite3.Connection) -> None:
             now = time.time()
@@ -385,6 +394,9 @@ class SQLiteBackend(Backend):
             for sql in BLOBS:  # a database made before the blobs table has none yet
                 conn.execute(sql)
             conn.execute("DELETE FROM blobs WHERE expires < ?", (now,))
+            for sql in kept.KEPT:
+                conn.execute(sql)
+            conn.execute(kept.SWEEP_KEPT, (now,))
 
         self._db.run(tx)
 

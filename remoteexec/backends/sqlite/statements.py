@@ -18,6 +18,8 @@
 ``blobs``
     Chunks of the blobs of out-of-band payloads (``blobs.py``), with their expiry; made
     with the schema, and on first use in a database made before the table existed.
+``kept``
+    Replies kept under their task's id until an expiry (``kept.py``); made on first use.
 
 The version is recorded in ``PRAGMA user_version``; version 1 lacked ``replies.task_id``.
 """
