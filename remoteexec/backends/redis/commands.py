@@ -2,9 +2,9 @@
 
 ``pushes`` are an enqueue's; ``claim_pass`` and ``complete_batch`` the script-free claim
 and completion; ``claim_args`` and ``complete_calls`` the same steps as calls of the
-``CLAIM`` and ``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``, ``hand_back`` and
-``ring`` are shared by both. Why each is safe is in the package's docstring; the state they
-depend on (tokens, epochs, what was sent) stays in the adapter.
+``CLAIM`` and ``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``,
+``hand_back`` and ``ring`` are shared by both. Why each is safe is in the package's
+docstring; the state they depend on (tokens, epochs, what was sent) stays in the adapter.
 """
 
 from __future__ import annotations
