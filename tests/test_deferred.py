@@ -19,6 +19,8 @@ from remoteexec.backends import Claim, Done, Job, open_backend
 from remoteexec.future import CallOptions
 from tests.farm import Farm, ledger, tasks
 
+pytestmark = pytest.mark.timeout(180)
+
 #: Seconds after its time within which a deferred call starts (the issue's bound).
 ON_TIME = 0.5
 
