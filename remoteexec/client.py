@@ -221,7 +221,10 @@ class Client:
         deadline = now + timeout if timeout is not None else None
         later = 0.0
         if opts.delay is not None or opts.eta is not None:  # a deferred call: when.py
-            later = not_before(opts.delay, opts.eta, now, deadline, f"{task}.{method}")
+            # A worker with secrets refuses a signed call older than max_age with no deadline.
+            signed = deadline is None and self._codec.signing
+            expiry = now + settings.max_age if signed else deadline
+            later = not_before(opts.delay, opts.eta, now, expiry, f"{task}.{method}")
         reply_to = self.reply_to if reply else ""  # "": fire and forget, no reply kept
         where = (queue, reply_to, now)  # signed with the call: see message.py
         jobs: list[Job] = []

@@ -2,7 +2,8 @@
 ``Job.not_before`` made from them at submit (``client._prepare``).
 
 A call's deadline counts from its submit whatever its delay: a call that could not start
-before its deadline is refused at submit, and nothing is sent.
+before its deadline is refused at submit, and nothing is sent. So is a signed call with no
+deadline that could not start within ``max_age`` (workers with secrets refuse it then).
 """
 
 from __future__ import annotations
@@ -48,18 +49,20 @@ def check_eta(value: Any) -> float:
 
 
 def not_before(
-    delay: float | None, eta: float | None, now: float, deadline: float | None, label: str
+    delay: float | None, eta: float | None, now: float, expiry: float | None, label: str
 ) -> float:
     """The ``Job.not_before`` of a call submitted at ``now`` (0: at once), from its
     ``delay`` or else its ``eta``.
 
     Raises:
-        ConfigurationError: the call could not start before its ``deadline``.
+        ConfigurationError: the call could not start before ``expiry`` (its deadline, or
+            for a signed call without one, ``max_age`` after the submit).
     """
     at = now + delay if delay is not None else eta or 0.0
-    if deadline is not None and at >= deadline:
+    if expiry is not None and at >= expiry:
         raise ConfigurationError(
-            f"{label} could not start before its deadline: it may start "
-            f"{at - now:.3g} s after the submit, and its timeout is {deadline - now:.3g} s"
+            f"{label} could not start before it expires: it may start {at - now:.3g} s "
+            f"after the submit, and expires {expiry - now:.3g} s after it (its timeout; "
+            "max_age for a signed call without one)"
         )
     return at if at > now else 0.0

@@ -19,6 +19,8 @@ from remoteexec.backends import Claim, Done, Job, open_backend
 from remoteexec.future import CallOptions
 from tests.farm import Farm, ledger, tasks
 
+pytestmark = pytest.mark.timeout(180)
+
 #: Seconds after its time within which a deferred call starts (the issue's bound).
 ON_TIME = 0.5
 
@@ -102,14 +104,24 @@ def test_bad_delays_and_etas_are_refused(local: Client, options: dict) -> None:
 
 def test_a_call_that_could_not_start_before_its_deadline_is_not_sent(local: Client) -> None:
     echo = tasks.Echo.value
-    with pytest.raises(ConfigurationError, match="could not start before its deadline"):
+    with pytest.raises(ConfigurationError, match="could not start before it expires"):
         echo.options(timeout=5, delay=5).submit(1)
-    with pytest.raises(ConfigurationError, match="could not start before its deadline"):
+    with pytest.raises(ConfigurationError, match="could not start before it expires"):
         echo.options(timeout=5, eta=time.time() + 10).send(1)
-    with pytest.raises(ConfigurationError, match="could not start before its deadline"):
+    with pytest.raises(ConfigurationError, match="could not start before it expires"):
         echo.options(timeout=5, delay=6)(1)
     assert local._backend.stats().queues.get("default", 0) == 0  # nothing was sent
     assert echo.options(timeout=5, delay=4).submit(1).job.not_before > 0
+
+
+def test_a_signed_call_without_a_timeout_must_start_within_max_age() -> None:
+    url = f"memory://deferred-signed-{time.monotonic_ns()}"
+    with Client(url, secret="s", max_age=60, timeout=None) as signed, using(signed):
+        with pytest.raises(ConfigurationError, match="max_age for a signed call"):
+            tasks.Echo.value.options(delay=60).send(1)
+        assert tasks.Echo.value.options(delay=59).submit(1).job.not_before > 0
+    with Client(url, max_age=60, timeout=None) as unsigned, using(unsigned):
+        assert tasks.Echo.value.options(delay=600).submit(1).job.not_before > 0
 
 
 # -- end to end --------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 ``pushes`` are an enqueue's; ``claim_pass`` and ``complete_batch`` the script-free claim
 and completion (batches that keep results under task ids, ``keep_commands``, or put tasks
 back go this way); ``claim_args`` and ``complete_calls`` the same steps as calls of the
-``CLAIM`` and ``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``, ``hand_back`` and
-``ring`` are shared by both. Why each is safe is in the package's docstring; the state they
-depend on (tokens, epochs, what was sent) stays in the adapter.
+``CLAIM`` and ``COMPLETE`` scripts (``scripts/``), on the same keys. ``requeue``,
+``hand_back`` and ``ring`` are shared by both. Why each is safe is in the package's
+docstring; the state they depend on (tokens, epochs, what was sent) stays in the adapter.
 """
 
 from __future__ import annotations
