@@ -61,24 +61,29 @@ def worker_json(text: Any) -> WorkerInfo | None:
 
 
 def dead_letter(row: Sequence[Any]) -> DeadLetter | None:
-    """A ``DeadLetter`` from its fields in order (the traceback may be left out); None if
-    a field has the wrong type."""
-    if len(row) not in (len(_DEAD_FIELDS) - 1, len(_DEAD_FIELDS)):
+    """A ``DeadLetter`` from its fields in order (the last two, ``traceback`` and
+    ``retryable``, may be left out; ``retryable`` may be 0 or 1); None if a field has the
+    wrong type."""
+    if not len(_DEAD_FIELDS) - 2 <= len(row) <= len(_DEAD_FIELDS):
         return None
     task_id, queue, name, reason, at, *rest = row
     traceback = rest[0] if rest else ""
+    retryable = rest[1] if len(rest) > 1 else False
     strings = (task_id, queue, name, reason, traceback)
     if not (all(type(s) is str for s in strings) and _time(at)):
         return None
-    return DeadLetter(task_id, queue, name, reason, float(at), traceback)
+    if type(retryable) not in (bool, int) or retryable not in (0, 1):
+        return None
+    return DeadLetter(task_id, queue, name, reason, float(at), traceback, bool(retryable))
 
 
 def dead_letter_json(text: Any) -> DeadLetter | None:
     """A ``DeadLetter`` from the JSON object a backend stored; None if it is not one."""
     data = _json(text)
-    if type(data) is not dict or not set(_DEAD_FIELDS[:-1]) <= set(data) <= set(_DEAD_FIELDS):
+    if type(data) is not dict or not set(_DEAD_FIELDS[:-2]) <= set(data) <= set(_DEAD_FIELDS):
         return None
-    return dead_letter([data[name] for name in _DEAD_FIELDS if name in data])
+    defaults = {"traceback": "", "retryable": False}
+    return dead_letter([data.get(name, defaults.get(name)) for name in _DEAD_FIELDS])
 
 
 def _json(text: Any) -> Any:
