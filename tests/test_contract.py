@@ -441,12 +441,13 @@ def test_dead_letters_keep_only_the_newest(backend: Backend) -> None:
 def test_a_dead_letter_keeps_its_task_and_traceback(backend: Backend) -> None:
     now = time.time()
     trace = "Traceback (most recent call last):\n  ...\nValueError: poison\n"
-    backend.bury(DeadLetter("p1", "q", "Poison.execute", "failed", now, trace), job())
+    due = round(now + 60.5, 3)
+    backend.bury(DeadLetter("p1", "q", "Poison.execute", "failed", now, trace, False, due), job())
     backend.bury(DeadLetter("p2", "q", "Poison.execute", "lost", now + 1))
     listed = backend.dead_letters()
-    assert [(d.id, d.traceback, d.retryable) for d in listed] == [
-        ("p2", "", False),
-        ("p1", trace, True),
+    assert [(d.id, d.traceback, d.retryable, d.deadline) for d in listed] == [
+        ("p2", "", False, 0.0),
+        ("p1", trace, True, due),
     ]
     assert [(d.id, d.retryable) for d in backend.stats().dead] == [("p2", False), ("p1", True)]
 

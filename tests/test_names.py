@@ -96,7 +96,7 @@ def test_a_mysql_database_of_the_padded_schema_is_migrated(
             cur.execute("UPDATE remoteexec_schema SET version = 1")
             cur.execute(  # version 1 had no dead letters' tasks
                 "ALTER TABLE remoteexec_dead_letters DROP COLUMN traceback, "
-                "DROP COLUMN reply_to, DROP COLUMN body, DROP KEY ix_dead_id"
+                "DROP COLUMN reply_to, DROP COLUMN body, DROP COLUMN deadline, DROP KEY ix_dead_id"
             )
             cur.execute(
                 "INSERT INTO remoteexec_tasks (id, queue, reply_to, body, created) "

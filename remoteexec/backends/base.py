@@ -152,7 +152,9 @@ class DeadLetter:
 
     ``traceback`` is the last failure's remote traceback, where there was one.
     ``retryable`` says that the backend keeps the task, for ``Backend.retry_dead``; a
-    backend sets it when it reads the letter back (``bury`` ignores it).
+    backend sets it when it reads the letter back (``bury`` ignores it). ``deadline`` is
+    the call's (epoch seconds; 0: none, or unknown): a worker drops a call it claims
+    after its deadline, retried or not.
     """
 
     id: str
@@ -162,6 +164,7 @@ class DeadLetter:
     at: float
     traceback: str = ""
     retryable: bool = False
+    deadline: float = 0.0
 
 
 @dataclass(slots=True)

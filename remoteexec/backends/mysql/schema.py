@@ -30,7 +30,7 @@ thing to every machine whatever their clocks say.
 ``remoteexec_schema``
     One row, ``('schema', version)``. ``MIGRATIONS[n]`` upgrades version ``n - 1`` to ``n``
     (version 2: the names' no-pad collation; version 3: the dead letters' traceback,
-    reply address and body).
+    reply address, body and deadline).
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ _CREATE = [
     traceback TEXT {text} NULL,
     reply_to VARCHAR(191) {text} NULL,
     body MEDIUMBLOB NULL,
+    deadline DOUBLE NOT NULL DEFAULT 0,
     KEY ix_dead_id (id)
 ) {table}""",
 ]
@@ -148,6 +149,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE remoteexec_dead_letters ADD COLUMN traceback TEXT {text} NULL",
         "ALTER TABLE remoteexec_dead_letters ADD COLUMN reply_to VARCHAR(191) {text} NULL",
         "ALTER TABLE remoteexec_dead_letters ADD COLUMN body MEDIUMBLOB NULL",
+        "ALTER TABLE remoteexec_dead_letters ADD COLUMN deadline DOUBLE NOT NULL DEFAULT 0",
         "ALTER TABLE remoteexec_dead_letters ADD KEY ix_dead_id (id)",
     ],
 }

@@ -122,8 +122,9 @@ HEARTBEAT = (
 )
 FORGET_WORKER = "DELETE FROM remoteexec_workers WHERE id = %s"
 BURY = (
-    "INSERT INTO remoteexec_dead_letters (id, queue, name, reason, at, traceback, reply_to, "
-    "body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s); DELETE FROM remoteexec_dead_letters "
+    "INSERT INTO remoteexec_dead_letters (id, queue, name, reason, at, traceback, deadline, "
+    "reply_to, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s); "
+    "DELETE FROM remoteexec_dead_letters "
     f"WHERE seq <= CAST(LAST_INSERT_ID() AS SIGNED) - {MAX_DEAD_LETTERS}"
 )
 
@@ -172,7 +173,7 @@ STATS = (
     f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW}; "
     "SELECT id, host, pid, queues, started, last_seen, done, running "
     f"FROM remoteexec_workers WHERE seen_at > {NOW} - %s ORDER BY id; "
-    "SELECT id, queue, name, reason, at, COALESCE(traceback, ''), body IS NOT NULL "
+    "SELECT id, queue, name, reason, at, COALESCE(traceback, ''), body IS NOT NULL, deadline "
     f"FROM remoteexec_dead_letters ORDER BY seq DESC LIMIT {MAX_DEAD_LETTERS}"
 )
 PURGEABLE = "seq <= @top AND (state = 0 OR lease_until <= @now)"

@@ -54,11 +54,8 @@ class Watch:
     def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
         task = kept(task)
         args: tuple[Any, ...] = (letter.id, letter.queue, letter.name, letter.reason)
-        args += (
-            letter.at,
-            letter.traceback,
-            *((task.reply_to, task.body) if task else (None, None)),
-        )
+        args += (letter.at, letter.traceback, letter.deadline)
+        args += (task.reply_to, task.body) if task else (None, None)
         self._db.run(lambda cur: execute(cur, BURY, args))
 
     def retry_dead(self, ids: Sequence[str]) -> int:

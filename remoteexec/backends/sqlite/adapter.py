@@ -280,7 +280,8 @@ class SQLiteBackend(Backend):
 
     def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
         task = kept(task)
-        row = (*astuple(letter)[:6], *((task.reply_to, task.body) if task else (None, None)))
+        kept_task = (task.reply_to, task.body) if task else (None, None)
+        row = (*astuple(letter)[:6], letter.deadline, *kept_task)
 
         def tx(conn: sqlite3.Connection) -> None:
             seq = conn.execute(BURY, row).lastrowid
@@ -445,5 +446,5 @@ def _quarantine(
     log.error("task row %d in queue %r moved to the dead letters: %s", seq, queue, reason)
     ident = task_id if type(task_id) is str else repr(task_id)[:200]
     conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))
-    last = conn.execute(BURY, (ident, queue, "?", reason, time.time(), "", None, None)).lastrowid
+    last = conn.execute(BURY, (ident, queue, "?", reason, time.time(), "", 0, None, None)).lastrowid
     conn.execute("DELETE FROM dead WHERE seq <= ?", ((last or 0) - MAX_DEAD_LETTERS,))

@@ -20,7 +20,7 @@
     with the schema, and on first use in a database made before the table existed.
 
 The version is recorded in ``PRAGMA user_version``; version 1 lacked ``replies.task_id``,
-version 2 ``dead.traceback``, ``dead.reply_to`` and ``dead.body``.
+version 2 ``dead.traceback``, ``dead.reply_to``, ``dead.body`` and ``dead.deadline``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS dead (
         seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL, name TEXT NOT NULL,
         reason TEXT NOT NULL, at REAL NOT NULL, traceback TEXT NOT NULL DEFAULT '',
-        reply_to TEXT, body BLOB)""",
+        reply_to TEXT, body BLOB, deadline REAL NOT NULL DEFAULT 0)""",
     *BLOBS,
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 ]
@@ -97,11 +97,14 @@ HELD = "id = ? AND token = ? AND lease_until > ?"
 REPLY = "INSERT INTO replies (reply_to, body, created, task_id) VALUES (?, ?, ?, ?)"
 HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 BURY = (
-    "INSERT INTO dead (id, queue, name, reason, at, traceback, reply_to, body) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO dead (id, queue, name, reason, at, traceback, deadline, reply_to, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: The dead letters, newest first, with whether each keeps its task.
-DEAD = "SELECT id, queue, name, reason, at, traceback, body IS NOT NULL FROM dead ORDER BY seq DESC"
+DEAD = (
+    "SELECT id, queue, name, reason, at, traceback, body IS NOT NULL, deadline FROM dead "
+    "ORDER BY seq DESC"
+)
 #: The task the newest letter of an id keeps, to enqueue again.
 DEAD_TASK = (
     "SELECT queue, reply_to, body FROM dead WHERE id = ? AND body IS NOT NULL "
@@ -145,6 +148,7 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE dead ADD COLUMN traceback TEXT NOT NULL DEFAULT ''")
         conn.execute("ALTER TABLE dead ADD COLUMN reply_to TEXT")
         conn.execute("ALTER TABLE dead ADD COLUMN body BLOB")
+        conn.execute("ALTER TABLE dead ADD COLUMN deadline REAL NOT NULL DEFAULT 0")
     if version < SCHEMA_VERSION:
         for sql in _SCHEMA:
             conn.execute(sql)
