@@ -7,10 +7,11 @@ holds one ``Watch`` per connection set and maps its errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -18,6 +19,7 @@ import redis
 from redis.client import Pipeline
 from redis.cluster import RedisCluster
 
+from ...errors import BackendUnavailable
 from ..base import MAX_DEAD_LETTERS, DeadLetter, Job, Stats, WorkerInfo, kept
 from ..rows import dead_letter_json, worker_json
 from .commands import requeue
@@ -128,6 +130,18 @@ class Watch:
                 dropped += int(self._cmd("LREM", self._keys.dead, 1, raw_letter))
             self._cmd("HDEL", self._keys.dead_tasks, task_id)
         return dropped
+
+    def retry_dead(self, ids: Sequence[str], enqueue: Callable[[list[Job]], None]) -> int:
+        """Two steps: ``take_dead``, then ``enqueue`` the tasks taken; if that fails, the
+        letters and tasks are put back (best effort) and it raises."""
+        taken = self.take_dead(ids)
+        try:
+            enqueue([job for job, _ in taken])
+        except BackendUnavailable:
+            with contextlib.suppress(redis.RedisError):
+                self.unbury(taken)
+            raise
+        return len(taken)
 
     def take_dead(self, ids: Sequence[str]) -> list[tuple[Job, list[bytes]]]:
         """Take the tasks of the letters ``ids`` that keep one, with the letters' stored
