@@ -104,7 +104,7 @@ class Watch:
                 p.hset(
                     self._keys.dead_tasks,
                     letter.id,
-                    pack_task(task.id, task.reply_to, 0, task.body),
+                    pack_task(letter.id, task.reply_to, 0, task.body),
                 )
             p.lrange(dead, MAX_DEAD_LETTERS, -1)
             p.ltrim(dead, 0, MAX_DEAD_LETTERS - 1)
