@@ -150,7 +150,10 @@ class Watch:
         wanted = list(set(ids))
         letters = self._letters(set(wanted)) if wanted else {}
         found = [i for i in wanted if i in letters]
-        elems = self._cmd("HMGET", self._keys.dead_tasks, *found) if found else []
+        with self._pipe(transaction=False) as p:  # HGET: the worker's ACL has no HMGET
+            for task_id in found:
+                p.hget(self._keys.dead_tasks, task_id)
+            elems = p.execute()
         jobs: list[tuple[Job, list[bytes]]] = []
         for task_id, elem in zip(found, elems, strict=True):
             queue = json.loads(letters[task_id][0])["queue"]  # a letter read as valid
