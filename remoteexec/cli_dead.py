@@ -4,8 +4,9 @@
 can be retried, and the task's name and why it was given up on (``--traceback``: the last
 failure's remote traceback under it; ``--json``: every field, one object a line).
 ``retry`` enqueues the tasks of the letters named (or ``--all``) again, as
-``Backend.retry_dead`` does; a letter whose task was not kept is named and skipped, and
-one whose call is past its deadline is named too: the worker that claims it drops it.
+``Backend.retry_dead`` does; a letter whose task was not kept is skipped (named, or with
+``--all`` counted), and one whose call is past its deadline is named too: the worker that
+claims it drops it.
 ``drop`` deletes letters.
 """
 
@@ -96,13 +97,12 @@ def _retry(backend: Backend, letters: Sequence[DeadLetter], ids: Sequence[str]) 
     for task_id in unknown:
         print(f"{task_id}: no such dead letter", file=sys.stderr)
     kept = [d for d in chosen if d.retryable]
-    for d in chosen:
+    why = f"its task was not kept (a refused call, or a body over {MAX_DEAD_BODY} bytes)"
+    for d in chosen if ids else ():
         if not d.retryable:
-            print(
-                f"{d.id}: cannot be retried: its task was not kept (none was given, or "
-                f"its body is over {MAX_DEAD_BODY} bytes)",
-                file=sys.stderr,
-            )
+            print(f"{d.id}: cannot be retried: {why}", file=sys.stderr)
+    if not ids and len(kept) < len(chosen):
+        print(f"skipped {len(chosen) - len(kept)} dead letter(s): {why}")
     retried = backend.retry_dead([d.id for d in kept])
     print(f"retried {retried} dead letter(s)")
     now = time.time()
