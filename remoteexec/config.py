@@ -293,6 +293,9 @@ def _check_blob_url(url: Any, source: str) -> str:
     return url
 
 
+#: The largest task body a dead letter keeps, to be retried (``Backend.retry_dead``).
+MAX_DEAD_BODY = 1 << 20
+
 #: The largest ``max_attempts`` a call may carry (workers refuse calls above it).
 MAX_ATTEMPTS = 1000
 MAX_RETRIES = 100  # times a call may be enqueued again after a listed exception

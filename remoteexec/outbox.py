@@ -8,15 +8,20 @@ the blobs of their arguments and, with secrets, refuses replays of them from the
 
 The failure replies a worker makes itself live here too: a call that cannot be decoded
 (``undecodable``), one that lost its worker too often (``lost``) and any other refusal
-(``failure``). The first two also leave a dead letter.
+(``failure``). The first two also leave a dead letter, and so does a call sent with no
+reply address that failed (``unanswered``), with its traceback. Each of these letters
+keeps the task, so that ``Backend.retry_dead`` can enqueue it again, and is buried when
+its claim is settled, after the start record of a signed call is marked completed: a
+retry that follows the letter at once finds that record gone, not marked again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
-from .backends import Backend, Claim, DeadLetter, Done
+from .backends import Backend, Claim, DeadLetter, Done, Job
 from .blobs import Payloads
 from .errors import BackendUnavailable, PayloadTooLarge, RemoteExecError, error_kind
 from .leases import Leases, quietly
@@ -25,6 +30,9 @@ from .observe import TaskObserver, results_settled, task_lost
 from .replay import ReplayGuard
 
 log = logging.getLogger("remoteexec.worker")
+
+#: The longest traceback a dead letter keeps, in characters (the end is kept).
+MAX_DEAD_TRACEBACK = 8 * 1024
 
 
 class Outbox:
@@ -44,6 +52,8 @@ class Outbox:
         self.payloads = payloads
         self.guard = guard
         self.observer: TaskObserver | None = None  # per-task log lines, metrics (observe.py)
+        # Dead letters until their claims are settled, by claim (a token may hold a batch).
+        self._graves: dict[tuple[str, str], tuple[DeadLetter, Job]] = {}
 
     def failure(
         self,
@@ -68,13 +78,26 @@ class Outbox:
         """The failure reply of ``exc``, with ``message`` for its text."""
         return self.failure(claim, error_kind(exc), type(exc).__name__, message, key, keep)
 
-    def unanswered(self, claim: Claim, label: str, reply: Reply) -> Done:
-        """A call sent with no reply address ends with no reply; a failure is logged."""
+    def unanswered(
+        self, claim: Claim, label: str, reply: Reply, deadline: float | None = None
+    ) -> Done:
+        """A call sent with no reply address ends with no reply; a failure is logged and
+        buried, with its traceback (``deadline``: the call's)."""
         failure = reply.failure
         if failure is not None:
             kind, text = failure.type_name, failure.message
             log.warning("sent call %s %s failed: %s: %s", label, claim.id, kind, text)
+            reason = f"failed: {kind}: {text}"[:1000]
+            trace = failure.traceback[-MAX_DEAD_TRACEBACK:]
+            letter = DeadLetter(claim.id, claim.queue, label, reason, time.time(), trace)
+            self.bury(replace(letter, deadline=deadline or 0.0), claim)
         return Done(claim, None)
+
+    def bury(self, letter: DeadLetter, claim: Claim) -> None:
+        """Keep ``letter`` with the task of ``claim``, to be retried, once the broker
+        accepts the claim's completion (``settle``)."""
+        task = Job(claim.id, claim.queue, claim.reply_to, claim.body)
+        self._graves[claim.token, claim.id] = (letter, task)
 
     def undecodable(self, claim: Claim, exc: Exception) -> Done:
         """A claim whose body is no call to run ends as a dead letter, acknowledged. With
@@ -82,8 +105,7 @@ class Outbox:
         the caller gets the typed error."""
         log.warning("rejected task %s from queue %s: %s", claim.id, claim.queue, exc)
         reason = f"{type(exc).__name__}: {exc}"[:1000]
-        letter = DeadLetter(claim.id, claim.queue, "?", reason, time.time())
-        quietly(self.backend.bury, letter)
+        self.bury(DeadLetter(claim.id, claim.queue, "?", reason, time.time()), claim)
         task_lost(self.observer, claim, "?")
         if self.codec.signing:
             return Done(claim, None)
@@ -92,16 +114,23 @@ class Outbox:
         return self.failure(claim, error_kind(exc), type(exc).__name__, str(exc))
 
     def lost(
-        self, claim: Claim, label: str, max_attempts: int, key: int = 0, keep: float = 0.0
+        self,
+        claim: Claim,
+        label: str,
+        max_attempts: int,
+        key: int = 0,
+        keep: float = 0.0,
+        deadline: float | None = None,
     ) -> Done:
-        """The failure of a task that lost its worker on every attempt; a dead letter too."""
+        """The failure of a task that lost its worker on every attempt; a dead letter too
+        (``deadline``: the call's)."""
         reason = (
             f"{label} lost its worker on {claim.attempt - 1} attempt(s) "
             f"(max_attempts={max_attempts})"
         )
         log.error("giving up on task %s: %s", claim.id, reason)
         letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
-        quietly(self.backend.bury, letter)
+        self.bury(replace(letter, deadline=deadline or 0.0), claim)
         task_lost(self.observer, claim, label)
         return self.failure(claim, "worker_lost", "WorkerLost", reason, key, keep)
 
@@ -150,3 +179,8 @@ class Outbox:
                     if ok and (d.reply or not d.claim.reply_to) and d.again is None
                 ]
             )
+        if self._graves:
+            for done, ok in zip(finished, accepted, strict=False):
+                grave = self._graves.pop((done.claim.token, done.claim.id), None)
+                if grave is not None and ok:  # else another worker holds the task
+                    quietly(self.backend.bury, *grave)

@@ -337,7 +337,7 @@ class Worker:
             return self._retry(claim, call, reply, held)
         keep = call.keep_result  # seconds the reply is also kept under the id
         if not call.reply_to and not keep:  # sent with send(): nobody reads a reply
-            return self.outbox.unanswered(claim, label, reply)
+            return self.outbox.unanswered(claim, label, reply, call.deadline)
         try:
             body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline, keep)
         except RemoteExecError as exc:
@@ -361,7 +361,7 @@ class Worker:
             return again
         keep = call.keep_result
         if not call.reply_to and not keep:
-            return self.outbox.unanswered(claim, held.label, reply)
+            return self.outbox.unanswered(claim, held.label, reply, call.deadline)
         try:
             body = self.codec.encode_reply(reply, key=call.key)  # a failure: str fields only
         except RemoteExecError as exc:  # the tracebacks kept exceed max_message_size
@@ -374,12 +374,16 @@ class Worker:
         if self.guard is not None:  # secrets: trust the signed fields, not the broker's
             verdict = self.guard.admit(claim, call, label)
             if verdict == LOST:
-                return self.outbox.lost(claim, label, call.max_attempts, call.key, call.keep_result)
+                return self.outbox.lost(
+                    claim, label, call.max_attempts, call.key, call.keep_result, call.deadline
+                )
             if verdict is not None:
                 task_lost(self.observer, claim, label)
                 return Done(claim, None)
         elif claim.attempt > call.max_attempts:
-            return self.outbox.lost(claim, label, call.max_attempts, 0, call.keep_result)
+            return self.outbox.lost(
+                claim, label, call.max_attempts, 0, call.keep_result, call.deadline
+            )
         if call.deadline is not None and time.time() > call.deadline:
             log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
             return Done(claim, None)

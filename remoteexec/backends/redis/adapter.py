@@ -415,9 +415,13 @@ class RedisBackend(Backend):
         with self._mapper:
             self._watching().forget_worker(worker)
 
-    def bury(self, letter: DeadLetter) -> None:
+    def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
         with self._mapper:
-            self._watching().bury(letter)
+            self._watching().bury(letter, task)
+
+    def retry_dead(self, ids: Sequence[str]) -> int:
+        with self._mapper:
+            return self._watching().retry_dead(ids, self.enqueue)
 
     def drop_dead(self, ids: Sequence[str]) -> int:
         with self._mapper:
