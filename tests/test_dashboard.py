@@ -24,8 +24,9 @@ pytest.importorskip("uvicorn")
 import uvicorn
 
 from remoteexec import Client, using
-from remoteexec.backends import Job, open_backend
+from remoteexec.backends import Backend, DeadLetter, Job, open_backend
 from remoteexec.dashboard.app import make_app
+from remoteexec.errors import WorkerLost
 from tests.farm import tasks
 
 PIDS_JS = "return [...document.querySelectorAll('#workers tr')].map(r => r.cells[1].textContent)"
@@ -127,9 +128,11 @@ def test_page_shows_throughput_and_workers_of_a_live_farm(farm: Any, browser: An
         backend.close()
 
 
-def _post(url: str, headers: dict[str, str]) -> tuple[int, Any]:
-    body = json.dumps({"queue": "q"}).encode()
-    request = urllib.request.Request(url + "api/purge", body, headers, method="POST")
+def _post(
+    url: str, headers: dict[str, str], path: str = "api/purge", data: Any = None
+) -> tuple[int, Any]:
+    body = json.dumps({"queue": "q"} if data is None else data).encode()
+    request = urllib.request.Request(url + path, body, headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, json.load(answer)
@@ -187,6 +190,116 @@ def test_a_purge_is_logged_with_who_and_what(tmp_path: Path, caplog: Any) -> Non
         for site in _serve(make_app(backend, allow_actions=True, token="t")):
             with caplog.at_level(logging.INFO, logger="remoteexec.dashboard"):
                 _post(site, {"Authorization": "Bearer t", "X-CSRF-Token": _csrf(site)})
-        assert any("127.0.0.1 purged queue q: 2 task(s)" in r.getMessage() for r in caplog.records)
+        logged = [r.getMessage() for r in caplog.records]
+        assert "dashboard: 127.0.0.1 (token) purged queue q: 2 task(s)" in logged
+    finally:
+        backend.close()
+
+
+def _log_in(browser: Any, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + 10
+    while not browser.find_elements(By.ID, "token"):
+        assert time.monotonic() < deadline, "the page shows no login form"
+        time.sleep(0.1)
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "login").click()
+
+
+def _wait_for(browser: Any, script: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := browser.execute_script(script)):
+        assert time.monotonic() < deadline, f"never true: {script}"
+        time.sleep(0.1)
+    return value
+
+
+DEAD_IDS_JS = "return [...document.querySelectorAll('#dead tr')].map(r => r.dataset.id)"
+
+
+def test_the_login_form_sets_a_strict_http_only_session_that_drops_a_dead_letter(
+    browser: Any, caplog: Any
+) -> None:
+    backend = open_backend(f"memory://{os.urandom(4).hex()}")
+    trace = 'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: bad'
+    backend.bury(DeadLetter("d1", "q", "Poison.execute", "worker lost 3 times", time.time(), trace))
+    backend.bury(DeadLetter("d2", "q", "Other.execute", "undecodable", time.time()))
+    for site in _serve(make_app(backend, allow_actions=True, token="s3cret")):
+        browser.delete_all_cookies()
+        browser.get(site)
+        shown = _wait_for(browser, "return document.querySelector('#dead pre.traceback')")
+        assert shown.get_attribute("textContent") == trace
+        assert not browser.execute_script("return document.querySelectorAll('#dead button').length")
+        _log_in(browser, "wrong")
+        assert "wrong token" in browser.page_source  # the 403 answer
+        browser.get(site)
+        _log_in(browser, "s3cret")
+        [cookie] = browser.get_cookies()
+        assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+            "rx_session",
+            True,
+            "Strict",
+        )
+        assert browser.execute_script("return document.cookie") == ""  # HttpOnly
+        _wait_for(browser, "return document.querySelector('#dead tr[data-id=d1] button')")
+        with caplog.at_level(logging.INFO, logger="remoteexec.dashboard"):
+            browser.execute_script(
+                "[...document.querySelectorAll('#dead tr[data-id=d1] button')]"
+                ".find(b => b.textContent === 'drop').click()"
+            )
+            _wait_for(browser, DEAD_IDS_JS.replace("return", "return !") + ".includes('d1')")
+        assert [d.id for d in backend.dead_letters()] == ["d2"]
+        logged = [r.getMessage() for r in caplog.records]
+        assert "dashboard: 127.0.0.1 (login) dropped dead letter(s) d1: 1" in logged
+        # The session alone is no action: without the CSRF token the answer is 403.
+        session = {"Cookie": f"rx_session={cookie['value']}"}
+        assert _post(site, session, "api/dead/drop", {"ids": ["d2"]})[0] == 403
+        csrf = {"X-CSRF-Token": _csrf(site)}
+        assert _post(site, {**session, **csrf}, "api/dead/drop", {"ids": ["d2"]}) == (
+            200,
+            {"dropped": 1},
+        )
+    backend.close()
+
+
+@pytest.mark.parametrize("farm_url", ["sqlite"], indirect=True)
+def test_a_poison_tasks_dead_letter_shows_and_a_retry_from_the_page_runs_it_again(
+    farm: Any, browser: Any, tmp_path: Path
+) -> None:
+    if not hasattr(Backend, "retry_dead"):
+        pytest.skip("this backend has no retry_dead yet")
+    farm.start(processes=2)
+    farm.worker_pids(2)
+    backend = open_backend(farm.url)
+    try:
+        with Client(farm.url) as client, using(client):
+            future = tasks.Poison.execute.submit()
+            with pytest.raises(WorkerLost):
+                future.result(timeout=60)
+        [letter] = backend.dead_letters()
+        for site in _serve(make_app(backend, allow_actions=True, token="t")):
+            browser.delete_all_cookies()
+            browser.get(site)
+            _wait_for(browser, DEAD_IDS_JS + ".includes(" + json.dumps(letter.id) + ")")
+            tracebacks = browser.execute_script(
+                "return [...document.querySelectorAll('#dead pre.traceback')]"
+                ".map(p => p.textContent)"
+            )
+            assert tracebacks == ([letter.traceback] if letter.traceback else [])
+            _log_in(browser, "t")
+            _wait_for(browser, "return document.querySelector('#dead tr button')")
+            browser.execute_script(
+                "[...document.querySelectorAll('#dead tr button')]"
+                ".find(b => b.textContent === 'retry').click()"
+            )
+            # It runs again: it is taken off the dead letters, kills its workers on every
+            # attempt again, and is buried again.
+            gone = f"return !{DEAD_IDS_JS[7:]}.includes({json.dumps(letter.id)})"
+            _wait_for(browser, gone)
+            deadline = time.monotonic() + 60
+            while letter.id not in [d.id for d in backend.dead_letters()]:
+                assert time.monotonic() < deadline, "the retried task did not run again"
+                time.sleep(0.5)
     finally:
         backend.close()

@@ -70,7 +70,14 @@ class Sampler:
                 if now - w.last_seen <= self.stale
             ],
             "dead": [
-                {"id": d.id, "queue": d.queue, "name": d.name, "reason": d.reason, "at": d.at}
+                {
+                    "id": d.id,
+                    "queue": d.queue,
+                    "name": d.name,
+                    "reason": d.reason,
+                    "at": d.at,
+                    "traceback": d.traceback,
+                }
                 for d in stats.dead
             ],
         }
