@@ -313,6 +313,21 @@ def test_stats_report_depth_running_workers_and_dead_letters(backend: Backend) -
     assert backend.stats().workers == []
 
 
+def test_stats_report_when_the_oldest_waiting_task_of_each_queue_was_enqueued(
+    backend: Backend,
+) -> None:
+    before = time.time()
+    backend.enqueue([job("a"), job("a"), job("b")])
+    first = backend.stats()  # Redis's lists hold no time: it counts from the first look
+    seen = time.time()
+    time.sleep(0.3)
+    stats = backend.stats()
+    assert set(stats.oldest) == {"a", "b"} and first.oldest == stats.oldest
+    assert all(before - 1 <= at <= seen for at in stats.oldest.values()), (before, stats)
+    claim_all(backend, ["b"], 1)
+    assert set(backend.stats().oldest) == {"a"}
+
+
 def test_purge_deletes_waiting_tasks(backend: Backend) -> None:
     backend.enqueue([job("a"), job("a"), job("b")])
     assert backend.purge("a") == 2

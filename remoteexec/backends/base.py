@@ -163,7 +163,10 @@ class Stats:
     ``running`` counts tasks under a live lease; ``workers`` lists workers whose last
     heartbeat is recent; ``dead`` lists the newest dead letters. ``parts`` breaks the
     waiting tasks down where a broker spreads them (a Redis Cluster: ``shard <name>`` and
-    ``node <host:port>``); empty elsewhere.
+    ``node <host:port>``); empty elsewhere. ``oldest`` maps each queue with tasks waiting
+    to the epoch second its oldest waiting task was enqueued; on Redis, whose lists hold no
+    time, the second this backend object's ``stats`` first saw that task at the head of its
+    queue (a lower bound of its wait).
     """
 
     queues: dict[str, int]
@@ -171,6 +174,7 @@ class Stats:
     workers: list[WorkerInfo]
     dead: list[DeadLetter] = field(default_factory=list)
     parts: dict[str, int] = field(default_factory=dict)
+    oldest: dict[str, float] = field(default_factory=dict)
 
 
 class Backend(ABC):

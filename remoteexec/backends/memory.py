@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from ..blobstores.memory import DictBlobStore
@@ -25,6 +25,7 @@ class _Entry:
     attempt: int = 0
     token: str | None = None
     lease_until: float = 0.0
+    enqueued: float = field(default_factory=time.time)
 
 
 _EMPTY: OrderedDict[str, _Entry] = OrderedDict()  # never written to
@@ -220,7 +221,12 @@ class MemoryBackend(Backend):
             workers = [
                 replace(w) for w in self._b.workers.values() if now - w.last_seen < self.worker_ttl
             ]
-            return Stats(depth, running, workers, list(self._b.dead))
+            oldest = {
+                name: min(e.enqueued for e in q.values() if e.token is None)
+                for name, q in self._b.queues.items()
+                if any(e.token is None for e in q.values())
+            }
+            return Stats(depth, running, workers, list(self._b.dead), oldest=oldest)
 
     def purge(self, queue: str | None = None) -> int:
         now = time.time()

@@ -54,6 +54,7 @@ class Sampler:
             "at": now,
             "queues": dict(sorted(stats.queues.items())),
             "parts": dict(sorted(stats.parts.items())),
+            "oldest": {q: max(0.0, now - at) for q, at in sorted(stats.oldest.items())},
             "running": stats.running,
             "throughput": [{"at": t, "completed": rate} for t, rate in points],
             "workers": [

@@ -143,10 +143,11 @@ def note_starts(n: int) -> str:
 
 
 NOTE_COMPLETED = f"{STARTS_TABLE}; UPDATE remoteexec_starts SET done = 1 WHERE id IN ({{}})"
-#: Five results: depth per queue, expired leases per queue, running, live workers (seen
-#: within ``%s`` seconds), the newest dead letters.
+#: Five results: depth and the oldest waiting task's enqueue time per queue, expired leases
+#: per queue, running, live workers (seen within ``%s`` seconds), the newest dead letters.
 STATS = (
-    f"SELECT queue, SUM(state = 0) FROM {TASKS} GROUP BY queue; "
+    f"SELECT queue, SUM(state = 0), MIN(IF(state = 0, created, NULL)) FROM {TASKS} "
+    "GROUP BY queue; "
     f"SELECT queue, COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
     f"GROUP BY queue; "
     f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW}; "

@@ -77,12 +77,13 @@ class Watch:
         """Workers count as live for ``worker_ttl`` seconds after their last heartbeat."""
         result = self._db.run(lambda cur: execute(cur, STATS, (worker_ttl,)), retry_lost=True)
         depth, expired, running, workers, dead = (rows for _, rows in result)
-        queues = {q: int(n) for q, n in depth}
+        queues = {q: int(n) for q, n, _ in depth}
+        oldest = {q: float(at) for q, _, at in depth if at is not None}
         for q, n in expired:
             queues[q] += int(n)
         live = [w for w in map(worker_info, workers) if w is not None]  # skip foreign rows
         letters = [d for d in map(dead_letter, dead) if d is not None]
-        return Stats(queues, int(running[0][0]), live, letters)
+        return Stats(queues, int(running[0][0]), live, letters, oldest=oldest)
 
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting tasks and expired leases, leaving a tombstone for each, in one

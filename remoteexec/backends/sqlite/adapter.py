@@ -302,7 +302,8 @@ class SQLiteBackend(Backend):
             names = conn.execute("SELECT name FROM queues")
             depth = {name: 0 for (name,) in names if type(name) is str}
             rows = conn.execute(DEPTH, (now,)).fetchall()
-            depth.update((queue, int(waiting)) for queue, waiting, _ in rows if type(queue) is str)
+            depth.update((queue, int(waiting)) for queue, waiting, *_ in rows if type(queue) is str)
+            oldest = {q: float(at) for q, *_, at in rows if type(q) is str and type(at) is float}
             workers = conn.execute(
                 "SELECT * FROM workers WHERE last_seen > ? ORDER BY started, id",
                 (now - self.worker_ttl,),
@@ -310,9 +311,10 @@ class SQLiteBackend(Backend):
             dead = conn.execute("SELECT id, queue, name, reason, at FROM dead ORDER BY seq DESC")
             return Stats(
                 depth,
-                int(sum(held for _, _, held in rows)),
+                int(sum(held for _, _, held, _ in rows)),
                 [w for w in map(worker_info, workers) if w is not None],
                 [d for d in map(dead_letter, dead) if d is not None],
+                oldest=oldest,
             )
 
         return self._db.run(tx, "DEFERRED")

@@ -93,9 +93,10 @@ HELD = "id = ? AND token = ? AND lease_until > ?"
 REPLY = "INSERT INTO replies (reply_to, body, created, task_id) VALUES (?, ?, ?, ?)"
 HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 BURY = "INSERT INTO dead (id, queue, name, reason, at) VALUES (?, ?, ?, ?, ?)"
-DEPTH = (  # per queue: waiting (or lease expired), running
+DEPTH = (  # per queue: waiting (or lease expired), running, the oldest waiting's enqueue time
     "SELECT queue, total(token IS NULL OR lease_until <= ?1), "
-    "total(token IS NOT NULL AND lease_until > ?1) FROM tasks GROUP BY queue"
+    "total(token IS NOT NULL AND lease_until > ?1), "
+    "min(iif(token IS NULL, created, NULL)) FROM tasks GROUP BY queue"
 )
 STARTS = (  # made on first use: only workers with secrets need it
     """CREATE TABLE IF NOT EXISTS starts (id TEXT PRIMARY KEY, n INTEGER NOT NULL,
