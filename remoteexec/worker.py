@@ -43,6 +43,7 @@ from .errors import (
     RemoteExecError,
     error_kind,
 )
+from .figures import TaskFigures
 from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
 from .observe import TaskObserver, task_ended, task_lost
@@ -120,6 +121,8 @@ class Worker:
         self._leases = Leases(self.backend, self.info, self.lease)
         self.payloads = Payloads(self.settings, self.backend)  # large values: blobs.py
         self._leases.sweeps.append(self.payloads.sweep)
+        self.figures = TaskFigures()  # failures and durations, for the heartbeat
+        self._leases.beats.append(self._report_figures)
         self.outbox = Outbox(self.backend, self.codec, self._leases, self.payloads, self.guard)
         for task in filter(None, map(lookup, registered())):  # @remote(shards=) on a cluster
             if task.shards:
@@ -301,7 +304,7 @@ class Worker:
 
     def _execute(self, claim: Claim) -> Done | None:
         held = self._leases.held(claim)
-        held.started = time.monotonic()
+        held.started = started = time.monotonic()
         try:
             call = self.codec.decode_call(claim.body)
         except Exception as exc:  # anything read from the broker may be garbage
@@ -333,6 +336,7 @@ class Worker:
             task_ended(observer, held, reply)
         if held.abandoned:
             return None
+        self.figures.add(held.label, time.monotonic() - started, failed=reply.failure is not None)
         if not call.reply_to:  # sent with send(): nobody reads a reply
             return self.outbox.unanswered(claim, label, reply)
         try:
@@ -340,6 +344,9 @@ class Worker:
         except RemoteExecError as exc:
             return self.outbox.error(claim, exc, f"the result of {label}: {exc}", call.key)
         return Done(claim, body)
+
+    def _report_figures(self) -> None:
+        self.info.failed, self.info.durations = self.figures.failed, self.figures.durations()
 
     def _refused(self, claim: Claim, call: Call, label: str) -> Done | None:
         """How a call that must not run ends (lost, a replay, too late), or None: run it."""

@@ -299,13 +299,17 @@ def test_stats_report_depth_running_workers_and_dead_letters(backend: Backend) -
     backend.enqueue([job("a"), job("a"), job("b")])
     claim_all(backend, ["b"], 1)
     now = time.time()
-    backend.heartbeat(WorkerInfo("w1", "host", 123, ["a", "b"], now, now, done=7, running=1))
+    durations = {"Pi.execute": [0, 3, 1], "Fail.execute": [2]}
+    backend.heartbeat(
+        WorkerInfo("w1", "host", 123, ["a", "b"], now, now, 7, 1, failed=2, durations=durations)
+    )
     backend.bury(DeadLetter("t1", "a", "Poison.execute", "worker lost 3 times", now))
     stats = backend.stats()
     assert stats.queues.get("a") == 2 and stats.queues.get("b", 0) == 0
     assert stats.running == 1
     [w] = stats.workers
-    assert (w.id, w.host, w.pid, w.done, w.running) == ("w1", "host", 123, 7, 1)
+    assert (w.id, w.host, w.pid, w.done, w.running, w.failed) == ("w1", "host", 123, 7, 1, 2)
+    assert w.durations == durations
     assert [(d.id, d.name, d.reason) for d in stats.dead] == [
         ("t1", "Poison.execute", "worker lost 3 times")
     ]

@@ -26,10 +26,19 @@ import uvicorn
 from remoteexec import Client, using
 from remoteexec.backends import Backend, DeadLetter, Job, open_backend
 from remoteexec.dashboard.app import make_app
-from remoteexec.errors import WorkerLost
+from remoteexec.errors import RemoteError, WorkerLost
 from tests.farm import tasks
 
 PIDS_JS = "return [...document.querySelectorAll('#workers tr')].map(r => r.cells[1].textContent)"
+FAILED_JS = (
+    "return [...document.querySelectorAll('#workers tr')]"
+    ".reduce((n, r) => n + Number(r.cells[6].textContent), 0);"
+)
+DURATIONS_JS = (
+    "const rows = [...document.querySelectorAll('#durations tr')];"
+    "return rows.length && Object.fromEntries(rows.map(r => [r.cells[0].textContent,"
+    " r.cells[1].textContent]))"
+)
 DOCS_SHOT = Path(__file__).parent.parent / "docs" / "images" / "dashboard.png"
 
 
@@ -113,6 +122,17 @@ def test_page_shows_throughput_and_workers_of_a_live_farm(farm: Any, browser: An
             ours = completed[0] - count0
             assert workers == 2
             assert ours > 0 and abs((done1 - done0) - ours) <= 0.2 * ours, (done1 - done0, ours)
+            with Client(farm.url) as client, using(client):
+                for _ in range(3):
+                    with pytest.raises(RemoteError):
+                        tasks.Failing.execute("x")
+            _wait_for(browser, FAILED_JS.replace("return", "return 3 ===").replace(";", ""))
+            durations = _wait_for(browser, DURATIONS_JS)
+            assert int(durations["CalculateMultipleOfPi.execute"]) > 0, durations
+            assert durations["Failing.execute"] == "3", durations
+            with urllib.request.urlopen(url + "api/snapshot", timeout=10) as answer:
+                points = json.load(answer)["throughput"]
+            assert sum(p["failed"] * 1.0 for p in points) > 0, points  # the failed/s line
             pids = browser.execute_script(PIDS_JS)
             os.kill(int(pids[0]), signal.SIGKILL)  # lease 2 s: gone from the page within 7 s
             deadline = time.monotonic() + 2.0 + 5.0

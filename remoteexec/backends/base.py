@@ -128,7 +128,11 @@ class Done:
 
 @dataclass(slots=True)
 class WorkerInfo:
-    """What a worker reports about itself in each heartbeat."""
+    """What a worker reports about itself in each heartbeat.
+
+    ``failed`` counts the calls that ended in a failure reply; ``durations`` maps each task
+    type (``Class.method``) to its calls' duration histogram (``figures.py``).
+    """
 
     id: str
     host: str
@@ -138,6 +142,8 @@ class WorkerInfo:
     last_seen: float = field(default_factory=time.time)
     done: int = 0
     running: int = 0
+    failed: int = 0
+    durations: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,7 +168,8 @@ class MemoryBackend(Backend):
 
     def heartbeat(self, info: WorkerInfo) -> None:
         with self._b.cond:
-            self._b.workers[info.id] = replace(info, queues=list(info.queues))
+            durations = {label: list(row) for label, row in info.durations.items()}
+            self._b.workers[info.id] = replace(info, queues=list(info.queues), durations=durations)
 
     def forget_worker(self, worker: str) -> None:
         with self._b.cond:

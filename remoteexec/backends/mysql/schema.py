@@ -27,7 +27,8 @@ thing to every machine whatever their clocks say.
     on first use too, in a database made before the table existed (no version change).
 ``remoteexec_schema``
     One row, ``('schema', version)``. ``MIGRATIONS[n]`` upgrades version ``n - 1`` to ``n``
-    (version 2: the names' no-pad collation).
+    (version 2: the names' no-pad collation; version 3: the workers' ``failed`` and
+    ``durations``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .statements import BLOBS_TABLE, marks
 
 log = logging.getLogger("remoteexec.mysql")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _VERSION = "SELECT version FROM remoteexec_schema WHERE name = 'schema'"
 
 #: Binary no-pad collations, best first; ``utf8mb4_bin`` (padding) only where none exists
@@ -116,6 +117,8 @@ _CREATE = [
     done BIGINT NOT NULL,
     running INT NOT NULL,
     seen_at DOUBLE NOT NULL,
+    failed BIGINT NOT NULL DEFAULT 0,
+    durations MEDIUMTEXT CHARACTER SET ascii COLLATE ascii_bin NULL,
     KEY ix_workers_seen (seen_at)
 ) {table}""",
     """CREATE TABLE IF NOT EXISTS remoteexec_dead_letters (
@@ -136,6 +139,10 @@ MIGRATIONS: dict[int, list[str]] = {
         + ", ".join(f"MODIFY {column}" for column in columns)
         + ", DEFAULT CHARSET=utf8mb4 COLLATE={names}"
         for table, columns in _COLUMNS.items()
+    ],
+    3: [
+        "ALTER TABLE remoteexec_workers ADD COLUMN failed BIGINT NOT NULL DEFAULT 0, "
+        "ADD COLUMN durations MEDIUMTEXT CHARACTER SET ascii COLLATE ascii_bin NULL"
     ],
 }
 

@@ -115,10 +115,11 @@ PURGED_TABLE = (
 )
 HEARTBEAT = (
     "INSERT INTO remoteexec_workers (id, host, pid, queues, started, last_seen, done, "
-    f"running, seen_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, {NOW}) "
-    "ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), "
+    f"running, failed, durations, seen_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+    f"{NOW}) ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), "
     "queues = VALUES(queues), started = VALUES(started), last_seen = VALUES(last_seen), "
-    "done = VALUES(done), running = VALUES(running), seen_at = VALUES(seen_at)"
+    "done = VALUES(done), running = VALUES(running), failed = VALUES(failed), "
+    "durations = VALUES(durations), seen_at = VALUES(seen_at)"
 )
 FORGET_WORKER = "DELETE FROM remoteexec_workers WHERE id = %s"
 BURY = (
@@ -151,7 +152,7 @@ STATS = (
     f"SELECT queue, COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
     f"GROUP BY queue; "
     f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW}; "
-    "SELECT id, host, pid, queues, started, last_seen, done, running "
+    "SELECT id, host, pid, queues, started, last_seen, done, running, failed, durations "
     f"FROM remoteexec_workers WHERE seen_at > {NOW} - %s ORDER BY id; "
     "SELECT id, queue, name, reason, at FROM remoteexec_dead_letters "
     f"ORDER BY seq DESC LIMIT {MAX_DEAD_LETTERS}"

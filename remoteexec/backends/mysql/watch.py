@@ -44,7 +44,8 @@ class Watch:
 
     def heartbeat(self, info: WorkerInfo) -> None:
         args: tuple[Any, ...] = (info.id, info.host, info.pid, json.dumps(info.queues))
-        args += (info.started, info.last_seen, info.done, info.running)
+        args += (info.started, info.last_seen, info.done, info.running, info.failed)
+        args += (json.dumps(info.durations),)
         self._db.run(lambda cur: execute(cur, HEARTBEAT, args), retry_lost=True)
 
     def forget_worker(self, worker: str) -> None:

@@ -259,7 +259,7 @@ class SQLiteBackend(Backend):
 
     def heartbeat(self, info: WorkerInfo) -> None:
         row = list(astuple(info))
-        row[3] = json.dumps(row[3])  # queues
+        row[3], row[9] = json.dumps(row[3]), json.dumps(row[9])  # queues, durations
         self._db.run(lambda conn: conn.execute(HEARTBEAT, row))
 
     def forget_worker(self, worker: str) -> None:

@@ -17,7 +17,8 @@
     Chunks of the blobs of out-of-band payloads (``blobs.py``), with their expiry; made
     with the schema, and on first use in a database made before the table existed.
 
-The version is recorded in ``PRAGMA user_version``; version 1 lacked ``replies.task_id``.
+The version is recorded in ``PRAGMA user_version``; version 1 lacked ``replies.task_id``,
+version 2 ``workers.failed`` and ``workers.durations``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from ..sql import schema_is_current
 
 #: The schema this module creates, recorded in ``PRAGMA user_version``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The blobs table (``blobs.py``): made with the schema, and on first use.
 BLOBS = (
@@ -56,7 +57,8 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS workers (
         id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, queues TEXT NOT NULL,
         started REAL NOT NULL, last_seen REAL NOT NULL, done INTEGER NOT NULL,
-        running INTEGER NOT NULL)""",
+        running INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0,
+        durations TEXT NOT NULL DEFAULT '{}')""",
     """CREATE TABLE IF NOT EXISTS dead (
         seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL, name TEXT NOT NULL,
         reason TEXT NOT NULL, at REAL NOT NULL)""",
@@ -91,7 +93,7 @@ PEEK = (
 #: The row (id, token, now) is held by that token under a lease that has not expired.
 HELD = "id = ? AND token = ? AND lease_until > ?"
 REPLY = "INSERT INTO replies (reply_to, body, created, task_id) VALUES (?, ?, ?, ?)"
-HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 BURY = "INSERT INTO dead (id, queue, name, reason, at) VALUES (?, ?, ?, ?, ?)"
 DEPTH = (  # per queue: waiting (or lease expired), running, the oldest waiting's enqueue time
     "SELECT queue, total(token IS NULL OR lease_until <= ?1), "
@@ -125,6 +127,9 @@ def migrate(conn: sqlite3.Connection) -> None:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version == 1:
         conn.execute("ALTER TABLE replies ADD COLUMN task_id TEXT")
+    if version in (1, 2):
+        conn.execute("ALTER TABLE workers ADD COLUMN failed INTEGER NOT NULL DEFAULT 0")
+        conn.execute("ALTER TABLE workers ADD COLUMN durations TEXT NOT NULL DEFAULT '{}'")
     if version < SCHEMA_VERSION:
         for sql in _SCHEMA:
             conn.execute(sql)
