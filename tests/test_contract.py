@@ -332,6 +332,17 @@ def test_stats_report_when_the_oldest_waiting_task_of_each_queue_was_enqueued(
     assert set(backend.stats().oldest) == {"a"}
 
 
+def test_health_names_a_few_figures_of_the_broker(backend: Backend) -> None:
+    backend.enqueue([job("a")])
+    health = backend.health()
+    assert health and all(type(v) in (int, float, str) for v in health.values()), health
+    kind = type(backend).__name__
+    if kind.startswith("Redis"):
+        assert {"used_memory", "maxmemory", "maxmemory_policy", "evicted_keys"} <= set(health)
+    elif kind.startswith(("SQLite", "MySQL")):
+        assert any(name.startswith(("tasks", "remoteexec_tasks")) for name in health), health
+
+
 def test_purge_deletes_waiting_tasks(backend: Backend) -> None:
     backend.enqueue([job("a"), job("a"), job("b")])
     assert backend.purge("a") == 2

@@ -39,6 +39,7 @@ DURATIONS_JS = (
     "return rows.length && Object.fromEntries(rows.map(r => [r.cells[0].textContent,"
     " r.cells[1].textContent]))"
 )
+HEALTH_JS = "return document.querySelector('#health').textContent"
 DOCS_SHOT = Path(__file__).parent.parent / "docs" / "images" / "dashboard.png"
 
 
@@ -133,6 +134,8 @@ def test_page_shows_throughput_and_workers_of_a_live_farm(farm: Any, browser: An
             with urllib.request.urlopen(url + "api/snapshot", timeout=10) as answer:
                 points = json.load(answer)["throughput"]
             assert sum(p["failed"] * 1.0 for p in points) > 0, points  # the failed/s line
+            health = _wait_for(browser, HEALTH_JS)
+            assert ("maxmemory_policy" if "redis" in farm.url else "bytes") in health, health
             pids = browser.execute_script(PIDS_JS)
             os.kill(int(pids[0]), signal.SIGKILL)  # lease 2 s: gone from the page within 7 s
             deadline = time.monotonic() + 2.0 + 5.0

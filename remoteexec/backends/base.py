@@ -333,6 +333,12 @@ class Backend(ABC):
         batch, and after recovering from an outage.
         """
 
+    def health(self) -> dict[str, float | str]:
+        """A few named figures of the broker's own health, for the dashboard: Redis's
+        memory, its limit, eviction policy and evicted keys; MySQL's and SQLite's table
+        sizes. Not a hot-path call: each may read the whole broker's bookkeeping."""
+        return {}
+
     def purged(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that ``purge`` deleted in the last ``result_ttl`` seconds."""
         return set()

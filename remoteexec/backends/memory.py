@@ -229,6 +229,13 @@ class MemoryBackend(Backend):
             }
             return Stats(depth, running, workers, list(self._b.dead), oldest=oldest)
 
+    def health(self) -> dict[str, float | str]:
+        """Tasks and replies held, in this process's memory."""
+        with self._b.cond:
+            tasks = sum(len(q) for q in self._b.queues.values())
+            replies = sum(len(box) for box in self._b.replies.values())
+        return {"tasks": tasks, "replies": replies}
+
     def purge(self, queue: str | None = None) -> int:
         now = time.time()
         removed = 0

@@ -16,7 +16,10 @@ from collections import deque
 from typing import Any
 
 from ..backends import Backend, Stats, WorkerInfo
+from ..errors import RemoteExecError
 from ..figures import merged, percentile
+
+HEALTH_EVERY = 10.0  # seconds between two reads of the backend's health
 
 
 class Sampler:
@@ -32,6 +35,7 @@ class Sampler:
         self._seen: dict[str, tuple[int, int]] = {}  # worker -> (done, failed)
         self._points: deque[tuple[float, float, float]] = deque(maxlen=history)
         self._last: tuple[float, Stats] | None = None
+        self._health: tuple[float, dict[str, float | str]] = (0.0, {})
 
     def stats(self) -> tuple[float, Stats]:
         """The newest snapshot, read from the backend when the last one is stale."""
@@ -51,6 +55,19 @@ class Sampler:
             self._seen = {w.id: (w.done, w.failed) for w in stats.workers}
             self._last = (now, stats)
             return self._last
+
+    def health(self) -> dict[str, float | str]:
+        """``backend.health()``, read at most every ``HEALTH_EVERY`` seconds (it may scan)."""
+        with self._lock:
+            at, figures = self._health
+            if time.time() - at < HEALTH_EVERY:
+                return figures
+            try:
+                figures = self.backend.health()
+            except RemoteExecError as exc:
+                figures = {"unavailable": str(exc)}
+            self._health = (time.time(), figures)
+            return figures
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the page shows, as JSON-ready data."""
@@ -82,6 +99,7 @@ class Sampler:
                 for w in live
             ],
             "durations": durations(live),
+            "health": self.health(),
             "dead": [
                 {
                     "id": d.id,

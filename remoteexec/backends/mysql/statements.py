@@ -157,6 +157,11 @@ STATS = (
     "SELECT id, queue, name, reason, at FROM remoteexec_dead_letters "
     f"ORDER BY seq DESC LIMIT {MAX_DEAD_LETTERS}"
 )
+#: Each remoteexec table's rows (InnoDB's estimate) and bytes (data and indexes).
+TABLE_SIZES = (
+    "SELECT TABLE_NAME, TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES "
+    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'remoteexec\\_%' ORDER BY TABLE_NAME"
+)
 PURGEABLE = "seq <= @top AND (state = 0 OR lease_until <= @now)"
 
 

@@ -24,6 +24,7 @@ from .statements import (
     PURGED,
     STATS,
     SWEEP,
+    TABLE_SIZES,
     marks,
     note_starts,
     purge,
@@ -85,6 +86,15 @@ class Watch:
         live = [w for w in map(worker_info, workers) if w is not None]  # skip foreign rows
         letters = [d for d in map(dead_letter, dead) if d is not None]
         return Stats(queues, int(running[0][0]), live, letters, oldest=oldest)
+
+    def health(self) -> dict[str, float | str]:
+        """Each remoteexec table's rows (an estimate) and bytes."""
+        figures: dict[str, float | str] = {}
+        [(_, rows)] = self._ask(TABLE_SIZES, ())
+        for name, count, size in rows:
+            figures[f"{_text(name)} rows (about)"] = int(count or 0)
+            figures[f"{_text(name)} bytes"] = int(size or 0)
+        return figures
 
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting tasks and expired leases, leaving a tombstone for each, in one

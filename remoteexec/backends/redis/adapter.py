@@ -31,7 +31,7 @@ from .keys import Keys
 from .lua import Scripts
 from .shards import Shards, base, inward, outward
 from .topology import ClusterLink, complete_routed, split_own, spread_of
-from .watch import Watch
+from .watch import Watch, health
 from .wire import Link, raw, run
 
 log = logging.getLogger("remoteexec.redis")
@@ -423,6 +423,10 @@ class RedisBackend(Backend):
             if self._cluster:  # totals per queue; per shard and per node in parts
                 stats.queues, stats.parts = spread_of(stats.queues, self._keys, self._r)
         return stats
+
+    def health(self) -> dict[str, float | str]:
+        with self._mapper:
+            return health(self._redis())
 
     def purge(self, queue: str | None = None) -> int:
         with self._mapper:

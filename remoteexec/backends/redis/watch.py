@@ -207,6 +207,24 @@ class Watch:
             self._cmd("HDEL", self._keys.workers, *gone)
 
 
+def health(client: redis.Redis) -> dict[str, float | str]:
+    """Memory used, its limit and eviction policy, and keys evicted since the server
+    started; summed over the primaries of a cluster (the policy of the first)."""
+    if isinstance(client, RedisCluster):
+        infos = [
+            client.info(section, target_nodes=RedisCluster.PRIMARIES)
+            for section in ("memory", "stats")
+        ]
+        nodes = [{**infos[0][n], **infos[1].get(n, {})} for n in sorted(infos[0])]
+    else:
+        nodes = [{**client.info("memory"), **client.info("stats")}]
+    figures: dict[str, float | str] = {"nodes": len(nodes)} if len(nodes) > 1 else {}
+    for name in ("used_memory", "used_memory_peak", "maxmemory", "evicted_keys"):
+        figures[name] = sum(int(n.get(name, 0)) for n in nodes)
+    figures["maxmemory_policy"] = str(nodes[0].get("maxmemory_policy", "?")) if nodes else "?"
+    return figures
+
+
 def _names(members: Any) -> list[str]:
     """Queue names from the ``queues`` set, sorted; a member that is not UTF-8 is skipped."""
     names = []

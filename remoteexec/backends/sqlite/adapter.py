@@ -23,6 +23,7 @@ a commit survives a crashed process (a power cut may lose the last few). Beyond 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ from .statements import (
     PEEK,
     REPLY,
     STARTS,
+    TABLE_SIZES,
     chunks,
     marks,
 )
@@ -318,6 +320,23 @@ class SQLiteBackend(Backend):
             )
 
         return self._db.run(tx, "DEFERRED")
+
+    def health(self) -> dict[str, float | str]:
+        """The file's and its write-ahead log's bytes, and each table's and index's."""
+        figures: dict[str, float | str] = {}
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                figures[f"file{suffix} bytes"] = os.path.getsize(self.path + suffix)
+
+        def sizes(conn: sqlite3.Connection) -> list[tuple[Any, Any]]:
+            try:
+                return conn.execute(TABLE_SIZES).fetchall()
+            except sqlite3.OperationalError:  # a build without dbstat
+                return []
+
+        for name, size in self._db.run(sizes, "DEFERRED"):
+            figures[f"{name} bytes"] = int(size)
+        return figures
 
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting tasks and expired leases, leaving a tombstone for each."""

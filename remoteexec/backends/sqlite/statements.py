@@ -112,6 +112,10 @@ FORGET_STARTS = (
 )
 
 
+#: Bytes per table and index (``dbstat``), for ``health``.
+TABLE_SIZES = "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY name"
+
+
 def schema_ready(conn: sqlite3.Connection, path: str) -> bool:
     """Whether the database has this code's schema (without a write lock).
 
