@@ -8,16 +8,20 @@ the blobs of their arguments and, with secrets, refuses replays of them from the
 
 The failure replies a worker makes itself live here too: a call that cannot be decoded
 (``undecodable``), one that lost its worker too often (``lost``) and any other refusal
-(``failure``). The first two also leave a dead letter.
+(``failure``). The first two also leave a dead letter, and so does a call sent with no
+reply address that failed (``unanswered``), with its traceback. Each of these letters
+keeps the task, so that ``Backend.retry_dead`` can enqueue it again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
-from .backends import Backend, Claim, DeadLetter, Done
+from .backends import Backend, Claim, DeadLetter, Done, Job
 from .blobs import Payloads
+from .config import MAX_DEAD_TRACEBACK
 from .errors import BackendUnavailable, PayloadTooLarge, RemoteExecError, error_kind
 from .leases import Leases, quietly
 from .message import Codec, Failure, Reply
@@ -57,13 +61,26 @@ class Outbox:
         """The failure reply of ``exc``, with ``message`` for its text."""
         return self.failure(claim, error_kind(exc), type(exc).__name__, message, key)
 
-    def unanswered(self, claim: Claim, label: str, reply: Reply) -> Done:
-        """A call sent with no reply address ends with no reply; a failure is logged."""
+    def unanswered(
+        self, claim: Claim, label: str, reply: Reply, deadline: float | None = None
+    ) -> Done:
+        """A call sent with no reply address ends with no reply; a failure is logged and
+        buried, with its traceback (``deadline``: the call's)."""
         failure = reply.failure
         if failure is not None:
             kind, text = failure.type_name, failure.message
             log.warning("sent call %s %s failed: %s: %s", label, claim.id, kind, text)
+            reason = f"failed: {kind}: {text}"[:1000]
+            trace = failure.traceback[-MAX_DEAD_TRACEBACK:]
+            letter = DeadLetter(claim.id, claim.queue, label, reason, time.time(), trace)
+            self.bury(replace(letter, deadline=deadline or 0.0), claim)
         return Done(claim, None)
+
+    def bury(self, letter: DeadLetter, claim: Claim) -> None:
+        """Keep ``letter`` with the task of ``claim``, to be retried (a broker away is
+        logged)."""
+        task = Job(claim.id, claim.queue, claim.reply_to, claim.body)
+        quietly(self.backend.bury, letter, task)
 
     def undecodable(self, claim: Claim, exc: Exception) -> Done:
         """A claim whose body is no call to run ends as a dead letter, acknowledged. With
@@ -71,8 +88,7 @@ class Outbox:
         the caller gets the typed error."""
         log.warning("rejected task %s from queue %s: %s", claim.id, claim.queue, exc)
         reason = f"{type(exc).__name__}: {exc}"[:1000]
-        letter = DeadLetter(claim.id, claim.queue, "?", reason, time.time())
-        quietly(self.backend.bury, letter)
+        self.bury(DeadLetter(claim.id, claim.queue, "?", reason, time.time()), claim)
         task_lost(self.observer, claim, "?")
         if self.codec.signing:
             return Done(claim, None)
@@ -80,15 +96,23 @@ class Outbox:
             return self.failure(claim, "serialization", "SerializationError", reason)
         return self.failure(claim, error_kind(exc), type(exc).__name__, str(exc))
 
-    def lost(self, claim: Claim, label: str, max_attempts: int, key: int = 0) -> Done:
-        """The failure of a task that lost its worker on every attempt; a dead letter too."""
+    def lost(
+        self,
+        claim: Claim,
+        label: str,
+        max_attempts: int,
+        key: int = 0,
+        deadline: float | None = None,
+    ) -> Done:
+        """The failure of a task that lost its worker on every attempt; a dead letter too
+        (``deadline``: the call's)."""
         reason = (
             f"{label} lost its worker on {claim.attempt - 1} attempt(s) "
             f"(max_attempts={max_attempts})"
         )
         log.error("giving up on task %s: %s", claim.id, reason)
         letter = DeadLetter(claim.id, claim.queue, label, reason, time.time())
-        quietly(self.backend.bury, letter)
+        self.bury(replace(letter, deadline=deadline or 0.0), claim)
         task_lost(self.observer, claim, label)
         return self.failure(claim, "worker_lost", "WorkerLost", reason, key)
 

@@ -338,7 +338,7 @@ class Worker:
             return None
         self.figures.add(held.label, time.monotonic() - started, failed=reply.failure is not None)
         if not call.reply_to:  # sent with send(): nobody reads a reply
-            return self.outbox.unanswered(claim, label, reply)
+            return self.outbox.unanswered(claim, label, reply, call.deadline)
         try:
             body, _ = self.payloads.encode_reply(self.codec, reply, call.key, call.deadline)
         except RemoteExecError as exc:
@@ -353,12 +353,12 @@ class Worker:
         if self.guard is not None:  # secrets: trust the signed fields, not the broker's
             verdict = self.guard.admit(claim, call, label)
             if verdict == LOST:
-                return self.outbox.lost(claim, label, call.max_attempts, call.key)
+                return self.outbox.lost(claim, label, call.max_attempts, call.key, call.deadline)
             if verdict is not None:
                 task_lost(self.observer, claim, label)
                 return Done(claim, None)
         elif claim.attempt > call.max_attempts:
-            return self.outbox.lost(claim, label, call.max_attempts)
+            return self.outbox.lost(claim, label, call.max_attempts, 0, call.deadline)
         if call.deadline is not None and time.time() > call.deadline:
             log.info("dropped %s %s: its caller stopped waiting", label, claim.id)
             return Done(claim, None)

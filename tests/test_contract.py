@@ -11,12 +11,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
 
 from remoteexec.backends import Backend, DeadLetter, Done, Job, WorkerInfo
 from remoteexec.backends.mysql import claim as mysql_claim
+from remoteexec.config import MAX_DEAD_BODY
 from tests.conftest import EVERY_MODE, fresh_url
 
 #: Seconds a waiting call may take to return once what it waits for has arrived: far
@@ -457,10 +459,54 @@ def test_workers_silent_for_worker_ttl_leave_stats_and_sweep_keeps_live_ones(
 
 def test_dead_letters_keep_only_the_newest(backend: Backend) -> None:
     for i in range(DEAD_LETTERS_KEPT + 5):
-        backend.bury(DeadLetter(f"t{i}", "q", "Task.execute", "lost", float(i)))
+        task = Job(f"t{i}", "q", "client-1", b"body")
+        backend.bury(DeadLetter(f"t{i}", "q", "Task.execute", "lost", float(i)), task)
     dead = backend.stats().dead
     assert len(dead) == DEAD_LETTERS_KEPT
     assert dead[0].id == f"t{DEAD_LETTERS_KEPT + 4}" and dead[-1].id == "t5"
+    assert backend.retry_dead(["t0", "t4"]) == 0  # their tasks went with them
+    assert backend.retry_dead(["t5"]) == 1
+
+
+def test_a_dead_letter_keeps_its_task_and_traceback(backend: Backend) -> None:
+    now = time.time()
+    trace = "Traceback (most recent call last):\n  ...\nValueError: poison\n"
+    due = round(now + 60.5, 3)
+    backend.bury(DeadLetter("p1", "q", "Poison.execute", "failed", now, trace, False, due), job())
+    backend.bury(DeadLetter("p2", "q", "Poison.execute", "lost", now + 1))
+    listed = backend.dead_letters()
+    assert [(d.id, d.traceback, d.retryable, d.deadline) for d in listed] == [
+        ("p2", "", False, 0.0),
+        ("p1", trace, True, due),
+    ]
+    assert [(d.id, d.retryable) for d in backend.stats().dead] == [("p2", False), ("p1", True)]
+
+
+def test_retry_dead_enqueues_the_task_afresh_and_deletes_its_letter(backend: Backend) -> None:
+    task = Job("r1", "q", "client-7", b"\x00the body\xff")
+    backend.note_starts([("r1", time.time() + 60)])
+    backend.note_starts([("r1", time.time() + 60)])
+    backend.note_completed(["r1"])
+    backend.bury(DeadLetter("r1", "q", "Poison.execute", "failed", time.time(), "tb"), task)
+    backend.bury(DeadLetter("r2", "q", "Poison.execute", "lost", time.time()))
+    assert backend.retry_dead(["r1", "r2", "unknown", "r1"]) == 1
+    assert [d.id for d in backend.dead_letters()] == ["r2"]
+    [claim] = claim_all(backend, ["q"], 1)
+    assert (claim.id, claim.queue, claim.reply_to, claim.body) == astuple(task)[:4]
+    assert claim.attempt == 1
+    assert backend.note_starts([("r1", time.time() + 60)]) == [(0, False)]  # record reset
+    assert backend.retry_dead(["r1"]) == 0 and backend.retry_dead([]) == 0
+
+
+def test_a_dead_letter_keeps_no_task_over_the_bound(backend: Backend) -> None:
+    big, limit = job(body=b"x" * (MAX_DEAD_BODY + 1)), job(body=b"y" * MAX_DEAD_BODY)
+    backend.bury(DeadLetter(big.id, "default", "Big.execute", "lost", time.time()), big)
+    backend.bury(DeadLetter(limit.id, "default", "Big.execute", "lost", time.time()), limit)
+    assert [d.retryable for d in backend.dead_letters()] == [True, False]
+    assert backend.retry_dead([big.id]) == 0
+    assert backend.retry_dead([limit.id]) == 1
+    [claim] = claim_all(backend, ["default"], 1)
+    assert claim.body == limit.body
 
 
 def test_several_blobs_are_deleted_in_one_call(backend: Backend) -> None:

@@ -94,6 +94,10 @@ def test_a_mysql_database_of_the_padded_schema_is_migrated(
             for sql in schema_sql():  # the old schema: the same tables, padded names
                 cur.execute(sql.replace("utf8mb4_nopad_bin", "utf8mb4_bin"))
             cur.execute("UPDATE remoteexec_schema SET version = 1")
+            cur.execute(  # version 1 had no dead letters' tasks
+                "ALTER TABLE remoteexec_dead_letters DROP COLUMN traceback, "
+                "DROP COLUMN reply_to, DROP COLUMN body, DROP COLUMN deadline, DROP KEY ix_dead_id"
+            )
             cur.execute(
                 "INSERT INTO remoteexec_tasks (id, queue, reply_to, body, created) "
                 "VALUES ('old-task', 'iso ', 'me', 'x', UNIX_TIMESTAMP())"

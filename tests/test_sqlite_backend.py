@@ -235,16 +235,16 @@ def test_schema_version_and_wal_are_recorded_in_the_file(backend: SQLiteBackend,
         conn.close()
 
 
-def test_a_version_2_file_gains_the_workers_figures(db: Path) -> None:
+def test_a_version_3_file_gains_the_workers_figures(db: Path) -> None:
     backend = SQLiteBackend.from_url(f"sqlite:///{db}")
     backend.stats()
     backend.close()
-    conn = sqlite3.connect(db)  # as version 2 made it, with a worker's row
+    conn = sqlite3.connect(db)  # as version 3 made it, with a worker's row
     conn.execute("ALTER TABLE workers DROP COLUMN failed")
     conn.execute("ALTER TABLE workers DROP COLUMN durations")
     now = time.time()
     conn.execute("INSERT INTO workers VALUES ('old', 'h', 1, '[\"q\"]', ?, ?, 5, 0)", (now, now))
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()
     backend = SQLiteBackend.from_url(f"sqlite:///{db}")

@@ -27,6 +27,11 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
   started, with an expiry, for workers that verify signed calls.
 * **Watching.** Workers ``heartbeat`` a ``WorkerInfo``; ``stats`` reports queue depths,
   running tasks, live workers and dead letters.
+* **Dead letters.** ``bury`` keeps a ``DeadLetter`` (the newest ``MAX_DEAD_LETTERS``),
+  with the task to run again where one is given and its body is at most
+  ``config.MAX_DEAD_BODY`` bytes (the letter is then ``retryable``). ``retry_dead``
+  enqueues such tasks again, forgetting their start records, and deletes their letters;
+  ``drop_dead`` deletes letters.
 * **Blobs.** ``blob_store`` returns the backend's own store for payloads that travel out
   of band (``blobstores``); its expired blobs go with ``sweep`` or by themselves.
 * **Pairs.** ``send_and_wait`` (enqueue, then wait for replies: a blocking call) and
@@ -69,6 +74,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..blobstores import BlobStore
+from ..config import MAX_DEAD_BODY
 from ..errors import BackendUnavailable, ConfigurationError
 
 #: The dead letters a backend keeps (the newest); ``bury`` drops the oldest beyond it.
@@ -151,6 +157,10 @@ class DeadLetter:
     """A task that was given up on (e.g. it killed its worker on every attempt).
 
     ``traceback`` is the last failure's remote traceback, where there was one.
+    ``retryable`` says that the backend keeps the task, for ``Backend.retry_dead``; a
+    backend sets it when it reads the letter back (``bury`` ignores it). ``deadline`` is
+    the call's (epoch seconds; 0: none, or unknown): a worker drops a call it claims
+    after its deadline, retried or not.
     """
 
     id: str
@@ -159,6 +169,8 @@ class DeadLetter:
     reason: str
     at: float
     traceback: str = ""
+    retryable: bool = False
+    deadline: float = 0.0
 
 
 @dataclass(slots=True)
@@ -181,6 +193,11 @@ class Stats:
     dead: list[DeadLetter] = field(default_factory=list)
     parts: dict[str, int] = field(default_factory=dict)
     oldest: dict[str, float] = field(default_factory=dict)
+
+
+def kept(task: Job | None) -> Job | None:
+    """``task``, if a dead letter keeps it: its body is at most ``MAX_DEAD_BODY`` bytes."""
+    return task if task is not None and len(task.body) <= MAX_DEAD_BODY else None
 
 
 class Backend(ABC):
@@ -280,8 +297,9 @@ class Backend(ABC):
         """Remove a worker's record (on a clean exit)."""
 
     @abstractmethod
-    def bury(self, letter: DeadLetter) -> None:
-        """Keep a dead letter for ``status`` (the newest ``MAX_DEAD_LETTERS``)."""
+    def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
+        """Keep a dead letter for ``status`` (the newest ``MAX_DEAD_LETTERS``), with
+        ``task``, what ``retry_dead`` enqueues again, if ``kept(task)``."""
 
     @abstractmethod
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
@@ -309,6 +327,16 @@ class Backend(ABC):
     @abstractmethod
     def drop_dead(self, ids: Sequence[str]) -> int:
         """Delete the dead letters ``ids`` (unknown ids are skipped); return how many."""
+
+    @abstractmethod
+    def retry_dead(self, ids: Sequence[str]) -> int:
+        """Enqueue the task of each dead letter ``ids`` again and delete the letter, in one
+        step per letter where the broker can; return how many.
+
+        The task gets its id, queue, reply address and body back, no delay, and a fresh
+        attempt count: its start record (``note_starts``) is deleted too. Unknown ids and
+        letters that keep no task are skipped.
+        """
 
     @abstractmethod
     def purge(self, queue: str | None = None) -> int:

@@ -16,7 +16,17 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from ..blobstores.memory import DictBlobStore
-from .base import MAX_DEAD_LETTERS, Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from .base import (
+    MAX_DEAD_LETTERS,
+    Backend,
+    Claim,
+    DeadLetter,
+    Done,
+    Job,
+    Stats,
+    WorkerInfo,
+    kept,
+)
 
 
 @dataclass(slots=True)
@@ -47,6 +57,7 @@ class _Broker:
         self.replies: dict[str, deque[_Reply]] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.dead: deque[DeadLetter] = deque(maxlen=MAX_DEAD_LETTERS)
+        self.dead_tasks: dict[str, Job] = {}  # the tasks of retryable dead letters, by id
         self.purged: dict[str, float] = {}  # tombstones: id -> when purge deleted it
         self.starts: dict[str, list[float]] = {}  # id -> [starts, completed, keep_until]
         self.blobs: dict[str, tuple[bytes, float]] = {}  # id -> (blob, expiry)
@@ -72,11 +83,14 @@ class MemoryBackend(Backend):
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
         with self._b.cond:
-            queues = self._b.queues
-            for job in jobs:
-                if not any(job.id in q for q in queues.values()):  # a repeat is dropped
-                    queues.setdefault(job.queue, OrderedDict())[job.id] = _Entry(job)
-            self._b.cond.notify_all()
+            self._add(jobs)
+
+    def _add(self, jobs: Sequence[Job]) -> None:
+        queues = self._b.queues
+        for job in jobs:
+            if not any(job.id in q for q in queues.values()):  # a repeat is dropped
+                queues.setdefault(job.queue, OrderedDict())[job.id] = _Entry(job)
+        self._b.cond.notify_all()
 
     def claim(self, queues: Sequence[str], *, limit: int, lease: float, wait: float) -> list[Claim]:
         deadline = time.monotonic() + wait
@@ -175,18 +189,37 @@ class MemoryBackend(Backend):
         with self._b.cond:
             self._b.workers.pop(worker, None)
 
-    def bury(self, letter: DeadLetter) -> None:
+    def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
+        task = kept(task)
         with self._b.cond:
-            self._b.dead.appendleft(letter)
+            dead = self._b.dead
+            if len(dead) == dead.maxlen and dead[-1].retryable:  # the oldest goes
+                self._b.dead_tasks.pop(dead[-1].id, None)
+            dead.appendleft(replace(letter, retryable=task is not None))
+            if task is not None:
+                self._b.dead_tasks[letter.id] = replace(task, not_before=0.0)
 
     def drop_dead(self, ids: Sequence[str]) -> int:
-        gone = set(ids)
         with self._b.cond:
-            kept = [d for d in self._b.dead if d.id not in gone]
-            dropped = len(self._b.dead) - len(kept)
-            self._b.dead.clear()
-            self._b.dead.extend(kept)
+            return self._unbury(set(ids))
+
+    def _unbury(self, gone: set[str]) -> int:
+        remaining = [d for d in self._b.dead if d.id not in gone]
+        dropped = len(self._b.dead) - len(remaining)
+        self._b.dead.clear()
+        self._b.dead.extend(remaining)
+        for task_id in gone:
+            self._b.dead_tasks.pop(task_id, None)
         return dropped
+
+    def retry_dead(self, ids: Sequence[str]) -> int:
+        with self._b.cond:
+            tasks = [t for t in map(self._b.dead_tasks.get, set(ids)) if t is not None]
+            self._unbury({t.id for t in tasks})
+            for task in tasks:
+                self._b.starts.pop(task.id, None)
+            self._add(tasks)
+        return len(tasks)
 
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         now, out = time.time(), []

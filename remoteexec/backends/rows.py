@@ -22,6 +22,11 @@ _WORKER_FIELDS = tuple(f.name for f in fields(WorkerInfo))
 _ALL_WORKER = set(_WORKER_FIELDS)
 _BASIC = 8  # the fields before failed and durations
 _DEAD_FIELDS = tuple(f.name for f in fields(DeadLetter))
+_DEAD_DEFAULTS: tuple[Any, ...] = (
+    "",
+    False,
+    0.0,
+)  # traceback, retryable, deadline: newer than the rest
 
 
 def _time(value: Any) -> bool:
@@ -87,24 +92,31 @@ def worker_json(text: Any) -> WorkerInfo | None:
 
 
 def dead_letter(row: Sequence[Any]) -> DeadLetter | None:
-    """A ``DeadLetter`` from its fields in order (the traceback may be left out); None if
-    a field has the wrong type."""
-    if len(row) not in (len(_DEAD_FIELDS) - 1, len(_DEAD_FIELDS)):
+    """A ``DeadLetter`` from its fields in order (those after ``at`` may be left out;
+    ``retryable`` may be 0 or 1); None if a field has the wrong type."""
+    if not len(_DEAD_FIELDS) - len(_DEAD_DEFAULTS) <= len(row) <= len(_DEAD_FIELDS):
         return None
-    task_id, queue, name, reason, at, *rest = row
-    traceback = rest[0] if rest else ""
+    task_id, queue, name, reason, at = row[:5]
+    extra: list[Any] = [*row[5:], *_DEAD_DEFAULTS[len(row) - 5 :]]
+    traceback, retryable, deadline = extra
     strings = (task_id, queue, name, reason, traceback)
-    if not (all(type(s) is str for s in strings) and _time(at)):
+    if not (all(type(s) is str for s in strings) and _time(at) and _time(deadline)):
         return None
-    return DeadLetter(task_id, queue, name, reason, float(at), traceback)
+    if type(retryable) not in (bool, int) or retryable not in (0, 1):
+        return None
+    return DeadLetter(
+        task_id, queue, name, reason, float(at), traceback, bool(retryable), float(deadline)
+    )
 
 
 def dead_letter_json(text: Any) -> DeadLetter | None:
     """A ``DeadLetter`` from the JSON object a backend stored; None if it is not one."""
     data = _json(text)
-    if type(data) is not dict or not set(_DEAD_FIELDS[:-1]) <= set(data) <= set(_DEAD_FIELDS):
+    required = _DEAD_FIELDS[: -len(_DEAD_DEFAULTS)]
+    if type(data) is not dict or not set(required) <= set(data) <= set(_DEAD_FIELDS):
         return None
-    return dead_letter([data[name] for name in _DEAD_FIELDS if name in data])
+    defaults = dict(zip(_DEAD_FIELDS[len(required) :], _DEAD_DEFAULTS, strict=True))
+    return dead_letter([data[n] if n in data else defaults[n] for n in _DEAD_FIELDS])
 
 
 def _json(text: Any) -> Any:

@@ -303,8 +303,11 @@ class MySQLBackend(Backend):
     def forget_worker(self, worker: str) -> None:
         self._watch.forget_worker(worker)
 
-    def bury(self, letter: DeadLetter) -> None:
-        self._watch.bury(letter)
+    def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
+        self._watch.bury(letter, task)
+
+    def retry_dead(self, ids: Sequence[str]) -> int:
+        return self._watch.retry_dead(ids)
 
     def drop_dead(self, ids: Sequence[str]) -> int:
         return self._watch.drop_dead(ids)

@@ -21,14 +21,16 @@ thing to every machine whatever their clocks say.
     Replies waiting for a client's ``reply_to``, read in ``seq`` order through
     ``(reply_to, seq)``; ``created`` lets ``sweep`` expire uncollected ones.
 ``remoteexec_workers``, ``remoteexec_dead_letters``
-    Heartbeats and the newest dead letters, for ``stats``.
+    Heartbeats and the newest dead letters, for ``stats``; a dead letter keeps its
+    task's reply address and body where ``retry_dead`` may enqueue it again (NULL
+    otherwise), and the last failure's traceback.
 ``remoteexec_blobs``
     Chunks of the blobs of out-of-band payloads (``blobs.py``), with their expiry; made
     on first use too, in a database made before the table existed (no version change).
 ``remoteexec_schema``
     One row, ``('schema', version)``. ``MIGRATIONS[n]`` upgrades version ``n - 1`` to ``n``
-    (version 2: the names' no-pad collation; version 3: the workers' ``failed`` and
-    ``durations``).
+    (version 2: the names' no-pad collation; version 3: the dead letters' traceback,
+    reply address, body and deadline; version 4: the workers' ``failed`` and ``durations``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from .statements import BLOBS_TABLE, marks
 
 log = logging.getLogger("remoteexec.mysql")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _VERSION = "SELECT version FROM remoteexec_schema WHERE name = 'schema'"
 
 #: Binary no-pad collations, best first; ``utf8mb4_bin`` (padding) only where none exists
@@ -127,7 +129,12 @@ _CREATE = [
     queue VARCHAR(191) {text} NOT NULL,
     name VARCHAR(255) {text} NOT NULL,
     reason TEXT {text} NOT NULL,
-    at DOUBLE NOT NULL
+    at DOUBLE NOT NULL,
+    traceback TEXT {text} NULL,
+    reply_to VARCHAR(191) {text} NULL,
+    body MEDIUMBLOB NULL,
+    deadline DOUBLE NOT NULL DEFAULT 0,
+    KEY ix_dead_id (id)
 ) {table}""",
 ]
 
@@ -141,10 +148,21 @@ MIGRATIONS: dict[int, list[str]] = {
         for table, columns in _COLUMNS.items()
     ],
     3: [
-        "ALTER TABLE remoteexec_workers ADD COLUMN failed BIGINT NOT NULL DEFAULT 0, "
-        "ADD COLUMN durations MEDIUMTEXT CHARACTER SET ascii COLLATE ascii_bin NULL"
+        "ALTER TABLE remoteexec_dead_letters ADD COLUMN traceback TEXT {text} NULL",
+        "ALTER TABLE remoteexec_dead_letters ADD COLUMN reply_to VARCHAR(191) {text} NULL",
+        "ALTER TABLE remoteexec_dead_letters ADD COLUMN body MEDIUMBLOB NULL",
+        "ALTER TABLE remoteexec_dead_letters ADD COLUMN deadline DOUBLE NOT NULL DEFAULT 0",
+        "ALTER TABLE remoteexec_dead_letters ADD KEY ix_dead_id (id)",
+    ],
+    4: [
+        "ALTER TABLE remoteexec_workers ADD COLUMN failed BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE remoteexec_workers ADD COLUMN durations "
+        "MEDIUMTEXT CHARACTER SET ascii COLLATE ascii_bin NULL",
     ],
 }
+#: Errors a migration step may meet in a database that has its change already: the
+#: column or key exists (one step is one change, so it is skipped alone).
+_DONE_ALREADY = (1060, 1061)
 
 
 def schema_sql(names: str = NAMES[0]) -> list[str]:
@@ -194,7 +212,11 @@ def apply_schema(cur: Cursor) -> None:
     text = _TEXT.format(names=names)
     for version in range(schema_version(cur) + 1, SCHEMA_VERSION + 1):
         for sql in MIGRATIONS.get(version, []):
-            cur.execute(sql.format(text=text, names=names))
+            try:
+                cur.execute(sql.format(text=text, names=names))
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] not in _DONE_ALREADY:
+                    raise
         cur.execute("UPDATE remoteexec_schema SET version = %s WHERE name = 'schema'", (version,))
         log.info("migrated the remoteexec schema to version %d", version)
 

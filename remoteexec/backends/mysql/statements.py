@@ -123,10 +123,31 @@ HEARTBEAT = (
 )
 FORGET_WORKER = "DELETE FROM remoteexec_workers WHERE id = %s"
 BURY = (
-    "INSERT INTO remoteexec_dead_letters (id, queue, name, reason, at) "
-    "VALUES (%s, %s, %s, %s, %s); DELETE FROM remoteexec_dead_letters "
+    "INSERT INTO remoteexec_dead_letters (id, queue, name, reason, at, traceback, deadline, "
+    "reply_to, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s); "
+    "DELETE FROM remoteexec_dead_letters "
     f"WHERE seq <= CAST(LAST_INSERT_ID() AS SIGNED) - {MAX_DEAD_LETTERS}"
 )
+
+
+def retry_dead(n: int) -> tuple[str, str]:
+    """The two round trips of ``retry_dead`` for ``n`` ids: lock the letters that keep a
+    task (the SELECT's result is the third), then, with the ids found, enqueue the newest
+    letter's task of each, forget their start records and delete their letters."""
+    ids = marks(n)
+    lock = (
+        f"{STARTS_TABLE}; START TRANSACTION; SELECT DISTINCT id FROM remoteexec_dead_letters "
+        f"WHERE id IN ({ids}) AND body IS NOT NULL FOR UPDATE"
+    )
+    revive = (
+        f"INSERT IGNORE INTO {TASKS} (id, queue, reply_to, body, created) "
+        f"SELECT id, queue, reply_to, body, {NOW} FROM remoteexec_dead_letters WHERE seq IN "
+        "(SELECT * FROM (SELECT MAX(seq) FROM remoteexec_dead_letters "
+        f"WHERE id IN ({{0}}) AND body IS NOT NULL GROUP BY id) AS newest); "
+        "DELETE FROM remoteexec_starts WHERE id IN ({0}); "
+        "DELETE FROM remoteexec_dead_letters WHERE id IN ({0}); COMMIT"
+    )
+    return lock, revive
 
 
 def note_starts(n: int) -> str:
@@ -154,8 +175,8 @@ STATS = (
     f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW}; "
     "SELECT id, host, pid, queues, started, last_seen, done, running, failed, durations "
     f"FROM remoteexec_workers WHERE seen_at > {NOW} - %s ORDER BY id; "
-    "SELECT id, queue, name, reason, at FROM remoteexec_dead_letters "
-    f"ORDER BY seq DESC LIMIT {MAX_DEAD_LETTERS}"
+    "SELECT id, queue, name, reason, at, COALESCE(traceback, ''), body IS NOT NULL, deadline "
+    f"FROM remoteexec_dead_letters ORDER BY seq DESC LIMIT {MAX_DEAD_LETTERS}"
 )
 #: Each remoteexec table's rows (InnoDB's estimate) and bytes (data and indexes).
 TABLE_SIZES = (

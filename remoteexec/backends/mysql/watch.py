@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..base import DeadLetter, Stats, WorkerInfo
+from ..base import DeadLetter, Job, Stats, WorkerInfo, kept
 from ..rows import dead_letter, worker_info
 from .connection import Connections, Result, execute
 from .statements import (
@@ -28,6 +28,7 @@ from .statements import (
     marks,
     note_starts,
     purge,
+    retry_dead,
 )
 
 _LOOKUP = 2000  # ids asked about per round trip by lost and purged
@@ -52,9 +53,25 @@ class Watch:
     def forget_worker(self, worker: str) -> None:
         self._db.run(lambda cur: execute(cur, FORGET_WORKER, (worker,)), retry_lost=True)
 
-    def bury(self, letter: DeadLetter) -> None:
-        args = (letter.id, letter.queue, letter.name, letter.reason, letter.at)
+    def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
+        task = kept(task)
+        args: tuple[Any, ...] = (letter.id, letter.queue, letter.name, letter.reason)
+        args += (letter.at, letter.traceback, letter.deadline)
+        args += (task.reply_to, task.body) if task else (None, None)
         self._db.run(lambda cur: execute(cur, BURY, args))
+
+    def retry_dead(self, ids: Sequence[str]) -> int:
+        """One transaction, in two round trips (see ``statements.retry_dead``)."""
+        wanted = list(set(ids))
+        lock, revive = retry_dead(len(wanted))
+
+        def tx(cur: Any) -> int:
+            found = [_text(i) for (i,) in execute(cur, lock, wanted)[2][1]]
+            sql = revive.format(marks(len(found))) if found else "COMMIT"
+            execute(cur, sql, found * 3)
+            return len(found)
+
+        return self._db.run(tx) if wanted else 0
 
     def drop_dead(self, ids: Sequence[str]) -> int:
         if not ids:

@@ -401,9 +401,22 @@ class RedisBackend(Backend):
         with self._mapper:
             self._watching().forget_worker(worker)
 
-    def bury(self, letter: DeadLetter) -> None:
+    def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
         with self._mapper:
-            self._watching().bury(letter)
+            self._watching().bury(letter, task)
+
+    def retry_dead(self, ids: Sequence[str]) -> int:
+        """Two steps: the tasks and letters are taken in one transaction, then the tasks
+        enqueued; if that fails, the letters are put back (best effort) and it raises."""
+        with self._mapper:
+            taken = self._watching().take_dead(ids)
+        try:
+            self.enqueue([job for job, _ in taken])
+        except BackendUnavailable:
+            with contextlib.suppress(BackendUnavailable), self._mapper:
+                self._watching().unbury(taken)
+            raise
+        return len(taken)
 
     def drop_dead(self, ids: Sequence[str]) -> int:
         with self._mapper:

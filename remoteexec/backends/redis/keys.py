@@ -62,6 +62,11 @@ class Keys:
         return self.prefix + "dead"
 
     @property
+    def dead_tasks(self) -> str:
+        """The tasks of retryable dead letters, by id: hashed with ``dead`` (one slot)."""
+        return f"{self.prefix}{{{self.dead}}}:tasks"
+
+    @property
     def purged(self) -> str:
         return self.prefix + "purged"
 

@@ -11,17 +11,17 @@ import json
 import logging
 import time
 from collections.abc import Sequence, Set
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 from redis.cluster import RedisCluster
 
-from ..base import MAX_DEAD_LETTERS, DeadLetter, Stats, WorkerInfo
+from ..base import MAX_DEAD_LETTERS, DeadLetter, Job, Stats, WorkerInfo, kept
 from ..rows import dead_letter_json, worker_json
 from .commands import requeue
-from .elements import unpack_reply, unpack_task
+from .elements import pack_task, unpack_reply, unpack_task
 from .keys import Keys
 from .wire import raw
 
@@ -93,23 +93,87 @@ class Watch:
     def forget_worker(self, worker: str) -> None:
         self._cmd("HDEL", self._keys.workers, worker)
 
-    def bury(self, letter: DeadLetter) -> None:
+    def bury(self, letter: DeadLetter, task: Job | None) -> None:
+        """The letter goes in the ``dead`` list, its task (a task element) in the
+        ``dead_tasks`` hash; the tasks of letters trimmed off the list go after them."""
+        task, dead = kept(task), self._keys.dead
+        stored = json.dumps(asdict(replace(letter, retryable=task is not None)))
         with self._pipe() as p:
-            p.lpush(self._keys.dead, json.dumps(asdict(letter)))
-            p.ltrim(self._keys.dead, 0, MAX_DEAD_LETTERS - 1)
-            p.execute()
+            p.lpush(dead, stored)
+            if task is not None:
+                p.hset(
+                    self._keys.dead_tasks,
+                    letter.id,
+                    pack_task(task.id, task.reply_to, 0, task.body),
+                )
+            p.lrange(dead, MAX_DEAD_LETTERS, -1)
+            p.ltrim(dead, 0, MAX_DEAD_LETTERS - 1)
+            trimmed = p.execute()[-2]
+        gone = [d.id for d in map(dead_letter_json, trimmed) if d is not None and d.retryable]
+        if gone:
+            self._cmd("HDEL", self._keys.dead_tasks, *gone)
+
+    def _letters(self, ids: Set[str]) -> dict[str, list[bytes]]:
+        """The stored text of the letters of ``ids``, by id, newest first."""
+        found: dict[str, list[bytes]] = {}
+        for raw_letter in self._cmd("LRANGE", self._keys.dead, 0, -1):
+            letter = dead_letter_json(raw_letter)
+            if letter is not None and letter.id in ids:
+                found.setdefault(letter.id, []).append(raw_letter)
+        return found
 
     def drop_dead(self, ids: Sequence[str]) -> int:
         """Each matching entry is removed by its exact stored text."""
-        gone, dropped = set(ids), 0
-        for raw_letter in self._cmd("LRANGE", self._keys.dead, 0, -1):
-            try:
-                letter_id = json.loads(raw_letter).get("id")
-            except (ValueError, AttributeError):
-                continue
-            if letter_id in gone:
+        dropped = 0
+        for task_id, texts in self._letters(set(ids)).items():
+            for raw_letter in texts:
                 dropped += int(self._cmd("LREM", self._keys.dead, 1, raw_letter))
+            self._cmd("HDEL", self._keys.dead_tasks, task_id)
         return dropped
+
+    def take_dead(self, ids: Sequence[str]) -> list[tuple[Job, list[bytes]]]:
+        """Take the tasks of the letters ``ids`` that keep one, with the letters' stored
+        texts: the tasks and letters are deleted in one transaction (a task another
+        caller took meanwhile is not returned) and the tasks' start records after it."""
+        wanted = list(set(ids))
+        letters = self._letters(set(wanted)) if wanted else {}
+        found = [i for i in wanted if i in letters]
+        elems = self._cmd("HMGET", self._keys.dead_tasks, *found) if found else []
+        jobs: list[tuple[Job, list[bytes]]] = []
+        for task_id, elem in zip(found, elems, strict=True):
+            queue = json.loads(letters[task_id][0])["queue"]  # a letter read as valid
+            try:
+                claim = unpack_task(elem, queue, "")
+            except Exception:  # anything read from the broker may be garbage
+                continue
+            if claim.id == task_id:
+                jobs.append((Job(task_id, queue, claim.reply_to, claim.body), letters[task_id]))
+        if not jobs:
+            return []
+        with self._pipe() as p:
+            for job, texts in jobs:
+                p.hdel(self._keys.dead_tasks, job.id)
+                for raw_letter in texts:
+                    p.lrem(self._keys.dead, 1, raw_letter)  # type: ignore[arg-type]
+            out = p.execute()
+        taken, i = [], 0
+        for job, texts in jobs:
+            if out[i] == 1:
+                taken.append((job, texts))
+            i += 1 + len(texts)
+        with self._pipe(transaction=False) as p:  # one slot each on a cluster
+            for job, _ in taken:
+                p.delete(self._keys.starts(job.id))
+            p.execute()
+        return taken
+
+    def unbury(self, taken: list[tuple[Job, list[bytes]]]) -> None:
+        """Put back the letters and tasks ``take_dead`` took (their enqueue failed)."""
+        with self._pipe() as p:
+            for job, texts in taken:
+                p.rpush(self._keys.dead, *texts)
+                p.hset(self._keys.dead_tasks, job.id, pack_task(job.id, job.reply_to, 0, job.body))
+            p.execute()
 
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         """One hash per id (``starts:<id>``: ``n``, ``done``), expiring at its keep_until."""

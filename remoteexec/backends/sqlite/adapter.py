@@ -23,7 +23,6 @@ a commit survives a crashed process (a power cut may lose the last few). Beyond 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -36,7 +35,17 @@ from dataclasses import astuple
 from typing import Any
 
 from ...errors import ConfigurationError
-from ..base import MAX_DEAD_LETTERS, Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
+from ..base import (
+    MAX_DEAD_LETTERS,
+    Backend,
+    Claim,
+    DeadLetter,
+    Done,
+    Job,
+    Stats,
+    WorkerInfo,
+    kept,
+)
 from ..rows import dead_letter, worker_info
 from ..sql import Idleness
 from .blobs import SQLiteBlobStore
@@ -46,6 +55,8 @@ from .statements import (
     BODY,
     BURY,
     CLAIM,
+    DEAD,
+    DEAD_TASK,
     DEPTH,
     ENQUEUE,
     FORGET_STARTS,
@@ -54,8 +65,8 @@ from .statements import (
     NOTE_START,
     PEEK,
     REPLY,
+    REVIVE,
     STARTS,
-    TABLE_SIZES,
     chunks,
     marks,
 )
@@ -267,9 +278,13 @@ class SQLiteBackend(Backend):
     def forget_worker(self, worker: str) -> None:
         self._db.run(lambda conn: conn.execute("DELETE FROM workers WHERE id = ?", (worker,)))
 
-    def bury(self, letter: DeadLetter) -> None:
+    def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
+        task = kept(task)
+        kept_task = (task.reply_to, task.body) if task else (None, None)
+        row = (*astuple(letter)[:6], letter.deadline, *kept_task)
+
         def tx(conn: sqlite3.Connection) -> None:
-            seq = conn.execute(BURY, astuple(letter)[:5]).lastrowid
+            seq = conn.execute(BURY, row).lastrowid
             conn.execute("DELETE FROM dead WHERE seq <= ?", ((seq or 0) - MAX_DEAD_LETTERS,))
 
         self._db.run(tx)
@@ -280,6 +295,27 @@ class SQLiteBackend(Backend):
             return sum(conn.execute(drop, (i,)).rowcount for i in set(ids))
 
         return self._db.run(tx)
+
+    def retry_dead(self, ids: Sequence[str]) -> int:
+        """One transaction: each letter's task enqueued, its start record and letter gone."""
+
+        def tx(conn: sqlite3.Connection) -> int:
+            conn.execute(STARTS[0])
+            now, retried = time.time(), 0
+            for task_id in set(ids):
+                row = conn.execute(DEAD_TASK, (task_id,)).fetchone()
+                if row is None or not (type(row[0]) is type(row[1]) is str):
+                    continue
+                if type(row[2]) is not bytes:  # written by someone else
+                    continue
+                conn.execute(REVIVE, (task_id, *row, now))
+                conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (row[0],))
+                conn.execute("DELETE FROM starts WHERE id = ?", (task_id,))
+                conn.execute("DELETE FROM dead WHERE id = ?", (task_id,))
+                retried += 1
+            return retried
+
+        return self._db.run(tx) if ids else 0
 
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         def tx(conn: sqlite3.Connection) -> list[tuple[int, bool]]:
@@ -310,7 +346,7 @@ class SQLiteBackend(Backend):
                 "SELECT * FROM workers WHERE last_seen > ? ORDER BY started, id",
                 (now - self.worker_ttl,),
             )
-            dead = conn.execute("SELECT id, queue, name, reason, at FROM dead ORDER BY seq DESC")
+            dead = conn.execute(DEAD)
             return Stats(
                 depth,
                 int(sum(held for _, _, held, _ in rows)),
@@ -322,21 +358,7 @@ class SQLiteBackend(Backend):
         return self._db.run(tx, "DEFERRED")
 
     def health(self) -> dict[str, float | str]:
-        """The file's and its write-ahead log's bytes, and each table's and index's."""
-        figures: dict[str, float | str] = {}
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                figures[f"file{suffix} bytes"] = os.path.getsize(self.path + suffix)
-
-        def sizes(conn: sqlite3.Connection) -> list[tuple[Any, Any]]:
-            try:
-                return conn.execute(TABLE_SIZES).fetchall()
-            except sqlite3.OperationalError:  # a build without dbstat
-                return []
-
-        for name, size in self._db.run(sizes, "DEFERRED"):
-            figures[f"{name} bytes"] = int(size)
-        return figures
+        return self._db.health()
 
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting tasks and expired leases, leaving a tombstone for each."""
@@ -429,5 +451,5 @@ def _quarantine(
     log.error("task row %d in queue %r moved to the dead letters: %s", seq, queue, reason)
     ident = task_id if type(task_id) is str else repr(task_id)[:200]
     conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))
-    last = conn.execute(BURY, (ident, queue, "?", reason, time.time())).lastrowid
+    last = conn.execute(BURY, (ident, queue, "?", reason, time.time(), "", 0, None, None)).lastrowid
     conn.execute("DELETE FROM dead WHERE seq <= ?", ((last or 0) - MAX_DEAD_LETTERS,))

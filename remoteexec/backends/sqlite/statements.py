@@ -8,7 +8,9 @@
     Replies waiting for a client's ``reply_to``, with their task's id, so ``lost`` sees an
     answered task in one snapshot.
 ``queues``, ``workers``, ``dead``
-    Known queue names, heartbeats and the newest dead letters, for ``stats``.
+    Known queue names, heartbeats and the newest dead letters, for ``stats``; a dead
+    letter keeps its task's reply address and body where ``retry_dead`` may enqueue it
+    again (NULL otherwise).
 ``purged``
     A tombstone per id ``purge`` deleted, kept ``result_ttl`` seconds.
 ``starts``
@@ -18,7 +20,8 @@
     with the schema, and on first use in a database made before the table existed.
 
 The version is recorded in ``PRAGMA user_version``; version 1 lacked ``replies.task_id``,
-version 2 ``workers.failed`` and ``workers.durations``.
+version 2 ``dead.traceback``, ``dead.reply_to``, ``dead.body`` and ``dead.deadline``,
+version 3 ``workers.failed`` and ``workers.durations``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Sequence
 from ..sql import schema_is_current
 
 #: The schema this module creates, recorded in ``PRAGMA user_version``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: The blobs table (``blobs.py``): made with the schema, and on first use.
 BLOBS = (
@@ -61,7 +64,8 @@ _SCHEMA = [
         durations TEXT NOT NULL DEFAULT '{}')""",
     """CREATE TABLE IF NOT EXISTS dead (
         seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL, name TEXT NOT NULL,
-        reason TEXT NOT NULL, at REAL NOT NULL)""",
+        reason TEXT NOT NULL, at REAL NOT NULL, traceback TEXT NOT NULL DEFAULT '',
+        reply_to TEXT, body BLOB, deadline REAL NOT NULL DEFAULT 0)""",
     *BLOBS,
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 ]
@@ -94,7 +98,22 @@ PEEK = (
 HELD = "id = ? AND token = ? AND lease_until > ?"
 REPLY = "INSERT INTO replies (reply_to, body, created, task_id) VALUES (?, ?, ?, ?)"
 HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-BURY = "INSERT INTO dead (id, queue, name, reason, at) VALUES (?, ?, ?, ?, ?)"
+BURY = (
+    "INSERT INTO dead (id, queue, name, reason, at, traceback, deadline, reply_to, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: The dead letters, newest first, with whether each keeps its task.
+DEAD = (
+    "SELECT id, queue, name, reason, at, traceback, body IS NOT NULL, deadline FROM dead "
+    "ORDER BY seq DESC"
+)
+#: The task the newest letter of an id keeps, to enqueue again.
+DEAD_TASK = (
+    "SELECT queue, reply_to, body FROM dead WHERE id = ? AND body IS NOT NULL "
+    "ORDER BY seq DESC LIMIT 1"
+)
+REVIVE = "INSERT INTO tasks (id, queue, reply_to, body, created) VALUES (?, ?, ?, ?, ?) "
+REVIVE += "ON CONFLICT (id) DO NOTHING"
 DEPTH = (  # per queue: waiting (or lease expired), running, the oldest waiting's enqueue time
     "SELECT queue, total(token IS NULL OR lease_until <= ?1), "
     "total(token IS NOT NULL AND lease_until > ?1), "
@@ -127,11 +146,17 @@ def schema_ready(conn: sqlite3.Connection, path: str) -> bool:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Create the schema, or bring version 1 up to date (call it under the write lock)."""
+    """Create the schema, or bring an older version up to date (call it under the write
+    lock)."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version == 1:
         conn.execute("ALTER TABLE replies ADD COLUMN task_id TEXT")
-    if version in (1, 2):
+    if 1 <= version <= 2:
+        conn.execute("ALTER TABLE dead ADD COLUMN traceback TEXT NOT NULL DEFAULT ''")
+        conn.execute("ALTER TABLE dead ADD COLUMN reply_to TEXT")
+        conn.execute("ALTER TABLE dead ADD COLUMN body BLOB")
+        conn.execute("ALTER TABLE dead ADD COLUMN deadline REAL NOT NULL DEFAULT 0")
+    if 1 <= version <= 3:
         conn.execute("ALTER TABLE workers ADD COLUMN failed INTEGER NOT NULL DEFAULT 0")
         conn.execute("ALTER TABLE workers ADD COLUMN durations TEXT NOT NULL DEFAULT '{}'")
     if version < SCHEMA_VERSION:
