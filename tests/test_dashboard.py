@@ -174,6 +174,18 @@ def _queued(url: str, n: int) -> None:
     backend.close()
 
 
+ACTIONS = [
+    ("api/purge", {"queue": "q"}, {"purged": 3}),
+    ("api/dead/retry", {"ids": ["d1"]}, {"retried": 1}),
+    ("api/dead/drop", {"ids": ["d2"]}, {"dropped": 1}),
+]
+
+
+def _state(backend: Any) -> tuple[Any, ...]:
+    stats = backend.stats()
+    return stats.queues.get("q", 0), stats.queues.get("r", 0), sorted(d.id for d in stats.dead)
+
+
 @pytest.mark.parametrize("allow, token", [(False, None), (False, "t"), (True, None), (True, "t")])
 def test_actions_answer_403_unless_allowed_with_token_and_csrf(
     tmp_path: Path, allow: bool, token: str | None
@@ -181,6 +193,11 @@ def test_actions_answer_403_unless_allowed_with_token_and_csrf(
     url = f"sqlite:///{tmp_path / 'rx.db'}"
     _queued(url, 3)
     backend = open_backend(url)
+    now = time.time()
+    backend.bury(DeadLetter("d1", "r", "A.run", "failed", now), Job("d1", "r", "", b"x"))
+    backend.bury(DeadLetter("d2", "r", "A.run", "failed", now), Job("d2", "r", "", b"x"))
+    before = _state(backend)
+    assert before == (3, 0, ["d1", "d2"])
     try:
         for site in _serve(make_app(backend, allow_actions=allow, token=token)):
             csrf = _csrf(site)
@@ -190,19 +207,54 @@ def test_actions_answer_403_unless_allowed_with_token_and_csrf(
                 {"X-CSRF-Token": csrf},
                 {"Authorization": "Bearer wrong", "X-CSRF-Token": csrf},
                 {"Authorization": "Bearer t", "X-CSRF-Token": "wrong"},
+                {"Cookie": "rx_session=forged", "X-CSRF-Token": csrf},
             ):
-                assert _post(site, headers)[0] == 403
-            assert backend.stats().queues.get("q") == 3
+                for path, body, _ in ACTIONS:
+                    assert _post(site, headers, path, body)[0] == 403, (path, headers)
+            assert _state(backend) == before
             good = {"Authorization": "Bearer t", "X-CSRF-Token": csrf}
-            status, answer = _post(site, good)
-            if allow and token:
-                assert (status, answer) == (200, {"purged": 3})
-                assert backend.stats().queues.get("q", 0) == 0
-            else:
-                assert status == 403
-                assert backend.stats().queues.get("q") == 3
+            for path, body, answer in ACTIONS:
+                if allow and token:
+                    assert _post(site, good, path, body) == (200, answer)
+                else:
+                    assert _post(site, good, path, body)[0] == 403
+            assert _state(backend) == ((0, 1, []) if allow and token else before)
     finally:
         backend.close()
+
+
+def test_the_login_form_refuses_a_wrong_token_and_a_dashboard_without_actions(
+    tmp_path: Path,
+) -> None:
+    backend = open_backend(f"sqlite:///{tmp_path / 'rx.db'}")
+    try:
+        for allow, token, given, status in [
+            (True, "t", "wrong", 403),
+            (False, "t", "t", 403),
+            (True, "t", "t", 303),
+        ]:
+            for site in _serve(make_app(backend, allow_actions=allow, token=token)):
+                request = urllib.request.Request(
+                    site + "login", f"token={given}".encode(), method="POST"
+                )
+                opener = urllib.request.build_opener(_NoRedirect)
+                try:
+                    with opener.open(request, timeout=10) as answer:
+                        got, cookie = answer.status, answer.headers.get("set-cookie", "")
+                except urllib.error.HTTPError as exc:
+                    with exc:
+                        got, cookie = exc.code, exc.headers.get("set-cookie", "")
+                assert got == status
+                assert ("rx_session=" in cookie) == (status == 303)
+                if cookie:
+                    assert "HttpOnly" in cookie and "SameSite=strict" in cookie, cookie
+    finally:
+        backend.close()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
 
 
 def test_a_purge_is_logged_with_who_and_what(tmp_path: Path, caplog: Any) -> None:
