@@ -223,14 +223,15 @@ def test_actions_answer_403_unless_allowed_with_token_and_csrf(
         backend.close()
 
 
-def test_the_login_form_refuses_a_wrong_token_and_a_dashboard_without_actions(
+def test_the_login_form_refuses_a_wrong_token_and_a_dashboard_without_one(
     tmp_path: Path,
 ) -> None:
     backend = open_backend(f"sqlite:///{tmp_path / 'rx.db'}")
     try:
         for allow, token, given, status in [
             (True, "t", "wrong", 403),
-            (False, "t", "t", 403),
+            (False, None, "t", 403),
+            (False, "t", "t", 303),  # to read: actions stay off (see above)
             (True, "t", "t", 303),
         ]:
             for site in _serve(make_app(backend, allow_actions=allow, token=token)):
@@ -248,6 +249,24 @@ def test_the_login_form_refuses_a_wrong_token_and_a_dashboard_without_actions(
                 assert ("rx_session=" in cookie) == (status == 303)
                 if cookie:
                     assert "HttpOnly" in cookie and "SameSite=strict" in cookie, cookie
+    finally:
+        backend.close()
+
+
+def test_with_a_token_the_data_is_only_for_who_proves_it(tmp_path: Path) -> None:
+    backend = open_backend(f"sqlite:///{tmp_path / 'rx.db'}")
+    try:
+        for site in _serve(make_app(backend, token="t")):
+            for headers, status in [({}, 401), ({"Authorization": "Bearer x"}, 401)]:
+                request = urllib.request.Request(site + "api/snapshot", headers=headers)
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(request, timeout=10)
+                with refused.value:
+                    assert refused.value.code == status
+            token = {"Authorization": "Bearer t"}
+            request = urllib.request.Request(site + "api/snapshot", headers=token)
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert json.load(answer)["actions"] is False
     finally:
         backend.close()
 
@@ -303,13 +322,14 @@ def test_the_login_form_sets_a_strict_http_only_session_that_drops_a_dead_letter
     for site in _serve(make_app(backend, allow_actions=True, token="s3cret")):
         browser.delete_all_cookies()
         browser.get(site)
-        shown = _wait_for(browser, "return document.querySelector('#dead pre.traceback')")
-        assert shown.get_attribute("textContent") == trace
-        assert not browser.execute_script("return document.querySelectorAll('#dead button').length")
+        _wait_for(browser, "return document.getElementById('token')")  # data only after login
+        assert not browser.execute_script("return document.querySelectorAll('#dead tr').length")
         _log_in(browser, "wrong")
         assert "wrong token" in browser.page_source  # the 403 answer
         browser.get(site)
         _log_in(browser, "s3cret")
+        shown = _wait_for(browser, "return document.querySelector('#dead pre.traceback')")
+        assert shown.get_attribute("textContent") == trace
         [cookie] = browser.get_cookies()
         assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
             "rx_session",
@@ -370,13 +390,13 @@ def test_a_poison_tasks_dead_letter_shows_and_a_retry_from_the_page_runs_it_agai
         for site in _serve(make_app(backend, allow_actions=True, token="t")):
             browser.delete_all_cookies()
             browser.get(site)
+            _log_in(browser, "t")
             _wait_for(browser, DEAD_IDS_JS + f".includes({json.dumps(task_id)})")
             shown = browser.execute_script(
                 "return [...document.querySelectorAll('#dead pre.traceback')]"
                 ".map(p => p.textContent)"
             )
             assert shown == ([letter.traceback] if letter.traceback else [])
-            _log_in(browser, "t")
             _wait_for(browser, "return document.querySelector('#dead tr button')")
             browser.execute_script(
                 "[...document.querySelectorAll('#dead tr button')]"

@@ -1,6 +1,9 @@
 """The Starlette application: the page, ``GET /api/snapshot``, the login form and the
 guarded actions.
 
+With a token, ``GET /api/snapshot`` answers 401 until the request proves it (the page then
+shows the login form).
+
 An action (``POST /api/purge``, ``/api/dead/retry``, ``/api/dead/drop``) answers 403 and
 changes nothing unless ``auth.Guard`` lets it through: actions allowed, the token or a login,
 and the CSRF token. Each action taken, and each refused, is logged with who (the client's
@@ -93,6 +96,8 @@ def make_app(
         return HTMLResponse(page)
 
     async def snapshot(request: Request) -> Response:
+        if not guard.may_read(request):
+            return JSONResponse({"error": "log in with the dashboard's token"}, status_code=401)
         data = await run_in_threadpool(sampler.snapshot)
         data["actions"] = guard.actions
         data["signed_in"] = guard.signed_in(request) is not None
@@ -108,7 +113,7 @@ def make_app(
         session = guard.login(given)
         if session is None:
             log.warning("dashboard: refused login from %s", who)
-            return JSONResponse({"error": "wrong token, or actions are off"}, status_code=403)
+            return JSONResponse({"error": "wrong token, or none is set"}, status_code=403)
         log.warning("dashboard: %s logged in", who)
         answer = RedirectResponse("/", status_code=303)
         answer.set_cookie(

@@ -1,10 +1,13 @@
-"""Who may act on the dashboard: the token, the sessions of the login form, the CSRF token.
+"""Who may read and act on the dashboard: the token, the login form's sessions, the CSRF
+token.
 
-An action goes ahead only when the dashboard allows actions, the request proves it knows the
-token (``Authorization: Bearer <token>``, or the session cookie the login form set after
-being given the token) and it carries the CSRF token the page reads from ``GET /api/csrf``
-(header ``X-CSRF-Token``). The session cookie is ``HttpOnly`` and ``SameSite=Strict``: a
-script cannot read it and another site's request does not carry it.
+A dashboard given a token shows its data only to requests that prove they know it; one
+without a token shows it to anyone who reaches it (on loopback, by default). An action goes
+ahead only when the dashboard allows actions, the request proves it knows the token
+(``Authorization: Bearer <token>``, or the session cookie the login form set after being
+given the token) and it carries the CSRF token the page reads from ``GET /api/csrf`` (header
+``X-CSRF-Token``). The session cookie is ``HttpOnly`` and ``SameSite=Strict``: a script
+cannot read it and another site's request does not carry it.
 """
 
 from __future__ import annotations
@@ -30,15 +33,15 @@ class Guard:
     """The token, the CSRF token and the live sessions of one dashboard."""
 
     def __init__(self, *, allow_actions: bool, token: str | None) -> None:
-        self.token = token if allow_actions and token else None
+        self.token = token or None
+        self.actions = allow_actions and self.token is not None
         self.csrf = secrets.token_urlsafe(32)
         self._sessions: dict[str, float] = {}  # session id -> expiry (monotonic)
         self._lock = threading.Lock()
 
-    @property
-    def actions(self) -> bool:
-        """Whether any action is possible at all."""
-        return self.token is not None
+    def may_read(self, request: Request) -> bool:
+        """Whether ``request`` may read the data: there is no token, or it proves it."""
+        return self.token is None or self.signed_in(request) is not None
 
     def login(self, token: str | None) -> str | None:
         """A new session id if ``token`` is the token, else None."""
@@ -73,7 +76,7 @@ class Guard:
 
     def refused(self, request: Request) -> str | None:
         """Why an action is refused, or None when it may go ahead."""
-        if self.token is None:
+        if not self.actions:
             return "actions are off (start the dashboard with --allow-actions and a token)"
         if self.signed_in(request) is None:
             return "a valid token or login is required"
