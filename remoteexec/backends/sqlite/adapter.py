@@ -62,6 +62,7 @@ from .statements import (
     FORGET_STARTS,
     HEARTBEAT,
     HELD,
+    LIVE_WORKERS,
     NOTE_START,
     PEEK,
     REPLY,
@@ -342,18 +343,10 @@ class SQLiteBackend(Backend):
             rows = conn.execute(DEPTH, (now,)).fetchall()
             depth.update((queue, int(waiting)) for queue, waiting, *_ in rows if type(queue) is str)
             oldest = {q: float(at) for q, *_, at in rows if type(q) is str and type(at) is float}
-            workers = conn.execute(
-                "SELECT * FROM workers WHERE last_seen > ? ORDER BY started, id",
-                (now - self.worker_ttl,),
-            )
-            dead = conn.execute(DEAD)
-            return Stats(
-                depth,
-                int(sum(held for _, _, held, _ in rows)),
-                [w for w in map(worker_info, workers) if w is not None],
-                [d for d in map(dead_letter, dead) if d is not None],
-                oldest=oldest,
-            )
+            workers = conn.execute(LIVE_WORKERS, (now - self.worker_ttl,))
+            live = [w for w in map(worker_info, workers) if w is not None]
+            letters = [d for d in map(dead_letter, conn.execute(DEAD)) if d is not None]
+            return Stats(depth, int(sum(r[2] for r in rows)), live, letters, oldest=oldest)
 
         return self._db.run(tx, "DEFERRED")
 

@@ -114,6 +114,7 @@ DEAD_TASK = (
 )
 REVIVE = "INSERT INTO tasks (id, queue, reply_to, body, created) VALUES (?, ?, ?, ?, ?) "
 REVIVE += "ON CONFLICT (id) DO NOTHING"
+LIVE_WORKERS = "SELECT * FROM workers WHERE last_seen > ? ORDER BY started, id"
 DEPTH = (  # per queue: waiting (or lease expired), running, the oldest waiting's enqueue time
     "SELECT queue, total(token IS NULL OR lease_until <= ?1), "
     "total(token IS NOT NULL AND lease_until > ?1), "
