@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
+from threading import get_ident
 
 __all__ = ["BOUNDS", "MAX_TYPES", "OTHER", "TaskFigures", "merged", "percentile"]
 
@@ -21,33 +22,48 @@ OTHER = "(other)"
 
 
 class TaskFigures:
-    """Failures and duration histograms per task type, safe to add to from many threads."""
+    """Failures and duration histograms per task type, safe to add to from many threads.
+
+    Each thread counts in rows of its own, so ``add`` (once per call) takes no lock; the
+    copies ``durations`` makes of them are atomic under the GIL (``dict()`` and ``list()``
+    of ints and strings run no Python code).
+    """
 
     def __init__(self) -> None:
         self.failed = 0
-        self._rows: dict[str, list[int]] = {}
-        self._lock = threading.Lock()
+        self._threads: dict[int, dict[str, list[int]]] = {}  # thread -> label -> counts
+        self._labels: set[str] = set()  # of every thread, at most MAX_TYPES (and OTHER)
+        self._lock = threading.Lock()  # for failed, and for a thread's first call of a label
 
     def add(self, label: str, seconds: float, *, failed: bool) -> None:
         """Count one call of ``label`` that took ``seconds`` (and failed, or not)."""
-        bucket = bisect_left(BOUNDS, seconds)
+        rows = self._threads.get(get_ident())
+        row = None if rows is None else rows.get(label)
+        if row is None:
+            row = self._row(label)
+        row[bisect_left(BOUNDS, seconds)] += 1
+        if failed:
+            with self._lock:
+                self.failed += 1
+
+    def _row(self, label: str) -> list[int]:
         with self._lock:
-            row = self._rows.get(label)
-            if row is None:
-                if len(self._rows) >= MAX_TYPES:
-                    label = OTHER
-                row = self._rows.setdefault(label, [0] * (len(BOUNDS) + 1))
-            row[bucket] += 1
-            self.failed += failed
+            if label not in self._labels and len(self._labels) >= MAX_TYPES:
+                label = OTHER
+            self._labels.add(label)
+            rows = self._threads.setdefault(get_ident(), {})
+            return rows.setdefault(label, [0] * (len(BOUNDS) + 1))
 
     def durations(self) -> dict[str, list[int]]:
-        """A copy of the histograms, each without its trailing empty buckets."""
+        """The histograms of every thread added up, each without its trailing empty
+        buckets."""
         with self._lock:
-            rows = {label: list(row) for label, row in self._rows.items()}
-        for row in rows.values():
+            threads = [dict(rows) for rows in self._threads.values()]
+        total = merged({label: list(row) for label, row in rows.items()} for rows in threads)
+        for row in total.values():
             while row and not row[-1]:
                 row.pop()
-        return rows
+        return total
 
 
 def merged(histograms: Iterable[Mapping[str, Sequence[int]]]) -> dict[str, list[int]]:
