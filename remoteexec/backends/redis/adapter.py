@@ -30,7 +30,7 @@ from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
 from .shards import Shards, base, inward, outward
-from .topology import ClusterLink, complete_routed, split_own, spread_of
+from .topology import ClusterLink, complete_routed, split_own, spread_of, spread_oldest
 from .watch import Watch, health
 from .wire import Link, raw, run
 
@@ -435,6 +435,7 @@ class RedisBackend(Backend):
             stats = self._watching().stats(worker_ttl=self.worker_ttl)
             if self._cluster:  # totals per queue; per shard and per node in parts
                 stats.queues, stats.parts = spread_of(stats.queues, self._keys, self._r)
+                stats.oldest = spread_oldest(stats.oldest)
         return stats
 
     def health(self) -> dict[str, float | str]:
