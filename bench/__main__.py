@@ -57,6 +57,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="measure the dashboard's own cost instead (bench/dashboard.py): the demo's "
+        "throughput alone and with the page open, and their ratio",
+    )
+    p.add_argument(
         "--payloads",
         action="store_true",
         help="measure 1 MiB and 100 MiB payloads in band and out of band instead",
@@ -163,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         from .payloads import main as payloads
 
         return payloads(args)
+    if args.dashboard:
+        from .dashboard import report
+
+        report(seconds=4.0 if args.quick else 10.0, reps=args.reps)
+        return 0
     sizes = Sizes()
     if args.quick:
         sizes = Sizes(latency_calls=300, latency_warmup=50, batch_calls=2000, batch_warmup=200,

@@ -298,9 +298,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     _url_options(dash)
     dash.add_argument("--bind", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     dash.add_argument("--port", type=int, default=8765)
-    dash.add_argument("--allow-actions", action="store_true", help="allow purge (needs a token)")
+    dash.add_argument(
+        "--allow-actions", action="store_true", help="allow purge, retry and drop (needs a token)"
+    )
     dash.add_argument("--token", default=os.environ.get("REMOTEEXEC_DASHBOARD_TOKEN"),
-                      help="token actions need (default: $REMOTEEXEC_DASHBOARD_TOKEN)")  # fmt: skip
+                      help="token to log in with, to read and act "
+                           "(default: $REMOTEEXEC_DASHBOARD_TOKEN)")  # fmt: skip
 
     init = sub.add_parser("init-db", help="create the MySQL schema")
     _url_options(init, "REMOTEEXEC_URL, config")

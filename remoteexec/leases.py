@@ -64,6 +64,8 @@ class Leases:
         self._held: dict[tuple[str, str], Held] = {}
         #: What the monitor runs every ``_SWEEP_EVERY`` seconds, after the backend's sweep.
         self.sweeps: list[Callable[[], None]] = []
+        #: What the monitor runs before each heartbeat (to fill in ``info``).
+        self.beats: list[Callable[[], None]] = []
 
     # What the serving threads do ---------------------------------------------------------
 
@@ -179,6 +181,8 @@ class Leases:
                 stopping.wait(0.1)
 
     def _heartbeat(self) -> None:
+        for beat in self.beats:
+            beat()
         with self._lock:
             self._info.running = sum(
                 h.started is not None and not h.finished for h in self._held.values()

@@ -43,6 +43,7 @@ from .errors import (
     RemoteExecError,
     error_kind,
 )
+from .figures import TaskFigures
 from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
 from .observe import TaskObserver, task_ended, task_lost
@@ -121,6 +122,8 @@ class Worker:
         self._leases = Leases(self.backend, self.info, self.lease)
         self.payloads = Payloads(self.settings, self.backend)  # large values: blobs.py
         self._leases.sweeps.append(self.payloads.sweep)
+        self.figures = TaskFigures()  # failures and durations, for the heartbeat
+        self._leases.beats.append(self._report_figures)
         self.outbox = Outbox(self.backend, self.codec, self._leases, self.payloads, self.guard)
         for task in filter(None, map(lookup, registered())):  # @remote(shards=) on a cluster
             if task.shards:
@@ -302,7 +305,7 @@ class Worker:
 
     def _execute(self, claim: Claim) -> Done | None:
         held = self._leases.held(claim)
-        held.started = time.monotonic()
+        held.started = started = time.monotonic()
         try:
             call = self.codec.decode_call(claim.body)
         except Exception as exc:  # anything read from the broker may be garbage
@@ -333,6 +336,7 @@ class Worker:
             task_ended(observer, held, reply)
         if held.abandoned:
             return None
+        self.figures.add(held.label, time.monotonic() - started, failed=reply.failure is not None)
         if reply.failure is not None and call.retry is not None:  # retry_on: retries.py
             return self._retry(claim, call, reply, held)
         keep = call.keep_result  # seconds the reply is also kept under the id
@@ -368,6 +372,9 @@ class Worker:
             text = f"the failure of {held.label}: {exc}"
             return self.outbox.error(claim, exc, text, call.key, keep)
         return Done(claim, body, keep)
+
+    def _report_figures(self) -> None:
+        self.info.failed, self.info.durations = self.figures.failed, self.figures.durations()
 
     def _refused(self, claim: Claim, call: Call, label: str) -> Done | None:
         """How a call that must not run ends (lost, a replay, too late), or None: run it."""

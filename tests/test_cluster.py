@@ -90,6 +90,8 @@ def test_a_queue_with_six_shards_spreads_20000_calls_over_three_primaries(
         assert all(abs(n - mean) <= 0.25 * mean for n in shards.values()), shards
         assert len(nodes) == 3 and all(n > 0 for n in nodes.values()), nodes
         assert sum(stats.queues.values()) == 20_000  # the total, per queue
+        assert set(stats.oldest) == set(stats.queues) | set(shards)  # per queue and shard
+        assert stats.oldest["default"] == min(stats.oldest[s] for s in shards)
         assert "node 127.0.0.1:" in format_status(stats)
         # Workers without the option follow the queue's stored shard count.
         cluster_farm.start(processes=2)

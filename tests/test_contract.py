@@ -374,18 +374,49 @@ def test_stats_report_depth_running_workers_and_dead_letters(backend: Backend) -
     backend.enqueue([job("a"), job("a"), job("b")])
     claim_all(backend, ["b"], 1)
     now = time.time()
-    backend.heartbeat(WorkerInfo("w1", "host", 123, ["a", "b"], now, now, done=7, running=1))
+    durations = {"Pi.execute": [0, 3, 1], "Fail.execute": [2]}
+    backend.heartbeat(
+        WorkerInfo("w1", "host", 123, ["a", "b"], now, now, 7, 1, failed=2, durations=durations)
+    )
     backend.bury(DeadLetter("t1", "a", "Poison.execute", "worker lost 3 times", now))
     stats = backend.stats()
     assert stats.queues.get("a") == 2 and stats.queues.get("b", 0) == 0
     assert stats.running == 1
     [w] = stats.workers
-    assert (w.id, w.host, w.pid, w.done, w.running) == ("w1", "host", 123, 7, 1)
+    assert (w.id, w.host, w.pid, w.done, w.running, w.failed) == ("w1", "host", 123, 7, 1, 2)
+    assert w.durations == durations
     assert [(d.id, d.name, d.reason) for d in stats.dead] == [
         ("t1", "Poison.execute", "worker lost 3 times")
     ]
     backend.forget_worker("w1")
     assert backend.stats().workers == []
+
+
+def test_stats_report_when_the_oldest_waiting_task_of_each_queue_was_enqueued(
+    backend: Backend,
+) -> None:
+    before = time.time()
+    backend.enqueue([job("a"), job("a"), job("b")])
+    first = backend.stats()  # Redis's lists hold no time: it counts from the first look
+    seen = time.time()
+    time.sleep(0.3)
+    stats = backend.stats()
+    queues = {q: at for q, at in stats.oldest.items() if not q.startswith("shard ")}
+    assert set(queues) == {"a", "b"} and first.oldest == stats.oldest  # a cluster: and shards
+    assert all(before - 1 <= at <= seen for at in stats.oldest.values()), (before, stats)
+    claim_all(backend, ["b"], 1)
+    assert {q for q in backend.stats().oldest if not q.startswith("shard ")} == {"a"}
+
+
+def test_health_names_a_few_figures_of_the_broker(backend: Backend) -> None:
+    backend.enqueue([job("a")])
+    health = backend.health()
+    assert health and all(type(v) in (int, float, str) for v in health.values()), health
+    kind = type(backend).__name__
+    if kind.startswith("Redis"):
+        assert {"used_memory", "maxmemory", "maxmemory_policy", "evicted_keys"} <= set(health)
+    elif kind.startswith(("SQLite", "MySQL")):
+        assert any(name.startswith(("tasks", "remoteexec_tasks")) for name in health), health
 
 
 def test_purge_deletes_waiting_tasks(backend: Backend) -> None:

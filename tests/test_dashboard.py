@@ -24,11 +24,22 @@ pytest.importorskip("uvicorn")
 import uvicorn
 
 from remoteexec import Client, using
-from remoteexec.backends import Job, open_backend
+from remoteexec.backends import DeadLetter, Job, open_backend
 from remoteexec.dashboard.app import make_app
+from remoteexec.errors import RemoteError, WorkerLost
 from tests.farm import tasks
 
 PIDS_JS = "return [...document.querySelectorAll('#workers tr')].map(r => r.cells[1].textContent)"
+FAILED_JS = (
+    "return [...document.querySelectorAll('#workers tr')]"
+    ".reduce((n, r) => n + Number(r.cells[6].textContent), 0);"
+)
+DURATIONS_JS = (
+    "const rows = [...document.querySelectorAll('#durations tr')];"
+    "return rows.length && Object.fromEntries(rows.map(r => [r.cells[0].textContent,"
+    " r.cells[1].textContent]))"
+)
+HEALTH_JS = "return document.querySelector('#health').textContent"
 DOCS_SHOT = Path(__file__).parent.parent / "docs" / "images" / "dashboard.png"
 
 
@@ -112,6 +123,19 @@ def test_page_shows_throughput_and_workers_of_a_live_farm(farm: Any, browser: An
             ours = completed[0] - count0
             assert workers == 2
             assert ours > 0 and abs((done1 - done0) - ours) <= 0.2 * ours, (done1 - done0, ours)
+            with Client(farm.url) as client, using(client):
+                for _ in range(3):
+                    with pytest.raises(RemoteError):
+                        tasks.Failing.execute("x")
+            _wait_for(browser, FAILED_JS.replace("return", "return 3 ===").replace(";", ""))
+            durations = _wait_for(browser, DURATIONS_JS)
+            assert int(durations["CalculateMultipleOfPi.execute"]) > 0, durations
+            assert durations["Failing.execute"] == "3", durations
+            with urllib.request.urlopen(url + "api/snapshot", timeout=10) as answer:
+                points = json.load(answer)["throughput"]
+            assert sum(p["failed"] * 1.0 for p in points) > 0, points  # the failed/s line
+            health = _wait_for(browser, HEALTH_JS)
+            assert ("maxmemory_policy" if "redis" in farm.url else "bytes") in health, health
             pids = browser.execute_script(PIDS_JS)
             os.kill(int(pids[0]), signal.SIGKILL)  # lease 2 s: gone from the page within 7 s
             deadline = time.monotonic() + 2.0 + 5.0
@@ -127,9 +151,11 @@ def test_page_shows_throughput_and_workers_of_a_live_farm(farm: Any, browser: An
         backend.close()
 
 
-def _post(url: str, headers: dict[str, str]) -> tuple[int, Any]:
-    body = json.dumps({"queue": "q"}).encode()
-    request = urllib.request.Request(url + "api/purge", body, headers, method="POST")
+def _post(
+    url: str, headers: dict[str, str], path: str = "api/purge", data: Any = None
+) -> tuple[int, Any]:
+    body = json.dumps({"queue": "q"} if data is None else data).encode()
+    request = urllib.request.Request(url + path, body, headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, json.load(answer)
@@ -148,6 +174,18 @@ def _queued(url: str, n: int) -> None:
     backend.close()
 
 
+ACTIONS = [
+    ("api/purge", {"queue": "q"}, {"purged": 3}),
+    ("api/dead/retry", {"ids": ["d1"]}, {"retried": 1}),
+    ("api/dead/drop", {"ids": ["d2"]}, {"dropped": 1}),
+]
+
+
+def _state(backend: Any) -> tuple[Any, ...]:
+    stats = backend.stats()
+    return stats.queues.get("q", 0), stats.queues.get("r", 0), sorted(d.id for d in stats.dead)
+
+
 @pytest.mark.parametrize("allow, token", [(False, None), (False, "t"), (True, None), (True, "t")])
 def test_actions_answer_403_unless_allowed_with_token_and_csrf(
     tmp_path: Path, allow: bool, token: str | None
@@ -155,6 +193,11 @@ def test_actions_answer_403_unless_allowed_with_token_and_csrf(
     url = f"sqlite:///{tmp_path / 'rx.db'}"
     _queued(url, 3)
     backend = open_backend(url)
+    now = time.time()
+    backend.bury(DeadLetter("d1", "r", "A.run", "failed", now), Job("d1", "r", "", b"x"))
+    backend.bury(DeadLetter("d2", "r", "A.run", "failed", now), Job("d2", "r", "", b"x"))
+    before = _state(backend)
+    assert before == (3, 0, ["d1", "d2"])
     try:
         for site in _serve(make_app(backend, allow_actions=allow, token=token)):
             csrf = _csrf(site)
@@ -164,19 +207,73 @@ def test_actions_answer_403_unless_allowed_with_token_and_csrf(
                 {"X-CSRF-Token": csrf},
                 {"Authorization": "Bearer wrong", "X-CSRF-Token": csrf},
                 {"Authorization": "Bearer t", "X-CSRF-Token": "wrong"},
+                {"Cookie": "rx_session=forged", "X-CSRF-Token": csrf},
             ):
-                assert _post(site, headers)[0] == 403
-            assert backend.stats().queues.get("q") == 3
+                for path, body, _ in ACTIONS:
+                    assert _post(site, headers, path, body)[0] == 403, (path, headers)
+            assert _state(backend) == before
             good = {"Authorization": "Bearer t", "X-CSRF-Token": csrf}
-            status, answer = _post(site, good)
-            if allow and token:
-                assert (status, answer) == (200, {"purged": 3})
-                assert backend.stats().queues.get("q", 0) == 0
-            else:
-                assert status == 403
-                assert backend.stats().queues.get("q") == 3
+            for path, body, answer in ACTIONS:
+                if allow and token:
+                    assert _post(site, good, path, body) == (200, answer)
+                else:
+                    assert _post(site, good, path, body)[0] == 403
+            assert _state(backend) == ((0, 1, []) if allow and token else before)
     finally:
         backend.close()
+
+
+def test_the_login_form_refuses_a_wrong_token_and_a_dashboard_without_one(
+    tmp_path: Path,
+) -> None:
+    backend = open_backend(f"sqlite:///{tmp_path / 'rx.db'}")
+    try:
+        for allow, token, given, status in [
+            (True, "t", "wrong", 403),
+            (False, None, "t", 403),
+            (False, "t", "t", 303),  # to read: actions stay off (see above)
+            (True, "t", "t", 303),
+        ]:
+            for site in _serve(make_app(backend, allow_actions=allow, token=token)):
+                request = urllib.request.Request(
+                    site + "login", f"token={given}".encode(), method="POST"
+                )
+                opener = urllib.request.build_opener(_NoRedirect)
+                try:
+                    with opener.open(request, timeout=10) as answer:
+                        got, cookie = answer.status, answer.headers.get("set-cookie", "")
+                except urllib.error.HTTPError as exc:
+                    with exc:
+                        got, cookie = exc.code, exc.headers.get("set-cookie", "")
+                assert got == status
+                assert ("rx_session=" in cookie) == (status == 303)
+                if cookie:
+                    assert "HttpOnly" in cookie and "SameSite=strict" in cookie, cookie
+    finally:
+        backend.close()
+
+
+def test_with_a_token_the_data_is_only_for_who_proves_it(tmp_path: Path) -> None:
+    backend = open_backend(f"sqlite:///{tmp_path / 'rx.db'}")
+    try:
+        for site in _serve(make_app(backend, token="t")):
+            for headers, status in [({}, 401), ({"Authorization": "Bearer x"}, 401)]:
+                request = urllib.request.Request(site + "api/snapshot", headers=headers)
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(request, timeout=10)
+                with refused.value:
+                    assert refused.value.code == status
+            token = {"Authorization": "Bearer t"}
+            request = urllib.request.Request(site + "api/snapshot", headers=token)
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert json.load(answer)["actions"] is False
+    finally:
+        backend.close()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
 
 
 def test_a_purge_is_logged_with_who_and_what(tmp_path: Path, caplog: Any) -> None:
@@ -187,6 +284,128 @@ def test_a_purge_is_logged_with_who_and_what(tmp_path: Path, caplog: Any) -> Non
         for site in _serve(make_app(backend, allow_actions=True, token="t")):
             with caplog.at_level(logging.INFO, logger="remoteexec.dashboard"):
                 _post(site, {"Authorization": "Bearer t", "X-CSRF-Token": _csrf(site)})
-        assert any("127.0.0.1 purged queue q: 2 task(s)" in r.getMessage() for r in caplog.records)
+        logged = [r.getMessage() for r in caplog.records]
+        assert "dashboard: 127.0.0.1 (token) purged queue q: 2 task(s)" in logged
+    finally:
+        backend.close()
+
+
+def _log_in(browser: Any, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + 10
+    while not browser.find_elements(By.ID, "token"):
+        assert time.monotonic() < deadline, "the page shows no login form"
+        time.sleep(0.1)
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "login").click()
+
+
+def _wait_for(browser: Any, script: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := browser.execute_script(script)):
+        assert time.monotonic() < deadline, f"never true: {script}"
+        time.sleep(0.1)
+    return value
+
+
+DEAD_IDS_JS = "return [...document.querySelectorAll('#dead tr')].map(r => r.dataset.id)"
+
+
+def test_the_login_form_sets_a_strict_http_only_session_that_drops_a_dead_letter(
+    browser: Any, caplog: Any
+) -> None:
+    backend = open_backend(f"memory://{os.urandom(4).hex()}")
+    trace = 'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: bad'
+    backend.bury(DeadLetter("d1", "q", "Poison.execute", "worker lost 3 times", time.time(), trace))
+    backend.bury(DeadLetter("d2", "q", "Other.execute", "undecodable", time.time()))
+    for site in _serve(make_app(backend, allow_actions=True, token="s3cret")):
+        browser.delete_all_cookies()
+        browser.get(site)
+        _wait_for(browser, "return document.getElementById('token')")  # data only after login
+        assert not browser.execute_script("return document.querySelectorAll('#dead tr').length")
+        _log_in(browser, "wrong")
+        assert "wrong token" in browser.page_source  # the 403 answer
+        browser.get(site)
+        _log_in(browser, "s3cret")
+        shown = _wait_for(browser, "return document.querySelector('#dead pre.traceback')")
+        assert shown.get_attribute("textContent") == trace
+        [cookie] = browser.get_cookies()
+        assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+            "rx_session",
+            True,
+            "Strict",
+        )
+        assert browser.execute_script("return document.cookie") == ""  # HttpOnly
+        _wait_for(browser, "return document.querySelector('#dead tr[data-id=d1] button')")
+        with caplog.at_level(logging.INFO, logger="remoteexec.dashboard"):
+            browser.execute_script(
+                "[...document.querySelectorAll('#dead tr[data-id=d1] button')]"
+                ".find(b => b.textContent === 'drop').click()"
+            )
+            _wait_for(browser, DEAD_IDS_JS.replace("return", "return !") + ".includes('d1')")
+        assert [d.id for d in backend.dead_letters()] == ["d2"]
+        logged = [r.getMessage() for r in caplog.records]
+        assert "dashboard: 127.0.0.1 (login) dropped dead letter(s) d1: 1" in logged
+        # The session alone is no action: without the CSRF token the answer is 403.
+        session = {"Cookie": f"rx_session={cookie['value']}"}
+        assert _post(site, session, "api/dead/drop", {"ids": ["d2"]})[0] == 403
+        csrf = {"X-CSRF-Token": _csrf(site)}
+        assert _post(site, {**session, **csrf}, "api/dead/drop", {"ids": ["d2"]}) == (
+            200,
+            {"dropped": 1},
+        )
+    backend.close()
+
+
+def _poison(farm: Any, kind: str) -> str:
+    """Make a dead letter: a sent call that raises, or a call that kills its worker on
+    every attempt. Returns the task's id."""
+    with Client(farm.url) as client, using(client):
+        if kind == "raises":
+            return str(tasks.Failing.execute.send("poison"))
+        future = tasks.Poison.execute.submit()
+        with pytest.raises(WorkerLost):
+            future.result(timeout=60)
+        return str(future.task_id)
+
+
+@pytest.mark.parametrize("kind", ["raises", "kills its worker"])
+@pytest.mark.parametrize("farm_url", ["sqlite"], indirect=True)
+def test_a_poison_tasks_dead_letter_shows_and_a_retry_from_the_page_runs_it_again(
+    farm: Any, browser: Any, kind: str
+) -> None:
+    farm.start(processes=2)
+    farm.worker_pids(2)
+    backend = open_backend(farm.url)
+    try:
+        task_id = _poison(farm, kind)
+        deadline = time.monotonic() + 30
+        while not (letters := [d for d in backend.dead_letters() if d.id == task_id]):
+            assert time.monotonic() < deadline, "no dead letter"
+            time.sleep(0.2)
+        [letter] = letters
+        if kind == "raises":
+            assert "ValueError: bad value: poison" in letter.traceback, letter
+        for site in _serve(make_app(backend, allow_actions=True, token="t")):
+            browser.delete_all_cookies()
+            browser.get(site)
+            _log_in(browser, "t")
+            _wait_for(browser, DEAD_IDS_JS + f".includes({json.dumps(task_id)})")
+            shown = browser.execute_script(
+                "return [...document.querySelectorAll('#dead pre.traceback')]"
+                ".map(p => p.textContent)"
+            )
+            assert shown == ([letter.traceback] if letter.traceback else [])
+            _wait_for(browser, "return document.querySelector('#dead tr button')")
+            browser.execute_script(
+                "[...document.querySelectorAll('#dead tr button')]"
+                ".find(b => b.textContent === 'retry').click()"
+            )
+            # It runs again: it fails again and is buried again, later.
+            deadline = time.monotonic() + 60
+            while not [d for d in backend.dead_letters() if d.id == task_id and d.at > letter.at]:
+                assert time.monotonic() < deadline, "the retried task did not run again"
+                time.sleep(0.2)
     finally:
         backend.close()

@@ -58,6 +58,8 @@ BOMB = 4 * MiB  # the size of each decoding bomb the suite writes
 
 # Messages and decoding bombs --------------------------------------------------------------
 
+WORKER_ROW = "INSERT INTO workers VALUES"
+
 
 def make_call(task_id: str, *args: Any, name: str = "Echo", method: str = "value") -> Call:
     call = Call(task_id, name, method, tuple(args), {}, None, 3, None)
@@ -578,12 +580,19 @@ def write_sqlite(url: str, reply_to: str, valid: bytes) -> Hostile:
         ]
         for wid, host, pid, queues in bad_workers:
             conn.execute(
-                f"INSERT INTO workers VALUES ({wid}, {host}, {pid}, {queues}, 1.0, {live}, 0, 0)"
+                f"{WORKER_ROW} ({wid}, {host}, {pid}, {queues}, 1.0, {live}, 0, 0, 0, '{{}}')"
             )
             out.other += 1
         for n, started in enumerate(("'x'", "x'00'")):
             conn.execute(
-                f"INSERT INTO workers VALUES ('w-s{n}', 'h', 1, '[]', {started}, {live}, 0, 0)"
+                f"{WORKER_ROW} ('w-s{n}', 'h', 1, '[]', {started}, {live}, 0, 0, 0, '{{}}')"
+            )
+            out.other += 1
+        for n, (failed, durations) in enumerate(
+            [("-0.5", "'{}'"), ("0", "'not json'"), ("0", "'{\"A.run\": [-1]}'"), ("'x'", "'{}'")]
+        ):
+            conn.execute(
+                f"{WORKER_ROW} ('w-f{n}', 'h', 1, '[]', 1.0, {live}, 0, 0, {failed}, {durations})"
             )
             out.other += 1
         bad_dead = [

@@ -20,6 +20,7 @@ import pytest
 
 from remoteexec import CallLost, CallPurged, Client, Worker, register_type, remote, using
 from remoteexec.backends import open_backend
+from remoteexec.backends.sqlite import SCHEMA_VERSION
 from remoteexec.liveness import LIVENESS_AFTER, LIVENESS_EVERY
 from tests.conftest import fresh_url
 from tests.farm import Farm, ledger, tasks
@@ -283,6 +284,10 @@ def test_sqlite_schema_version_1_is_migrated(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("ALTER TABLE replies DROP COLUMN task_id")
         conn.execute("DROP TABLE purged")
+        for column in ("traceback", "reply_to", "body", "deadline"):  # version 3's
+            conn.execute(f"ALTER TABLE dead DROP COLUMN {column}")
+        for column in ("failed", "durations"):  # version 4's
+            conn.execute(f"ALTER TABLE workers DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 1")
     backend = open_backend(f"sqlite:///{path}")
     try:
@@ -295,7 +300,7 @@ def test_sqlite_schema_version_1_is_migrated(tmp_path: Path) -> None:
     finally:
         backend.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 # The reply listener never dies silently ----------------------------------------------

@@ -259,8 +259,31 @@ def test_a_version_2_database_gets_the_dead_letters_tasks(db: Path) -> None:
     finally:
         backend.close()
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()
+
+
+def test_a_version_3_file_gains_the_workers_figures(db: Path) -> None:
+    backend = SQLiteBackend.from_url(f"sqlite:///{db}")
+    backend.stats()
+    backend.close()
+    conn = sqlite3.connect(db)  # as version 3 made it, with a worker's row
+    conn.execute("ALTER TABLE workers DROP COLUMN failed")
+    conn.execute("ALTER TABLE workers DROP COLUMN durations")
+    now = time.time()
+    conn.execute("INSERT INTO workers VALUES ('old', 'h', 1, '[\"q\"]', ?, ?, 5, 0)", (now, now))
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    backend = SQLiteBackend.from_url(f"sqlite:///{db}")
+    try:
+        [old] = backend.stats().workers
+        assert (old.id, old.done, old.failed, old.durations) == ("old", 5, 0, {})
+        backend.heartbeat(WorkerInfo("new", "h", 2, ["q"], now, now, 1, 0, 1, {"A.run": [1]}))
+        new = next(w for w in backend.stats().workers if w.id == "new")
+        assert (new.failed, new.durations) == (1, {"A.run": [1]})
+    finally:
+        backend.close()
 
 
 def test_a_newer_schema_is_refused(db: Path) -> None:

@@ -153,7 +153,11 @@ class Done:
 
 @dataclass(slots=True)
 class WorkerInfo:
-    """What a worker reports about itself in each heartbeat."""
+    """What a worker reports about itself in each heartbeat.
+
+    ``failed`` counts the calls that ended in a failure reply; ``durations`` maps each task
+    type (``Class.method``) to its calls' duration histogram (``figures.py``).
+    """
 
     id: str
     host: str
@@ -163,6 +167,8 @@ class WorkerInfo:
     last_seen: float = field(default_factory=time.time)
     done: int = 0
     running: int = 0
+    failed: int = 0
+    durations: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +201,10 @@ class Stats:
     ``running`` counts tasks under a live lease; ``workers`` lists workers whose last
     heartbeat is recent; ``dead`` lists the newest dead letters. ``parts`` breaks the
     waiting tasks down where a broker spreads them (a Redis Cluster: ``shard <name>`` and
-    ``node <host:port>``); empty elsewhere.
+    ``node <host:port>``); empty elsewhere. ``oldest`` maps each queue with tasks waiting
+    to the epoch second its oldest waiting task was enqueued; on Redis, whose lists hold no
+    time, the second this backend object's ``stats`` first saw that task at the head of its
+    queue (a lower bound of its wait).
     """
 
     queues: dict[str, int]
@@ -203,6 +212,7 @@ class Stats:
     workers: list[WorkerInfo]
     dead: list[DeadLetter] = field(default_factory=list)
     parts: dict[str, int] = field(default_factory=dict)
+    oldest: dict[str, float] = field(default_factory=dict)
 
 
 def buried_task(task: Job | None) -> Job | None:
@@ -381,6 +391,12 @@ class Backend(ABC):
         Clients ask about calls pending for a while (``client.LIVENESS_AFTER``), in one
         batch, and after recovering from an outage.
         """
+
+    def health(self) -> dict[str, float | str]:
+        """A few named figures of the broker's own health, for the dashboard: Redis's
+        memory, its limit, eviction policy and evicted keys; MySQL's and SQLite's table
+        sizes. Not a hot-path call: each may read the whole broker's bookkeeping."""
+        return {}
 
     def purged(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that ``purge`` deleted in the last ``result_ttl`` seconds."""

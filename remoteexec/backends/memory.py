@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from ..blobstores.memory import DictBlobStore
@@ -41,6 +41,7 @@ class _Entry:
     attempt: int = 0
     token: str | None = None  # None: waiting; "": deferred until lease_until; else leased
     lease_until: float = 0.0
+    enqueued: float = field(default_factory=time.time)
 
 
 def _entry(job: Job, attempt: int, now: float) -> _Entry:
@@ -241,7 +242,8 @@ class MemoryBackend(Backend):
 
     def heartbeat(self, info: WorkerInfo) -> None:
         with self._b.cond:
-            self._b.workers[info.id] = replace(info, queues=list(info.queues))
+            durations = {label: list(row) for label, row in info.durations.items()}
+            self._b.workers[info.id] = replace(info, queues=list(info.queues), durations=durations)
 
     def forget_worker(self, worker: str) -> None:
         with self._b.cond:
@@ -315,7 +317,19 @@ class MemoryBackend(Backend):
             workers = [
                 replace(w) for w in self._b.workers.values() if now - w.last_seen < self.worker_ttl
             ]
-            return Stats(depth, running, workers, list(self._b.dead))
+            oldest = {
+                name: min(e.enqueued for e in q.values() if e.token is None)
+                for name, q in self._b.queues.items()
+                if any(e.token is None for e in q.values())
+            }
+            return Stats(depth, running, workers, list(self._b.dead), oldest=oldest)
+
+    def health(self) -> dict[str, float | str]:
+        """Tasks and replies held, in this process's memory."""
+        with self._b.cond:
+            tasks = sum(len(q) for q in self._b.queues.values())
+            replies = sum(len(box) for box in self._b.replies.values())
+        return {"tasks": tasks, "replies": replies}
 
     def purge(self, queue: str | None = None) -> int:
         now = time.time()

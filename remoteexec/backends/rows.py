@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
+from ..figures import BOUNDS, MAX_TYPES
 from .base import DeadLetter, WorkerInfo
 
 __all__ = ["dead_letter", "dead_letter_json", "worker_info", "worker_json"]
 
 _WORKER_FIELDS = tuple(f.name for f in fields(WorkerInfo))
+_ALL_WORKER = set(_WORKER_FIELDS)
+_BASIC = 8  # the fields before failed and durations
 _DEAD_FIELDS = tuple(f.name for f in fields(DeadLetter))
 _DEAD_DEFAULTS: tuple[Any, ...] = (
     "",
@@ -36,12 +39,18 @@ def _count(value: Any) -> bool:
 
 def worker_info(row: Sequence[Any]) -> WorkerInfo | None:
     """A ``WorkerInfo`` from its fields in order (``queues`` a list of str, or that list
-    as JSON text); None if a field has the wrong type."""
-    if len(row) != len(_WORKER_FIELDS):
+    as JSON text; ``durations`` a dict, or that dict as JSON text; those two and
+    ``failed`` may be left out, as older workers do); None if a field has the wrong type."""
+    if len(row) not in (_BASIC, len(_WORKER_FIELDS)):
         return None
-    wid, host, pid, queues, started, last_seen, done, running = row
+    wid, host, pid, queues, started, last_seen, done, running = row[:_BASIC]
+    failed, durations = row[_BASIC:] or (0, {})
     if type(queues) is str:
         queues = _json(queues)
+    if durations is None:  # a column added to older rows
+        durations = {}
+    elif type(durations) is str:
+        durations = _json(durations)
     if not (
         type(wid) is str
         and type(host) is str
@@ -52,17 +61,34 @@ def worker_info(row: Sequence[Any]) -> WorkerInfo | None:
         and _time(last_seen)
         and _count(done)
         and _count(running)
+        and _count(failed)
+        and _histograms(durations)
     ):
         return None
-    return WorkerInfo(wid, host, pid, queues, float(started), float(last_seen), done, running)
+    times = float(started), float(last_seen)
+    return WorkerInfo(wid, host, pid, queues, *times, done, running, failed, durations)
+
+
+def _histograms(value: Any) -> bool:
+    return (
+        type(value) is dict
+        and len(value) <= MAX_TYPES + 1
+        and all(
+            type(k) is str
+            and type(v) is list
+            and len(v) <= len(BOUNDS) + 1
+            and all(_count(n) and n >= 0 for n in v)
+            for k, v in value.items()
+        )
+    )
 
 
 def worker_json(text: Any) -> WorkerInfo | None:
     """A ``WorkerInfo`` from the JSON object a backend stored; None if it is not one."""
     data = _json(text)
-    if type(data) is not dict or tuple(sorted(data)) != tuple(sorted(_WORKER_FIELDS)):
+    if type(data) is not dict or set(data) not in (set(_WORKER_FIELDS[:_BASIC]), _ALL_WORKER):
         return None
-    return worker_info([data[name] for name in _WORKER_FIELDS])
+    return worker_info([data[name] for name in _WORKER_FIELDS if name in data])
 
 
 def dead_letter(row: Sequence[Any]) -> DeadLetter | None:

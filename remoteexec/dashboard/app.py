@@ -1,31 +1,87 @@
-"""The Starlette application: the page, ``GET /api/snapshot`` and the guarded actions.
+"""The Starlette application: the page, ``GET /api/snapshot``, the login form and the
+guarded actions.
 
-An action answers 403 and changes nothing unless the dashboard allows actions, the request
-carries the token (``Authorization: Bearer <token>``) and the CSRF token the page reads from
-``GET /api/csrf`` (header ``X-CSRF-Token``). Each action taken is logged with who and what.
+With a token, ``GET /api/snapshot`` answers 401 until the request proves it (the page then
+shows the login form).
+
+An action (``POST /api/purge``, ``/api/dead/retry``, ``/api/dead/drop``) answers 403 and
+changes nothing unless ``auth.Guard`` lets it through: actions allowed, the token or a login,
+and the CSRF token. Each action taken, and each refused, is logged with who (the client's
+address and how it proved the token: ``token`` or ``login``) and what.
 """
 
 from __future__ import annotations
 
-import hmac
+import json
 import logging
-import secrets
+from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib.resources import files
+from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ..backends import Backend
 from .api import Sampler
+from .auth import COOKIE, SESSION_TTL, Guard
 
 log = logging.getLogger("remoteexec.dashboard")
 
+_MAX_BODY = 64 * 1024  # bytes of an action's JSON body
+_MAX_IDS = 1000  # dead letters one action names
 
-def _same(given: str | None, expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+Action = Callable[[dict[str, Any]], Awaitable[tuple[dict[str, Any], str]]]
+
+
+def _ids(body: dict[str, Any]) -> list[str] | None:
+    """The ``ids`` list of an action's body, if it is a short list of short strings."""
+    ids = body.get("ids")
+    if type(ids) is not list or not 0 < len(ids) <= _MAX_IDS:
+        return None
+    if not all(type(i) is str and 0 < len(i) <= 255 for i in ids):
+        return None
+    return ids
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw or len(raw) > _MAX_BODY:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if type(data) is dict else {}
+
+
+async def _purge(backend: Backend, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    queue = body.get("queue") if type(body.get("queue")) is str else None
+    count = await run_in_threadpool(backend.purge, queue)
+    return {"purged": count}, f"purged queue {queue or '(all)'}: {count} task(s)"
+
+
+async def _drop(backend: Backend, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    ids = _ids(body)
+    if ids is None:
+        return {"error": "give the dead letters' ids as a list"}, ""
+    count = await run_in_threadpool(backend.drop_dead, ids)
+    return {"dropped": count}, f"dropped dead letter(s) {', '.join(ids)}: {count}"
+
+
+async def _retry(backend: Backend, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    ids = _ids(body)
+    if ids is None:
+        return {"error": "give the dead letters' ids as a list"}, ""
+    retry_dead = getattr(backend, "retry_dead", None)
+    if retry_dead is None:
+        return {"error": f"{type(backend).__name__} cannot retry dead letters"}, ""
+    count = int(await run_in_threadpool(retry_dead, ids))
+    return {"retried": count}, f"retried dead letter(s) {', '.join(ids)}: {count}"
 
 
 def make_app(
@@ -33,49 +89,75 @@ def make_app(
 ) -> Starlette:
     """The dashboard for ``backend``; actions need ``allow_actions`` and ``token``."""
     sampler = Sampler(backend)
-    csrf = secrets.token_urlsafe(32)
+    guard = Guard(allow_actions=allow_actions, token=token)
     page = files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
 
     async def snapshot(request: Request) -> Response:
+        if not guard.may_read(request):
+            return JSONResponse({"error": "log in with the dashboard's token"}, status_code=401)
         data = await run_in_threadpool(sampler.snapshot)
-        data["actions"] = allow_actions and token is not None
+        data["actions"] = guard.actions
+        data["signed_in"] = guard.signed_in(request) is not None
         return JSONResponse(data)
 
     async def csrf_token(request: Request) -> Response:
-        return JSONResponse({"csrf": csrf})
+        return JSONResponse({"csrf": guard.csrf})
 
-    def refused(request: Request) -> str | None:
-        """Why the action is refused, or None when it may go ahead."""
-        if not allow_actions or token is None:
-            return "actions are off (start the dashboard with --allow-actions and a token)"
-        auth = request.headers.get("authorization", "")
-        if not _same(auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None, token):
-            return "a valid token is required"
-        if not _same(request.headers.get("x-csrf-token"), csrf):
-            return "a valid CSRF token is required"
-        return None
-
-    async def purge(request: Request) -> Response:
-        reason = refused(request)
+    async def login(request: Request) -> Response:
         who = request.client.host if request.client else "?"
-        if reason is not None:
-            log.warning("dashboard: refused purge from %s: %s", who, reason)
-            return JSONResponse({"error": reason}, status_code=403)
-        body = await request.json() if await request.body() else {}
-        queue = body.get("queue") if isinstance(body, dict) else None
-        queue = queue if isinstance(queue, str) else None
-        count = await run_in_threadpool(backend.purge, queue)
-        log.warning("dashboard: %s purged queue %s: %d task(s)", who, queue or "(all)", count)
-        return JSONResponse({"purged": count})
+        raw = (await request.body())[:_MAX_BODY].decode("utf-8", "replace")
+        given = parse_qs(raw).get("token", [None])[0]
+        session = guard.login(given)
+        if session is None:
+            log.warning("dashboard: refused login from %s", who)
+            return JSONResponse({"error": "wrong token, or none is set"}, status_code=403)
+        log.warning("dashboard: %s logged in", who)
+        answer = RedirectResponse("/", status_code=303)
+        answer.set_cookie(
+            COOKIE,
+            session,
+            max_age=int(SESSION_TTL),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return answer
 
+    async def logout(request: Request) -> Response:
+        guard.logout(request)
+        answer = RedirectResponse("/", status_code=303)
+        answer.delete_cookie(COOKIE)
+        return answer
+
+    def guarded(name: str, action: Action) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            who = request.client.host if request.client else "?"
+            reason = guard.refused(request)
+            if reason is not None:
+                log.warning("dashboard: refused %s from %s: %s", name, who, reason)
+                return JSONResponse({"error": reason}, status_code=403)
+            who += f" ({guard.signed_in(request)})"
+            answer, what = await action(await _body(request))
+            if "error" in answer:
+                return JSONResponse(answer, status_code=400)
+            log.warning("dashboard: %s %s", who, what)
+            return JSONResponse(answer)
+
+        return endpoint
+
+    post = ["POST"]
     return Starlette(
         routes=[
             Route("/", index),
             Route("/api/snapshot", snapshot),
             Route("/api/csrf", csrf_token),
-            Route("/api/purge", purge, methods=["POST"]),
+            Route("/login", login, methods=post),
+            Route("/logout", logout, methods=post),
+            Route("/api/purge", guarded("purge", partial(_purge, backend)), methods=post),
+            Route("/api/dead/drop", guarded("drop", partial(_drop, backend)), methods=post),
+            Route("/api/dead/retry", guarded("retry", partial(_retry, backend)), methods=post),
         ]
     )

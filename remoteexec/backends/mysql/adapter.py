@@ -346,6 +346,9 @@ class MySQLBackend(Backend):
     def stats(self) -> Stats:
         return self._watch.stats(self.worker_ttl)
 
+    def health(self) -> dict[str, float | str]:
+        return self._watch.health()
+
     def purge(self, queue: str | None = None) -> int:
         return self._watch.purge(queue)
 

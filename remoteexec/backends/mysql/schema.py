@@ -34,7 +34,7 @@ thing to every machine whatever their clocks say.
 ``remoteexec_schema``
     One row, ``('schema', version)``. ``MIGRATIONS[n]`` upgrades version ``n - 1`` to ``n``
     (version 2: the names' no-pad collation; version 3: the dead letters' traceback,
-    reply address, body and deadline).
+    reply address, body and deadline; version 4: the workers' ``failed`` and ``durations``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from .statements import BLOBS_TABLE, marks
 
 log = logging.getLogger("remoteexec.mysql")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _VERSION = "SELECT version FROM remoteexec_schema WHERE name = 'schema'"
 
 #: Binary no-pad collations, best first; ``utf8mb4_bin`` (padding) only where none exists
@@ -123,6 +123,8 @@ _CREATE = [
     done BIGINT NOT NULL,
     running INT NOT NULL,
     seen_at DOUBLE NOT NULL,
+    failed BIGINT NOT NULL DEFAULT 0,
+    durations MEDIUMTEXT CHARACTER SET ascii COLLATE ascii_bin NULL,
     KEY ix_workers_seen (seen_at)
 ) {table}""",
     """CREATE TABLE IF NOT EXISTS remoteexec_dead_letters (
@@ -155,6 +157,11 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE remoteexec_dead_letters ADD COLUMN body MEDIUMBLOB NULL",
         "ALTER TABLE remoteexec_dead_letters ADD COLUMN deadline DOUBLE NOT NULL DEFAULT 0",
         "ALTER TABLE remoteexec_dead_letters ADD KEY ix_dead_id (id)",
+    ],
+    4: [
+        "ALTER TABLE remoteexec_workers ADD COLUMN failed BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE remoteexec_workers ADD COLUMN durations "
+        "MEDIUMTEXT CHARACTER SET ascii COLLATE ascii_bin NULL",
     ],
 }
 #: Errors a migration step may meet in a database that has its change already: the

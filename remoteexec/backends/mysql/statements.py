@@ -129,10 +129,11 @@ PURGED_TABLE = (
 )
 HEARTBEAT = (
     "INSERT INTO remoteexec_workers (id, host, pid, queues, started, last_seen, done, "
-    f"running, seen_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, {NOW}) "
-    "ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), "
+    f"running, failed, durations, seen_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+    f"{NOW}) ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), "
     "queues = VALUES(queues), started = VALUES(started), last_seen = VALUES(last_seen), "
-    "done = VALUES(done), running = VALUES(running), seen_at = VALUES(seen_at)"
+    "done = VALUES(done), running = VALUES(running), failed = VALUES(failed), "
+    "durations = VALUES(durations), seen_at = VALUES(seen_at)"
 )
 FORGET_WORKER = "DELETE FROM remoteexec_workers WHERE id = %s"
 BURY = (
@@ -178,17 +179,24 @@ def note_starts(n: int) -> str:
 
 
 NOTE_COMPLETED = f"{STARTS_TABLE}; UPDATE remoteexec_starts SET done = 1 WHERE id IN ({{}})"
-#: Five results: depth per queue (waiting and deferred), expired leases per queue, running,
-#: live workers (seen within ``%s`` seconds), the newest dead letters.
+#: Five results: depth (waiting and deferred) and the oldest waiting task's enqueue time per
+#: queue, expired leases per queue, running, live workers (seen within ``%s`` seconds), the
+#: newest dead letters.
 STATS = (
-    f"SELECT queue, SUM(state = 0 OR token = '') FROM {TASKS} GROUP BY queue; "
+    f"SELECT queue, SUM(state = 0 OR token = ''), MIN(IF(state = 0, created, NULL)) "
+    f"FROM {TASKS} GROUP BY queue; "
     f"SELECT queue, COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until <= {NOW} "
     "AND token <> '' GROUP BY queue; "
     f"SELECT COUNT(*) FROM {TASKS} WHERE state = 1 AND lease_until > {NOW} AND token <> ''; "
-    "SELECT id, host, pid, queues, started, last_seen, done, running "
+    "SELECT id, host, pid, queues, started, last_seen, done, running, failed, durations "
     f"FROM remoteexec_workers WHERE seen_at > {NOW} - %s ORDER BY id; "
     "SELECT id, queue, name, reason, at, COALESCE(traceback, ''), body IS NOT NULL, deadline "
     f"FROM remoteexec_dead_letters ORDER BY seq DESC LIMIT {MAX_DEAD_LETTERS}"
+)
+#: Each remoteexec table's rows (InnoDB's estimate) and bytes (data and indexes).
+TABLE_SIZES = (
+    "SELECT TABLE_NAME, TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES "
+    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'remoteexec\\_%' ORDER BY TABLE_NAME"
 )
 PURGEABLE = "seq <= @top AND (state = 0 OR token = '' OR lease_until <= @now)"
 

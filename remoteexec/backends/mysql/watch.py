@@ -24,6 +24,7 @@ from .statements import (
     PURGED,
     STATS,
     SWEEP,
+    TABLE_SIZES,
     marks,
     note_starts,
     purge,
@@ -45,7 +46,8 @@ class Watch:
 
     def heartbeat(self, info: WorkerInfo) -> None:
         args: tuple[Any, ...] = (info.id, info.host, info.pid, json.dumps(info.queues))
-        args += (info.started, info.last_seen, info.done, info.running)
+        args += (info.started, info.last_seen, info.done, info.running, info.failed)
+        args += (json.dumps(info.durations),)
         self._db.run(lambda cur: execute(cur, HEARTBEAT, args), retry_lost=True)
 
     def forget_worker(self, worker: str) -> None:
@@ -94,12 +96,22 @@ class Watch:
         """Workers count as live for ``worker_ttl`` seconds after their last heartbeat."""
         result = self._db.run(lambda cur: execute(cur, STATS, (worker_ttl,)), retry_lost=True)
         depth, expired, running, workers, dead = (rows for _, rows in result)
-        queues = {q: int(n) for q, n in depth}
+        queues = {q: int(n) for q, n, _ in depth}
+        oldest = {q: float(at) for q, _, at in depth if at is not None}
         for q, n in expired:
             queues[q] += int(n)
         live = [w for w in map(worker_info, workers) if w is not None]  # skip foreign rows
         letters = [d for d in map(dead_letter, dead) if d is not None]
-        return Stats(queues, int(running[0][0]), live, letters)
+        return Stats(queues, int(running[0][0]), live, letters, oldest=oldest)
+
+    def health(self) -> dict[str, float | str]:
+        """Each remoteexec table's rows (an estimate) and bytes."""
+        figures: dict[str, float | str] = {}
+        [(_, rows)] = self._ask(TABLE_SIZES, ())
+        for name, count, size in rows:
+            figures[f"{_text(name)} rows (about)"] = int(count or 0)
+            figures[f"{_text(name)} bytes"] = int(size or 0)
+        return figures
 
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting tasks and expired leases, leaving a tombstone for each, in one

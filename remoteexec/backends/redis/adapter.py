@@ -38,8 +38,8 @@ from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
 from .shards import Shards, inward, outward
-from .topology import ClusterLink, complete_routed, split_own, spread_of
-from .watch import Watch
+from .topology import ClusterLink, complete_routed, split_own, spread_of, spread_oldest
+from .watch import Watch, health
 from .wire import Link, raw, run
 
 log = logging.getLogger("remoteexec.redis")
@@ -440,7 +440,12 @@ class RedisBackend(Backend):
             stats = self._watching().stats(worker_ttl=self.worker_ttl)
             if self._cluster:  # totals per queue; per shard and per node in parts
                 stats.queues, stats.parts = spread_of(stats.queues, self._keys, self._r)
+                stats.oldest = spread_oldest(stats.oldest)
         return stats
+
+    def health(self) -> dict[str, float | str]:
+        with self._mapper:
+            return health(self._redis())
 
     def purge(self, queue: str | None = None) -> int:
         with self._mapper:

@@ -365,3 +365,13 @@ def spread_of(
         node = cluster.get_node_from_key(keys.waiting(name))
         parts[f"node {node.name}"] = parts.get(f"node {node.name}", 0) + depth
     return totals, parts
+
+
+def spread_oldest(oldest: dict[str, float]) -> dict[str, float]:
+    """The oldest waiting task's time per shard (``oldest``) as the oldest per queue, and
+    per shard under the names ``spread_of`` gives the shards."""
+    spread: dict[str, float] = {}
+    for name, at in oldest.items():
+        spread[base(name)] = min(at, spread.get(base(name), at))
+        spread[f"shard {shown(name)}"] = at
+    return spread

@@ -46,6 +46,8 @@ class Watch:
 
     def __init__(self, keys: Keys, client: redis.Redis, *, mine: str) -> None:
         self._keys, self._client, self._mine = keys, client, mine
+        # queue -> (the task at its head when stats last looked, when stats first saw it)
+        self._heads: dict[str, tuple[bytes, float]] = {}
 
     def _pipe(self, *, transaction: bool = True) -> Pipeline:
         return self._client.pipeline(transaction=transaction)
@@ -267,7 +269,10 @@ class Watch:
             for q in queues:
                 p.llen(self._keys.waiting(q))
                 p.zrange(self._keys.leases(q), 0, -1, withscores=True)
+                p.lindex(self._keys.waiting(q), -1)  # the oldest: tasks are pushed on the left
             out = p.execute()
+        oldest = self._oldest(queues, out[2::3])
+        out = [x for i, x in enumerate(out) if i % 3 != 2]
         leases = [(q, t, s) for q, ts in zip(queues, out[1::2], strict=True) for t, s in ts]
         with self._pipe(transaction=False) as p:
             for q, t, _ in leases:
@@ -281,7 +286,19 @@ class Watch:
         infos = [w for w in map(worker_json, workers.values()) if w is not None]
         live = [w for w in infos if now - w.last_seen < worker_ttl]
         letters = [d for d in map(dead_letter_json, dead) if d is not None]
-        return Stats(depth, running, live, letters)
+        return Stats(depth, running, live, letters, oldest=oldest)
+
+    def _oldest(self, queues: Sequence[str], heads: Sequence[bytes | None]) -> dict[str, float]:
+        """When each queue's head task was first seen there (the lists hold no time)."""
+        now, seen = time.time(), {}
+        for q, head in zip(queues, heads, strict=True):
+            if head is None:
+                continue
+            key = head[:512]  # enough to tell tasks apart: the head holds the id
+            before = self._heads.get(q)
+            seen[q] = (key, before[1] if before is not None and before[0] == key else now)
+        self._heads = seen
+        return {q: at for q, (_, at) in seen.items()}
 
     def purge(self, queue: str | None, *, result_ttl: float) -> int:
         """Delete waiting and deferred tasks, and those whose lease expired, of one queue
@@ -331,6 +348,24 @@ class Watch:
         gone = [k for k, w in infos.items() if w is None or w.last_seen < cutoff]
         if gone:
             self._cmd("HDEL", self._keys.workers, *gone)
+
+
+def health(client: redis.Redis) -> dict[str, float | str]:
+    """Memory used, its limit and eviction policy, and keys evicted since the server
+    started; summed over the primaries of a cluster (the policy of the first)."""
+    if isinstance(client, RedisCluster):
+        infos = [
+            client.info(section, target_nodes=RedisCluster.PRIMARIES)
+            for section in ("memory", "stats")
+        ]
+        nodes = [{**infos[0][n], **infos[1].get(n, {})} for n in sorted(infos[0])]
+    else:
+        nodes = [{**client.info("memory"), **client.info("stats")}]
+    figures: dict[str, float | str] = {"nodes": len(nodes)} if len(nodes) > 1 else {}
+    for name in ("used_memory", "used_memory_peak", "maxmemory", "evicted_keys"):
+        figures[name] = sum(int(n.get(name, 0)) for n in nodes)
+    figures["maxmemory_policy"] = str(nodes[0].get("maxmemory_policy", "?")) if nodes else "?"
+    return figures
 
 
 def _names(members: Any) -> list[str]:

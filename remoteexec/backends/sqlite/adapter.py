@@ -68,6 +68,7 @@ from .statements import (
     FORGET_STARTS,
     HEARTBEAT,
     HELD,
+    LIVE_WORKERS,
     NOTE_START,
     PEEK,
     PUT_BACK,
@@ -292,7 +293,7 @@ class SQLiteBackend(Backend):
 
     def heartbeat(self, info: WorkerInfo) -> None:
         row = list(astuple(info))
-        row[3] = json.dumps(row[3])  # queues
+        row[3], row[9] = json.dumps(row[3]), json.dumps(row[9])  # queues, durations
         self._db.run(lambda conn: conn.execute(HEARTBEAT, row))
 
     def forget_worker(self, worker: str) -> None:
@@ -360,20 +361,17 @@ class SQLiteBackend(Backend):
             names = conn.execute("SELECT name FROM queues")
             depth = {name: 0 for (name,) in names if type(name) is str}
             rows = conn.execute(DEPTH, (now,)).fetchall()
-            depth.update((queue, int(waiting)) for queue, waiting, _ in rows if type(queue) is str)
-            workers = conn.execute(
-                "SELECT * FROM workers WHERE last_seen > ? ORDER BY started, id",
-                (now - self.worker_ttl,),
-            )
-            dead = conn.execute(DEAD)
-            return Stats(
-                depth,
-                int(sum(held for _, _, held in rows)),
-                [w for w in map(worker_info, workers) if w is not None],
-                [d for d in map(dead_letter, dead) if d is not None],
-            )
+            depth.update((queue, int(waiting)) for queue, waiting, *_ in rows if type(queue) is str)
+            oldest = {q: float(at) for q, *_, at in rows if type(q) is str and type(at) is float}
+            workers = conn.execute(LIVE_WORKERS, (now - self.worker_ttl,))
+            live = [w for w in map(worker_info, workers) if w is not None]
+            letters = [d for d in map(dead_letter, conn.execute(DEAD)) if d is not None]
+            return Stats(depth, int(sum(r[2] for r in rows)), live, letters, oldest=oldest)
 
         return self._db.run(tx, "DEFERRED")
+
+    def health(self) -> dict[str, float | str]:
+        return self._db.health()
 
     def purge(self, queue: str | None = None) -> int:
         """Delete waiting and deferred tasks and expired leases, leaving a tombstone for each."""

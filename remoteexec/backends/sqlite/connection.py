@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -18,11 +19,11 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ...errors import BackendUnavailable
 from ..sql import PerThread
-from .statements import migrate, schema_ready
+from .statements import TABLE_SIZES, migrate, schema_ready
 
 log = logging.getLogger("remoteexec.sqlite")
 
@@ -92,6 +93,23 @@ class Database:
     def data_version(self) -> int:
         """``PRAGMA data_version``: it changes when another connection commits."""
         return int(self.run(lambda c: c.execute("PRAGMA data_version").fetchone()[0], None))
+
+    def health(self) -> dict[str, float | str]:
+        """The file's and its write-ahead log's bytes, and each table's and index's."""
+        figures: dict[str, float | str] = {}
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                figures[f"file{suffix} bytes"] = os.path.getsize(self.path + suffix)
+
+        def sizes(conn: sqlite3.Connection) -> list[tuple[Any, Any]]:
+            try:
+                return conn.execute(TABLE_SIZES).fetchall()
+            except sqlite3.OperationalError:  # a build without dbstat
+                return []
+
+        for name, size in self.run(sizes, "DEFERRED"):
+            figures[f"{name} bytes"] = int(size)
+        return figures
 
     def close(self) -> None:
         """Close the connections this process opened; a forked child leaves its parent's."""

@@ -24,7 +24,8 @@
     Replies kept under their task's id until an expiry (``kept.py``); made on first use.
 
 The version is recorded in ``PRAGMA user_version``; version 1 lacked ``replies.task_id``,
-version 2 ``dead.traceback``, ``dead.reply_to``, ``dead.body`` and ``dead.deadline``.
+version 2 ``dead.traceback``, ``dead.reply_to``, ``dead.body`` and ``dead.deadline``,
+version 3 ``workers.failed`` and ``workers.durations``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 from ..sql import schema_is_current
 
 #: The schema this module creates, recorded in ``PRAGMA user_version``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: The blobs table (``blobs.py``): made with the schema, and on first use.
 BLOBS = (
@@ -63,7 +64,8 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS workers (
         id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, queues TEXT NOT NULL,
         started REAL NOT NULL, last_seen REAL NOT NULL, done INTEGER NOT NULL,
-        running INTEGER NOT NULL)""",
+        running INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0,
+        durations TEXT NOT NULL DEFAULT '{}')""",
     """CREATE TABLE IF NOT EXISTS dead (
         seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL, name TEXT NOT NULL,
         reason TEXT NOT NULL, at REAL NOT NULL, traceback TEXT NOT NULL DEFAULT '',
@@ -110,7 +112,7 @@ PEEK = (
 #: The row (id, token, now) is held by that token under a lease that has not expired.
 HELD = "id = ? AND token = ? AND lease_until > ?"
 REPLY = "INSERT INTO replies (reply_to, body, created, task_id) VALUES (?, ?, ?, ?)"
-HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+HEARTBEAT = "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 BURY = (
     "INSERT INTO dead (id, queue, name, reason, at, traceback, deadline, reply_to, body) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -127,9 +129,11 @@ DEAD_TASK = (
 )
 REVIVE = "INSERT INTO tasks (id, queue, reply_to, body, created) VALUES (?, ?, ?, ?, ?) "
 REVIVE += "ON CONFLICT (id) DO NOTHING"
-DEPTH = (  # per queue: waiting (or deferred, or lease expired), running
+LIVE_WORKERS = "SELECT * FROM workers WHERE last_seen > ? ORDER BY started, id"
+DEPTH = (  # per queue: waiting (deferred, lease expired), running, the oldest waiting's time
     "SELECT queue, total(token IS NULL OR token = '' OR lease_until <= ?1), "
-    "total(token IS NOT NULL AND token <> '' AND lease_until > ?1) FROM tasks GROUP BY queue"
+    "total(token IS NOT NULL AND token <> '' AND lease_until > ?1), "
+    "min(iif(token IS NULL, created, NULL)) FROM tasks GROUP BY queue"
 )
 STARTS = (  # made on first use: only workers with secrets need it
     """CREATE TABLE IF NOT EXISTS starts (id TEXT PRIMARY KEY, n INTEGER NOT NULL,
@@ -141,6 +145,10 @@ NOTE_START = """INSERT INTO starts VALUES (?1, 1, 0, ?2) ON CONFLICT (id) DO UPD
 FORGET_STARTS = (
     "DELETE FROM starts WHERE id IN (SELECT id FROM starts WHERE keep_until < ? LIMIT 100)"
 )
+
+
+#: Bytes per table and index (``dbstat``), for ``health``.
+TABLE_SIZES = "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY name"
 
 
 def schema_ready(conn: sqlite3.Connection, path: str) -> bool:
@@ -164,6 +172,9 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE dead ADD COLUMN reply_to TEXT")
         conn.execute("ALTER TABLE dead ADD COLUMN body BLOB")
         conn.execute("ALTER TABLE dead ADD COLUMN deadline REAL NOT NULL DEFAULT 0")
+    if 1 <= version <= 3:
+        conn.execute("ALTER TABLE workers ADD COLUMN failed INTEGER NOT NULL DEFAULT 0")
+        conn.execute("ALTER TABLE workers ADD COLUMN durations TEXT NOT NULL DEFAULT '{}'")
     if version < SCHEMA_VERSION:
         for sql in _SCHEMA:
             conn.execute(sql)
