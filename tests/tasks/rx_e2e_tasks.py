@@ -241,3 +241,19 @@ class FailsThenKills:
         if runs == 0:
             raise ConnectionError("first run failed")
         os._exit(9)
+
+
+@remote(retry_on=(ConnectionError,), retries=4, backoff=(0.05, 0.2), max_attempts=10)
+class Mixed:
+    """For the chaos mix: each run notes its start (tag, time) in a shared ledger; a tag's
+    first ``fails`` runs raise ConnectionError (retried); the run that succeeds notes its end."""
+
+    def execute(self, ledger, tag, fails=0):
+        lines = open(ledger).read().splitlines() if os.path.exists(ledger) else []
+        runs = sum(1 for line in lines if line.split()[:2] == ["start", tag])
+        _note(ledger, "start", tag, os.getpid(), time.time())
+        if runs < fails:
+            raise ConnectionError(f"run {runs + 1} of {tag} failed")
+        time.sleep(0.01)
+        _note(ledger, "end", tag, os.getpid(), time.time())
+        return tag
