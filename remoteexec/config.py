@@ -30,7 +30,6 @@ secrets never appear in messages, and URLs only through ``redact_url``.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable
@@ -43,6 +42,7 @@ import yaml
 
 from .credentials import env_password, with_password
 from .errors import ConfigurationError
+from .setting_checks import check_blob_url, check_password, check_seconds, check_secrets, check_size
 
 __all__ = [
     "CONFIG_FILE",
@@ -262,35 +262,10 @@ def _normalize(values: dict[str, Any], source: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in values.items():
         if name in ("secret", "secrets"):
-            out["secrets"] = _check_secrets(value, name, source)
+            out["secrets"] = check_secrets(value, name, source)
         elif name in _CHECKS:
             out[name] = _CHECKS[name](name, value, source)
     return out
-
-
-def _check_size(name: str, value: Any, source: str) -> int:
-    if type(value) is not int or value < 1:
-        raise ConfigurationError(
-            f"{name} must be a positive integer, not {value!r:.100} ({source})"
-        )
-    return value
-
-
-def _check_password(name: str, value: Any, source: str) -> str:
-    if not isinstance(value, str) or not value:
-        # The value itself is never shown: it is, or may be, a password.
-        raise ConfigurationError(
-            f"password must be a non-empty string, not a {type(value).__name__} ({source})"
-        )
-    return value
-
-
-def _check_blob_url(url: Any, source: str) -> str:
-    if not isinstance(url, str) or not url.lower().startswith("file:///"):
-        raise ConfigurationError(
-            f"blob_url must be a file:///absolute/path URL, not {url!r:.100} ({source})"
-        )
-    return url
 
 
 #: The largest task body a dead letter keeps, to be retried (``Backend.retry_dead``).
@@ -348,33 +323,6 @@ def check_name(kind: str, value: Any, source: str = "") -> str:
             f"a {kind} name must be 1 to {limit} printable characters, not {value!r}{where}"
         )
     return value
-
-
-def _check_seconds(name: str, value: Any, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(
-            f"{name} must be a number of seconds, not {value!r:.100} ({source})"
-        )
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigurationError(
-            f"{name} must be a positive, finite number of seconds, not {value!r} ({source})"
-        )
-    return float(value)
-
-
-def _check_secrets(value: Any, name: str, source: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(items, (list, tuple))
-        or not items
-        or not all(isinstance(s, str) and s for s in items)
-    ):
-        # The value itself is never shown: it is, or contains, a secret.
-        raise ConfigurationError(
-            f"{name} must be a non-empty string or a non-empty list of them, "
-            f"not a {type(value).__name__} ({source})"
-        )
-    return tuple(items)
 
 
 def _check_url(url: Any, source: str) -> str:
@@ -439,15 +387,15 @@ def redact_url(url: str) -> str:
 #: How each setting but the secrets is checked: ``(name, value, source)`` to the value kept.
 _CHECKS: dict[str, Callable[[str, Any, str], Any]] = {
     "url": lambda _, value, source: _check_url(value, source),
-    "timeout": _check_seconds,
-    "result_ttl": _check_seconds,
-    "lease": _check_seconds,
-    "max_age": _check_seconds,
-    "max_message_size": _check_size,
-    "blob_threshold": _check_size,
-    "max_blob_size": _check_size,
+    "timeout": check_seconds,
+    "result_ttl": check_seconds,
+    "lease": check_seconds,
+    "max_age": check_seconds,
+    "max_message_size": check_size,
+    "blob_threshold": check_size,
+    "max_blob_size": check_size,
     "max_attempts": lambda _, value, source: check_attempts(value, source),
     "queue": lambda _, value, source: check_name("queue", value, source),
-    "password": _check_password,
-    "blob_url": lambda _, value, source: _check_blob_url(value, source),
+    "password": check_password,
+    "blob_url": lambda _, value, source: check_blob_url(value, source),
 }

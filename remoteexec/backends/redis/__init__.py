@@ -19,6 +19,7 @@ Where to look:
 
 * ``adapter``: ``RedisBackend``, what each call sends and what it remembers;
 * ``claiming``: the claim passes and when each runs; ``commands``: the commands of each step;
+* ``pairing``: ``complete_and_claim``, a completion and the next claim pass in one round trip;
 * ``scripts``: the Lua scripts' loader (``scripts/*.lua``);
 * ``watch``: ``lost``, ``stats``, ``purge``, heartbeats, dead letters (off the hot path);
 * ``keys``: the key layout; ``elements``: the bytes of a task or reply element;

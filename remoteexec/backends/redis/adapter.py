@@ -37,6 +37,7 @@ from .deferred import cancel_commands
 from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
+from .pairing import completed_then_claimed, routed_then_claimed
 from .shards import Shards, inward, outward
 from .topology import ClusterLink, complete_routed, split_own, spread_of, spread_oldest
 from .watch import Watch, health
@@ -283,36 +284,12 @@ class RedisBackend(Backend):
         one = len(queues) == 1 and (not self._cluster or len(self._shards.of(queues[0])) == 1)
         if not (done and one and wait >= 0.01 and claimer.calm(queues[0])):
             return super().complete_and_claim(done, queues, limit=limit, lease=lease, wait=wait)
-        if self._cluster:  # the leases' ends, then the replies and the pass in one round trip
-            with self._mapper:
-                ttl = self._ttl_ms()
-                held, pushes = complete_routed(
-                    self._keys, self._link, self._scripts, done, ttl, push=False
-                )
-                claims, out = claimer.after(pushes, queues[0], limit=limit, lease=lease, wait=wait)
-                for answer in out:
-                    if isinstance(answer, redis.ResponseError):
-                        raise answer
-            return held, claims
+        pair = routed_then_claimed if self._cluster else completed_then_claimed
         with self._mapper:
-            shas = self._scripts.shas(self._link) if scripted(done) else None
-            marks: list[int] = []
-            if shas is None:
-                cmds, marks = complete_batch(self._keys, done, ttl=self._ttl_ms())
-                before = [("MULTI",), *cmds, ("EXEC",)]
-            else:
-                calls = complete_calls(self._keys, done, ttl=self._ttl_ms())
-                before = [("EVALSHA", shas[name], *rest) for name, rest in calls]
-            claims, out = claimer.after(before, queues[0], limit=limit, lease=lease, wait=wait)
-            if shas is None:
-                applied = out[-1]
-                if not isinstance(applied, list):  # EXECABORT: nothing ran
-                    raise redis.ResponseError(f"transaction aborted: {applied}")
-                accepted = [i >= 0 and applied[i] > 0 for i in marks]
-            elif any(isinstance(reply, redis.ResponseError) for reply in out):
+            at = (self._keys, self._link, self._scripts, claimer, done, queues[0])
+            accepted, claims = pair(*at, ttl=self._ttl_ms(), limit=limit, lease=lease, wait=wait)
+            if accepted is None:
                 accepted = self.complete(done)  # NOSCRIPT or NOPERM: nothing ran; again
-            else:
-                accepted = completed(done, out)
         return accepted, claims
 
     def results(self, ids: Sequence[str]) -> dict[str, bytes]:

@@ -3,7 +3,7 @@
 The file runs in WAL mode with ``synchronous=NORMAL``: readers never block the writer, and
 a commit survives a crashed process (a power cut may lose the last few). Beyond ``base.py``
 (connections and transactions: ``connection.py``; the schema and statements:
-``statements.py``):
+``statements.py``; dead letters: ``dead.py``):
 
 * Every write is one short ``BEGIN IMMEDIATE`` transaction whatever the batch size: an
   enqueue, claim or completion of N tasks is all or nothing.
@@ -38,30 +38,18 @@ from dataclasses import astuple
 from typing import Any
 
 from ...errors import ConfigurationError
-from ..base import (
-    MAX_DEAD_LETTERS,
-    Backend,
-    Claim,
-    DeadLetter,
-    Done,
-    Job,
-    Stats,
-    WorkerInfo,
-    buried_task,
-)
+from ..base import Backend, Claim, DeadLetter, Done, Job, Stats, WorkerInfo
 from ..rows import dead_letter, worker_info
 from ..sql import Idleness
-from . import kept
+from . import dead, kept
 from .blobs import SQLiteBlobStore
 from .connection import Database
 from .kept import keep
 from .statements import (
     BLOBS,
     BODY,
-    BURY,
     CLAIM,
     DEAD,
-    DEAD_TASK,
     DEPTH,
     ENQUEUE,
     ENQUEUE_DEFERRED,
@@ -73,7 +61,6 @@ from .statements import (
     PEEK,
     PUT_BACK,
     REPLY,
-    REVIVE,
     STARTS,
     chunks,
     marks,
@@ -201,7 +188,7 @@ class SQLiteBackend(Backend):
                     if type(attempt) is int:
                         claims.append(Claim(task_id, queue, reply_to, body, attempt, tok))
                         continue
-                _quarantine(conn, seq, queue, task_id, (task_id, reply_to, body, attempt))
+                dead.quarantine(conn, seq, queue, task_id, (task_id, reply_to, body, attempt))
         return claims
 
     def _next_due(self, conn: sqlite3.Connection, queues: Sequence[str]) -> float:
@@ -300,43 +287,13 @@ class SQLiteBackend(Backend):
         self._db.run(lambda conn: conn.execute("DELETE FROM workers WHERE id = ?", (worker,)))
 
     def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
-        task = buried_task(task)
-        kept_task = (task.reply_to, task.body) if task else (None, None)
-        row = (*astuple(letter)[:6], letter.deadline, *kept_task)
-
-        def tx(conn: sqlite3.Connection) -> None:
-            seq = conn.execute(BURY, row).lastrowid
-            conn.execute("DELETE FROM dead WHERE seq <= ?", ((seq or 0) - MAX_DEAD_LETTERS,))
-
-        self._db.run(tx)
+        dead.bury(self._db, letter, task)
 
     def drop_dead(self, ids: Sequence[str]) -> int:
-        def tx(conn: sqlite3.Connection) -> int:
-            drop = "DELETE FROM dead WHERE id = ?"
-            return sum(conn.execute(drop, (i,)).rowcount for i in set(ids))
-
-        return self._db.run(tx)
+        return dead.drop_dead(self._db, ids)
 
     def retry_dead(self, ids: Sequence[str]) -> int:
-        """One transaction: each letter's task enqueued, its start record and letter gone."""
-
-        def tx(conn: sqlite3.Connection) -> int:
-            conn.execute(STARTS[0])
-            now, retried = time.time(), 0
-            for task_id in set(ids):
-                row = conn.execute(DEAD_TASK, (task_id,)).fetchone()
-                if row is None or not (type(row[0]) is type(row[1]) is str):
-                    continue
-                if type(row[2]) is not bytes:  # written by someone else
-                    continue
-                conn.execute(REVIVE, (task_id, *row, now))
-                conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (row[0],))
-                conn.execute("DELETE FROM starts WHERE id = ?", (task_id,))
-                conn.execute("DELETE FROM dead WHERE id = ?", (task_id,))
-                retried += 1
-            return retried
-
-        return self._db.run(tx) if ids else 0
+        return dead.retry_dead(self._db, ids)
 
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:
         def tx(conn: sqlite3.Connection) -> list[tuple[int, bool]]:
@@ -471,16 +428,3 @@ def _is_bytes(value: object, what: str) -> bool:
         return True
     log.error("dropped a %s that is a %s, not a blob", what, type(value).__name__)
     return False
-
-
-def _quarantine(
-    conn: sqlite3.Connection, seq: int, queue: str, task_id: object, row: tuple[Any, ...]
-) -> None:
-    """Move a claimed task row with type-confused columns to the dead letters."""
-    kinds = ", ".join(type(v).__name__ for v in row)
-    reason = f"malformed task row: (id, reply_to, body, attempt) are ({kinds})"
-    log.error("task row %d in queue %r moved to the dead letters: %s", seq, queue, reason)
-    ident = task_id if type(task_id) is str else repr(task_id)[:200]
-    conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))
-    last = conn.execute(BURY, (ident, queue, "?", reason, time.time(), "", 0, None, None)).lastrowid
-    conn.execute("DELETE FROM dead WHERE seq <= ?", ((last or 0) - MAX_DEAD_LETTERS,))
