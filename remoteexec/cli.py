@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .cli_call import add_call_parser, call_command, plain
+from .cli_dead import add_dead_parsers, dead_command
 from .errors import RemoteError, RemoteExecError
 from .worker_config import LOG_LEVELS
 
@@ -291,17 +292,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _url_options(purge)
     purge.add_argument("--queue")
 
-    dead = sub.add_parser("dead", help="dead letters: list or drop them")
-    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
-    dead_list = dead_sub.add_parser("list", help="the newest dead letters, newest first")
-    _url_options(dead_list)
-    dead_list.add_argument("--queue", help="only the dead letters of this queue")
-    dead_list.add_argument("--json", action="store_true", help="one JSON object a line")
-    dead_drop = dead_sub.add_parser("drop", help="delete dead letters")
-    _url_options(dead_drop)
-    dead_drop.add_argument("ids", nargs="*", metavar="ID", help="the dead letters to delete")
-    dead_drop.add_argument("--all", action="store_true", help="delete every dead letter")
-    dead_drop.add_argument("--queue", help="with --all: only those of this queue")
+    for dead in add_dead_parsers(sub):
+        _url_options(dead)
     dash = sub.add_parser("dashboard", help="a web page of the farm (remoteexec[dashboard])")
     _url_options(dash)
     dash.add_argument("--bind", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -366,31 +358,6 @@ def _purge(args: argparse.Namespace) -> None:
         print(f"purged {client.backend.purge(args.queue)} waiting task(s)")
 
 
-def _dead(args: argparse.Namespace) -> None:
-    import json
-    import time
-    from dataclasses import asdict
-
-    from .backends.base import MAX_DEAD_LETTERS
-    from .client import Client
-    from .errors import ConfigurationError
-
-    if args.dead_command == "drop" and bool(args.ids) == args.all:
-        raise ConfigurationError("dead drop takes either dead letter ids or --all")
-    with Client(args.url) as client:
-        letters = client.backend.dead_letters(args.queue, limit=MAX_DEAD_LETTERS)
-        if args.dead_command == "drop":
-            ids = args.ids or [d.id for d in letters]
-            print(f"dropped {client.backend.drop_dead(ids)} dead letter(s)")
-            return
-    for d in letters:
-        if args.json:
-            print(json.dumps(asdict(d)))
-        else:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.at))
-            print(f"{d.id}  {when}  {d.queue}  {d.name}: {d.reason}")
-
-
 def _dashboard(args: argparse.Namespace) -> None:
     from .dashboard import serve
 
@@ -427,6 +394,6 @@ _COMMANDS = {
     "call": call_command,
     "purge": _purge,
     "init-db": _init_db,
-    "dead": _dead,
+    "dead": dead_command,
     "dashboard": _dashboard,
 }

@@ -293,11 +293,8 @@ def _check_blob_url(url: Any, source: str) -> str:
     return url
 
 
-#: The largest task body a dead letter keeps, to enqueue it again (``Backend.retry_dead``);
-#: the letter of a larger one is kept without it and cannot be retried.
+#: The largest task body a dead letter keeps, to be retried (``Backend.retry_dead``).
 MAX_DEAD_BODY = 1 << 20
-#: The longest traceback a dead letter keeps, in characters (the end is kept).
-MAX_DEAD_TRACEBACK = 8 * 1024
 
 #: The largest ``max_attempts`` a call may carry (workers refuse calls above it).
 MAX_ATTEMPTS = 1000

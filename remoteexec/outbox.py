@@ -10,7 +10,9 @@ The failure replies a worker makes itself live here too: a call that cannot be d
 (``undecodable``), one that lost its worker too often (``lost``) and any other refusal
 (``failure``). The first two also leave a dead letter, and so does a call sent with no
 reply address that failed (``unanswered``), with its traceback. Each of these letters
-keeps the task, so that ``Backend.retry_dead`` can enqueue it again.
+keeps the task, so that ``Backend.retry_dead`` can enqueue it again, and is buried when
+its claim is settled, after the start record of a signed call is marked completed: a
+retry that follows the letter at once finds that record gone, not marked again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from dataclasses import replace
 
 from .backends import Backend, Claim, DeadLetter, Done, Job
 from .blobs import Payloads
-from .config import MAX_DEAD_TRACEBACK
 from .errors import BackendUnavailable, PayloadTooLarge, RemoteExecError, error_kind
 from .leases import Leases, quietly
 from .message import Codec, Failure, Reply
@@ -29,6 +30,9 @@ from .observe import TaskObserver, results_settled, task_lost
 from .replay import ReplayGuard
 
 log = logging.getLogger("remoteexec.worker")
+
+#: The longest traceback a dead letter keeps, in characters (the end is kept).
+MAX_DEAD_TRACEBACK = 8 * 1024
 
 
 class Outbox:
@@ -48,6 +52,8 @@ class Outbox:
         self.payloads = payloads
         self.guard = guard
         self.observer: TaskObserver | None = None  # per-task log lines, metrics (observe.py)
+        # Dead letters until their claims are settled, by claim (a token may hold a batch).
+        self._graves: dict[tuple[str, str], tuple[DeadLetter, Job]] = {}
 
     def failure(self, claim: Claim, kind: str, type_name: str, message: str, key: int = 0) -> Done:
         """A failure reply, signed with secret number ``key`` (the one that verified the call);
@@ -77,10 +83,10 @@ class Outbox:
         return Done(claim, None)
 
     def bury(self, letter: DeadLetter, claim: Claim) -> None:
-        """Keep ``letter`` with the task of ``claim``, to be retried (a broker away is
-        logged)."""
+        """Keep ``letter`` with the task of ``claim``, to be retried, once the broker
+        accepts the claim's completion (``settle``)."""
         task = Job(claim.id, claim.queue, claim.reply_to, claim.body)
-        quietly(self.backend.bury, letter, task)
+        self._graves[claim.token, claim.id] = (letter, task)
 
     def undecodable(self, claim: Claim, exc: Exception) -> Done:
         """A claim whose body is no call to run ends as a dead letter, acknowledged. With
@@ -156,3 +162,8 @@ class Outbox:
             self.guard.completed(
                 [d.claim.id for d, ok in pairs if ok and (d.reply or not d.claim.reply_to)]
             )
+        if self._graves:
+            for done, ok in zip(finished, accepted, strict=False):
+                grave = self._graves.pop((done.claim.token, done.claim.id), None)
+                if grave is not None and ok:  # else another worker holds the task
+                    quietly(self.backend.bury, *grave)

@@ -324,6 +324,12 @@ def test_registry_and_dead_letter_rows_are_parsed_defensively() -> None:
         assert worker_json(row) is None, row
     for row in bad_json_rows(GOOD_DEAD):
         assert dead_letter_json(row) is None, row
+    full = {**GOOD_DEAD, "traceback": "tb", "deadline": 2.0}
+    assert dead_letter_json(json.dumps({**full, "retryable": True})) is not None
+    for row in bad_json_rows(full):
+        assert dead_letter_json(row) is None, row
+    for bad in (2, -1, "yes", None, 1.5, [True]):
+        assert dead_letter_json(json.dumps({**full, "retryable": bad})) is None, bad
 
 
 # Hostile bodies --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from remoteexec.backends import Done, Job, WorkerInfo, open_backend
+from remoteexec.backends import DeadLetter, Done, Job, WorkerInfo, open_backend
 from remoteexec.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
 from remoteexec.backends.sqlite import connection as sqlite_mod
 from remoteexec.errors import BackendUnavailable, ConfigurationError
@@ -256,6 +256,36 @@ def test_a_version_3_file_gains_the_workers_figures(db: Path) -> None:
         assert (new.failed, new.durations) == (1, {"A.run": [1]})
     finally:
         backend.close()
+
+
+def test_a_version_2_database_gets_the_dead_letters_tasks(db: Path) -> None:
+    backend = SQLiteBackend.from_url(f"sqlite:///{db}")
+    backend.stats()
+    backend.close()
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        """DROP TABLE dead;
+        CREATE TABLE dead (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL,
+            name TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+        INSERT INTO dead (id, queue, name, reason, at) VALUES ('old', 'q', 'T.x', 'lost', 1.0);
+        ALTER TABLE workers DROP COLUMN failed;
+        ALTER TABLE workers DROP COLUMN durations;
+        PRAGMA user_version = 2;"""
+    )
+    conn.close()
+    backend = SQLiteBackend.from_url(f"sqlite:///{db}")
+    try:
+        backend.bury(DeadLetter("new", "q", "T.x", "failed", 2.0, "tb"), job("q"))
+        assert [(d.id, d.traceback, d.retryable) for d in backend.dead_letters()] == [
+            ("new", "tb", True),
+            ("old", "", False),
+        ]
+        assert backend.retry_dead(["old", "new"]) == 1
+    finally:
+        backend.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    conn.close()
 
 
 def test_a_newer_schema_is_refused(db: Path) -> None:

@@ -298,8 +298,9 @@ class Backend(ABC):
 
     @abstractmethod
     def bury(self, letter: DeadLetter, task: Job | None = None) -> None:
-        """Keep a dead letter for ``status`` (the newest ``MAX_DEAD_LETTERS``), with
-        ``task``, what ``retry_dead`` enqueues again, if ``kept(task)``."""
+        """Keep a dead letter for ``status`` (the newest ``MAX_DEAD_LETTERS``), with the
+        reply address and body of ``task``, what ``retry_dead`` enqueues again under the
+        letter's id and queue, if ``kept(task)``."""
 
     @abstractmethod
     def note_starts(self, starts: Sequence[tuple[str, float]]) -> list[tuple[int, bool]]:

@@ -197,7 +197,9 @@ class MemoryBackend(Backend):
                 self._b.dead_tasks.pop(dead[-1].id, None)
             dead.appendleft(replace(letter, retryable=task is not None))
             if task is not None:
-                self._b.dead_tasks[letter.id] = replace(task, not_before=0.0)
+                self._b.dead_tasks[letter.id] = Job(
+                    letter.id, letter.queue, task.reply_to, task.body
+                )
 
     def drop_dead(self, ids: Sequence[str]) -> int:
         with self._b.cond:

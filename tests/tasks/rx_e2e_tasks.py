@@ -78,6 +78,15 @@ class KillsItsWorker:
         os._exit(9)
 
 
+@remote(max_attempts=2)
+class RaisesAlways:
+    """A poison task that fails every time: notes each run in its ledger, then raises."""
+
+    def execute(self, ledger):
+        _note(ledger, "run", os.getpid(), time.time())
+        raise ValueError("poison: this task always fails")
+
+
 @remote(time_limit=1)
 class Sleepy:
     def execute(self, seconds):

@@ -30,7 +30,7 @@ from .elements import BadElement, pack_task, unpack_reply
 from .keys import Keys
 from .lua import Scripts
 from .shards import Shards, base, inward, outward
-from .topology import ClusterLink, complete_routed, split_own, spread_of, spread_oldest
+from .topology import ClusterLink, complete_routed, split_own
 from .watch import Watch, health
 from .wire import Link, raw, run
 
@@ -406,17 +406,8 @@ class RedisBackend(Backend):
             self._watching().bury(letter, task)
 
     def retry_dead(self, ids: Sequence[str]) -> int:
-        """Two steps: the tasks and letters are taken in one transaction, then the tasks
-        enqueued; if that fails, the letters are put back (best effort) and it raises."""
         with self._mapper:
-            taken = self._watching().take_dead(ids)
-        try:
-            self.enqueue([job for job, _ in taken])
-        except BackendUnavailable:
-            with contextlib.suppress(BackendUnavailable), self._mapper:
-                self._watching().unbury(taken)
-            raise
-        return len(taken)
+            return self._watching().retry_dead(ids, self.enqueue)
 
     def drop_dead(self, ids: Sequence[str]) -> int:
         with self._mapper:
@@ -431,12 +422,8 @@ class RedisBackend(Backend):
             self._watching().note_completed(ids)
 
     def stats(self) -> Stats:
-        with self._mapper:
-            stats = self._watching().stats(worker_ttl=self.worker_ttl)
-            if self._cluster:  # totals per queue; per shard and per node in parts
-                stats.queues, stats.parts = spread_of(stats.queues, self._keys, self._r)
-                stats.oldest = spread_oldest(stats.oldest)
-        return stats
+        with self._mapper:  # on a cluster: totals per queue; per shard and node in parts
+            return self._watching().stats(worker_ttl=self.worker_ttl)
 
     def health(self) -> dict[str, float | str]:
         with self._mapper:

@@ -7,10 +7,11 @@ holds one ``Watch`` per connection set and maps its errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -18,11 +19,13 @@ import redis
 from redis.client import Pipeline
 from redis.cluster import RedisCluster
 
+from ...errors import BackendUnavailable
 from ..base import MAX_DEAD_LETTERS, DeadLetter, Job, Stats, WorkerInfo, kept
 from ..rows import dead_letter_json, worker_json
 from .commands import requeue
 from .elements import pack_task, unpack_reply, unpack_task
 from .keys import Keys
+from .topology import spread_of, spread_oldest
 from .wire import raw
 
 log = logging.getLogger("remoteexec.redis")
@@ -104,7 +107,7 @@ class Watch:
                 p.hset(
                     self._keys.dead_tasks,
                     letter.id,
-                    pack_task(task.id, task.reply_to, 0, task.body),
+                    pack_task(letter.id, task.reply_to, 0, task.body),
                 )
             p.lrange(dead, MAX_DEAD_LETTERS, -1)
             p.ltrim(dead, 0, MAX_DEAD_LETTERS - 1)
@@ -131,6 +134,18 @@ class Watch:
             self._cmd("HDEL", self._keys.dead_tasks, task_id)
         return dropped
 
+    def retry_dead(self, ids: Sequence[str], enqueue: Callable[[list[Job]], None]) -> int:
+        """Two steps: ``take_dead``, then ``enqueue`` the tasks taken; if that fails, the
+        letters and tasks are put back (best effort) and it raises."""
+        taken = self.take_dead(ids)
+        try:
+            enqueue([job for job, _ in taken])
+        except BackendUnavailable:
+            with contextlib.suppress(redis.RedisError):
+                self.unbury(taken)
+            raise
+        return len(taken)
+
     def take_dead(self, ids: Sequence[str]) -> list[tuple[Job, list[bytes]]]:
         """Take the tasks of the letters ``ids`` that keep one, with the letters' stored
         texts: the tasks and letters are deleted in one transaction (a task another
@@ -138,7 +153,10 @@ class Watch:
         wanted = list(set(ids))
         letters = self._letters(set(wanted)) if wanted else {}
         found = [i for i in wanted if i in letters]
-        elems = self._cmd("HMGET", self._keys.dead_tasks, *found) if found else []
+        with self._pipe(transaction=False) as p:  # HGET: the worker's ACL has no HMGET
+            for task_id in found:
+                p.hget(self._keys.dead_tasks, task_id)
+            elems = p.execute()
         jobs: list[tuple[Job, list[bytes]]] = []
         for task_id, elem in zip(found, elems, strict=True):
             queue = json.loads(letters[task_id][0])["queue"]  # a letter read as valid
@@ -225,7 +243,10 @@ class Watch:
         infos = [w for w in map(worker_json, workers.values()) if w is not None]
         live = [w for w in infos if now - w.last_seen < worker_ttl]
         letters = [d for d in map(dead_letter_json, dead) if d is not None]
-        return Stats(depth, running, live, letters, oldest=oldest)
+        if not isinstance(self._client, RedisCluster):
+            return Stats(depth, running, live, letters, oldest=oldest)
+        totals, parts = spread_of(depth, self._keys, self._client)  # per shard and node in parts
+        return Stats(totals, running, live, letters, parts, spread_oldest(oldest))
 
     def _oldest(self, queues: Sequence[str], heads: Sequence[bytes | None]) -> dict[str, float]:
         """When each queue's head task was first seen there (the lists hold no time)."""
