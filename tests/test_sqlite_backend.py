@@ -245,6 +245,8 @@ def test_a_version_2_database_gets_the_dead_letters_tasks(db: Path) -> None:
         CREATE TABLE dead (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, queue TEXT NOT NULL,
             name TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
         INSERT INTO dead (id, queue, name, reason, at) VALUES ('old', 'q', 'T.x', 'lost', 1.0);
+        ALTER TABLE workers DROP COLUMN failed;
+        ALTER TABLE workers DROP COLUMN durations;
         PRAGMA user_version = 2;"""
     )
     conn.close()

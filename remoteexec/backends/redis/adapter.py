@@ -39,7 +39,7 @@ from .keys import Keys
 from .lua import Scripts
 from .pairing import completed_then_claimed, routed_then_claimed
 from .shards import Shards, inward, outward
-from .topology import ClusterLink, complete_routed, split_own, spread_of, spread_oldest
+from .topology import ClusterLink, complete_routed, split_own
 from .watch import Watch, health
 from .wire import Link, raw, run
 
@@ -413,12 +413,8 @@ class RedisBackend(Backend):
             self._watching().note_completed(ids)
 
     def stats(self) -> Stats:
-        with self._mapper:
-            stats = self._watching().stats(worker_ttl=self.worker_ttl)
-            if self._cluster:  # totals per queue; per shard and per node in parts
-                stats.queues, stats.parts = spread_of(stats.queues, self._keys, self._r)
-                stats.oldest = spread_oldest(stats.oldest)
-        return stats
+        with self._mapper:  # on a cluster: totals per queue; per shard and node in parts
+            return self._watching().stats(worker_ttl=self.worker_ttl)
 
     def health(self) -> dict[str, float | str]:
         with self._mapper:

@@ -36,6 +36,7 @@ from .commands import requeue
 from .deferred import is_deferred
 from .elements import pack_task, unpack_reply, unpack_task
 from .keys import Keys
+from .topology import spread_of, spread_oldest
 from .wire import raw
 
 log = logging.getLogger("remoteexec.redis")
@@ -286,7 +287,10 @@ class Watch:
         infos = [w for w in map(worker_json, workers.values()) if w is not None]
         live = [w for w in infos if now - w.last_seen < worker_ttl]
         letters = [d for d in map(dead_letter_json, dead) if d is not None]
-        return Stats(depth, running, live, letters, oldest=oldest)
+        if not isinstance(self._client, RedisCluster):
+            return Stats(depth, running, live, letters, oldest=oldest)
+        totals, parts = spread_of(depth, self._keys, self._client)  # per shard and node in parts
+        return Stats(totals, running, live, letters, parts, spread_oldest(oldest))
 
     def _oldest(self, queues: Sequence[str], heads: Sequence[bytes | None]) -> dict[str, float]:
         """When each queue's head task was first seen there (the lists hold no time)."""

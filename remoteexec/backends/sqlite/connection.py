@@ -95,7 +95,7 @@ class Database:
         return int(self.run(lambda c: c.execute("PRAGMA data_version").fetchone()[0], None))
 
     def health(self) -> dict[str, float | str]:
-        """The file's and its write-ahead log's bytes, and each table's and index's."""
+        """The file's and its write-ahead log's bytes, and each table's (with its indexes)."""
         figures: dict[str, float | str] = {}
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):

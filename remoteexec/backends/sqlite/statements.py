@@ -147,8 +147,11 @@ FORGET_STARTS = (
 )
 
 
-#: Bytes per table and index (``dbstat``), for ``health``.
-TABLE_SIZES = "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY name"
+#: Bytes per table, its indexes included (``dbstat``), for ``health``.
+TABLE_SIZES = (
+    "SELECT coalesce(m.tbl_name, d.name) AS t, sum(d.pgsize) FROM dbstat AS d "
+    "LEFT JOIN sqlite_master AS m ON m.name = d.name GROUP BY t ORDER BY t"
+)
 
 
 def schema_ready(conn: sqlite3.Connection, path: str) -> bool:
