@@ -19,6 +19,7 @@ from typing import Any
 
 import pymysql
 import pytest
+
 import redis
 
 from remoteexec import Client, RemoteError, WorkerLost, using
@@ -85,6 +86,12 @@ def run_farm(farm: Farm, folder: Path, worker_url: str, client_url: str) -> None
         assert tasks.Slow.execute(3) > 0  # the client checks on it meanwhile
         idle = tasks.Echo.value.options(queue="nobody-serves-this").submit(1)
         assert idle.cancel()
+        assert tasks.Echo.value.options(delay=0.3).submit(7).result(timeout=30) == 7
+        deferred = tasks.Echo.value.options(delay=60, timeout=120).submit(1)
+        assert deferred.cancel()
+        kept = tasks.Echo.value.options(keep_result=60).send(8)
+        assert client.result(kept, timeout=30) == 8 and client.status(kept) == "done"
+        assert tasks.Flaky.execute(str(folder / "flaky.txt"), 1) == 2  # one retry
         lines = farm.command_lines()
         assert helper in lines and not [
             line for line in lines.values() if any(p in line for p in PASSWORDS.values())

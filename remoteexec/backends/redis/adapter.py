@@ -318,9 +318,10 @@ class RedisBackend(Backend):
         with self._mapper:
             for queue in self._shards.of(job.queue) if self._cluster else [job.queue]:
                 if not removed:
-                    waiting = ("LREM", self._keys.waiting(queue), 1, elem)
-                    out = self._run([waiting, *cancel_commands(self._keys, queue, job.id)])
-                    removed = bool(out[0] or out[1])
+                    commands = [("LREM", self._keys.waiting(queue), 1, elem)]
+                    if job.not_before:  # it may wait deferred: deferred.py
+                        commands += cancel_commands(self._keys, queue, job.id)
+                    removed = any(self._run(commands)[:2])
         if removed:
             with self._lock:
                 self._sent.pop(job.id, None)

@@ -80,8 +80,8 @@ class Watch:
         """The first reply kept under each of ``ids`` (``keys.kept``), where one is."""
         with self._pipe(transaction=False) as p:
             for i in ids:
-                p.lindex(self._keys.kept(i), 0)
-            out = p.execute()
+                p.lrange(self._keys.kept(i), 0, 0)  # LRANGE: a client's commands have no LINDEX
+            out = [first[0] if type(first) is list and first else None for first in p.execute()]
         return {i: body for i, body in zip(ids, out, strict=True) if type(body) is bytes}
 
     def states(self, ids: Sequence[str]) -> dict[str, str]:
@@ -100,8 +100,8 @@ class Watch:
         claims = [(q, t) for q, ts in zip(queues, out[1::2], strict=True) for t in ts]
         with self._pipe(transaction=False) as p:
             for q, t in claims:
-                p.lindex(self._keys.claim_raw(q, t), 0)
-            elems = p.execute()
+                p.lrange(self._keys.claim_raw(q, t), 0, 0)
+            elems = [first[0] if first else None for first in p.execute()]
         for e in elems:
             if e is not None and (i := _task_id(e)) in wanted:
                 found[i] = RUNNING  # a lease due but not yet requeued reads running
@@ -270,9 +270,9 @@ class Watch:
             for q in queues:
                 p.llen(self._keys.waiting(q))
                 p.zrange(self._keys.leases(q), 0, -1, withscores=True)
-                p.lindex(self._keys.waiting(q), -1)  # the oldest: tasks are pushed on the left
+                p.lrange(self._keys.waiting(q), -1, -1)  # the oldest: pushed on the left
             out = p.execute()
-        oldest = self._oldest(queues, out[2::3])
+        oldest = self._oldest(queues, [tail[0] if tail else None for tail in out[2::3]])
         out = [x for i, x in enumerate(out) if i % 3 != 2]
         leases = [(q, t, s) for q, ts in zip(queues, out[1::2], strict=True) for t, s in ts]
         with self._pipe(transaction=False) as p:
