@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(extra)
     print()
-    print("Issue 6 targets:")
+    print("Targets (docs/performance.md):")
     print(target_lines(targets(results)))
     for system, errors in results.errors.items():
         for error in errors:
