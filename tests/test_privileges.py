@@ -19,7 +19,6 @@ from typing import Any
 
 import pymysql
 import pytest
-
 import redis
 
 from remoteexec import Client, RemoteError, WorkerLost, using
