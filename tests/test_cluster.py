@@ -99,6 +99,23 @@ def test_a_queue_with_six_shards_spreads_20000_calls_over_three_primaries(
         assert [f.result(timeout=240) for f in futures] == [math.pi * i for i in range(20_000)]
 
 
+def test_withdraw_finds_waiting_and_deferred_tasks_on_every_shard(redis_cluster: Any) -> None:
+    redis_cluster.flushall()
+    backend = open_backend(redis_cluster.url + "?shards=4")
+    try:
+        jobs = [Job(uuid.uuid4().hex, "default", "r", b"x") for _ in range(8)]
+        later = [Job(uuid.uuid4().hex, "default", "r", b"x", time.time() + 60) for _ in range(4)]
+        backend.enqueue(jobs + later)
+        shards, _ = _shard_parts(backend.stats())
+        assert len(shards) == 4 and sum(shards.values()) == 12, shards
+        ids = [j.id for j in jobs + later]
+        assert backend.withdraw([*ids, "unknown"]) == ids
+        assert backend.purged(ids) == set(ids)
+        assert sum(backend.stats().queues.values()) == 0
+    finally:
+        backend.close()
+
+
 def test_a_task_type_with_shards_spreads_its_queue_without_a_url_option(
     cluster_farm: Farm, redis_cluster: Any
 ) -> None:

@@ -698,3 +698,24 @@ def test_dropped_dead_letters_are_gone_and_unknown_ids_skipped(backend: Backend)
     assert backend.drop_dead(["x0", "x2", "nope"]) == 2
     assert [d.id for d in backend.dead_letters()] == ["x1"]
     assert backend.drop_dead([]) == 0
+
+
+def test_withdraw_deletes_waiting_and_deferred_tasks_and_leaves_claimed_ones(
+    backend: Backend,
+) -> None:
+    taken, put_back = job(), job()
+    backend.enqueue([taken, put_back])
+    claims = {c.id: c for c in claim_all(backend, ["default"], 2)}
+    back = Job(put_back.id, "default", put_back.reply_to, b"later", time.time() + 60)
+    assert backend.complete([Done(claims[put_back.id], None, again=back)]) == [True]
+    waiting, later, other, kept = job(), deferred(60), job("other"), job()
+    backend.enqueue([waiting, later, other, kept])
+    ids = [waiting.id, later.id, put_back.id, other.id, taken.id, "unknown"]
+    assert backend.withdraw(ids) == [waiting.id, later.id, put_back.id, other.id]
+    assert backend.withdraw([]) == []
+    assert backend.purged([*ids, kept.id]) == {waiting.id, later.id, put_back.id, other.id}
+    assert backend.lost(ids, "client-1") == {waiting.id, later.id, put_back.id, other.id, "unknown"}
+    assert backend.states([taken.id, kept.id]) == {taken.id: "running", kept.id: "waiting"}
+    assert [c.id for c in claim_all(backend, ["default", "other"], 1)] == [kept.id]
+    assert backend.claim(["default", "other"], limit=5, lease=30, wait=0.1) == []
+    assert backend.withdraw([taken.id]) == []

@@ -26,7 +26,9 @@ import uvicorn
 from remoteexec import Client, using
 from remoteexec.backends import DeadLetter, Job, open_backend
 from remoteexec.dashboard.app import make_app
-from remoteexec.errors import RemoteError, WorkerLost
+from remoteexec.errors import CallPurged, RemoteError, WorkerLost
+from remoteexec.liveness import LIVENESS_AFTER, LIVENESS_EVERY
+from tests.conftest import fresh_url
 from tests.farm import tasks
 
 PIDS_JS = "return [...document.querySelectorAll('#workers tr')].map(r => r.cells[1].textContent)"
@@ -175,7 +177,8 @@ def _queued(url: str, n: int) -> None:
 
 
 ACTIONS = [
-    ("api/purge", {"queue": "q"}, {"purged": 3}),
+    ("api/cancel", {"ids": ["j0", "unknown"]}, {"cancelled": ["j0"]}),
+    ("api/purge", {"queue": "q"}, {"purged": 2}),
     ("api/dead/retry", {"ids": ["d1"]}, {"retried": 1}),
     ("api/dead/drop", {"ids": ["d2"]}, {"dropped": 1}),
 ]
@@ -290,6 +293,57 @@ def test_a_purge_is_logged_with_who_and_what(tmp_path: Path, caplog: Any) -> Non
         backend.close()
 
 
+@pytest.mark.parametrize("bad", [{}, {"ids": "j0"}, {"ids": []}, {"ids": [1]}, {"ids": [""]},
+    {"ids": ["x" * 192]}, {"ids": ["j"] * 101}])  # fmt: skip
+def test_a_cancel_takes_a_list_of_at_most_100_short_ids(tmp_path: Path, bad: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'rx.db'}"
+    _queued(url, 1)
+    backend = open_backend(url)
+    try:
+        for site in _serve(make_app(backend, allow_actions=True, token="t")):
+            good = {"Authorization": "Bearer t", "X-CSRF-Token": _csrf(site)}
+            assert _post(site, good, "api/cancel", bad)[0] == 400
+            assert backend.states(["j0"]) == {"j0": "waiting"}
+            most = {"ids": ["x" * 191] * 99 + ["j0"]}
+            assert _post(site, good, "api/cancel", most) == (200, {"cancelled": ["j0"]})
+    finally:
+        backend.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "mysql"])
+def test_a_cancelled_waiting_call_ends_its_callers_future_with_call_purged(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, caplog: Any
+) -> None:
+    url = fresh_url(kind, request, tmp_path)
+    backend = open_backend(url)
+    bound = LIVENESS_AFTER + 2 * LIVENESS_EVERY + 1.0 + 2.0  # liveness.py's, with slack
+    try:
+        with Client(url) as client, using(client):
+            running = tasks.Echo.value.submit("running")  # no worker serves its queue
+            [claim] = backend.claim(["default"], limit=1, lease=60, wait=10)  # a worker's
+            cancelled = tasks.Echo.value.submit("cancelled")
+            ids = [str(cancelled.task_id), str(running.task_id)]
+            assert claim.id == ids[1]
+            deadline = time.monotonic() + 10
+            while backend.states(ids) != {ids[0]: "waiting", ids[1]: "running"}:
+                assert time.monotonic() < deadline, "the call was not queued"
+                time.sleep(0.05)
+            for site in _serve(make_app(backend, allow_actions=True, token="t")):
+                good = {"Authorization": "Bearer t", "X-CSRF-Token": _csrf(site)}
+                with caplog.at_level(logging.INFO, logger="remoteexec.dashboard"):
+                    answer = _post(site, good, "api/cancel", {"ids": ids})
+                assert answer == (200, {"cancelled": [ids[0]]})  # the claimed one runs on
+            assert isinstance(cancelled.exception(timeout=bound), CallPurged)
+            assert backend.states(ids) == {ids[1]: "running"}
+            backend.release([claim])
+            logged = [r.getMessage() for r in caplog.records]
+            what = f"cancelled call(s) {ids[0]}, {ids[1]}: withdrew {ids[0]}"
+            assert f"dashboard: 127.0.0.1 (token) {what}" in logged
+    finally:
+        backend.close()
+
+
 def _log_in(browser: Any, token: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -355,6 +409,14 @@ def test_the_login_form_sets_a_strict_http_only_session_that_drops_a_dead_letter
             200,
             {"dropped": 1},
         )
+        # The form beside "log out" cancels a waiting call by its id.
+        backend.enqueue([Job("c1", "q", "nobody", b"x")])
+        browser.execute_script("window.confirm = () => true")
+        field = _wait_for(browser, "return document.getElementById('cancel-id')")
+        field.send_keys("c1")
+        browser.execute_script("document.querySelector('#cancel button').click()")
+        _wait_for(browser, "return document.getElementById('result').textContent.includes('c1')")
+        assert (backend.states(["c1"]), backend.purged(["c1"])) == ({}, {"c1"})
     backend.close()
 
 

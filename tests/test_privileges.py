@@ -6,7 +6,7 @@ Each test starts a private server, creates the documented users with test passwo
 a ``remoteexec-worker`` as the worker user (its password in a file, never on a command line)
 and calls through a client user: plain, async, failing, nested, time-limited (a helper
 process), slow (the client's lost-call checks), signed (start records) and cancelled calls;
-then ``remoteexec status`` as the client and ``remoteexec purge`` as the worker.
+then ``remoteexec status`` as the client and ``remoteexec purge`` and ``withdraw`` as the worker.
 """
 
 from __future__ import annotations
@@ -111,6 +111,24 @@ def check_tools(folder: Path, client_url: str, worker_url: str) -> None:
     assert out.returncode == 0 and out.stdout.startswith("purged 0"), out.stderr
 
 
+def check_withdraw(worker_url: str) -> None:
+    """The dashboard's cancel (``Backend.withdraw``) works as the worker user."""
+    import time
+    import uuid
+
+    from remoteexec.backends import Job, open_backend
+
+    backend = open_backend(worker_url)
+    try:
+        now, later = Job(uuid.uuid4().hex, "q", "r", b"x"), Job(uuid.uuid4().hex, "q", "r", b"x")
+        later.not_before = time.time() + 60
+        backend.enqueue([now, later])
+        assert backend.withdraw([now.id, later.id]) == [now.id, later.id]
+        assert backend.purged([now.id, later.id]) == {now.id, later.id}
+    finally:
+        backend.close()
+
+
 # Redis ------------------------------------------------------------------------------------
 
 
@@ -158,6 +176,7 @@ def test_the_documented_redis_users_run_a_farm_and_nothing_else(
         check_tools(
             tmp_path, f"redis://remoteexec-client@{base}", f"redis://remoteexec-worker@{base}"
         )
+        check_withdraw(f"redis://remoteexec-worker:{PASSWORDS['WORKER-PASSWORD']}@{base}")
     finally:
         farm.stop()
     assert {e["username"] for e in quietly_refused(admin)} == {"remoteexec-client"}  # its purge
@@ -209,6 +228,7 @@ def test_the_documented_mysql_users_run_a_farm_and_cannot_drop_a_table(tmp_path:
             check_tools(
                 tmp_path, f"mysql://remoteexec_client@{base}", f"mysql://remoteexec_worker@{base}"
             )
+            check_withdraw(f"mysql://remoteexec_worker:{PASSWORDS['WORKER-PASSWORD']}@{base}")
         finally:
             farm.stop()
         worker = pymysql.connect(

@@ -11,7 +11,7 @@ deadlines and attempt limits live above it, in ``message.py``, ``client.py`` and
   broker's own terms (no scheduler process moves it), and no claim takes it before then;
   once due, a claim takes it like waiting work, the first due first. A claim that waits
   wakes for the next one to come due. ``stats`` counts deferred tasks as waiting, and
-  ``cancel``, ``purge`` and ``lost`` see them.
+  ``cancel``, ``withdraw``, ``purge`` and ``lost`` see them.
 * **Ids.** ``Job.id`` is unique; the client never sends one twice. Enqueueing an id the
   backend holds (waiting or claimed) raises nothing and leaves the held task as it is: a
   claimed task stays claimed under its token and its reply is delivered. Memory, SQLite
@@ -74,6 +74,8 @@ differs between backends, and why:
 * **What ``lost`` can see.** Every backend looks the ids up where tasks and replies
   live; Redis also tells a server that came back empty by an epoch key, for the ids its
   own object enqueued.
+* **How ``withdraw`` finds a task.** Memory, SQLite and MySQL look the ids up by id;
+  Redis reads every queue's waiting list and leases set (as ``states`` does).
 * **Where ``states`` looks.** Memory, SQLite and MySQL look the ids up by id; Redis keeps
   no index of ids, so it reads the waiting lists and the claim lists (its cost grows with
   the backlog, as ``lost``'s does).
@@ -375,6 +377,18 @@ class Backend(ABC):
 
         Each deleted id leaves a tombstone for ``result_ttl`` seconds, which ``purged``
         reports, so that the callers of purged tasks learn why their call ended.
+        """
+
+    @abstractmethod
+    def withdraw(self, ids: Sequence[str]) -> list[str]:
+        """Delete the tasks ``ids`` that no worker holds (waiting or deferred); return the
+        ids deleted, in the order given. A claimed task stays, even under an expired
+        lease; unknown ids are skipped. Each deleted id leaves ``purge``'s tombstone, so
+        its caller's call ends in ``CallPurged``.
+
+        An operator's action (the dashboard's "cancel a call"), not a hot-path call: Redis
+        keeps no index of ids, so it reads every queue's waiting list and deferred tasks
+        (``LRANGE``) and removes each element found (``LREM``).
         """
 
     @abstractmethod

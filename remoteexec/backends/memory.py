@@ -344,6 +344,19 @@ class MemoryBackend(Backend):
                     removed += 1
         return removed
 
+    def withdraw(self, ids: Sequence[str]) -> list[str]:
+        now = time.time()
+        withdrawn = []
+        with self._b.cond:
+            for task_id in dict.fromkeys(ids):
+                for q in self._b.queues.values():
+                    entry = q.get(task_id)
+                    if entry is not None and not entry.token:  # waiting or deferred
+                        self._b.deferred -= q.pop(task_id).token == ""
+                        self._b.purged[task_id] = now
+                        withdrawn.append(task_id)
+        return withdrawn
+
     def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
         with self._b.cond:
             held = {i for q in self._b.queues.values() for i in ids if i in q}

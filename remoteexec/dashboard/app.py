@@ -4,7 +4,8 @@ guarded actions.
 With a token, ``GET /api/snapshot`` answers 401 until the request proves it (the page then
 shows the login form).
 
-An action (``POST /api/purge``, ``/api/dead/retry``, ``/api/dead/drop``) answers 403 and
+An action (``POST /api/purge``, ``/api/dead/retry``, ``/api/dead/drop``, ``/api/cancel``:
+withdraw waiting or deferred calls by id, ``Backend.withdraw``) answers 403 and
 changes nothing unless ``auth.Guard`` lets it through: actions allowed, the token or a login,
 and the CSRF token. Each action taken, and each refused, is logged with who (the client's
 address and how it proved the token: ``token`` or ``login``) and what.
@@ -34,16 +35,18 @@ log = logging.getLogger("remoteexec.dashboard")
 
 _MAX_BODY = 64 * 1024  # bytes of an action's JSON body
 _MAX_IDS = 1000  # dead letters one action names
+_MAX_CALLS, _MAX_CALL_ID = 100, 191  # calls one cancel names, and the length of an id
 
 Action = Callable[[dict[str, Any]], Awaitable[tuple[dict[str, Any], str]]]
 
 
-def _ids(body: dict[str, Any]) -> list[str] | None:
-    """The ``ids`` list of an action's body, if it is a short list of short strings."""
+def _ids(body: dict[str, Any], most: int = _MAX_IDS, longest: int = 255) -> list[str] | None:
+    """The ``ids`` list of an action's body, if it is a list of at most ``most`` strings
+    of at most ``longest`` characters."""
     ids = body.get("ids")
-    if type(ids) is not list or not 0 < len(ids) <= _MAX_IDS:
+    if type(ids) is not list or not 0 < len(ids) <= most:
         return None
-    if not all(type(i) is str and 0 < len(i) <= 255 for i in ids):
+    if not all(type(i) is str and 0 < len(i) <= longest for i in ids):
         return None
     return ids
 
@@ -82,6 +85,15 @@ async def _retry(backend: Backend, body: dict[str, Any]) -> tuple[dict[str, Any]
         return {"error": f"{type(backend).__name__} cannot retry dead letters"}, ""
     count = int(await run_in_threadpool(retry_dead, ids))
     return {"retried": count}, f"retried dead letter(s) {', '.join(ids)}: {count}"
+
+
+async def _cancel(backend: Backend, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    ids = _ids(body, _MAX_CALLS, _MAX_CALL_ID)
+    if ids is None:
+        return {"error": f"give the calls' ids as a list of at most {_MAX_CALLS}"}, ""
+    withdrawn = await run_in_threadpool(backend.withdraw, ids)
+    done = ", ".join(withdrawn) or "none (claimed, finished or unknown)"
+    return {"cancelled": withdrawn}, f"cancelled call(s) {', '.join(ids)}: withdrew {done}"
 
 
 def make_app(
@@ -159,5 +171,6 @@ def make_app(
             Route("/api/purge", guarded("purge", partial(_purge, backend)), methods=post),
             Route("/api/dead/drop", guarded("drop", partial(_drop, backend)), methods=post),
             Route("/api/dead/retry", guarded("retry", partial(_retry, backend)), methods=post),
+            Route("/api/cancel", guarded("cancel", partial(_cancel, backend)), methods=post),
         ]
     )

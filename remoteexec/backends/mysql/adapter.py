@@ -352,6 +352,9 @@ class MySQLBackend(Backend):
     def purge(self, queue: str | None = None) -> int:
         return self._watch.purge(queue)
 
+    def withdraw(self, ids: Sequence[str]) -> list[str]:
+        return self._watch.withdraw(ids)
+
     def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
         return self._watch.lost(ids, reply_to)
 

@@ -214,6 +214,19 @@ def purge(where: str) -> str:
     )
 
 
+#: ``withdraw``'s two round trips: lock the tasks no worker holds among the ids (the
+#: SELECT's result is the third), then tombstone and delete those found, in one transaction.
+WITHDRAWABLE = (
+    f"{PURGED_TABLE}; START TRANSACTION; SELECT id FROM {BY_ID} "
+    "WHERE id IN ({}) AND (state = 0 OR token = '') FOR UPDATE"
+)
+WITHDRAW = (
+    f"INSERT INTO remoteexec_purged (id, at) SELECT id, {NOW} FROM {BY_ID} WHERE id IN ({{0}}) "
+    f"ON DUPLICATE KEY UPDATE at = VALUES(at); DELETE {TASKS} FROM {BY_ID} WHERE id IN ({{0}}); "
+    "COMMIT"
+)
+
+
 #: The ids (``{}``) with a task row; then those answered to reply_to (``%s``).
 FOUND = (
     f"SELECT id FROM {TASKS} WHERE id IN ({{0}}); SELECT task_id FROM "

@@ -1,4 +1,5 @@
-"""Watching: heartbeats, dead letters, starts, ``stats``, ``purge``, ``lost`` and ``sweep``.
+"""Watching: heartbeats, dead letters, starts, ``stats``, ``purge``, ``withdraw``, ``lost``
+and ``sweep``.
 
 None of it is on the hot path. ``MySQLBackend`` owns a ``Watch`` over its connections and
 hands it the time limits it needs.
@@ -25,6 +26,8 @@ from .statements import (
     STATS,
     SWEEP,
     TABLE_SIZES,
+    WITHDRAW,
+    WITHDRAWABLE,
     marks,
     note_starts,
     purge,
@@ -121,6 +124,23 @@ class Watch:
         if queue is not None:
             where, args = where + " AND queue = %s", (queue,)
         return int(self._db.run(lambda cur: execute(cur, purge(where), args + args))[4][0])
+
+    def withdraw(self, ids: Sequence[str]) -> list[str]:
+        """One transaction, in two round trips: lock the waiting and deferred tasks among
+        ``ids``, then tombstone and delete those."""
+        wanted = list(dict.fromkeys(ids))
+
+        def tx(cur: Any) -> list[str]:
+            found = [
+                _text(i)
+                for (i,) in execute(cur, WITHDRAWABLE.format(marks(len(wanted))), wanted)[2][1]
+            ]
+            sql = WITHDRAW.format(marks(len(found))) if found else "COMMIT"
+            execute(cur, sql, found * 2)
+            got = set(found)
+            return [i for i in wanted if i in got]
+
+        return self._db.run(tx) if wanted else []
 
     def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
         """Ids with neither a task row nor a reply row, looked up in that order (autocommit,

@@ -61,8 +61,9 @@ Guarantees and limits:
   came back empty, or was flushed, has a different epoch or none: those ids are lost. The
   others (and ids whose reply came back, which a client may have rejected) are looked for
   in the waiting lists, claim lists and the reply list (``LRANGE``: a check reads every
-  waiting task, so its cost grows with the backlog). ``purge`` leaves a tombstone per id
-  in the ``purged`` sorted set for ``result_ttl``. Redis must run with
+  waiting task, so its cost grows with the backlog). ``purge`` and ``withdraw`` leave a
+  tombstone per id in the ``purged`` sorted set for ``result_ttl``; ``withdraw`` finds its
+  ids by reading the waiting lists and leases sets too. Redis must run with
   ``maxmemory-policy noeviction``.
 * Nothing is resent automatically (a resent claim would double up a claim list): a driver
   error is ``BackendUnavailable``, and the next call reconnects. ``BLMPOP`` pops replies:

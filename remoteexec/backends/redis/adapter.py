@@ -425,6 +425,10 @@ class RedisBackend(Backend):
         with self._mapper:
             return self._watching().purge(queue, result_ttl=self.result_ttl)
 
+    def withdraw(self, ids: Sequence[str]) -> list[str]:
+        with self._mapper:
+            return self._watching().withdraw(ids, result_ttl=self.result_ttl) if ids else []
+
     def sweep(self) -> None:
         """Forget workers silent for ten heartbeat TTLs; drop unused reserved tokens."""
         with self._mapper:

@@ -1,6 +1,6 @@
 """What the Redis adapter reads and tidies off the hot path: where sent tasks are (for
-``lost`` and ``states``), kept results, ``stats``, ``purge``, heartbeats, start records
-and dead letters.
+``lost`` and ``states``), kept results, ``stats``, ``purge``, ``withdraw``, heartbeats,
+start records and dead letters.
 
 None of it is on the hot path, so it uses redis-py's ``Pipeline`` freely. ``RedisBackend``
 holds one ``Watch`` per connection set and maps its errors.
@@ -33,7 +33,7 @@ from ..base import (
 )
 from ..rows import dead_letter_json, worker_json
 from .commands import requeue
-from .deferred import is_deferred
+from .deferred import PREFIX, is_deferred
 from .elements import pack_task, unpack_reply, unpack_task
 from .keys import Keys
 from .topology import spread_of, spread_oldest
@@ -344,6 +344,43 @@ class Watch:
             p.zrem(self._keys.leases(queue), *tokens)
             return sum(p.execute()[:-1])
 
+    def withdraw(self, ids: Sequence[str], *, result_ttl: float) -> list[str]:
+        """Delete the waiting and deferred tasks ``ids`` (tombstones first); the ids deleted.
+
+        Redis keeps no index of ids, so this reads every queue's waiting list (``LRANGE``)
+        and leases set, then removes each task found by its exact element (``LREM``) or by
+        its deferred claim list: its cost grows with the backlog, fine for an operator's
+        action. A task claimed (or come due and requeued) meanwhile stays where it went.
+        """
+        wanted: set[str | None] = set(ids)
+        queues = _names(self._cmd("SMEMBERS", self._keys.queues))
+        with self._pipe(transaction=False) as p:
+            for q in queues:
+                p.lrange(self._keys.waiting(q), 0, -1)
+                p.zrange(self._keys.leases(q), 0, -1)
+            out = p.execute()
+        waiting = [(q, e) for q, es in zip(queues, out[::2], strict=True) for e in es]
+        waiting = [(q, e) for q, e in waiting if _task_id(e) in wanted]
+        tokens = [(q, t) for q, ts in zip(queues, out[1::2], strict=True) for t in ts]
+        deferred = [(q, t) for q, t in tokens if is_deferred(t) and _may_be(t, wanted)]
+        with self._pipe(transaction=False) as p:
+            for q, t in deferred:
+                p.lrange(self._keys.claim_raw(q, t), 0, 0)
+            firsts = [first[0] if first else b"" for first in p.execute()]
+        deferred = [d for d, e in zip(deferred, firsts, strict=True) if _task_id(e) in wanted]
+        elems = [e for _, e in waiting] + [e for e in firsts if _task_id(e) in wanted]
+        self._bury_ids(elems, result_ttl)
+        with self._pipe(transaction=False) as p:
+            for q, e in waiting:
+                p.lrem(self._keys.waiting(q), 1, e)
+            for q, t in deferred:
+                p.delete(self._keys.claim_raw(q, t))
+                p.zrem(self._keys.leases(q), t)
+            done = p.execute()
+        counts = done[: len(waiting)] + done[len(waiting) :: 2]  # LREM's, then DEL's
+        gone = {_task_id(e) for e, n in zip(elems, counts, strict=True) if n}
+        return [i for i in dict.fromkeys(ids) if i in gone]
+
     def forget_silent_workers(self, *, cutoff: float) -> None:
         """Remove the records of workers last seen before ``cutoff``, and of rows that are
         not a worker's record (written by someone else)."""
@@ -389,6 +426,13 @@ def _task_id(elem: bytes) -> str | None:
         return unpack_task(elem, "", "").id
     except Exception:  # anything written into the broker may be garbage
         return None
+
+
+def _may_be(token: bytes, wanted: Set[str | None]) -> bool:
+    """Whether a deferred task's token (``~:<id>`` or ``~:<id>:<token>``) may be one of
+    ``wanted``'s: its element tells for sure."""
+    text = token[len(PREFIX) :].decode("utf-8", "replace")
+    return any(i is not None and (text == i or text.startswith(i + ":")) for i in wanted)
 
 
 def _reply_id(elem: bytes) -> str | None:

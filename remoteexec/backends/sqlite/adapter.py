@@ -345,6 +345,24 @@ class SQLiteBackend(Backend):
 
         return self._db.run(tx)
 
+    def withdraw(self, ids: Sequence[str]) -> list[str]:
+        """Delete the waiting and deferred tasks ``ids``, leaving a tombstone for each."""
+
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            now, gone = time.time(), set[object]()
+            for chunk in chunks(ids):
+                free = f"id IN ({marks(len(chunk))}) AND (token IS NULL OR token = '')"
+                gone.update(
+                    i
+                    for (i,) in conn.execute(f"DELETE FROM tasks WHERE {free} RETURNING id", chunk)
+                )
+            withdrawn = [i for i in dict.fromkeys(ids) if i in gone]
+            tombstones = [(i, now) for i in withdrawn]
+            conn.executemany("INSERT OR REPLACE INTO purged (id, at) VALUES (?, ?)", tombstones)
+            return withdrawn
+
+        return self._db.run(tx) if ids else []
+
     def lost(self, ids: Sequence[str], reply_to: str) -> set[str]:
         """One snapshot: the ids with neither a task row nor a reply to ``reply_to``."""
 
