@@ -14,21 +14,20 @@ registry only. Nothing is ever imported, evaluated or unpickled.
 ``pack`` and ``unpack`` are the package's msgpack entry points (``message.py`` builds the
 envelope with them). Both are thread-safe; ``unpack`` keeps its state in the call.
 
-Decoding is bounded while the work is done: each message gets an allowance of
-``AMPLIFICATION`` times its size (plus ``_SLACK`` bytes), and every array, map and extension
-value decoded from it is charged what it occupies (``sys.getsizeof``), as is the copy of an
-extension's bytes while its contents are decoded. A message that would go past the
-allowance raises ``SerializationError`` as soon as it does: a stack of nested extensions
-(each level a copy of the rest) or a body of empty arrays (one byte each, 64 decoded) is
-refused once its allowance is spent. What the hooks cannot see comes on top: msgpack
-allocates an array's slots when it reads its header (8 bytes per element, at most one
-element per byte) and fills them before the array is charged; the allocator rounds small
-objects up (an empty list takes 64 bytes, charged 56); and strings, bins and numbers have
-no hook (a list of two-letter strings decodes to 20 times its bytes, and is accepted). A
-list of small integers decodes to 8 bytes a byte: the reason the allowance is not smaller,
-and why a message refused at its last value may have cost 8 times its size first. Messages
-of up to ``_UNMETERED`` bytes (most calls) skip the metering, and its cost. ``unpack`` reads
-any buffer: a large message's payload is decoded where it lies (see ``message.py``).
+Decoding is bounded before the work is done. A message over ``_UNMETERED`` bytes is first
+measured (``_wire_size.measure``): its bytes are walked, without building anything, and what
+decoding them would allocate is summed (containers, strings, numbers, extension values and
+the copies of their bytes). One that would pass ``AMPLIFICATION`` times its size plus
+``_SLACK`` bytes, or that is malformed, raises ``SerializationError`` before any of it is
+built: a body of empty arrays (one byte each, 64 decoded) or a stack of nested extensions
+(each level a copy of the rest) costs the walk and nothing more. While it decodes, every
+array, map and extension value is charged again as it is built (``sys.getsizeof``), a
+second line should the estimate fall short. A list of small integers decodes to 8 bytes a
+byte, records (small maps whose keys repeat, each key counted once, as msgpack interns
+it) to 7 to 12, short lists of numbers and short strings to 15 to 25: the slack lets those
+through up to a MiB or so, and larger ones travel better as bytes or in several calls. Messages up to ``_UNMETERED`` bytes (most calls, and at most a
+few MiB decoded) skip both, and their cost. ``unpack`` reads any buffer: a large message's
+payload is decoded where it lies (see ``message.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +46,21 @@ import msgpack
 from msgpack import ExtType
 
 from ._records import derived
+from ._wire_size import (
+    BIGINT,
+    COMPLEX,
+    DATE,
+    DATETIME,
+    DECIMAL,
+    FROZENSET,
+    REGISTERED,
+    SET,
+    TIME,
+    TIMEDELTA,
+    TUPLE,
+    UUID_,
+    measure,
+)
 from .errors import ConfigurationError, SerializationError
 
 __all__ = ["pack", "register_type", "unpack"]
@@ -60,15 +74,12 @@ MAX_DEPTH = 32
 
 #: A message decodes to at most this many times its size, plus ``_SLACK`` bytes.
 AMPLIFICATION = 8
-_SLACK = 1 << 20
+_SLACK = 16 << 20
 #: Messages up to this size are not metered: even of one-byte sets (216 bytes decoded) or
 #: nested 32 extension levels deep, they decode to a few MiB at most.
 _UNMETERED = 16 * 1024
 _BYTES = sys.getsizeof(b"")  # what a bytes object costs beyond its contents
 
-# Extension type codes: fixed forever within a format version.
-_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME = 1, 2, 3, 4, 5, 6
-_TIMEDELTA, _DECIMAL, _UUID, _COMPLEX, _BIGINT, _REGISTERED = 7, 8, 9, 10, 11, 12
 
 _DATETIME_S = struct.Struct(">HBBBBBIB")  # year..second, microsecond, flags
 _TIME_S = struct.Struct(">BBBIB")  # hour, minute, second, microsecond, flags
@@ -121,6 +132,7 @@ def unpack(data: bytes | memoryview, depth: int = 0, budget: _Budget | None = No
             hook = _UNMETERED_HOOKS[depth]
             return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=hook)
         budget = _Budget(len(data))
+        measure(data, budget.left, depth)  # refuses a bomb before any of it is built
     return msgpack.unpackb(
         data,
         raw=False,
@@ -144,7 +156,8 @@ class _Budget:
         self.left -= n
         if self.left < 0:
             raise SerializationError(
-                f"message of {self.size} bytes decodes to more than {AMPLIFICATION} times its size"
+                f"message of {self.size} bytes decodes to more than {AMPLIFICATION} times "
+                f"its size and {_SLACK >> 20} MiB"
             )
 
     def keep(self, value: T) -> T:
@@ -183,34 +196,34 @@ def _offset(v: datetime | time) -> bytes:
 def _enc_datetime(v: datetime, _: int) -> ExtType:
     flags = v.fold | (_AWARE if v.tzinfo is not None else 0)
     fields = (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, flags)
-    return ExtType(_DATETIME, _DATETIME_S.pack(*fields) + _offset(v))
+    return ExtType(DATETIME, _DATETIME_S.pack(*fields) + _offset(v))
 
 
 def _enc_time(v: time, _: int) -> ExtType:
     flags = v.fold | (_AWARE if v.tzinfo is not None else 0)
     fields = (v.hour, v.minute, v.second, v.microsecond, flags)
-    return ExtType(_TIME, _TIME_S.pack(*fields) + _offset(v))
+    return ExtType(TIME, _TIME_S.pack(*fields) + _offset(v))
 
 
 def _enc_bigint(v: int, _: int) -> ExtType:
     # msgpack calls the hook for integers outside [-2**63, 2**64).
-    return ExtType(_BIGINT, v.to_bytes(v.bit_length() // 8 + 1, "big", signed=True))
+    return ExtType(BIGINT, v.to_bytes(v.bit_length() // 8 + 1, "big", signed=True))
 
 
 _Encoder = Callable[[Any, int], Any]
 _ENCODERS: dict[type, _Encoder] = {
-    tuple: lambda v, d: ExtType(_TUPLE, pack(list(v), d + 1)),
-    set: lambda v, d: ExtType(_SET, pack(list(v), d + 1)),
-    frozenset: lambda v, d: ExtType(_FROZENSET, pack(list(v), d + 1)),
+    tuple: lambda v, d: ExtType(TUPLE, pack(list(v), d + 1)),
+    set: lambda v, d: ExtType(SET, pack(list(v), d + 1)),
+    frozenset: lambda v, d: ExtType(FROZENSET, pack(list(v), d + 1)),
     datetime: _enc_datetime,
-    date: lambda v, _: ExtType(_DATE, _DATE_S.pack(v.year, v.month, v.day)),
+    date: lambda v, _: ExtType(DATE, _DATE_S.pack(v.year, v.month, v.day)),
     time: _enc_time,
     timedelta: lambda v, _: ExtType(
-        _TIMEDELTA, _TIMEDELTA_S.pack(v.days, v.seconds, v.microseconds)
+        TIMEDELTA, _TIMEDELTA_S.pack(v.days, v.seconds, v.microseconds)
     ),
-    Decimal: lambda v, _: ExtType(_DECIMAL, str(v).encode("ascii")),
-    UUID: lambda v, _: ExtType(_UUID, v.bytes),
-    complex: lambda v, _: ExtType(_COMPLEX, _COMPLEX_S.pack(v.real, v.imag)),
+    Decimal: lambda v, _: ExtType(DECIMAL, str(v).encode("ascii")),
+    UUID: lambda v, _: ExtType(UUID_, v.bytes),
+    complex: lambda v, _: ExtType(COMPLEX, _COMPLEX_S.pack(v.real, v.imag)),
     int: _enc_bigint,
 }
 _BUILTIN_TYPES = frozenset(_ENCODERS) | {type(None), bool, float, str, bytes, list, dict}
@@ -281,18 +294,18 @@ def _dec_registered(data: bytes, depth: int, budget: _Budget | None) -> Any:
 
 
 _DECODERS: dict[int, Callable[[bytes, int, _Budget | None], Any]] = {
-    _TUPLE: lambda b, d, k: tuple(_items(b, d, k)),
-    _SET: lambda b, d, k: set(_items(b, d, k)),
-    _FROZENSET: lambda b, d, k: frozenset(_items(b, d, k)),
-    _DATETIME: _dec_datetime,
-    _DATE: lambda b, *_: date(*_DATE_S.unpack(b)),
-    _TIME: _dec_time,
-    _TIMEDELTA: lambda b, *_: timedelta(*_TIMEDELTA_S.unpack(b)),
-    _DECIMAL: _dec_decimal,
-    _UUID: lambda b, *_: UUID(bytes=b),
-    _COMPLEX: lambda b, *_: complex(*_COMPLEX_S.unpack(b)),
-    _BIGINT: lambda b, *_: int.from_bytes(b, "big", signed=True),
-    _REGISTERED: _dec_registered,
+    TUPLE: lambda b, d, k: tuple(_items(b, d, k)),
+    SET: lambda b, d, k: set(_items(b, d, k)),
+    FROZENSET: lambda b, d, k: frozenset(_items(b, d, k)),
+    DATETIME: _dec_datetime,
+    DATE: lambda b, *_: date(*_DATE_S.unpack(b)),
+    TIME: _dec_time,
+    TIMEDELTA: lambda b, *_: timedelta(*_TIMEDELTA_S.unpack(b)),
+    DECIMAL: _dec_decimal,
+    UUID_: lambda b, *_: UUID(bytes=b),
+    COMPLEX: lambda b, *_: complex(*_COMPLEX_S.unpack(b)),
+    BIGINT: lambda b, *_: int.from_bytes(b, "big", signed=True),
+    REGISTERED: _dec_registered,
 }
 
 
@@ -362,6 +375,6 @@ def _registered_encoder(name: str, encode: Callable[[Any], Any]) -> _Encoder:
             value = encode(obj)
         except Exception as exc:
             raise SerializationError(f"encoding a {name} failed: {exc!r}") from exc
-        return ExtType(_REGISTERED, pack([name, value], depth + 1))
+        return ExtType(REGISTERED, pack([name, value], depth + 1))
 
     return encoder
