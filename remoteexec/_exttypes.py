@@ -25,9 +25,10 @@ array, map and extension value is charged again as it is built (``sys.getsizeof`
 second line should the estimate fall short. A list of small integers decodes to 8 bytes a
 byte, records (small maps whose keys repeat, each key counted once, as msgpack interns
 it) to 7 to 12, short lists of numbers and short strings to 15 to 25: the slack lets those
-through up to a MiB or so, and larger ones travel better as bytes or in several calls. Messages up to ``_UNMETERED`` bytes (most calls, and at most a
-few MiB decoded) skip both, and their cost. ``unpack`` reads any buffer: a large message's
-payload is decoded where it lies (see ``message.py``).
+through up to a MiB or so, and larger ones travel better as bytes or in several calls.
+Messages up to ``_UNMETERED`` bytes (most calls, and at most a few MiB decoded) skip both,
+and their cost. ``unpack`` reads any buffer: a large message's payload is decoded where it
+lies (see ``message.py``).
 """
 
 from __future__ import annotations
