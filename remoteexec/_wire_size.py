@@ -67,7 +67,8 @@ _ARRAYS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 _MAPS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _STRS = frozenset(range(0xA0, 0xC0)) | {0xD9, 0xDA, 0xDB}
 _KEY, _KEYS = 66, 1024  # map keys remembered: up to 64 characters, the first 1024 distinct
-_INTERNED = 48  # a new key's slot in the interpreter's table of interned strings
+_INTERNED = 96  # a new key's slot in the interpreter's table of interned strings, and its
+# share of that table's growth (the old table lives while the new one is filled)
 _CHUNK = 1024  # values matched at once: a run's pattern keeps a stack as it goes
 
 
