@@ -54,6 +54,7 @@ from ._wire_size import (
     DATETIME,
     DECIMAL,
     FROZENSET,
+    MAX_EXT_DEPTH,
     REGISTERED,
     SET,
     TIME,
@@ -71,7 +72,7 @@ T = TypeVar("T")
 # Nesting depth is explicit: level d packs with packers whose hook is _DEFAULTS[d] and
 # unpacks with an ext hook bound to d, so no per-thread state is needed and hostile nesting
 # stops at MAX_DEPTH (each level costs C stack in msgpack's unpacker).
-MAX_DEPTH = 32
+MAX_DEPTH = MAX_EXT_DEPTH
 
 #: A message decodes to at most this many times its size, plus ``_SLACK`` bytes.
 AMPLIFICATION = 8
@@ -80,7 +81,6 @@ _SLACK = 16 << 20
 #: nested 32 extension levels deep, they decode to a few MiB at most.
 _UNMETERED = 16 * 1024
 _BYTES = sys.getsizeof(b"")  # what a bytes object costs beyond its contents
-
 
 _DATETIME_S = struct.Struct(">HBBBBBIB")  # year..second, microsecond, flags
 _TIME_S = struct.Struct(">BBBIB")  # hour, minute, second, microsecond, flags

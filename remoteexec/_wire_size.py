@@ -102,7 +102,7 @@ def _str(body: Buffer) -> int:
     n = len(body)
     if n <= 1:  # empty and one-character strings are shared
         return 0
-    ascii_ = n <= 64 and bytes(body).isascii()
+    ascii_ = n <= 64 and bytes(body).isascii()  # a longer one is charged as non-ASCII
     return _round((_STR if ascii_ else _NONASCII_STR) + n + 1)
 
 
@@ -201,11 +201,11 @@ def _value(b: int, data: Buffer, p: int, limit: int, ext_depth: int) -> tuple[in
     """The value of type byte ``b`` whose header goes on at ``p``: where it ends (its
     contents, for a container), what it decodes to, how many values it contains, and what
     decoding it holds at its peak (an extension's copies)."""
-    if 0xA0 <= b <= 0xBF or 0xD9 <= b <= 0xDB:  # str
+    if b in _STRS:
         width = 0 if b <= 0xBF else 1 << (b - 0xD9)
         n = b & 0x1F if b <= 0xBF else int.from_bytes(data[p : p + width], "big")
         p += width
-        return p + n, _str(data[p : p + n]) if n <= 64 else _round(_NONASCII_STR + n + 1), 0, 0
+        return p + n, _str(data[p : p + n]), 0, 0
     if b in _ARRAYS or b in _MAPS:
         width = 0 if b <= 0x9F else 2 if b in (0xDC, 0xDE) else 4
         n = b & 0x0F if b <= 0x9F else int.from_bytes(data[p : p + width], "big")
