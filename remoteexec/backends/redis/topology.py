@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoPermissionError, RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel as _Sentinel
 
 from ...config import MAX_SHARDS
 from ...errors import BackendUnavailable, ConfigurationError
@@ -38,6 +38,9 @@ from .keys import Keys
 from .lua import Scripts
 from .shards import base, inward, shown
 from .wire import DURABLE_WAIT, Link, pack, primary, replicated, reply, run
+
+# redis-py annotates Sentinel from 8.2 on; seen as a plain callable, it type-checks on all.
+Sentinel: Callable[..., Any] = _Sentinel
 
 SCHEMES = ("redis+cluster", "redis+sentinel")
 #: Options of both schemes that go to redis-py for the data nodes.
@@ -135,8 +138,8 @@ def connect(url: str, *, socket_timeout: float) -> redis.Redis | RedisCluster:
     for key in _SENTINEL_OPTIONS:
         if key in options:
             to_sentinels[key.removeprefix("sentinel_")] = options.pop(key)
-    sentinel = Sentinel(_hosts(parts.netloc), sentinel_kwargs=to_sentinels)  # type: ignore[no-untyped-call]
-    primary: redis.Redis = sentinel.master_for(unquote(path[0]), db=db, **{**common, **options})  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(_hosts(parts.netloc), sentinel_kwargs=to_sentinels)
+    primary: redis.Redis = sentinel.master_for(unquote(path[0]), db=db, **{**common, **options})
     return primary
 
 
