@@ -158,12 +158,14 @@ class Payloads:
                 ``max_blob_size`` (nothing is stored then).
             BackendUnavailable: the store cannot be reached.
         """
-        if not any(map(self._raw_above, call.args)) and not any(
-            map(self._raw_above, call.kwargs.values())
-        ):
-            body = self._fits(codec.encode_call, call, False)  # most calls: small
-            if body is not None:
-                return body, []
+        if not self._raw_above(call):  # most calls: small, and sent as they are
+            try:
+                small = codec.encode_call(call)
+            except PayloadTooLarge:
+                pass
+            else:
+                if len(small) <= self.threshold:
+                    return small, []
         ttl = self.ttl(call.deadline)
         args, kwargs = list(call.args), dict(call.kwargs)
         slots: list[tuple[Any, Any]] = [(args, i) for i in range(len(args))]
@@ -218,9 +220,17 @@ class Payloads:
             self.delete([ref] if ref is not None else [])
             raise
 
-    def _raw_above(self, value: Any) -> bool:
-        """Whether ``value`` is bytes or str (...) longer than the threshold."""
-        return type(value) in _RAW and len(value) > self.threshold
+    def _raw_above(self, call: Call) -> bool:
+        """Whether an argument of ``call`` is bytes or str (...) longer than the threshold."""
+        limit = self.threshold
+        for value in call.args:
+            if type(value) in _RAW and len(value) > limit:
+                return True
+        if call.kwargs:
+            for value in call.kwargs.values():
+                if type(value) in _RAW and len(value) > limit:
+                    return True
+        return False
 
     def _fits(self, encode: Any, message: Any, last: bool) -> bytes | None:
         """``encode(message)`` if it is small enough to go as it is (or ``last``), else
