@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
+import logging
 import multiprocessing
+import os
 import sys
 import threading
 import time
@@ -333,8 +335,25 @@ COMMANDS = [
 ]
 
 
+@pytest.fixture
+def process_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The commands set up the process's logging (root handlers on this test's captured
+    stderr, hooks): put it back, so later tests in this process log nowhere stale."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    for name in ("excepthook", "unraisablehook"):
+        monkeypatch.setattr(sys, name, getattr(sys, name))
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setenv("REMOTEEXEC_LOG", os.environ.get("REMOTEEXEC_LOG", ""))
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
 @pytest.mark.parametrize("source", ["--url", "REMOTEEXEC_URL"])
 @pytest.mark.parametrize("argv", COMMANDS, ids=[c[0] for c in COMMANDS])
+@pytest.mark.usefixtures("process_logging")
 def test_the_commands_refuse_memory_urls(
     argv: list[str], source: str, capsys: pytest.CaptureFixture[str], monkeypatch: Any
 ) -> None:
@@ -349,6 +368,7 @@ def test_the_commands_refuse_memory_urls(
     assert f"remoteexec {argv[0]}: ConfigurationError: memory:// cannot be used here" in err
 
 
+@pytest.mark.usefixtures("process_logging")
 def test_the_worker_command_refuses_memory_urls(
     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
