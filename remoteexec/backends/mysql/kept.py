@@ -23,9 +23,7 @@ KEPT_TABLE = (
 )
 _INSERT = "INSERT INTO remoteexec_kept (id, body, expires) "
 _FIRST = " ON DUPLICATE KEY UPDATE expires = remoteexec_kept.expires"  # the first stays
-#: One result: keep the reply if the statement before inserted or deleted one row.
-KEEP_IF_DONE = f"{_INSERT}SELECT %s, %s, {NOW} + %s FROM DUAL WHERE ROW_COUNT() = 1{_FIRST}"
-#: A batch (``@now`` set, held rows locked): keep one reply if its task is still held.
+#: In a completion (``@now`` set, held rows locked): keep a reply if its task is still held.
 KEEP_IF_HELD = (
     f"{_INSERT}SELECT id, %s, @now + %s FROM {BY_ID} "
     f"WHERE id = %s AND token = %s AND state = 1 AND lease_until > @now{_FIRST}"
@@ -37,7 +35,7 @@ _LOOKUP = 500  # ids per statement
 
 
 def kept_parts(done: Sequence[Done]) -> list[Part]:
-    """For a batch: the statements that keep the replies of ``done`` that ask for it."""
+    """For a completion: the statements that keep the replies of ``done`` that ask for it."""
     return [
         (KEEP_IF_HELD, (d.reply, d.keep, d.claim.id, d.claim.token))
         for d in done
