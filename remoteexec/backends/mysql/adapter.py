@@ -91,6 +91,7 @@ class MySQLBackend(Backend):
         self._reading: dict[str, threading.Lock] = {}
         self.max_packet = 1 << 24  # the server's max_allowed_packet, read on first use
         self._ready = False
+        self._compound = False  # the server runs compound statements: known once connected
         self._lock = threading.Lock()
         self._db = Connections(connect, self._prepare)
         self._waiter = Waiter(max_hold=self._db.read_timeout / 2)
@@ -126,6 +127,7 @@ class MySQLBackend(Backend):
                 modern = version >= ((10, 6) if mariadb else (8, 0, 1))
                 self._claims.mode = "skip_locked" if modern else "optimistic"
             blocks = mariadb and version >= (10, 1, 1)  # compound statements outside programs
+            self._compound = blocks
             if self.wait_mode is None:  # optimistic claims measured faster when polled
                 modern = blocks and self.claim_mode == "skip_locked"
                 self.wait_mode = "server" if modern else "client"
@@ -247,7 +249,7 @@ class MySQLBackend(Backend):
         """One transaction (``complete.py``), one round trip unless large."""
         if not done:
             return []
-        parts, read = completion(done, self.max_packet)
+        parts, read = completion(done, self.max_packet, self._compound)
         result = self._db.run(lambda cur: script(cur, parts, txn=True, max_packet=self.max_packet))
         self._waiter.kick()
         return read(result)

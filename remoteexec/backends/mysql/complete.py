@@ -4,16 +4,17 @@ A completion is one transaction (the caller adds START TRANSACTION and COMMIT): 
 reply is stored, and the task deleted, only while the token that claimed it still holds an
 unexpired lease, so a task completes once, and a late worker's result is refused.
 
-* Results, one or many: lock the tasks still held (``FOR UPDATE``, in id order) as of one
-  ``@now``, insert their replies with one ``INSERT ... SELECT`` from those rows per chunk,
-  delete them.
+* One result, where the server runs compound statements (MariaDB): one block deletes the
+  task where its token holds it, then stores the reply only if that took the row. Inside a
+  block nothing is sent to the client between statements, so ``ROW_COUNT()`` holds the
+  ``DELETE``'s count even when the worker died after sending the completion (between two
+  statements of a plain multi-statement query, MariaDB then sometimes lost it: the reply
+  was not stored while the task's deletion committed, about 1 completion in 200).
+* Otherwise, one or many: lock the tasks still held (``FOR UPDATE``, in id order) as of
+  one ``@now``, insert their replies with one ``INSERT ... SELECT`` from those rows per
+  chunk, delete them. Every condition reads the task rows.
 * A reply with ``Done.keep`` is also kept under its id (``kept.py``), by one more
   statement conditional the same way; a claim with no ``reply_to`` only keeps it.
-
-Every condition reads the task rows, never ``ROW_COUNT()``: MariaDB finishing the
-statements of a worker that died right after sending them sometimes sees a wrong
-``ROW_COUNT()`` after the ``DELETE`` (about 1 in 200 such completions lost its reply while
-the task's deletion committed).
 
 * A task put back (``Done.again``): one ``UPDATE`` of the held row each, after the rest;
   its row count says whether it was held.
@@ -30,12 +31,14 @@ from typing import Any
 
 from ..base import Done
 from .connection import Part, Result
-from .kept import kept_parts
+from .kept import KEEP_IF_DONE, kept_parts
 from .statements import (
     BY_ID,
+    DELETE_HELD,
     NOW,
     PUT_BACK_LATER,
     PUT_BACK_NOW,
+    REPLY_IF_DONE,
     REPLY_INSERT,
     TASKS,
     marks,
@@ -44,9 +47,14 @@ from .statements import (
 Read = Callable[[Result], list[bool]]  # the transaction's results -> accepted, per Done
 
 
-def completion(done: Sequence[Done], max_packet: int) -> tuple[list[Part], Read]:
+def completion(
+    done: Sequence[Done], max_packet: int, compound: bool = False
+) -> tuple[list[Part], Read]:
     """The statements that complete ``done`` (to run between START TRANSACTION and
-    COMMIT), and how to read which were accepted from the results (START's first)."""
+    COMMIT), and how to read which were accepted from the results (START's first);
+    ``compound``: the server runs compound statements."""
+    if compound and len(done) == 1 and done[0].again is None:
+        return _one(done[0])
     if all(d.again is None for d in done):
         return _finish(done, max_packet)
     rest = [d for d in done if d.again is None]
@@ -120,3 +128,24 @@ def _replies_sql(
         f"WHERE {held} AND id IN ({marks(len(ids))}) ORDER BY FIELD(id, {marks(len(ids))})"
     )
     return sql, (*(a for i in ids for a in (i, bodies[i])), *held_args, *ids, *ids)
+
+
+def _one(done: Done) -> tuple[list[Part], Read]:
+    """``completion`` of one result, in one compound statement; its result set is the
+    ``DELETE``'s row count (1: accepted)."""
+    claim = done.claim
+    sql = [f"BEGIN NOT ATOMIC {DELETE_HELD}", "SET @done = ROW_COUNT()"]
+    args: list[Any] = [claim.id, claim.token]
+    if done.reply is not None and claim.reply_to:
+        sql.append(REPLY_IF_DONE)
+        args += [claim.reply_to, claim.id, done.reply]
+    if done.keep and done.reply is not None:
+        sql.append(KEEP_IF_DONE)
+        args += [claim.id, done.reply, done.keep]
+    sql.append("SELECT @done; END")
+
+    def read(result: Result) -> list[bool]:
+        rows = result[1][1]  # 0 is START TRANSACTION
+        return [bool(rows) and rows[0][0] == 1]
+
+    return [("; ".join(sql), tuple(args))], read

@@ -23,7 +23,10 @@ KEPT_TABLE = (
 )
 _INSERT = "INSERT INTO remoteexec_kept (id, body, expires) "
 _FIRST = " ON DUPLICATE KEY UPDATE expires = remoteexec_kept.expires"  # the first stays
-#: In a completion (``@now`` set, held rows locked): keep a reply if its task is still held.
+#: One result, in a compound statement (``complete.py``): keep the reply if the task's
+#: DELETE took its row (``@done``).
+KEEP_IF_DONE = f"{_INSERT}SELECT %s, %s, {NOW} + %s FROM DUAL WHERE @done = 1{_FIRST}"
+#: Otherwise (``@now`` set, held rows locked): keep a reply if its task is still held.
 KEEP_IF_HELD = (
     f"{_INSERT}SELECT id, %s, @now + %s FROM {BY_ID} "
     f"WHERE id = %s AND token = %s AND state = 1 AND lease_until > @now{_FIRST}"

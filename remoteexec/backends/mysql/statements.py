@@ -86,6 +86,10 @@ CANCEL = f"DELETE FROM {TASKS} WHERE id = %s AND (state = 0 OR token = '') AND a
 #: other workers' claimed rows too and deadlock with them.
 BY_ID = f"{TASKS} FORCE INDEX (uq_tasks_id)"
 REPLY_INSERT = "INSERT INTO remoteexec_replies (reply_to, task_id, body, created) "
+#: One result, in a compound statement: delete the held task, store its reply if that took
+#: the row (``@done``: the DELETE's row count).
+DELETE_HELD = f"DELETE {TASKS} FROM {BY_ID} WHERE {HELD}"
+REPLY_IF_DONE = f"{REPLY_INSERT}SELECT %s, %s, %s, {NOW} FROM DUAL WHERE @done = 1"
 #: Done.again: the held task takes its new body and gives back the attempt its claim
 #: counted; it waits again at once (PUT_BACK_NOW) or deferred %s seconds (PUT_BACK_LATER).
 _PUT_BACK = (
