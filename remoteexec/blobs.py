@@ -158,14 +158,10 @@ class Payloads:
                 ``max_blob_size`` (nothing is stored then).
             BackendUnavailable: the store cannot be reached.
         """
-        if not self._raw_above(call):  # most calls: small, and sent as they are
-            try:
-                small = codec.encode_call(call)
-            except PayloadTooLarge:
-                pass
-            else:
-                if len(small) <= self.threshold:
-                    return small, []
+        if not self._raw_above(call):
+            body = self._fits(codec.encode_call, call, False)  # most calls: small
+            if body is not None:
+                return body, []
         ttl = self.ttl(call.deadline)
         args, kwargs = list(call.args), dict(call.kwargs)
         slots: list[tuple[Any, Any]] = [(args, i) for i in range(len(args))]
