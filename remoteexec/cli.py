@@ -229,8 +229,7 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "remoteexec-worke
     from .errors import ConfigurationError
     from .logs import configure
     from .supervisor import EXIT_CONFIG, Supervisor, WorkerSettings
-    from .worker import checked_queues
-    from .worker_config import OPTIONS, resolve_worker
+    from .worker_config import OPTIONS, checked_queues, resolve_worker
 
     parser = worker_parser(prog)
     args = parser.parse_args(argv)

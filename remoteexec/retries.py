@@ -25,7 +25,8 @@ import time
 from .backends import Claim, Done, Job
 from .errors import RemoteExecError
 from .leases import Held
-from .message import Call, Codec, Failure
+from .message import Call, Codec, Failure, Reply
+from .outbox import Outbox
 
 log = logging.getLogger("remoteexec.worker")
 
@@ -64,3 +65,21 @@ def retried(codec: Codec, claim: Claim, call: Call, failure: Failure, held: Held
     )
     held.blobs = []  # the next try reads them
     return Done(claim, None, again=Job(claim.id, claim.queue, claim.reply_to, body, not_before))
+
+
+def failed(outbox: Outbox, claim: Claim, call: Call, reply: Reply, held: Held) -> Done | None:
+    """What ends the failure ``reply`` of a call with a retry policy: another try, or the
+    failure answered (or, for a call nobody waits for, a dead letter)."""
+    assert reply.failure is not None
+    again = retried(outbox.codec, claim, call, reply.failure, held)
+    if again is not None:
+        return again
+    keep = call.keep_result
+    if not call.reply_to and not keep:
+        return outbox.unanswered(claim, held.label, reply, call.deadline)
+    try:
+        body = outbox.codec.encode_reply(reply, key=call.key)  # a failure: str fields only
+    except RemoteExecError as exc:  # the tracebacks kept exceed max_message_size
+        text = f"the failure of {held.label}: {exc}"
+        return outbox.error(claim, exc, text, call.key, keep)
+    return Done(claim, body, keep)

@@ -4,8 +4,9 @@
 calling thread, the monitor: it renews the leases of every claim held, sends heartbeats and
 sweeps expired replies (``leases.py``, which also keeps the table of claims held). Each
 serving thread loops in ``_serve_loop``: claim a batch (one task at first, more while tasks
-are quick), run each task, send the replies in one round trip (``outbox.py``, which also
-makes the failure replies and dead letters of calls that must not run). A failure inside a
+are quick), run each task, send the replies with the next claim (``outbox.py``, which also
+makes the failure replies and dead letters of calls that must not run). While tasks are
+slow, the next claim is made while the batch's last task runs (``ahead.py``). A failure inside a
 task becomes an error reply, never a dead worker. ``stop()`` (what SIGTERM calls)
 ends the loop after the running tasks and hands back every claimed task that has not
 started.
@@ -31,18 +32,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .ahead import Ahead, Courier, land
 from .backends import Claim, Done, WorkerInfo, open_backend
 from .blobs import Payloads, refs_of
 from .board import ClaimBoard
 from .client import Client, using
 from .config import resolve
-from .errors import (
-    BackendUnavailable,
-    ConfigurationError,
-    PayloadTooLarge,
-    RemoteExecError,
-    error_kind,
-)
+from .errors import BackendUnavailable, PayloadTooLarge, RemoteExecError, error_kind
 from .figures import TaskFigures
 from .leases import Held, Leases, quietly
 from .message import Call, Codec, Failure, Reply
@@ -50,16 +46,17 @@ from .observe import TaskObserver, task_ended, task_lost
 from .outbox import Outbox
 from .remote import TaskType, lookup, registered, unknown_task_message
 from .replay import LOST, ReplayGuard
-from .retries import retried
+from .retries import failed
 from .sandbox import Runner, Sandbox, SandboxDied, time_limit_of
 from .tracing import ended, task_span
+from .worker_config import checked_queues
 
 log = logging.getLogger("remoteexec.worker")
 
 _BATCH_MAX = 64  # tasks claimed at once while tasks are quick
 _BATCH_BUDGET = 0.004  # seconds of work one claimed batch should hold at most
 _FLUSH_AFTER = 0.002  # send finished replies at least this often within a batch
-_MAX_QUEUE_NAME = 128  # characters
+_AHEAD_FROM = 0.0002  # seconds per task from which the next claim is made while one runs
 
 
 class WorkerDied(RuntimeError):
@@ -215,6 +212,8 @@ class Worker:
         self._local.index = index
         self._local.runner = Runner()
         self._local.sandbox = None
+        self._local.ahead, self._local.slow = None, False
+        self._local.courier = Courier(f"remoteexec-ahead-{index}")
         try:
             with using(self._tasks_client()):
                 self._serve_loop()
@@ -225,72 +224,88 @@ class Worker:
                 self._died = self._died or f"serving thread {name} died"
             self._stopping.set()
         finally:
+            self._local.courier.close()
             self._local.runner.close()
             if self._local.sandbox is not None:
                 self._local.sandbox.close()
 
     def _serve_loop(self) -> None:
         batch, backoff = 1, 0.1
-        finished: list[Done] = []  # a batch's last results, sent with the next claim
+        finished: list[Done] = []  # results not sent yet: they go with the next claim
         try:
             while not self._stopping.is_set():
+                ahead, self._local.ahead = self._local.ahead, None
+                sent, finished = (finished, []) if ahead is None else (ahead.sent, finished)
                 try:
-                    accepted, claims = self.backend.complete_and_claim(
-                        finished,
-                        self.queues,
-                        limit=batch,
-                        lease=self.lease,
-                        wait=0.5,
-                    )
+                    if ahead is None:
+                        accepted, claims = self.backend.complete_and_claim(
+                            sent, self.queues, limit=batch, lease=self.lease, wait=0.5
+                        )
+                        self._hold(self._local.index, claims)
+                    else:
+                        accepted, claims = ahead.answer()
                 except BackendUnavailable as exc:
-                    if finished:  # whether they got through is unknown: send them again
-                        self.outbox.complete(finished)
-                        finished = []
+                    if sent:  # whether they got through is unknown: send them again
+                        self.outbox.complete(sent)
                     log.warning("claiming failed, retrying in %.1f s: %s", backoff, exc)
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 except PayloadTooLarge:  # a result the broker refuses: answered below
-                    self.outbox.complete(finished)
-                    finished = []
+                    self.outbox.complete(sent)
                     continue
                 except Exception:  # a backend's bug, or something it read: keep serving
                     log.exception("claiming failed unexpectedly, retrying in %.1f s", backoff)
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                self.outbox.settle(finished, accepted)
-                finished, backoff = [], 0.1
+                self.outbox.settle(sent, accepted)
+                backoff = 0.1
                 if not claims:
-                    if self.burst:
+                    if self.burst and not finished:
                         log.info("queues empty: burst worker thread done")
                         return
                     continue
                 started = time.perf_counter()
                 try:
-                    finished = self._run_batch(claims)
+                    self._run_batch(claims, finished, batch)
                 except Exception:  # a bug of ours: log it, hand the batch back, keep serving
                     log.exception("internal error while running %d task(s)", len(claims))
-                    self._leases.release(self._leases.still_held(claims))
+                    ahead = self._local.ahead  # results made go with the next claim
+                    made = {d.claim.id for d in [*finished, *(ahead.sent if ahead else [])]}
+                    self._leases.release(
+                        [c for c in self._leases.still_held(claims) if c.id not in made]
+                    )
                     self._stopping.wait(backoff)  # not in a tight loop, if it happens again
                     backoff = min(backoff * 2, 5.0)
                 per_task = (time.perf_counter() - started) / len(claims)
                 batch = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET / max(per_task, 1e-6))))
+                self._local.slow = per_task >= _AHEAD_FROM
         finally:
+            land(self._local.ahead, self.outbox, self._leases)
+            self._local.ahead = None
             if finished:
                 self.outbox.complete(finished)
 
-    def _run_batch(self, claims: list[Claim]) -> list[Done]:
-        """Run ``claims``; results are sent every ``_FLUSH_AFTER`` s, the rest returned."""
+    def _hold(self, index: int, claims: list[Claim], running: Claim | None = None) -> None:
+        """Hold ``claims`` (their leases are renewed from now on) and post them, with the
+        claim still ``running``, on serving thread ``index``'s slot for the supervisor."""
         self._leases.take(claims)
-        if self._board is not None:
-            self._board.post(self._local.index, claims)
-        finished: list[Done] = []
-        first_finished = 0.0
+        if self._board is not None and claims:
+            self._board.post(index, [running, *claims] if running else claims)
+
+    def _run_batch(self, claims: list[Claim], finished: list[Done], batch: int) -> None:
+        """Run ``claims``, adding their results to ``finished``, which is sent every
+        ``_FLUSH_AFTER`` s. While tasks are slow, the last one runs as the next claim is
+        made, which takes the results made before it."""
+        first_finished, slow = time.perf_counter(), self._local.slow
         for i, claim in enumerate(claims):
             if self._stopping.is_set():
                 self._leases.release(claims[i:])
                 break
+            if i + 1 == len(claims) and slow:
+                self._local.ahead = self._claim_ahead(finished[:], claim, batch)
+                finished.clear()
             done = self._execute(claim)
             if done is None:
                 continue
@@ -298,10 +313,26 @@ class Worker:
             if not finished:
                 first_finished = time.perf_counter()
             finished.append(done)
+            if slow or i + 1 == len(claims):  # they go with the next claim
+                continue
             if time.perf_counter() - first_finished > _FLUSH_AFTER:
-                self.outbox.complete(finished)
-                finished = []
-        return finished
+                self.outbox.complete(finished[:])
+                finished.clear()
+
+    def _claim_ahead(self, finished: list[Done], running: Claim, batch: int) -> Ahead:
+        """Send ``finished`` and claim the next batch in the courier thread while
+        ``running`` runs here (``ahead.py``)."""
+        index = self._local.index
+
+        def exchange() -> tuple[list[bool], list[Claim]]:
+            accepted, claims = self.backend.complete_and_claim(
+                finished, self.queues, limit=batch, lease=self.lease, wait=0.0
+            )
+            self._hold(index, claims, running)
+            return accepted, claims
+
+        courier: Courier = self._local.courier
+        return courier.send(finished, exchange, self._leases.release)
 
     def _execute(self, claim: Claim) -> Done | None:
         held = self._leases.held(claim)
@@ -338,7 +369,7 @@ class Worker:
             return None
         self.figures.add(held.label, time.monotonic() - started, failed=reply.failure is not None)
         if reply.failure is not None and call.retry is not None:  # retry_on: retries.py
-            return self._retry(claim, call, reply, held)
+            return failed(self.outbox, claim, call, reply, held)
         keep = call.keep_result  # seconds the reply is also kept under the id
         if not call.reply_to and not keep:  # sent with send(): nobody reads a reply
             return self.outbox.unanswered(claim, label, reply, call.deadline)
@@ -356,22 +387,6 @@ class Worker:
             text = f"the arguments of {label}: {exc}"
             return self.outbox.error(claim, exc, text, call.key, call.keep_result)
         return None
-
-    def _retry(self, claim: Claim, call: Call, reply: Reply, held: Held) -> Done | None:
-        """The failure ``reply`` of a call with a retry policy: a retry, or its answer."""
-        assert reply.failure is not None
-        again = retried(self.codec, claim, call, reply.failure, held)
-        if again is not None:
-            return again
-        keep = call.keep_result
-        if not call.reply_to and not keep:
-            return self.outbox.unanswered(claim, held.label, reply, call.deadline)
-        try:
-            body = self.codec.encode_reply(reply, key=call.key)  # a failure: str fields only
-        except RemoteExecError as exc:  # the tracebacks kept exceed max_message_size
-            text = f"the failure of {held.label}: {exc}"
-            return self.outbox.error(claim, exc, text, call.key, keep)
-        return Done(claim, body, keep)
 
     def _report_figures(self) -> None:
         self.info.failed, self.info.durations = self.figures.failed, self.figures.durations()
@@ -425,19 +440,3 @@ class Worker:
             log.error("task %s (%s) killed its helper process: %s", held.claim.id, held.label, exc)
             self._leases.abandon(held)
             return Reply(call.id, None, None)
-
-
-def checked_queues(queues: Sequence[str]) -> list[str]:
-    """``queues`` as a list, if it is a non-empty list of sane queue names.
-
-    Raises:
-        ConfigurationError: no queue, or a name that is empty or too long.
-    """
-    if isinstance(queues, str) or not queues:
-        raise ConfigurationError(f"no queue name given (queues={queues!r:.80})")
-    for queue in queues:
-        if not isinstance(queue, str) or not queue or len(queue) > _MAX_QUEUE_NAME:
-            raise ConfigurationError(
-                f"a queue name must be 1 to {_MAX_QUEUE_NAME} characters, got {queue!r:.80}"
-            )
-    return list(queues)

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from .config import check_name, read_config_file
 from .errors import ConfigurationError
+
+_MAX_QUEUE_NAME = 128  # characters of a queue name
 
 __all__ = ["LOG_LEVELS", "OPTIONS", "resolve_worker"]
 
@@ -164,3 +166,19 @@ def _convert(name: str, value: Any, source: str) -> Any:
     except ValueError as exc:
         shown = f"{value!r:.80}" if not isinstance(value, (dict, list)) else type(value).__name__
         raise ConfigurationError(f"{name} must be {exc}, not {shown} ({source})") from None
+
+
+def checked_queues(queues: Sequence[str]) -> list[str]:
+    """``queues`` as a list, if it is a non-empty list of sane queue names.
+
+    Raises:
+        ConfigurationError: no queue, or a name that is empty or too long.
+    """
+    if isinstance(queues, str) or not queues:
+        raise ConfigurationError(f"no queue name given (queues={queues!r:.80})")
+    for queue in queues:
+        if not isinstance(queue, str) or not queue or len(queue) > _MAX_QUEUE_NAME:
+            raise ConfigurationError(
+                f"a queue name must be 1 to {_MAX_QUEUE_NAME} characters, got {queue!r:.80}"
+            )
+    return list(queues)

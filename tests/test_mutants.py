@@ -26,7 +26,7 @@ from remoteexec.errors import (
     SignatureError,
 )
 from remoteexec.message import MAX_EPOCH, MAX_SECONDS, Call, Codec, Failure, Reply
-from remoteexec.worker import checked_queues
+from remoteexec.worker_config import checked_queues
 
 ID = uuid.UUID(int=14).hex
 
