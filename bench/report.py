@@ -143,8 +143,10 @@ def targets(results: Results) -> list[dict[str, Any]]:
             verdict = "PASS"
         else:
             verdict = "MISS"
-        row = {"target": label, "measured": value, "limit": limit, "verdict": verdict}
-        out.append({**row, "absolute": baseline is None})
+        out.append(
+            {"target": label, "measured": value, "limit": limit, "verdict": verdict,
+             "absolute": baseline is None}
+        )  # fmt: skip
     return out
 
 

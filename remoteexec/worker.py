@@ -6,8 +6,8 @@ sweeps expired replies (``leases.py``, which also keeps the table of claims held
 serving thread loops in ``_serve_loop``: claim a batch (one task at first, more while tasks
 are quick), run each task, send the replies with the next claim (``outbox.py``, which also
 makes the failure replies and dead letters of calls that must not run). While tasks are
-slow, the next claim is made while the batch's last task runs (``ahead.py``). A failure inside a
-task becomes an error reply, never a dead worker. ``stop()`` (what SIGTERM calls)
+slow, the next claim is made while the batch's last task runs (``ahead.py``). A failure
+inside a task becomes an error reply, never a dead worker. ``stop()`` (what SIGTERM calls)
 ends the loop after the running tasks and hands back every claimed task that has not
 started.
 
@@ -212,7 +212,7 @@ class Worker:
         self._local.index = index
         self._local.runner = Runner()
         self._local.sandbox = None
-        self._local.ahead, self._local.slow = None, False
+        self._local.ahead = None
         self._local.courier = Courier(f"remoteexec-ahead-{index}")
         try:
             with using(self._tasks_client()):
@@ -230,7 +230,7 @@ class Worker:
                 self._local.sandbox.close()
 
     def _serve_loop(self) -> None:
-        batch, backoff = 1, 0.1
+        batch, backoff, slow = 1, 0.1, False
         finished: list[Done] = []  # results not sent yet: they go with the next claim
         try:
             while not self._stopping.is_set():
@@ -268,7 +268,7 @@ class Worker:
                     continue
                 started = time.perf_counter()
                 try:
-                    self._run_batch(claims, finished, batch)
+                    self._run_batch(claims, finished, batch, slow)
                 except Exception:  # a bug of ours: log it, hand the batch back, keep serving
                     log.exception("internal error while running %d task(s)", len(claims))
                     ahead = self._local.ahead  # results made go with the next claim
@@ -280,7 +280,7 @@ class Worker:
                     backoff = min(backoff * 2, 5.0)
                 per_task = (time.perf_counter() - started) / len(claims)
                 batch = max(1, min(_BATCH_MAX, int(_BATCH_BUDGET / max(per_task, 1e-6))))
-                self._local.slow = per_task >= _AHEAD_FROM
+                slow = per_task >= _AHEAD_FROM
         finally:
             land(self._local.ahead, self.outbox, self._leases)
             self._local.ahead = None
@@ -294,11 +294,11 @@ class Worker:
         if self._board is not None and claims:
             self._board.post(index, [running, *claims] if running else claims)
 
-    def _run_batch(self, claims: list[Claim], finished: list[Done], batch: int) -> None:
+    def _run_batch(self, claims: list[Claim], finished: list[Done], batch: int, slow: bool) -> None:
         """Run ``claims``, adding their results to ``finished``, which is sent every
         ``_FLUSH_AFTER`` s. While tasks are slow, the last one runs as the next claim is
         made, which takes the results made before it."""
-        first_finished, slow = time.perf_counter(), self._local.slow
+        first_finished = time.perf_counter()
         for i, claim in enumerate(claims):
             if self._stopping.is_set():
                 self._leases.release(claims[i:])
