@@ -379,6 +379,7 @@ def test_the_login_form_sets_a_strict_http_only_session_that_drops_a_dead_letter
         _wait_for(browser, "return document.getElementById('token')")  # data only after login
         assert not browser.execute_script("return document.querySelectorAll('#dead tr').length")
         _log_in(browser, "wrong")
+        _wait_for(browser, "return document.body.innerText.includes('wrong token')", 5.0)
         assert "wrong token" in browser.page_source  # the 403 answer
         browser.get(site)
         _log_in(browser, "s3cret")
