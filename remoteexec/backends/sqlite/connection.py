@@ -5,10 +5,12 @@
   mode with ``synchronous=NORMAL``; the first one checks the schema and creates or
   migrates it.
 * ``run`` is the adapter boundary: it runs a function in one transaction, retries while the
-  database is locked (after 0.2 ms, then twice as long each time up to 50 ms, with jitter,
+  database is locked (after 0.2 ms, then twice as long each time up to 2 ms, with jitter,
   for up to ``_RETRY_FOR`` seconds) and raises every ``sqlite3`` error as
   ``BackendUnavailable``. SQLite's own busy handler is off: it sleeps a millisecond or more
-  per conflict, several times what the transaction being waited for takes.
+  per conflict, several times what the transaction being waited for takes. Pauses stay
+  short because nothing wakes a waiter when the lock frees: a longer pause leaves the
+  database idle while work waits; a try costs one failed ``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ log = logging.getLogger("remoteexec.sqlite")
 
 T = TypeVar("T")
 
-_FIRST_PAUSE, _LONGEST_PAUSE = 0.0002, 0.05  # seconds between tries of a busy database
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.0002, 0.002  # seconds between tries of a busy database
 _RETRY_FOR = 30.0  # total time spent retrying a busy database before giving up
 
 
