@@ -527,19 +527,28 @@ def test_a_wait_longer_than_the_read_timeout_is_cut_into_holds(make) -> None:
 
 
 def test_send_and_wait_inserts_and_waits_for_the_reply_in_one_query(make) -> None:
+    """One query: a transaction that inserts the job (and deletes the replies read by
+    the call before, so both take one commit), then the wait."""
     client, worker = make(), make()
-    sent = job(reply_to="me")
 
     def serve() -> None:
         [c] = worker.claim(["default"], limit=1, lease=30, wait=5)
-        worker.complete([Done(c, b"answer")])
+        worker.complete([Done(c, c.body)])
 
-    thread = threading.Thread(target=serve)
-    thread.start()
-    before = questions(client)
-    assert client.send_and_wait([sent], "me", wait=5) == [b"answer"]
-    thread.join()
-    assert questions(client) - before - 1 == 2  # "INSERT ...; BEGIN NOT ATOMIC ... END"
+    for n, statements in ((1, 4), (2, 5)):
+        thread = threading.Thread(target=serve)
+        thread.start()
+        before = questions(client)
+        assert client.send_and_wait([job(body=b"%d" % n, reply_to="me")], "me", wait=5) == [
+            b"%d" % n
+        ]
+        thread.join()
+        # "START TRANSACTION; INSERT ...; [DELETE ...;] COMMIT; BEGIN NOT ATOMIC ... END"
+        assert questions(client) - before - 1 == statements
+    [(_, [(left,)])] = worker._db.run(
+        lambda cur: execute(cur, "SELECT COUNT(*) FROM remoteexec_replies WHERE reply_to = 'me'")
+    )
+    assert left == 1  # the second call's reply: the next read deletes it
 
 
 def test_send_and_wait_looks_for_its_reply_often_on_a_new_channel(make) -> None:

@@ -17,10 +17,12 @@ in one of two modes, picked from the server's version unless the URL says
 Guarantees: a task is held by at most one live token; a completion stores the replies and
 deletes the tasks its tokens still hold, in one transaction; reads always see committed
 data (autocommit, READ COMMITTED); a reply is deleted by the read after the one that
-returned it, so a read cut off on its way back loses nothing. Statements are batched into
-multi-statement round trips (one, where packet size allows). Every PyMySQL error becomes
-``BackendUnavailable``; deadlocks and lock-wait timeouts are retried. A claim or reply
-read that finds nothing waits in the server where it can (MariaDB), else polls.
+returned it, so a read cut off on its way back loses nothing (a blocking call deletes the
+replies it read in the transaction that inserts its next task: one commit for both).
+Statements are batched into multi-statement round trips (one, where packet size allows).
+Every PyMySQL error becomes ``BackendUnavailable``; deadlocks and lock-wait timeouts are
+retried. A claim or reply read that finds nothing waits in the server where it can
+(MariaDB), else polls.
 
 URL options: ``claim``, ``wait`` (``server`` or ``client``: where an empty claim or reply
 read waits; ``server`` needs MariaDB, and is its default with ``skip_locked`` claims),

@@ -191,9 +191,10 @@ class MySQLBackend(Backend):
         return queries
 
     def send_and_wait(self, jobs: Sequence[Job], reply_to: str, *, wait: float) -> list[bytes]:
-        """Where the server waits (``wait=server``), one round trip: the INSERT, then the
-        wait for replies. Once the INSERT's answer is in, the jobs are sent: a failure
-        after it returns no replies (they are read later) instead of raising."""
+        """Where the server waits (``wait=server``), one round trip: a transaction that
+        inserts the jobs and deletes the replies read before (one commit: one flush of the
+        log), then the wait for replies. Once the COMMIT's answer is in, the jobs are sent:
+        a failure after it returns no replies (they are read later) instead of raising."""
         if self.wait_mode != "server" or not jobs:  # the mode is known once connected
             return super().send_and_wait(jobs, reply_to, wait=wait)
         sent = False
@@ -202,17 +203,18 @@ class MySQLBackend(Backend):
         def send(cur: Cursor) -> list[bytes] | None:
             nonlocal sent
             hold = min(wait, self._waiter.max_hold)
-            read, at = self._read_replies(reply_to, hold, idle=0.0)  # a reply is due soon
+            read, at = self._read_replies(reply_to, hold, idle=0.0, commit=True)  # due soon
             if sent:  # retried after a deadlock in the wait: the jobs are in
                 return self._taken(reply_to, execute(cur, *read)[at][1])
             read_sql = render(cur.connection, *read)
             inserts = self._inserts(cur, jobs)
             if len(inserts) > 1 or len(inserts[0]) + len(read_sql) > self.max_packet // 2:
                 return None  # large, or deferred: the INSERTs alone, then the wait
-            insert = inserts[0]
-            cur.execute(insert + b"; " + read_sql)  # type: ignore[call-overload]
+            cur.execute(b"START TRANSACTION; " + inserts[0] + b"; " + read_sql)  # type: ignore[call-overload]
+            for _ in range(at + 1):  # the INSERT's result, then each up to the COMMIT's
+                cur.nextset()
             sent = True
-            return self._taken(reply_to, read_rest(cur)[at][1])
+            return self._taken(reply_to, read_rest(cur)[0][1])
 
         try:
             with self._reader(reply_to):
@@ -285,12 +287,13 @@ class MySQLBackend(Backend):
             return self._waiter.wait(key, lambda hold: self._db.run(lambda c: take(c, hold)), wait)
 
     def _read_replies(
-        self, reply_to: str, hold: float | None, idle: float | None = None
+        self, reply_to: str, hold: float | None, idle: float | None = None, commit: bool = False
     ) -> tuple[Part, int]:
         """One query: delete the replies delivered by the last read, then read the new ones
         (with ``hold``, waiting up to that long in the server for one; ``idle`` sets the
         pause between its tests, ``wait.py``: by default, the time since replies last
         came). Returns the query and the index of the result holding (seq, body) rows.
+        ``commit``: a COMMIT follows the deletion (it ends the caller's transaction).
 
         A reply stays in the table until the read after the one that returned it, so a
         read whose answer is lost on the way back (a dropped connection) loses nothing:
@@ -301,6 +304,8 @@ class MySQLBackend(Backend):
         delivered = self._delivered.get(reply_to)
         if delivered:
             parts.append((DELIVERED.format(marks(len(delivered))), tuple(delivered)))
+        if commit:
+            parts.append(("COMMIT", ()))
         read: Part = (REPLIES, (reply_to,))
         if hold is None:
             parts.append(read)
