@@ -409,6 +409,37 @@ def test_complete_and_claim_is_one_round_trip_without_scripts_too(
     assert backend.replies("R", wait=1) == [b"r"] * results
 
 
+@pytest.mark.parametrize("scripts", [True, False])
+def test_a_claim_made_ahead_takes_the_results_along_in_one_round_trip(
+    make, server, monkeypatch, scripts
+) -> None:
+    """``wait=0``, as when a worker claims while its last task runs: the completion and
+    the pass go in one round trip, with work waiting and without."""
+    from remoteexec.backends.redis import wire
+
+    backend = make(url=None if scripts else _noscript_url(server))
+    jobs = [job(reply_to="R") for _ in range(6)]
+    backend.enqueue(jobs)
+    held = backend.claim(["default"], limit=3, lease=30, wait=1)
+    held += backend.claim(["default"], limit=3 - len(held), lease=30, wait=1)
+    assert len(held) == 3 and backend._scripts.off != scripts
+    trips: list[int] = []
+    checkout = wire.Link.held
+    monkeypatch.setattr(wire.Link, "held", lambda link: trips.append(1) or checkout(link))
+    accepted, claims = backend.complete_and_claim(
+        [Done(c, b"r") for c in held], ["default"], limit=3, lease=30, wait=0
+    )
+    assert accepted == [True] * 3 and trips == [1]
+    assert claims and [c.id for c in claims] == [j.id for j in jobs[3:]][: len(claims)]
+    rest = backend.claim(["default"], limit=3 - len(claims), lease=30, wait=0)
+    trips.clear()
+    accepted, more = backend.complete_and_claim(
+        [Done(c, b"s") for c in [*claims, *rest]], ["default"], limit=3, lease=30, wait=0
+    )  # nothing waits now: the pass finds nothing and does not wait
+    assert accepted == [True] * 3 and more == [] and trips == [1]
+    assert backend.replies("R", wait=1) == [b"r"] * 3 + [b"s"] * 3
+
+
 def test_send_and_wait_cut_off_after_the_enqueue_reports_it_sent(make, server) -> None:
     backend = make("?socket_timeout=4")  # blocking reads wait up to 1 s
     j = job(reply_to="R")

@@ -277,12 +277,13 @@ class RedisBackend(Backend):
     ) -> tuple[list[bool], list[Claim]]:
         """On one queue with no lease due, with or without scripts: the completion, then
         the next claim pass, in one round trip (the results are delivered before the pass
-        waits); on a cluster, the leases' ends first, then the replies and the pass.
+        waits, if it waits); on a cluster, the leases' ends first, then the replies and the
+        pass.
         ``COMPLETE`` calls for three results or more where scripts are allowed, a ``MULTI``
         otherwise (the script's fixed cost outweighs what it saves for fewer)."""
         claimer = self._claiming()
         one = len(queues) == 1 and (not self._cluster or len(self._shards.of(queues[0])) == 1)
-        if not (done and one and wait >= 0.01 and claimer.calm(queues[0])):
+        if not (done and one and claimer.calm(queues[0])):
             return super().complete_and_claim(done, queues, limit=limit, lease=lease, wait=wait)
         pair = routed_then_claimed if self._cluster else completed_then_claimed
         with self._mapper:

@@ -113,12 +113,15 @@ class Claimer:
         """One pass on ``queue`` sent right behind ``before``, in the same round trip.
 
         Returns the claims and ``before``'s replies (errors included): those commands reach
-        Redis while the pass is built, and run before it waits (up to ``wait``) for work.
+        Redis while the pass is built, and run before it waits for work (up to ``wait``;
+        under 10 ms, it does not wait).
         """
         shas = self._scripts.shas(self._link)
         if shas is None or self._idle.get(queue, True):
             ask = min(limit, self._ask.get(queue, limit))
-            block = max(0.01, min(wait, self._wait, self._calm_for([queue])))
+            block = 0.0
+            if wait >= 0.01:
+                block = max(0.01, min(wait, self._wait, self._calm_for([queue])))
             claims, expired, out = self._plain_pass(queue, ask, lease, block, before)
         else:
             claims, expired, out = self._script_pass(queue, limit, lease, before, shas["claim"])
