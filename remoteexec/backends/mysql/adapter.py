@@ -210,7 +210,8 @@ class MySQLBackend(Backend):
             inserts = self._inserts(cur, jobs)
             if len(inserts) > 1 or len(inserts[0]) + len(read_sql) > self.max_packet // 2:
                 return None  # large, or deferred: the INSERTs alone, then the wait
-            cur.execute(b"START TRANSACTION; " + inserts[0] + b"; " + read_sql)  # type: ignore[call-overload]
+            query = b"START TRANSACTION; " + inserts[0] + b"; " + read_sql
+            cur.execute(query)  # type: ignore[call-overload]
             for _ in range(at + 1):  # the INSERT's result, then each up to the COMMIT's
                 cur.nextset()
             sent = True
