@@ -66,8 +66,6 @@ class Leases:
         self.sweeps: list[Callable[[], None]] = []
         #: What the monitor runs before each heartbeat (to fill in ``info``).
         self.beats: list[Callable[[], None]] = []
-        #: What the monitor runs on each of its ticks (every 0.1 s).
-        self.ticks: list[Callable[[], None]] = []
 
     # What the serving threads do ---------------------------------------------------------
 
@@ -174,8 +172,6 @@ class Leases:
                 next_sweep = now + _SWEEP_EVERY
                 for sweep in (self._backend.sweep, *self.sweeps):
                     quietly(sweep)
-            for tick in self.ticks:
-                quietly(tick)
             if supervised and os.getppid() != parent:
                 log.warning("the supervisor is gone")
                 stop()

@@ -121,8 +121,6 @@ class Worker:
         self._leases.sweeps.append(self.payloads.sweep)
         self.figures = TaskFigures()  # failures and durations, for the heartbeat
         self._leases.beats.append(self._report_figures)
-        self._couriers: list[Courier] = []  # one per serving thread: claims made ahead
-        self._leases.ticks.append(self._hand_back_late)
         self.outbox = Outbox(self.backend, self.codec, self._leases, self.payloads, self.guard)
         for task in filter(None, map(lookup, registered())):  # @remote(shards=) on a cluster
             if task.shards:
@@ -216,7 +214,6 @@ class Worker:
         self._local.sandbox = None
         self._local.ahead = None
         self._local.courier = Courier(f"remoteexec-ahead-{index}")
-        self._couriers.append(self._local.courier)  # for the monitor's tick
         try:
             with using(self._tasks_client()):
                 self._serve_loop()
@@ -335,12 +332,7 @@ class Worker:
             return accepted, claims
 
         courier: Courier = self._local.courier
-        return courier.send(finished, exchange)
-
-    def _hand_back_late(self) -> None:
-        """The monitor's tick: tasks claimed ahead that wait too long go back."""
-        for courier in list(self._couriers):
-            courier.hand_back_late(self._leases.release)
+        return courier.send(finished, exchange, self._leases.release)
 
     def _execute(self, claim: Claim) -> Done | None:
         held = self._leases.held(claim)

@@ -33,13 +33,10 @@ def claim(n: int) -> Claim:
 def test_a_serving_thread_ready_in_time_gets_the_tasks_claimed_ahead() -> None:
     courier, handed_back = Courier("test-ahead"), []
     try:
-        ahead = courier.send([], lambda: ([True], [claim(1)]))
+        ahead = courier.send([], lambda: ([True], [claim(1)]), handed_back.extend)
         time.sleep(HOLD / 5)
-        courier.hand_back_late(handed_back.extend)  # a monitor's tick: not late yet
         assert ahead.answer() == ([True], [claim(1)])
-        time.sleep(HOLD * 1.5)
-        courier.hand_back_late(handed_back.extend)  # taken: nothing goes back
-        assert ahead.answer() == ([True], [claim(1)])
+        assert ahead.exchange.result() == ([True], [claim(1)])
     finally:
         courier.close()
     assert handed_back == []
@@ -48,10 +45,8 @@ def test_a_serving_thread_ready_in_time_gets_the_tasks_claimed_ahead() -> None:
 def test_tasks_claimed_ahead_go_back_when_the_running_task_takes_longer_than_the_hold() -> None:
     courier, handed_back = Courier("test-ahead"), []
     try:
-        ahead = courier.send([], lambda: ([True], [claim(1), claim(2)]))
-        time.sleep(HOLD * 1.5)
-        courier.hand_back_late(handed_back.extend)
-        courier.hand_back_late(handed_back.extend)  # once only
+        ahead = courier.send([], lambda: ([True], [claim(1), claim(2)]), handed_back.extend)
+        time.sleep(HOLD * 3)
         assert handed_back == [claim(1), claim(2)]
         assert ahead.answer() == ([True], [])  # the results' answer stands
     finally:
@@ -62,16 +57,12 @@ def test_a_failed_exchange_raises_in_the_serving_thread() -> None:
     def fail() -> Any:
         raise ConnectionError("gone")
 
-    courier, handed_back = Courier("test-ahead"), []
+    courier = Courier("test-ahead")
     try:
-        ahead = courier.send([], fail)
-        time.sleep(HOLD * 1.5)
-        courier.hand_back_late(handed_back.extend)
         with pytest.raises(ConnectionError):
-            ahead.answer()
+            courier.send([], fail, lambda _: None).answer()
     finally:
         courier.close()
-    assert handed_back == []
 
 
 @pytest.fixture(params=ONE_PER_BACKEND)
