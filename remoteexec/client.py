@@ -127,7 +127,7 @@ class Client:
         """
         jobs, futures = self._prepare(task, method, calls, options)
         self._send(jobs, futures)
-        self._replies.ensure_listening()
+        self._replies.sent(futures)
         return futures
 
     def send(
@@ -287,6 +287,12 @@ class Client:
         while it is the only call pending and no other thread reads; see ``Replies``."""
         if future.made_by(self) and self._pid == os.getpid() and not self._closed:
             self._replies.read_alone(future, end)
+
+    def watch(self, future: RemoteFuture[Any]) -> None:
+        """See that ``future``'s reply gets read: a thread waits for it without reading
+        (what ``RemoteFuture.add_done_callback`` and ``concurrent.futures.wait`` ask)."""
+        if future.made_by(self) and self._pid == os.getpid() and not self._closed:
+            self._replies.watch(future)
 
     def _withdraw_now(self, future: RemoteFuture[Any]) -> None:
         """Withdraw the task of an interrupted call if no worker has started it: best

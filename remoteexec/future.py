@@ -11,7 +11,8 @@ import asyncio
 import concurrent.futures
 import datetime
 import time
-from collections.abc import Generator
+import weakref
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .config import MAX_KEEP_RESULT, check_attempts, check_name
@@ -34,6 +35,9 @@ class Withdrawer(Protocol):
     def read_for_result(self, future: RemoteFuture[Any], end: float | None) -> None:
         """Read replies in the calling thread until ``future`` is done or ``time.monotonic()``
         reaches ``end``, where that saves a hand-off from another thread; else return."""
+
+    def watch(self, future: RemoteFuture[Any]) -> None:
+        """Somebody waits for ``future`` without reading: see that its reply gets read."""
 
 
 class RemoteFuture(concurrent.futures.Future[R]):
@@ -73,12 +77,33 @@ class RemoteFuture(concurrent.futures.Future[R]):
         While this is the only call its client waits for and no other thread reads
         replies, the calling thread reads them itself, so the result needs no hand-off.
         """
+        return super().result(self._read(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The call's error (None if it succeeded), waiting like ``result``."""
+        return super().exception(self._read(timeout))
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[R]], object]) -> None:
+        """Call ``fn(future)`` once the call ends (at once if it has); ``fn`` runs in the
+        thread that reads the reply."""
+        if not self.done():
+            self._client.watch(self)
+        super().add_done_callback(fn)
+
+    def watch_waiters(self) -> None:
+        """From now on, a thread that waits for this future in ``concurrent.futures.wait``
+        or ``as_completed`` asks its client to watch it (``Withdrawer.watch``)."""
+        self._waiters = _Waiters(self, self._waiters)
+
+    def _read(self, timeout: float | None) -> float | None:
+        """Read replies in this thread if that is quicker (``Withdrawer.read_for_result``);
+        what is left of ``timeout``."""
         if not self.done():
             end = None if timeout is None else time.monotonic() + timeout
             self._client.read_for_result(self, end)
             if end is not None:
                 timeout = max(0.0, end - time.monotonic())
-        return super().result(timeout)
+        return timeout
 
     def made_by(self, client: Withdrawer) -> bool:
         """Whether ``client`` made (and so resolves) this future."""
@@ -86,6 +111,22 @@ class RemoteFuture(concurrent.futures.Future[R]):
 
     def __await__(self) -> Generator[Any, None, R]:
         return asyncio.wrap_future(self).__await__()
+
+
+class _Waiters(list):  # type: ignore[type-arg]
+    """A future's waiters (``concurrent.futures`` keeps them in ``Future._waiters``): a
+    thread in ``concurrent.futures.wait`` or ``as_completed`` adds one, and so asks for the
+    reply to be read."""
+
+    def __init__(self, future: RemoteFuture[Any], waiters: list[Any]) -> None:
+        super().__init__(waiters)
+        self._future = weakref.ref(future)  # no cycle: a future is freed once unused
+
+    def append(self, waiter: Any) -> None:
+        future = self._future()
+        if future is not None:
+            future._client.watch(future)
+        super().append(waiter)
 
 
 def check_keep_result(value: Any, source: str = "argument") -> float:

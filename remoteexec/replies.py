@@ -2,9 +2,10 @@
 
 A client registers each call here before it is enqueued. One thread at a time reads the
 replies addressed to the client's process and resolves the matching futures: a thread
-blocked in ``Client.call`` while no other reads, else the listener thread, which runs while
-calls are pending. After each read the reader fails the calls whose timeout has passed
-(``CallTimeout``) and those whose task the broker no longer has (``CallLost``,
+blocked in ``Client.call`` or ``RemoteFuture.result`` while no other reads, else the
+listener thread, which runs while calls are pending (for a lone call, once a thread waits
+for its future: see ``sent``). After each read the reader fails the calls whose timeout
+has passed (``CallTimeout``) and those whose task the broker no longer has (``CallLost``,
 ``CallPurged``: see ``liveness``), and warns once about a queue no live worker serves.
 Nothing it reads stops it: a reply that cannot be read is logged and fails at most its own
 call.
@@ -40,6 +41,7 @@ log = logging.getLogger("remoteexec.client")  # the client's behaviour, as its u
 
 _MAX_REJECTED = 10_000  # rejected replies remembered until their call ends
 _READ_WAIT = 0.25  # seconds one read waits at most: a newer call's deadline is seen in time
+_IDLE_WAIT = 1.0  # seconds the listener sleeps while no call is pending, unless woken
 _UNSERVED_AFTER = 10.0  # seconds a call waits before its queue is checked for workers
 _UNSERVED_EVERY = 5.0  # seconds between two such checks
 
@@ -71,6 +73,7 @@ class Replies:
         self._reader = threading.Lock()  # held by the one thread reading replies
         self._wake = threading.Event()
         self._listener: threading.Thread | None = None
+        self._unwatched: str | None = None  # a lone call the listener was not woken for
         self._closed = False
         self._outage_since: float | None = None
         self._liveness = Liveness(backend, reply_to)
@@ -156,6 +159,7 @@ class Replies:
         with self._lock:
             alone = len(self._pending) == 1 and future.task_id in self._pending
         if not alone or not self._reader.acquire(blocking=False):
+            self.watch(future)
             return
         try:
             while not future.done() and not self._closed:
@@ -168,6 +172,30 @@ class Replies:
         finally:
             self._reader.release()
         if self._pending:
+            self.ensure_listening()
+
+    def sent(self, futures: list[RemoteFuture[Any]]) -> None:
+        """See that the replies of ``futures``, just sent, get read.
+
+        A lone call, while no other is pending and the listener idles, is left to the
+        first thread that waits for its future (``watch``, ``read_alone``): its caller
+        usually reads the reply itself, and waking the listener for nothing costs the
+        caller a thread switch. If nobody waits, the listener reads it within
+        ``_IDLE_WAIT``.
+        """
+        with self._lock:
+            lone = len(futures) == 1 and self._pending.keys() == {futures[0].task_id}
+            if lone and self._listener is not None and self._listener.is_alive():
+                self._unwatched = futures[0].task_id
+                futures[0].watch_waiters()
+                return
+        self.ensure_listening()
+
+    def watch(self, future: RemoteFuture[Any]) -> None:
+        """A thread waits for ``future`` (or hooks onto it) without reading its reply:
+        wake the listener if ``sent`` left it asleep for this call."""
+        if self._unwatched == future.task_id and not future.done():
+            self._unwatched = None
             self.ensure_listening()
 
     def ensure_listening(self) -> None:
@@ -190,7 +218,7 @@ class Replies:
                 with self._lock:
                     waiting = bool(self._pending)
                 if not waiting:
-                    self._wake.wait(1.0)  # nothing to read for: leave the reading to callers
+                    self._wake.wait(_IDLE_WAIT)  # nothing to read for: callers read
                     continue
                 if not self._reader.acquire(blocking=False):
                     # A calling thread reads; it wakes this one when it leaves calls unread.

@@ -3,6 +3,7 @@ that processes can share (sqlite, redis, mysql in both claim modes)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import datetime as dt
 import math
@@ -123,6 +124,48 @@ def test_futures_waited_on_one_at_a_time_or_from_many_threads_all_end(
     for thread in threads:
         thread.join(60)
     assert results == {n: [math.pi * (n * 1000 + i) for i in range(50)] for n in range(4)}
+
+
+def test_a_lone_future_is_read_as_soon_as_anything_waits_for_it(
+    farm: Farm, farm_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener is not woken for a lone call: whatever waits for its future (``result``,
+    ``exception``, a callback, ``concurrent.futures.wait`` or ``as_completed``, ``await``)
+    gets its reply read, although the idle listener would sleep for a minute."""
+    monkeypatch.setattr("remoteexec.replies._IDLE_WAIT", 60.0)
+    farm.start()
+    farm.worker_pids(1)
+    pi = tasks.CalculateMultipleOfPi.execute
+    with Client(farm_url) as client, using(client):
+        assert pi.submit(1).result(30) == math.pi  # the listener now exists, and idles
+        assert pi.submit(2).result(30) == math.pi * 2  # read by this thread
+        assert isinstance(tasks.Failing.execute.submit("no").exception(30), RemoteError)
+        called = threading.Event()
+        pi.submit(3).add_done_callback(lambda f: called.set())
+        assert called.wait(30)
+        done, _ = concurrent.futures.wait([pi.submit(4)], timeout=30)
+        assert [f.result() for f in done] == [math.pi * 4]
+        got = [f.result() for f in concurrent.futures.as_completed([pi.submit(5)], 30)]
+        assert got == [math.pi * 5]
+
+        async def awaited() -> float:
+            return await pi.submit(6)  # type: ignore[no-any-return]
+
+        assert asyncio.run(asyncio.wait_for(awaited(), 30)) == math.pi * 6
+
+
+def test_a_lone_future_nobody_waits_for_is_read_by_the_listener(
+    farm: Farm, farm_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("remoteexec.replies._IDLE_WAIT", 0.1)
+    farm.start()
+    farm.worker_pids(1)
+    pi = tasks.CalculateMultipleOfPi.execute
+    with Client(farm_url) as client, using(client):
+        assert pi.submit(1).result(30) == math.pi
+        future = pi.submit(7)
+        wait_for(future.done, message="the listener to read the reply")
+        assert future.result() == math.pi * 7
 
 
 def test_killed_worker_task_completes_elsewhere_once(
