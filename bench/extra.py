@@ -6,7 +6,7 @@
 * **InnoDB commits per call in B** (``Handler_commit``, server-wide, on the bench's
   private MariaDB: nothing else runs there).
 * **A via a future**: ``submit(n).result()`` one call at a time, p50, beside A's
-  ``execute(n)`` (remoteexec only).
+  ``execute(n)`` (remoteexec only), in ten blocks taken in turn with A's.
 * **Scaling** (remoteexec only): B's batch with 4 worker processes (``c4_calls_s``), and with
   a task that sleeps 1 ms (I/O, not CPU) on 4 worker processes (``io4_calls_s``, against an
   ideal of 4,000 calls/s).

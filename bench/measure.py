@@ -205,16 +205,16 @@ def _peak(pid: int) -> float:
 
 def _run_a(system: Any, sizes: Sizes, results: Results, label: str, step: Any) -> None:
     name = system.name
-    got = step("A", lambda: latencies_us(system, sizes.latency_calls, sizes.latency_warmup))
-    if got is None:
-        return
     if hasattr(system, "submit_call"):  # the same through a future: submit(n).result()
-        calls, warmup = sizes.latency_calls // 2, sizes.latency_warmup // 2
-        future = step(
-            "A via a future", lambda: latencies_us(system, calls, warmup, system.submit_call)
-        )
-        if future is not None:
-            results.add(name, "a_submit_p50_us", percentile(future[0], 0.5))
+        both = step("A, and A via a future", lambda: _a_in_turn(system, sizes))
+        if both is None:
+            return
+        got, future = both
+        results.add(name, "a_submit_p50_us", percentile(future, 0.5))
+    else:
+        got = step("A", lambda: latencies_us(system, sizes.latency_calls, sizes.latency_warmup))
+        if got is None:
+            return
     ordered, elapsed = got
     p50, p90, p99 = (percentile(ordered, q) for q in (0.5, 0.9, 0.99))
     for metric, value in zip(METRICS[:3], (p50, p90, p99), strict=True):
@@ -224,6 +224,27 @@ def _run_a(system: Any, sizes: Sizes, results: Results, label: str, step: Any) -
         results.add(name, "b_calls_s", len(ordered) / elapsed)
         line += f" ({len(ordered) / elapsed:,.0f} calls/s, one outstanding)"
     progress(f"[{label}] {name} A: {line}")
+
+
+def _a_in_turn(
+    system: Any, sizes: Sizes, turns: int = 10
+) -> tuple[tuple[list[float], float], list[float]]:
+    """A's calls, and half as many through ``submit(n).result()``, in ``turns`` blocks
+    taken in turn, so that both meet the same spells of the machine: A's sorted latencies
+    and loop seconds, and the future's sorted latencies."""
+    a: list[float] = []
+    future: list[float] = []
+    seconds = 0.0
+    for turn in range(turns):
+        warm = turn == 0
+        got, elapsed = latencies_us(
+            system, sizes.latency_calls // turns, sizes.latency_warmup if warm else 0
+        )
+        a += got
+        seconds += elapsed
+        half, half_warm = sizes.latency_calls // 2 // turns, sizes.latency_warmup // 2
+        future += latencies_us(system, half, half_warm if warm else 0, system.submit_call)[0]
+    return (sorted(a), seconds), sorted(future)
 
 
 def _run_throughput(
