@@ -32,6 +32,7 @@ from tests.test_e2e import (  # noqa: F401  (run here on a cluster and through S
     test_killed_worker_task_completes_elsewhere_once,
     test_remote_errors_unknown_tasks_many_submits_and_map,
     test_sigterm_finishes_running_task_and_hands_back_the_rest,
+    test_sigterm_while_a_worker_claims_ahead_stops_it_and_loses_no_call,
     test_task_that_always_kills_its_worker_ends_as_worker_lost,
     test_timeout_without_workers_and_expired_tasks_are_not_run,
 )

@@ -227,6 +227,26 @@ def test_sigterm_finishes_running_task_and_hands_back_the_rest(
     assert staying.poll() is None
 
 
+def test_sigterm_while_a_worker_claims_ahead_stops_it_and_loses_no_call(
+    farm: Farm, client: Client
+) -> None:
+    """Tasks of a few milliseconds make a worker claim its next batch while its last task
+    runs. SIGTERM at any moment of that cycle stops the worker within the grace, and what it
+    had claimed but not started goes back to the queue: every call ends in its result."""
+    # max_attempts=1: a call that came back only by lease expiry would be WorkerLost.
+    sleepy = tasks.Sleepy.execute.options(max_attempts=1)
+    futures = [sleepy.submit(0.003) for _ in range(400)]
+    for turn in range(6):
+        worker = farm.start(lease=60.0)
+        goal = sum(f.done() for f in futures) + 20
+        wait_for(lambda g=goal: sum(f.done() for f in futures) >= g, message="some results")
+        time.sleep(turn * 0.0007)  # a different moment of the claim cycle each time
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+    farm.start(lease=60.0)
+    assert [f.result(timeout=60) for f in futures] == [0.003] * 400
+
+
 def test_timeout_without_workers_and_expired_tasks_are_not_run(
     farm: Farm, client: Client, tmp_path: Path
 ) -> None:
