@@ -15,25 +15,27 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from .backends import Backend, Job, open_backend
 from .blobs import Payloads
 from .config import Settings, redact_url, resolve
 from .errors import ConfigurationError, RemoteExecError
-from .future import CallOptions, RemoteFuture
+from .future import CallOptions, Pending, RemoteFuture
 from .kept import Kept
 from .message import Call, Codec
 from .replies import Replies
 from .tracing import current_context
 from .when import not_before
+from .window import Slot, Window
 
 log = logging.getLogger("remoteexec.client")
 
 Calls = Sequence[tuple[Sequence[Any], dict[str, Any]]]
+F = TypeVar("F", bound=Pending)
 
 
 class Client:
@@ -125,10 +127,29 @@ class Client:
             SerializationError: an argument cannot be serialized (nothing was sent).
             BackendUnavailable: the backend cannot be reached (nothing was sent).
         """
-        jobs, futures = self._prepare(task, method, calls, options)
+        jobs, futures = self._prepare(task, method, calls, options, new_future)
         self._send(jobs, futures)
         self._replies.sent(futures)
         return futures
+
+    def submit_to(
+        self,
+        window: Window,
+        task: str,
+        method: str,
+        calls: Calls,
+        options: CallOptions | None = None,
+    ) -> Sequence[Slot | RemoteFuture[Any]]:
+        """``submit_many`` for ``map``: the calls as slots of ``window`` (``window.py``),
+        lighter than futures, for one thread to wait on in turn."""
+
+        def slot(client: Client, task_id: str, job: Job) -> Slot:
+            return Slot(client, task_id, job, window)
+
+        jobs, slots = self._prepare(task, method, calls, options, slot)
+        self._send(jobs, slots)
+        self._replies.sent(slots)
+        return slots
 
     def send(
         self,
@@ -147,7 +168,9 @@ class Client:
             SerializationError: an argument cannot be serialized (nothing was sent).
             BackendUnavailable: the backend cannot be reached (nothing was sent).
         """
-        jobs, (future,) = self._prepare(task, method, [(args, kwargs)], options, reply=False)
+        jobs, (future,) = self._prepare(
+            task, method, [(args, kwargs)], options, new_future, reply=False
+        )
         self._backend.enqueue(jobs)
         return future.task_id
 
@@ -184,7 +207,7 @@ class Client:
         result needs no hand-off from the listener thread, and the call and the first wait
         for its reply go in one round trip; otherwise it waits like ``submit(...).result()``.
         """
-        jobs, (future,) = self._prepare(task, method, [(args, kwargs)], options)
+        jobs, (future,) = self._prepare(task, method, [(args, kwargs)], options, new_future)
         try:
             self._replies.read_for(future, lambda wait: self._send(jobs, [future], wait=wait))
             return future.result()
@@ -200,8 +223,10 @@ class Client:
         method: str,
         calls: Calls,
         options: CallOptions | None,
+        make: Callable[[Client, str, Job], F],
         reply: bool = True,
-    ) -> tuple[list[Job], list[RemoteFuture[Any]]]:
+    ) -> tuple[list[Job], list[F]]:
+        """The jobs of ``calls`` and, for each, what ``make`` makes of it (a future)."""
         module = importing_tasks.get()
         if module is not None:
             raise ConfigurationError(
@@ -228,7 +253,7 @@ class Client:
         reply_to = self.reply_to if reply else ""  # "": fire and forget, no reply kept
         where = (queue, reply_to, now)  # signed with the call: see message.py
         jobs: list[Job] = []
-        futures: list[RemoteFuture[Any]] = []
+        futures: list[F] = []
         encode, codec = self._payloads.encode_call, self._codec  # large values: blobs.py
         context = current_context()  # the caller's span, if tracing: tracing.py
         retry = opts.retry  # retry_on: retry_policy.py
@@ -242,7 +267,7 @@ class Client:
                 call.keep_result = keep
             job = Job(task_id, queue, reply_to, encode(codec, call)[0], later)
             jobs.append(job)
-            futures.append(RemoteFuture(self, task_id, job))
+            futures.append(make(self, task_id, job))
         if keep:  # its blob, if any, outlives the reply read here (replies.py)
             for future in futures:
                 future.kept = True
@@ -253,7 +278,7 @@ class Client:
         return jobs, futures
 
     def _send(
-        self, jobs: list[Job], futures: list[RemoteFuture[Any]], *, wait: float | None = None
+        self, jobs: list[Job], futures: Sequence[Pending], *, wait: float | None = None
     ) -> list[bytes]:
         """Register ``futures`` as pending and enqueue ``jobs``; with ``wait``, also read
         the replies that come within it (the caller is the one reading replies)."""
@@ -272,7 +297,7 @@ class Client:
             self._replies.forget(futures)
             raise
 
-    def withdraw(self, future: RemoteFuture[Any]) -> bool:
+    def withdraw(self, future: Pending) -> bool:
         """Withdraw ``future``'s task if no worker has claimed it; True if it was (what
         ``RemoteFuture.cancel`` asks)."""
         if not future.made_by(self) or self._pid != os.getpid():
@@ -282,19 +307,19 @@ class Client:
         self._replies.forget([future])
         return True
 
-    def read_for_result(self, future: RemoteFuture[Any], end: float | None) -> None:
+    def read_for_result(self, future: Pending, end: float | None) -> None:
         """Read replies in this thread for ``future`` (what ``RemoteFuture.result`` asks)
         while it is the only call pending and no other thread reads; see ``Replies``."""
         if future.made_by(self) and self._pid == os.getpid() and not self._closed:
             self._replies.read_alone(future, end)
 
-    def watch(self, future: RemoteFuture[Any]) -> None:
+    def watch(self, future: Pending) -> None:
         """See that ``future``'s reply gets read: a thread waits for it without reading
         (what ``RemoteFuture.add_done_callback`` and ``concurrent.futures.wait`` ask)."""
         if future.made_by(self) and self._pid == os.getpid() and not self._closed:
             self._replies.watch(future)
 
-    def _withdraw_now(self, future: RemoteFuture[Any]) -> None:
+    def _withdraw_now(self, future: Pending) -> None:
         """Withdraw the task of an interrupted call if no worker has started it: best
         effort, given 2 s (on a thread of its own: the interrupted one's connection may
         be mid-command)."""
@@ -331,8 +356,15 @@ def status(task_id: str) -> str:
 
 
 _current: ContextVar[Client | None] = ContextVar("remoteexec_client", default=None)
+
+
 # The task module a worker is importing (set by ``tasks.import_tasks``). A call made then
 # would never be answered: the worker serves nothing until its imports are done.
+def new_future(client: Client, task_id: str, job: Job) -> RemoteFuture[Any]:
+    """A future for a call ``client`` makes (what ``Client._prepare`` makes by default)."""
+    return RemoteFuture(client, task_id, job)
+
+
 importing_tasks: ContextVar[str | None] = ContextVar("remoteexec_importing", default=None)
 _default: Client | None = None
 _default_lock = threading.Lock()

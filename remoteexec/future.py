@@ -26,17 +26,34 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
+class Pending(Protocol):
+    """A sent call as its client resolves it: a ``RemoteFuture``, or a ``map``'s
+    ``window.Slot``."""
+
+    task_id: str
+    job: Job
+    submitted: float  # time.time() when it was sent
+    expiry: tuple[float, str, str] | None  # (deadline, task_id, message) with a timeout
+    kept: bool  # the outcome is also kept under the id (keep_result)
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: BaseException | None) -> None: ...
+    def made_by(self, client: Withdrawer) -> bool: ...
+    def watch_waiters(self) -> None: ...
+
+
 class Withdrawer(Protocol):
     """What a future needs of the client that made it."""
 
-    def withdraw(self, future: RemoteFuture[Any]) -> bool:
+    def withdraw(self, future: Pending) -> bool:
         """Withdraw the future's task if no worker has claimed it; True if it was."""
 
-    def read_for_result(self, future: RemoteFuture[Any], end: float | None) -> None:
+    def read_for_result(self, future: Pending, end: float | None) -> None:
         """Read replies in the calling thread until ``future`` is done or ``time.monotonic()``
         reaches ``end``, where that saves a hand-off from another thread; else return."""
 
-    def watch(self, future: RemoteFuture[Any]) -> None:
+    def watch(self, future: Pending) -> None:
         """Somebody waits for ``future`` without reading: see that its reply gets read."""
 
 

@@ -30,11 +30,10 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from .backends import Backend
 from .errors import BackendUnavailable, CallLost, CallPurged, RemoteExecError
-from .future import RemoteFuture
+from .future import Pending
 
 log = logging.getLogger("remoteexec.client")
 
@@ -57,7 +56,7 @@ class Liveness:
         return time.time() >= self._next
 
     def check(
-        self, futures: Iterable[RemoteFuture[Any]], *, after_outage: bool = False
+        self, futures: Iterable[Pending], *, after_outage: bool = False
     ) -> tuple[list[bytes], dict[str, RemoteExecError]]:
         """Ask about the calls of ``futures`` pending long enough (all, ``after_outage``).
 

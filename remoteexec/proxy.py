@@ -26,6 +26,7 @@ import wrapt
 from .config import check_name
 from .future import CallOptions, RemoteFuture
 from .retry_policy import Retry, merged
+from .window import Slot, Window
 
 if TYPE_CHECKING:
     from .client import Client
@@ -105,7 +106,8 @@ class RemoteMethod(Generic[P, R]):
         calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]] = (
             (args, {}) for args in zip(*iterables, strict=False)
         )
-        window: deque[RemoteFuture[R]] = deque()
+        window: deque[Slot | RemoteFuture[Any]] = deque()
+        slots = Window()  # lighter than futures: only this generator waits on them
         ahead = chunksize * 8
 
         def fill() -> None:
@@ -113,7 +115,7 @@ class RemoteMethod(Generic[P, R]):
                 batch = list(itertools.islice(calls, chunksize))
                 if not batch:
                     return
-                window.extend(client.submit_many(self.task, self.method, batch, self._opts))
+                window.extend(client.submit_to(slots, self.task, self.method, batch, self._opts))
 
         try:
             fill()

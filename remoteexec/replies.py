@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .backends import Backend
@@ -33,7 +33,7 @@ from .errors import (
     SignatureError,
     remote_error,
 )
-from .future import RemoteFuture
+from .future import Pending
 from .liveness import Liveness
 from .message import Codec, Failure
 
@@ -67,7 +67,7 @@ class Replies:
         self._reply_to = reply_to
         self._pid = os.getpid()
         self._lock = threading.Lock()  # guards the tables below
-        self._pending: dict[str, RemoteFuture[Any]] = {}
+        self._pending: dict[str, Pending] = {}
         self._deadlines: list[tuple[float, str, str]] = []
         self._rejected: dict[str, RemoteExecError] = {}  # forged-looking replies, by id
         self._reader = threading.Lock()  # held by the one thread reading replies
@@ -93,7 +93,7 @@ class Replies:
 
     # The pending calls -------------------------------------------------------------------
 
-    def add(self, futures: Iterable[RemoteFuture[Any]]) -> None:
+    def add(self, futures: Iterable[Pending]) -> None:
         """Register ``futures`` as pending, before their calls are sent."""
         with self._lock:
             for future in futures:
@@ -102,7 +102,7 @@ class Replies:
                 if future.expiry is not None:
                     heapq.heappush(self._deadlines, future.expiry)
 
-    def forget(self, futures: Iterable[RemoteFuture[Any]]) -> None:
+    def forget(self, futures: Iterable[Pending]) -> None:
         """Stop waiting for ``futures`` (not sent, withdrawn, or their caller gave up)."""
         with self._lock:
             for future in futures:
@@ -127,9 +127,7 @@ class Replies:
 
     # Who reads -----------------------------------------------------------------------------
 
-    def read_for(
-        self, future: RemoteFuture[Any], send: Callable[[float | None], list[bytes]]
-    ) -> None:
+    def read_for(self, future: Pending, send: Callable[[float | None], list[bytes]]) -> None:
         """Send ``future``'s call through ``send`` and see that its reply gets read.
 
         While no other thread is reading replies, this thread reads them itself: ``send``
@@ -152,7 +150,7 @@ class Replies:
         if not future.done() or self._pending:
             self.ensure_listening()
 
-    def read_alone(self, future: RemoteFuture[Any], end: float | None) -> None:
+    def read_alone(self, future: Pending, end: float | None) -> None:
         """Read replies in this thread until ``future`` is done or ``time.monotonic()``
         reaches ``end``, while it is the only pending call and no other thread reads (the
         listener then sits idle); otherwise return at once and leave the reading to it."""
@@ -174,7 +172,7 @@ class Replies:
         if self._pending:
             self.ensure_listening()
 
-    def sent(self, futures: list[RemoteFuture[Any]]) -> None:
+    def sent(self, futures: Sequence[Pending]) -> None:
         """See that the replies of ``futures``, just sent, get read.
 
         A lone call, while no other is pending and the listener idles, is left to the
@@ -191,7 +189,7 @@ class Replies:
                 return
         self.ensure_listening()
 
-    def watch(self, future: RemoteFuture[Any]) -> None:
+    def watch(self, future: Pending) -> None:
         """A thread waits for ``future`` (or hooks onto it) without reading its reply:
         wake the listener if ``sent`` left it asleep for this call."""
         if self._unwatched == future.task_id and not future.done():
@@ -314,7 +312,7 @@ class Replies:
         else:
             future.set_exception(failure_error(reply.failure))
 
-    def _deliver(self, future: RemoteFuture[Any], value: Any) -> None:
+    def _deliver(self, future: Pending, value: Any) -> None:
         """Settle ``future`` with ``value``, read from its blob if it is a reference (the
         blob is deleted once read, unless the result is kept for others to read too)."""
         try:
@@ -329,7 +327,7 @@ class Replies:
 
     def _expire(self) -> None:
         now = time.time()
-        expired: list[tuple[RemoteFuture[Any], str]] = []
+        expired: list[tuple[Pending, str]] = []
         with self._lock:
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, task_id, label = heapq.heappop(self._deadlines)

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import client as clients
-from .client import Calls, Client, using
+from .client import Calls, Client, new_future, using
 from .errors import RemoteExecError, error_kind
 from .future import CallOptions, RemoteFuture
 from .message import Call, Failure, Reply
@@ -42,6 +42,7 @@ from .remote import TaskType, lookup, registered, unknown_task_message
 from .replies import failure_error
 from .sandbox import Runner
 from .tasks import import_tasks
+from .window import Slot, Window
 from .worker import Worker
 
 __all__ = ["EagerClient", "farm"]
@@ -194,7 +195,7 @@ class EagerClient(Client):
         Raises:
             SerializationError: an argument cannot be serialized (nothing ran).
         """
-        jobs, futures = self._prepare(task, method, calls, options)
+        jobs, futures = self._prepare(task, method, calls, options, new_future)
         for job, future in zip(jobs, futures, strict=True):
             reply = self._codec.decode_reply(self._run(job.body))
             if reply.failure is None:
@@ -202,6 +203,17 @@ class EagerClient(Client):
             else:
                 future.set_exception(failure_error(reply.failure))
         return futures
+
+    def submit_to(
+        self,
+        window: Window,
+        task: str,
+        method: str,
+        calls: Calls,
+        options: CallOptions | None = None,
+    ) -> Sequence[Slot | RemoteFuture[Any]]:
+        """``submit_many``: the calls run now, their futures resolved."""
+        return self.submit_many(task, method, calls, options)
 
     def call(
         self,

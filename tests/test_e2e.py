@@ -168,6 +168,26 @@ def test_a_lone_future_nobody_waits_for_is_read_by_the_listener(
         assert future.result() == math.pi * 7
 
 
+def test_map_times_out_fails_in_order_and_withdraws_what_it_no_longer_needs(
+    farm: Farm, client: Client, tmp_path: Path
+) -> None:
+    """``map``'s calls (light slots, not futures) end as calls do: a timeout is raised at
+    its turn, and a consumer that stops early withdraws the calls no worker started."""
+    farm.start()
+    farm.worker_pids(1)
+    with pytest.raises(CallTimeout):
+        list(tasks.Slow.execute.options(timeout=0.5).map([3.0]))
+    book = tmp_path / "ledger.txt"
+    calls = tasks.Slow.execute.map([0.05] * 200, [str(book)] * 200, range(200))
+    assert [next(calls) for _ in range(3)] == [farm.worker_pids(1)[0]] * 3
+    calls.close()  # the consumer stops
+    started = len([line for line in ledger(book) if line[0] == "start"])
+    time.sleep(1.0)  # what was not withdrawn would run meanwhile (20 calls a second)
+    lines = ledger(book)
+    assert len([line for line in lines if line[0] == "start"]) < started + 10 < 200, lines
+    assert list(tasks.CalculateMultipleOfPi.execute.map([7])) == [math.pi * 7]
+
+
 def test_killed_worker_task_completes_elsewhere_once(
     farm: Farm, client: Client, tmp_path: Path
 ) -> None:
