@@ -17,7 +17,7 @@ retries, and statements sent in as few round trips as the packet size allows.
 * Every PyMySQL or socket error leaves through ``map_mysql_errors`` as
   ``BackendUnavailable``, which names the server but never the password, and says so first
   when a TLS connection failed. Deadlocks (1213) and lock wait timeouts (1205) are retried
-  first, a few times.
+  first, up to ten times, after a pause that grows with each try.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ _OPTIONS = (*_ADAPTER, *_TLS, "unix_socket")
 _TIMEOUTS = {"connect_timeout": 10.0, "read_timeout": 30.0, "write_timeout": 30.0}
 _LOCK_ERRORS = (1205, 1213)  # lock wait timeout, deadlock
 _GONE_ERRORS = (2006, 2013, 2055)  # server has gone away, lost connection
-_RETRIES = 5
+_RETRIES = 10
 
 
 @contextlib.contextmanager
@@ -289,7 +289,7 @@ class Connections:
     def run(self, op: Callable[[Cursor], T], *, retry_lost: bool = False) -> T:
         """Run ``op`` on this thread's connection; driver errors leave as BackendUnavailable.
 
-        Deadlocks and lock wait timeouts roll back and run ``op`` again (a few times).
+        Deadlocks and lock wait timeouts roll back and run ``op`` again (``_RETRIES`` times).
         ``retry_lost``: ``op`` is idempotent, so run it once more on a new connection when
         the connection was lost during the call.
         """
