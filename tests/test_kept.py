@@ -17,7 +17,7 @@ import redis
 import remoteexec
 from remoteexec import CallTimeout, ConfigurationError, RemoteError, ResultExpired
 from remoteexec.backends.mysql.connection import parse_url
-from remoteexec.client import current_client
+from remoteexec.client import current_client, new_future
 from remoteexec.future import CallOptions
 from tests.farm import Farm, tasks
 from tests.test_e2e import client, wait_for  # noqa: F401  (the fixture, used by name)
@@ -177,7 +177,7 @@ def test_results_nobody_reads_leave_the_backend_at_its_baseline(farm: Farm, farm
     ids: list[str] = []
     for start in range(0, n, 5000):  # send(), in batches of one enqueue each
         calls = [((i,), {}) for i in range(start, start + 5000)]
-        jobs, _ = sender._prepare("Echo", "value", calls, options, reply=False)
+        jobs, _ = sender._prepare("Echo", "value", calls, options, new_future, reply=False)
         sender.backend.enqueue(jobs)
         ids += [j.id for j in jobs]
     backend = sender.backend
